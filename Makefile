@@ -1,0 +1,46 @@
+# Set-up commands: `make run` (serve on SQLite) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: run test bench lint install install-dev test-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the package metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	@echo "controlplane: serving on http://$(HOST):$(PORT)  (webhook: http://$(HOST):$(PORT)/api/v1/alerts/alertmanager, API docs: /docs)"
+	CONTROLPLANE_LISTEN_HOST=$(HOST) CONTROLPLANE_LISTEN_PORT=$(PORT) $(BIN)/controlplane serve
+
+# Installs missing Debian test binaries (as root) and starts PostgreSQL when none answers.
+test-deps:
+	bash scripts/test-deps.sh
+
+test: install-dev test-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install-dev
+	$(BIN)/python bench/ingest.py
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info controlplane.db controlplane.db-*

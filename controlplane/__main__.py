@@ -1,0 +1,5 @@
+"""Allows `python -m controlplane`."""
+
+from controlplane.cli import main
+
+raise SystemExit(main())

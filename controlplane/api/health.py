@@ -1,0 +1,40 @@
+"""Liveness, readiness and the service's own /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from controlplane.api.deps import ServicesDep
+from controlplane.db import migrate
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Liveness: the process answers")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: database reachable and migrations current")
+def ready(services: ServicesDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        current = migrate.current_revision(services.engine)
+        checks["migrations"] = (
+            "current" if current == services.head_revision else f"at {current}, want {services.head_revision}"
+        )
+    except Exception as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    ok = checks.get("database") == "ok" and checks.get("migrations") == "current"
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics of the control plane", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,79 @@
+"""Builds the FastAPI application: routes, error mapping, lifespan of the shared services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import swagger_ui_bundle
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from controlplane import __version__
+from controlplane.api import health, incidents, webhook
+from controlplane.api.errors import install_error_handlers
+from controlplane.api.middleware import RequestContextMiddleware
+from controlplane.config import Settings, get_settings
+from controlplane.ingest.payload import AlertmanagerNotification
+from controlplane.services import Services
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    services = Services.build(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(services.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(services.stop)
+
+    app = FastAPI(
+        title="controlplane",
+        version=__version__,
+        description="Monitoring and auto-remediation control plane for LLM-agent graph services.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    for module in (health, webhook, incidents):
+        app.include_router(module.router)
+    _serve_local_docs(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the webhook body, which the route reads raw (to bound its size) and validates itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        body = AlertmanagerNotification.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["AlertmanagerNotification"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _serve_local_docs(app: FastAPI) -> None:
+    """Swagger UI from the bundled assets: FastAPI's default loads them from a CDN this network cannot reach."""
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="controlplane API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )

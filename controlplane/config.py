@@ -1,0 +1,100 @@
+"""Owns the service's settings: the only module that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CONTROLPLANE_"
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "token", "password", "example"}
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message says which and why."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment: CONTROLPLANE_<FIELD> (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./controlplane.db"
+    # Alertmanager's http_config sends this as `Authorization: Bearer <token>`,
+    # or as the password of basic auth. Unset means the webhook is open (development only).
+    webhook_token: SecretStr | None = None
+    webhook_token_file: Path | None = None
+    rules_dir: Path = Path("rules")
+    prometheus_url: str = "http://127.0.0.1:9090"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = None
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    incident_group_by: list[str] = Field(default_factory=lambda: ["alertname", "namespace"], min_length=1)
+    # How long a webhook waits for its alerts to be committed before answering 503
+    # (Alertmanager retries 5xx, and ingest is idempotent, so a late commit is harmless).
+    ingest_timeout_seconds: float = Field(default=5.0, gt=0)
+    ingest_max_batch: int = Field(default=256, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("incident_group_by", mode="before")
+    @classmethod
+    def _split_labels(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_secrets(self) -> Settings:
+        if self.webhook_token_file is not None:
+            if self.webhook_token is not None:
+                raise ValueError("set webhook_token or webhook_token_file, not both")
+            try:
+                token = self.webhook_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"webhook_token_file {self.webhook_token_file}: {exc.strerror}") from exc
+            if not token:
+                raise ValueError(f"webhook_token_file {self.webhook_token_file} is empty")
+            self.webhook_token = SecretStr(token)
+        if self.environment == "production":
+            token = self.webhook_token.get_secret_value() if self.webhook_token else ""
+            if not token:
+                raise ValueError("webhook_token (or webhook_token_file) is required in production")
+            if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
+                raise ValueError("webhook_token looks like a placeholder: use at least 16 random characters")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _unknown_env_keys() -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(key for key in os.environ if key.startswith(ENV_PREFIX) and key not in known)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus overrides; raise SettingsError with a readable message."""
+    unknown = _unknown_env_keys()
+    if unknown:
+        raise SettingsError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}" if err["loc"] else err["msg"])
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,36 @@
+"""Owns the domain errors; `controlplane.api.errors` is the one place that maps them to HTTP."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of errors a caller can act on; `message` is safe to show to the client."""
+
+    def __init__(self, message: str, details: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class MalformedInput(DomainError):
+    """The input cannot even be read (empty, not JSON)."""
+
+
+class InvalidInput(DomainError):
+    """The input is readable but not what the endpoint accepts."""
+
+
+class PayloadTooLarge(DomainError):
+    """The body is over the configured limit."""
+
+
+class Unauthorized(DomainError):
+    """Missing or wrong credentials."""
+
+
+class NotFound(DomainError):
+    """The requested object does not exist."""
+
+
+class Unavailable(DomainError):
+    """A dependency (the database) cannot serve now; the client should retry."""

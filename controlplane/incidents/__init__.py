@@ -1,0 +1,1 @@
+"""Incidents: reading incidents, their alerts and timelines."""

@@ -1,0 +1,65 @@
+"""Owns the API shapes of incidents, alerts and audit events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+IncidentStatus = Literal["open", "acknowledged", "resolved"]
+
+
+class AlertOut(BaseModel):
+    id: int
+    fingerprint: str
+    alertname: str
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None
+    generator_url: str
+    receiver: str
+    first_received_at: datetime
+    last_received_at: datetime
+    receive_count: int
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    incident_id: int | None
+    detail: dict[str, Any]
+
+
+class IncidentOut(BaseModel):
+    id: int
+    key: str
+    status: IncidentStatus
+    severity: str
+    title: str
+    group_labels: dict[str, str]
+    opened_at: datetime
+    updated_at: datetime
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+    alerts_firing: int
+    alerts_total: int
+
+
+class IncidentDetail(IncidentOut):
+    alerts: list[AlertOut]
+    timeline: list[AuditEventOut]
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentOut]
+    next_cursor: int | None  # pass as `before` to get the next (older) page
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    next_cursor: int | None

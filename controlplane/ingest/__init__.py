@@ -1,0 +1,1 @@
+"""Ingest: Alertmanager webhook payloads -> durable alerts grouped into incidents."""

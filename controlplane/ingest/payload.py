@@ -1,0 +1,75 @@
+"""Owns the Alertmanager webhook payload (version 4) as a validated model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controlplane.errors import InvalidInput, MalformedInput
+
+AlertStatus = Literal["firing", "resolved"]
+
+
+class AlertmanagerAlert(BaseModel):
+    """One alert of a notification. Unknown fields are accepted: newer Alertmanagers add some."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    status: AlertStatus
+    labels: dict[str, str] = Field(min_length=1)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime
+    # Firing alerts carry 0001-01-01T00:00:00Z here; normalised to None by `ends_at`.
+    endsAt: datetime | None = None
+    generatorURL: str = ""
+    fingerprint: str = Field(min_length=1, max_length=64)
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def ends_at(self) -> datetime | None:
+        if self.endsAt is None or self.endsAt.year <= 1:
+            return None
+        return self.endsAt
+
+
+class AlertmanagerNotification(BaseModel):
+    """What Alertmanager's webhook_config POSTs: all current alerts of one group."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    version: Literal["4"]
+    groupKey: str
+    truncatedAlerts: int = Field(default=0, ge=0)
+    status: AlertStatus
+    receiver: str
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str = ""
+    alerts: list[AlertmanagerAlert] = Field(min_length=1)
+
+
+def parse_notification(body: bytes) -> AlertmanagerNotification:
+    """Validate a raw webhook body; raise MalformedInput / InvalidInput saying exactly what is wrong."""
+    if not body.strip():
+        raise MalformedInput("empty body: expected an Alertmanager webhook payload (JSON, version 4)")
+    try:
+        return AlertmanagerNotification.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(err["type"] == "json_invalid" for err in errors):
+            raise MalformedInput(f"body is not valid JSON: {errors[0]['msg']}") from None
+        details = [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "error": err["msg"]} for err in errors]
+        version = next((d for d in details if d["field"] == "version"), None)
+        if version is not None:
+            message = 'unsupported payload version: this endpoint takes Alertmanager webhook payload version "4"'
+        else:
+            message = "not a valid Alertmanager webhook payload: " + "; ".join(
+                f"{d['field']}: {d['error']}" for d in details[:5]
+            )
+        raise InvalidInput(message, details) from None

@@ -1,0 +1,153 @@
+"""Owns group commit: one writer thread commits concurrent webhooks' alerts in shared transactions.
+
+Each webhook still waits for its own commit before it is answered, so nothing is
+acknowledged that is not durable; what is shared is the fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from controlplane.errors import Unavailable
+from controlplane.ingest.payload import AlertmanagerNotification
+from controlplane.ingest.store import IngestResult, ingest_notification
+from controlplane.telemetry import Metrics
+
+log = structlog.get_logger(__name__)
+
+_CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: retry the transaction
+
+
+@dataclass
+class _Job:
+    notification: AlertmanagerNotification
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[IngestResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICT_SQLSTATES
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError) and not _is_conflict(exc)
+
+
+class IngestWriter:
+    """Runs ingest transactions on one thread, batching whatever arrived while the last one committed."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        group_by: Sequence[str],
+        metrics: Metrics,
+        max_batch: int = 256,
+        commit_timeout: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._group_by = list(group_by)
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._commit_timeout = commit_timeout
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+
+    def start(self) -> None:
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work, commit what is queued, and join the thread."""
+        self._accepting = False
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    async def submit(self, notification: AlertmanagerNotification) -> IngestResult:
+        """Queue a notification and wait until it is committed (or raise Unavailable)."""
+        if not self._accepting:
+            raise Unavailable("shutting down")
+        loop = asyncio.get_running_loop()
+        job = _Job(notification, loop, loop.create_future())
+        self._queue.put(job)
+        try:
+            return await asyncio.wait_for(job.future, self._commit_timeout)
+        except TimeoutError:
+            raise Unavailable(f"not committed within {self._commit_timeout:g}s") from None
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Job]) -> None:
+        for attempt in range(3):
+            try:
+                with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+                    results = [ingest_notification(conn, job.notification, group_by=self._group_by) for job in batch]
+            except Exception as exc:
+                if _is_conflict(exc) and attempt < 2:
+                    continue
+                self._fail(batch, exc)
+                return
+            self._metrics.ingest_batch_size.observe(len(batch))
+            for job, result in zip(batch, results, strict=True):
+                self._deliver(job, result)
+            return
+
+    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+        if _is_unavailable(exc):
+            log.warning("ingest.database_unavailable", error=str(exc).splitlines()[0], batch=len(batch))
+            for job in batch:
+                self._deliver(job, Unavailable("database unavailable: retry later"))
+        elif len(batch) > 1:
+            # One notification the database refuses must not fail the others: commit each alone.
+            for job in batch:
+                self._commit([job])
+        else:
+            log.error("ingest.failed", exc_info=exc)
+            self._deliver(batch[0], exc)
+
+    def _deliver(self, job: _Job, outcome: IngestResult | Exception) -> None:
+        self._metrics.ingest_duration.observe(time.perf_counter() - job.enqueued)
+
+        def settle() -> None:
+            if job.future.done():  # the webhook gave up waiting (timeout) already
+                return
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+        job.loop.call_soon_threadsafe(settle)

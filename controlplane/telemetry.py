@@ -1,0 +1,95 @@
+"""Owns the service's own observability: Prometheus metrics and structured JSON logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _OpenIncidentsCollector(Collector):
+    """Reads the open-incident count from the database at scrape time, so every replica agrees."""
+
+    def __init__(self, count_open: Callable[[], int | None]) -> None:
+        self._count_open = count_open
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        value = self._count_open()
+        family = GaugeMetricFamily("controlplane_open_incidents", "Incidents not yet resolved.")
+        if value is not None:
+            family.add_metric([], float(value))
+        yield family
+
+
+class Metrics:
+    """The service's metrics on a registry of their own (one per app, so tests stay independent)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.webhook_requests = Counter(
+            "controlplane_webhook_requests",
+            "Alertmanager webhook requests by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.alerts_received = Counter(
+            "controlplane_alerts_received",
+            "Alerts received in webhook notifications, by their status (duplicates included).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.ingest_duration = Histogram(
+            "controlplane_ingest_duration_seconds",
+            "Time from a webhook body being read to its alerts being committed.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ingest_batch_size = Histogram(
+            "controlplane_ingest_batch_size",
+            "Notifications committed together in one transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+
+    def watch_open_incidents(self, count_open: Callable[[], int | None]) -> None:
+        self.registry.register(_OpenIncidentsCollector(count_open))
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """structlog to stdout, one JSON object per line; stdlib loggers (uvicorn, alembic) go the same way."""
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Alembic narrates every MigrationContext (each /ready); the service logs migrations itself.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
