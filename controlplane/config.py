@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "CONTROLPLANE_"
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "token", "password", "example"}
@@ -35,7 +36,10 @@ class Settings(BaseSettings):
     listen_port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = None
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
-    incident_group_by: list[str] = Field(default_factory=lambda: ["alertname", "namespace"], min_length=1)
+    # A comma-separated list in the environment: CONTROLPLANE_INCIDENT_GROUP_BY=alertname,namespace
+    incident_group_by: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["alertname", "namespace"], min_length=1
+    )
     # How long a webhook waits for its alerts to be committed before answering 503
     # (Alertmanager retries 5xx, and ingest is idempotent, so a late commit is harmless).
     ingest_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -46,7 +50,7 @@ class Settings(BaseSettings):
     @field_validator("incident_group_by", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
@@ -87,6 +91,8 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SourceError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

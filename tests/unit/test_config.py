@@ -1,0 +1,62 @@
+"""Settings fail at start-up with a message that names the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.cli import main
+from controlplane.config import SettingsError, load_settings
+
+
+def test_defaults_serve_sqlite_on_loopback() -> None:
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///./controlplane.db"
+    assert settings.is_sqlite
+    assert settings.listen_host == "127.0.0.1"
+    assert settings.incident_group_by == ["alertname", "namespace"]
+
+
+def test_unknown_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLPLANE_DATABSE_URL", "sqlite:///typo.db")
+    with pytest.raises(SettingsError, match="CONTROLPLANE_DATABSE_URL"):
+        load_settings()
+
+
+def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLPLANE_LISTEN_PORT", "eighty")
+    with pytest.raises(SettingsError, match="CONTROLPLANE_LISTEN_PORT"):
+        load_settings()
+
+
+def test_group_by_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROLPLANE_INCIDENT_GROUP_BY", "alertname, cluster")
+    assert load_settings().incident_group_by == ["alertname", "cluster"]
+
+
+def test_production_refuses_missing_or_placeholder_token() -> None:
+    with pytest.raises(SettingsError, match="required in production"):
+        load_settings(environment="production")
+    with pytest.raises(SettingsError, match="placeholder"):
+        load_settings(environment="production", webhook_token="changeme")
+    assert load_settings(environment="production", webhook_token="x" * 32).webhook_token is not None
+
+
+def test_token_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("file-token-0123456789abcdef\n")
+    settings = load_settings(webhook_token_file=secret)
+    assert settings.webhook_token is not None
+    assert settings.webhook_token.get_secret_value() == "file-token-0123456789abcdef"
+    assert "file-token" not in repr(settings)
+    with pytest.raises(SettingsError, match="missing"):
+        load_settings(webhook_token_file=tmp_path / "missing")
+
+
+def test_cli_reports_bad_settings_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONTROLPLANE_LOG_LEVEL", "loud")
+    assert main(["migrate"]) == 2
+    assert "CONTROLPLANE_LOG_LEVEL" in capsys.readouterr().err
