@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -44,10 +45,21 @@ class Settings(BaseSettings):
     # (Alertmanager retries 5xx, and ingest is idempotent, so a late commit is harmless).
     ingest_timeout_seconds: float = Field(default=5.0, gt=0)
     ingest_max_batch: int = Field(default=256, ge=1)
+    # Playbook execution.
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
+    worker_lease_seconds: float = Field(default=30.0, ge=1)  # a claim not heartbeated this long is taken over
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_threads: int = Field(default=2, ge=1, le=64)
+    max_claims: int = Field(default=3, ge=1)  # an execution whose worker died this often is failed
+    metric_rule_interval_seconds: float = Field(default=30.0, gt=0)
+    # Hosts http.request may call (exact host names); empty: none.
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Token for admin API calls (reload rules, pause automation) until the console's login exists.
+    admin_token: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("incident_group_by", mode="before")
+    @field_validator("incident_group_by", "http_allowed_hosts", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Owns the relational schema: alerts, incidents, their links and the audit trail."""
+"""Owns the relational schema: alerts, incidents, executions, guard and rule state, the audit trail."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -110,11 +112,105 @@ class AuditEvent(Base):
     """Who did what, when, with which detail: the timeline of every incident."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_incident", "incident_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_incident", "incident_id", "id"),
+        Index("ix_audit_events_execution", "execution_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(64))
     incident_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("incidents.id", ondelete="SET NULL"))
+    execution_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("executions.id", ondelete="SET NULL", name="fk_audit_events_execution")
+    )
     detail: Mapped[dict[str, Any]]
+
+
+class Execution(Base):
+    """One run of a playbook for one trigger; changes state only through playbooks.state.transition()."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        # The same alert delivered twice (HA pair, retries) creates one execution per rule.
+        UniqueConstraint("rule_name", "trigger_key", name="uq_executions_trigger"),
+        Index("ix_executions_runnable", "status", "wake_at"),
+        Index("ix_executions_guard", "rule_name", "guard_key", "created_at"),
+        Index("ix_executions_incident", "incident_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rule_name: Mapped[str] = mapped_column(String(255))
+    playbook_name: Mapped[str] = mapped_column(String(255))
+    trigger_key: Mapped[str] = mapped_column(String(512))
+    guard_key: Mapped[str] = mapped_column(String(1024))
+    incident_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("incidents.id", ondelete="SET NULL"))
+    alert_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("alerts.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    playbook: Mapped[dict[str, Any]]  # snapshot: a reload never changes a run in flight
+    params: Mapped[dict[str, Any]]
+    context: Mapped[dict[str, Any]]  # the alert and incident the templates see
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    wake_at: Mapped[datetime | None]  # a waiting execution is runnable again from then
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None]
+
+
+class ExecutionStep(Base):
+    """One step of an execution (forward or rollback): rendered inputs, output, attempts, error, duration."""
+
+    __tablename__ = "execution_steps"
+    __table_args__ = (UniqueConstraint("execution_id", "phase", "index", name="uq_execution_steps_position"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    execution_id: Mapped[int] = mapped_column(BigId, ForeignKey("executions.id", ondelete="CASCADE"))
+    phase: Mapped[str] = mapped_column(String(16))  # forward | rollback
+    index: Mapped[int] = mapped_column(Integer)
+    step_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # running | waiting | succeeded | failed | skipped
+    inputs: Mapped[dict[str, Any]]
+    output: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class AutomationState(Base):
+    """The global switches (one row, id 1): pause everything, or record without acting."""
+
+    __tablename__ = "automation_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_by: Mapped[str] = mapped_column(String(255), default="")
+    updated_at: Mapped[datetime]
+
+
+class MetricRuleState(Base):
+    """Pending/firing state of a metric rule, kept in the database so `for:` survives restarts."""
+
+    __tablename__ = "metric_rule_states"
+
+    rule_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # inactive | pending | firing
+    active_since: Mapped[datetime | None]
+    last_value: Mapped[float | None] = mapped_column(Float)
+    last_evaluated_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    consecutive_errors: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,1 @@
+"""Actions: what playbook steps can do, each registered by name with a typed parameter model."""

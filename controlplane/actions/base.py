@@ -1,0 +1,200 @@
+"""Owns the action contract: the registry, the context a step runs with, and what a step returns.
+
+An action is a plain synchronous function `(ctx, params) -> ActionResult`, registered with
+`@action("family.verb", params=Model)`. Its parameter model is what rule files are checked
+against at load time; `inverse` names the action that undoes it (the default rollback);
+`blast_radius` may refuse a call that would act too widely; `target` names what it acts on,
+which keys the circuit breaker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine
+
+from controlplane.config import Settings
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class ActionError(Exception):
+    """A step failed. `retriable` errors (timeouts, connection errors, 5xx) are retried by the step's policy."""
+
+    def __init__(self, message: str, *, retriable: bool = False, output: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.output = output or {}
+
+
+class BlastRadiusExceeded(ActionError):
+    """The call would act more widely than its bounds allow; never retried."""
+
+
+class Params(BaseModel):
+    """Base of action parameter models: unknown keys in a rule file are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(Params):
+    pass
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    id: int
+    key: str
+    status: str
+    severity: str
+    title: str
+    group_labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AlertView:
+    fingerprint: str
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str
+    generator_url: str = ""
+
+
+@dataclass
+class ActionContext:
+    """What a running step knows. `idempotency_key` is stable across retries and resumes of the step."""
+
+    execution_id: int
+    step_index: int
+    idempotency_key: str
+    rule: str
+    incident: IncidentView | None
+    alert: AlertView | None
+    settings: Settings
+    engine: Engine
+    now: Callable[[], datetime]
+    step_started_at: datetime  # first start of this step, kept across durable waits and resumes
+    dry_run: bool = False
+    log: Any = field(default_factory=lambda: structlog.get_logger("controlplane.action"))
+
+
+@dataclass
+class ActionResult:
+    """`value` is what templates see as `steps.<id>.value`; `output` is recorded and shown as is.
+
+    A step that must wait (verify.resolved, wait) returns `recheck_at`: the engine releases the
+    execution and runs the step again at that time, without holding a worker.
+    """
+
+    value: Any = None
+    output: dict[str, Any] = field(default_factory=dict)
+    recheck_at: datetime | None = None
+
+
+ActionFunc = Callable[[ActionContext, Any], ActionResult]
+
+
+@dataclass(frozen=True)
+class ActionSpec(Generic[P]):
+    name: str
+    params: type[P]
+    func: Callable[[ActionContext, P], ActionResult]
+    description: str
+    inverse: str | None = None
+    blast_radius: Callable[[ActionContext, P], str | None] | None = None  # a reason to refuse, or None
+    blast_radius_doc: str = ""
+    target: Callable[[P], str] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params": self.params.model_json_schema(),
+            "inverse": self.inverse,
+            "blast_radius": self.blast_radius_doc or None,
+        }
+
+    def target_of(self, params: P) -> str:
+        return f"{self.name}:{self.target(params)}" if self.target else self.name
+
+
+class UnknownAction(KeyError):
+    pass
+
+
+class ActionRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, ActionSpec[Any]] = {}
+
+    def register(self, spec: ActionSpec[Any]) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"action {spec.name!r} registered twice")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> ActionSpec[Any]:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownAction(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def specs(self) -> list[ActionSpec[Any]]:
+        return [self._specs[n] for n in self.names()]
+
+
+registry = ActionRegistry()
+
+
+def action(
+    name: str,
+    *,
+    params: type[P],
+    inverse: str | None = None,
+    blast_radius: Callable[[ActionContext, P], str | None] | None = None,
+    blast_radius_doc: str = "",
+    target: Callable[[P], str] | None = None,
+    into: ActionRegistry | None = None,
+) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
+    """Register `func` as action `name`; its docstring's first line is its description."""
+
+    def register(func: Callable[[ActionContext, P], ActionResult]) -> Callable[[ActionContext, P], ActionResult]:
+        description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
+        (into or registry).register(
+            ActionSpec(
+                name=name,
+                params=params,
+                func=func,
+                description=description,
+                inverse=inverse,
+                blast_radius=blast_radius,
+                blast_radius_doc=blast_radius_doc,
+                target=target,
+            )
+        )
+        return func
+
+    return register
+
+
+def load_builtin_actions() -> ActionRegistry:
+    """Import every action module so their decorators run; returns the filled registry."""
+    import importlib
+    import pkgutil
+
+    import controlplane.actions as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "base":
+            importlib.import_module(f"controlplane.actions.{module.name}")
+    return registry

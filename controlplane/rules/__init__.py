@@ -1,0 +1,1 @@
+"""Rules: which alert or metric condition runs which playbook, under which guards."""

@@ -1,0 +1,120 @@
+"""Owns the rule-file format (rules/*.yaml): rules, guards, playbooks and steps as validated data."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from controlplane.durations import Duration
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class MaxRuns(_Strict):
+    count: int = Field(ge=1)
+    per: Duration
+
+
+class Guards(_Strict):
+    """Limits on how often and how widely a rule acts. Checked in the database, so they hold across replicas."""
+
+    cooldown: Duration | None = None  # per (rule, group key): no new run this soon after the last
+    max_runs: MaxRuns | None = None  # per rule, over a sliding window
+    max_concurrent: int | None = Field(default=None, ge=1)  # per rule, executions not yet finished
+    approval: bool = False  # wait in awaiting_approval until a person approves
+    dry_run: bool = False  # record what would run, call nothing
+
+
+class MetricCondition(_Strict):
+    """A PromQL condition evaluated on a schedule instead of an Alertmanager alert."""
+
+    query: str = Field(min_length=1)
+    above: float | None = None
+    below: float | None = None
+    for_: Duration = Field(default=timedelta(0), alias="for")
+    labels: dict[str, str] = Field(default_factory=dict)  # labels of the incident it opens
+    interval: Duration | None = None  # default: the service's metric-rule interval
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> MetricCondition:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of `above` or `below`")
+        return self
+
+
+class RetryPolicy(_Strict):
+    attempts: int = Field(default=3, ge=1, le=10)
+    initial: Duration = timedelta(seconds=1)
+    max: Duration = timedelta(seconds=60)
+    jitter: Duration = timedelta(seconds=1)
+
+
+class RollbackSpec(_Strict):
+    action: str
+    with_: dict[str, Any] | None = Field(default=None, alias="with")  # default: the step's own inputs
+
+
+class Step(_Strict):
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    action: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    when: str | None = None  # Jinja expression; the step is skipped when it is false
+    timeout: Duration | None = None
+    retry: RetryPolicy | None = None
+    rollback: RollbackSpec | None = None
+    on_failure: Literal["continue", "abort", "escalate"] = "abort"
+
+    @field_validator("rollback", mode="before")
+    @classmethod
+    def _rollback_shorthand(cls, value: object) -> object:
+        return {"action": value} if isinstance(value, str) else value
+
+
+class Playbook(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)  # defaults, overridden by the rule's params
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_step_ids(self) -> Playbook:
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.id is not None:
+                if step.id in seen:
+                    raise ValueError(f"duplicate step id {step.id!r}")
+                seen.add(step.id)
+        return self
+
+
+class Rule(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    enabled: bool = True
+    # Alertmanager matcher semantics: `label: value` is equality; a value starting with
+    # `=~`, `!~`, `!=` or `=` uses that operator; regexes are anchored (^...$).
+    match: dict[str, str] | None = None
+    when: MetricCondition | None = None
+    group_by: list[str] | None = None  # labels of the guard key; default: the incident grouping
+    playbook: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    guards: Guards = Field(default_factory=Guards)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> Rule:
+        if (self.match is None) == (self.when is None):
+            raise ValueError("give exactly one of `match` (alert rule) or `when` (metric rule)")
+        if self.match is not None and not self.match:
+            raise ValueError("`match` needs at least one label matcher")
+        return self
+
+
+class RuleFile(_Strict):
+    rules: list[Rule] = Field(default_factory=list)
+    playbooks: list[Playbook] = Field(default_factory=list)
