@@ -58,6 +58,35 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.executions = Counter(
+            "controlplane_executions",
+            "Playbook executions that ended, by rule and outcome.",
+            ["rule", "outcome"],
+            registry=self.registry,
+        )
+        self.step_duration = Histogram(
+            "controlplane_step_duration_seconds",
+            "Duration of playbook steps (all attempts), by action and outcome.",
+            ["action", "outcome"],
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.retry_attempts = Counter(
+            "controlplane_retry_attempts",
+            "Step attempts retried after a retriable error, by action.",
+            ["action"],
+            registry=self.registry,
+        )
+        self.guard_suppressions = Counter(
+            "controlplane_guard_suppressions",
+            "Executions a guard suppressed, by guard (paused, active, cooldown, max_runs, max_concurrent).",
+            ["rule", "guard"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "controlplane_escalations", "Executions escalated to people, by rule.", ["rule"], registry=self.registry
+        )
+
     def watch_open_incidents(self, count_open: Callable[[], int | None]) -> None:
         self.registry.register(_OpenIncidentsCollector(count_open))
 

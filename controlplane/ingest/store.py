@@ -53,15 +53,27 @@ def unquote_receiver(receiver: str) -> str:
     return re.sub(r"\\(.)", r"\1", receiver)
 
 
-def _insert(conn: Connection, table: Table) -> Any:
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """An INSERT with on_conflict_* for the connection's dialect (SQLite and PostgreSQL share the API)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
 
 def audit(
-    conn: Connection, *, actor: str, action: str, incident_id: int | None, detail: dict[str, Any], now: datetime
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    incident_id: int | None,
+    detail: dict[str, Any],
+    now: datetime,
+    execution_id: int | None = None,
 ) -> None:
-    conn.execute(audit_t.insert().values(at=now, actor=actor, action=action, incident_id=incident_id, detail=detail))
+    conn.execute(
+        audit_t.insert().values(
+            at=now, actor=actor, action=action, incident_id=incident_id, execution_id=execution_id, detail=detail
+        )
+    )
 
 
 def ingest_notification(
@@ -147,7 +159,7 @@ def _alert_detail(alert: AlertmanagerAlert) -> dict[str, Any]:
 
 def _insert_alert(conn: Connection, alert: AlertmanagerAlert, *, receiver: str, now: datetime) -> int | None:
     stmt = (
-        _insert(conn, alerts_t)
+        dialect_insert(conn, alerts_t)
         .values(
             fingerprint=alert.fingerprint,
             alertname=alert.alertname,
@@ -239,7 +251,7 @@ def _open_incident(
         group_labels = {name: alert.labels[name] for name in group_by if name in alert.labels}
         title = alert.annotations.get("summary") or alert.alertname or key
         incident_id = conn.execute(
-            _insert(conn, incidents_t)
+            dialect_insert(conn, incidents_t)
             .values(
                 key=key,
                 open_key=key,

@@ -1,0 +1,51 @@
+"""Actions that shape a playbook's flow in time: `wait` and `verify.resolved`, both durable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from sqlalchemy import select
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.durations import Duration, format_duration
+from controlplane.ingest.store import incidents_t
+
+
+class WaitParams(Params):
+    duration: Duration = Field(description="How long to wait, e.g. 30s or 5m")
+
+
+@action("wait", params=WaitParams)
+def wait(ctx: ActionContext, params: WaitParams) -> ActionResult:
+    """Pause the playbook without holding a worker: the execution is released and resumed later."""
+    until = ctx.step_started_at + params.duration
+    if ctx.now() < until:
+        return ActionResult(output={"until": until.isoformat()}, recheck_at=until)
+    return ActionResult(value=format_duration(params.duration), output={"waited": format_duration(params.duration)})
+
+
+class VerifyResolvedParams(Params):
+    within: Duration = Field(default=timedelta(minutes=10), description="Deadline from the step's first start")
+    poll: Duration = Field(default=timedelta(seconds=15), description="How often to look again")
+
+
+@action("verify.resolved", params=VerifyResolvedParams)
+def verify_resolved(ctx: ActionContext, params: VerifyResolvedParams) -> ActionResult:
+    """Succeed once the incident has resolved; fail (then on_failure: escalate) if it has not by the deadline."""
+    if ctx.incident is None:
+        raise ActionError("verify.resolved needs an incident; this execution has none")
+    with ctx.engine.connect() as conn:
+        status = conn.execute(select(incidents_t.c.status).where(incidents_t.c.id == ctx.incident.id)).scalar()
+    now = ctx.now()
+    deadline = ctx.step_started_at + params.within
+    if status == "resolved":
+        return ActionResult(value=True, output={"resolved_after_s": round((now - ctx.step_started_at).total_seconds())})
+    if now >= deadline:
+        raise ActionError(
+            f"incident {ctx.incident.id} not resolved within {format_duration(params.within)}",
+            output={"status": status},
+        )
+    return ActionResult(
+        output={"status": status, "deadline": deadline.isoformat()}, recheck_at=min(now + params.poll, deadline)
+    )

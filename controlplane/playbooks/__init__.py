@@ -1,0 +1,1 @@
+"""Playbooks: durable executions of rule playbooks, their guards, steps and workers."""

@@ -1,0 +1,168 @@
+"""Owns turning new firing alerts into executions: rule matching, guard decision, one row per trigger."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import Connection, select
+
+from controlplane.actions.base import AlertView, IncidentView
+from controlplane.ingest.store import alerts_t, audit, dialect_insert, incident_key, incidents_t, links_t
+from controlplane.playbooks.guards import Automation, automation, decide, lock_rule
+from controlplane.playbooks.state import executions_t
+from controlplane.rules.schema import Playbook, Rule
+
+
+@dataclass(frozen=True)
+class Triggered:
+    execution_id: int
+    rule: str
+    status: str
+    reason: str
+    guard: str | None
+
+
+class RuleSource(Protocol):
+    """What the trigger needs of the loaded rules (a RuleSet satisfies it)."""
+
+    @property
+    def playbooks(self) -> Mapping[str, Playbook]: ...
+
+    def match(self, labels: Mapping[str, str]) -> list[Rule]: ...
+
+
+def trigger_for_alerts(
+    conn: Connection,
+    *,
+    alert_ids: Sequence[int],
+    rules: RuleSource,
+    default_group_by: Sequence[str],
+    now: datetime | None = None,
+) -> list[Triggered]:
+    """Create an execution for every (matching rule, new firing alert), inside the ingest transaction.
+
+    Creating it in the same transaction as the alert means an acknowledged alert always has
+    its executions: a crash cannot store one without the other.
+    """
+    if not alert_ids:
+        return []
+    now = now or datetime.now(UTC)
+    rows = conn.execute(
+        select(
+            alerts_t,
+            incidents_t.c.id.label("incident_id"),
+            incidents_t.c.key.label("incident_key"),
+            incidents_t.c.status.label("incident_status"),
+            incidents_t.c.severity,
+            incidents_t.c.title,
+            incidents_t.c.group_labels,
+        )
+        .join(links_t, links_t.c.alert_id == alerts_t.c.id)
+        .join(incidents_t, incidents_t.c.id == links_t.c.incident_id)
+        .where(alerts_t.c.id.in_(alert_ids), alerts_t.c.status == "firing")
+        .order_by(alerts_t.c.id)
+    ).all()
+    triggered: list[Triggered] = []
+    state: Automation | None = None
+    for row in rows:
+        matched = rules.match(row.labels)
+        if not matched:
+            continue
+        state = state or automation(conn)
+        alert = AlertView(
+            fingerprint=row.fingerprint,
+            status=row.status,
+            labels=row.labels,
+            annotations=row.annotations,
+            starts_at=row.starts_at.isoformat(),
+            generator_url=row.generator_url,
+        )
+        incident = IncidentView(
+            id=row.incident_id,
+            key=row.incident_key,
+            status=row.incident_status,
+            severity=row.severity,
+            title=row.title,
+            group_labels=row.group_labels,
+        )
+        for rule in matched:
+            created = create_execution(
+                conn,
+                rule=rule,
+                playbook=rules.playbooks[rule.playbook],
+                trigger_key=f"{row.fingerprint}@{row.starts_at.isoformat()}",
+                guard_key=incident_key(row.labels, rule.group_by or default_group_by),
+                incident=incident,
+                alert=alert,
+                alert_id=row.id,
+                state=state,
+                now=now,
+            )
+            if created is not None:
+                triggered.append(created)
+    return triggered
+
+
+def create_execution(
+    conn: Connection,
+    *,
+    rule: Rule,
+    playbook: Playbook,
+    trigger_key: str,
+    guard_key: str,
+    incident: IncidentView | None,
+    alert: AlertView | None,
+    alert_id: int | None,
+    state: Automation,
+    now: datetime,
+) -> Triggered | None:
+    """One execution per (rule, trigger): None if this trigger already has one (a redelivery)."""
+    lock_rule(conn, rule.name)
+    decision = decide(conn, rule=rule, guard_key=guard_key, now=now, state=state)
+    context = {"alert": asdict(alert) if alert else None, "incident": asdict(incident) if incident else None}
+    execution_id = conn.execute(
+        dialect_insert(conn, executions_t)
+        .values(
+            rule_name=rule.name,
+            playbook_name=playbook.name,
+            trigger_key=trigger_key,
+            guard_key=guard_key,
+            incident_id=incident.id if incident else None,
+            alert_id=alert_id,
+            status=decision.status,
+            reason=decision.reason,
+            dry_run=decision.dry_run,
+            playbook=playbook.model_dump(mode="json", by_alias=True),
+            params={**playbook.params, **rule.params},
+            context=context,
+            created_at=now,
+            updated_at=now,
+            finished_at=now if decision.status == "suppressed" else None,
+            current_step=0,
+            claims=0,
+        )
+        .on_conflict_do_nothing(index_elements=["rule_name", "trigger_key"])
+        .returning(executions_t.c.id)
+    ).scalar()
+    if execution_id is None:
+        return None
+    audit(
+        conn,
+        actor=f"rule:{rule.name}",
+        action="execution.suppressed" if decision.status == "suppressed" else "execution.created",
+        incident_id=incident.id if incident else None,
+        execution_id=execution_id,
+        detail={
+            "playbook": playbook.name,
+            "status": decision.status,
+            "reason": decision.reason,
+            "guard": decision.guard,
+            "dry_run": decision.dry_run,
+            "trigger": trigger_key,
+        },
+        now=now,
+    )
+    return Triggered(execution_id, rule.name, decision.status, decision.reason, decision.guard)
