@@ -18,7 +18,7 @@ def parse_duration(value: object) -> timedelta:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
-            raise ValueError("a duration cannot be negative")
+            raise ValueError(f"invalid duration {value!r}: durations cannot be negative; use e.g. 30s, 5m, 1h30m")
         return timedelta(seconds=value)
     if isinstance(value, str):
         text = value.strip()
@@ -31,14 +31,15 @@ def parse_duration(value: object) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    if seconds == 0:
+    """The inverse of parse_duration, exact to the millisecond (`1h30m`, `200ms`)."""
+    millis = round(value.total_seconds() * 1000)
+    if millis == 0:
         return "0s"
     out = ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out += f"{seconds // size}{unit}"
-            seconds %= size
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if millis >= size:
+            out += f"{millis // size}{unit}"
+            millis %= size
     return out
 
 

@@ -28,6 +28,14 @@ class Unauthorized(DomainError):
     """Missing or wrong credentials."""
 
 
+class Forbidden(DomainError):
+    """Authenticated (or not), but not allowed to do this."""
+
+
+class Conflict(DomainError):
+    """The object is not in a state that allows this (e.g. approving a finished execution)."""
+
+
 class NotFound(DomainError):
     """The requested object does not exist."""
 

@@ -7,7 +7,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.errors import (
+    Conflict,
     DomainError,
+    Forbidden,
     InvalidInput,
     MalformedInput,
     NotFound,
@@ -19,7 +21,9 @@ from controlplane.errors import (
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     MalformedInput: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
+    Conflict: 409,
     PayloadTooLarge: 413,
     InvalidInput: 422,
     Unavailable: 503,

@@ -1,0 +1,91 @@
+"""Executions: list, inspect, approve, reject, cancel; and the global automation switches."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from controlplane.api.deps import AdminDep, ConnDep, ServicesDep, WriteConnDep
+from controlplane.playbooks import service
+from controlplane.playbooks.schemas import (
+    AutomationChange,
+    AutomationOut,
+    Decision,
+    DryRunChange,
+    ExecutionDetail,
+    ExecutionPage,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["executions"])
+
+
+@router.get("/executions", summary="Executions, newest first")
+def list_executions(
+    conn: ConnDep,
+    status: Annotated[list[str] | None, Query()] = None,
+    rule: str | None = None,
+    incident_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> ExecutionPage:
+    return service.list_executions(
+        conn=conn, statuses=status or (), rule=rule, incident_id=incident_id, limit=limit, before=before
+    )
+
+
+@router.get("/executions/{execution_id}", summary="One execution with its steps and timeline")
+def get_execution(conn: ConnDep, execution_id: int) -> ExecutionDetail:
+    return service.get_execution(conn=conn, execution_id=execution_id)
+
+
+@router.post("/executions/{execution_id}/approve", summary="Approve an execution awaiting approval")
+def approve(
+    conn: WriteConnDep, actor: AdminDep, services: ServicesDep, execution_id: int, body: Decision | None = None
+) -> ExecutionDetail:
+    detail = service.approve(
+        conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
+    )
+    services.wake_workers()
+    return detail
+
+
+@router.post("/executions/{execution_id}/reject", summary="Reject an execution awaiting approval")
+def reject(conn: WriteConnDep, actor: AdminDep, execution_id: int, body: Decision | None = None) -> ExecutionDetail:
+    return service.reject(
+        conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
+    )
+
+
+@router.post("/executions/{execution_id}/cancel", summary="Cancel an execution that has not finished")
+def cancel(conn: WriteConnDep, actor: AdminDep, execution_id: int, body: Decision | None = None) -> ExecutionDetail:
+    return service.cancel(
+        conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
+    )
+
+
+@router.get("/automation", summary="The global switches: paused, dry run")
+def get_automation(conn: ConnDep) -> AutomationOut:
+    return service.get_automation(conn=conn)
+
+
+@router.post("/automation/pause", summary="Kill switch: new triggers are suppressed until resumed")
+def pause(conn: WriteConnDep, actor: AdminDep, body: AutomationChange | None = None) -> AutomationOut:
+    return service.set_automation(
+        conn=conn, actor=actor, now=datetime.now(UTC), paused=True, reason=body.reason if body else ""
+    )
+
+
+@router.post("/automation/resume", summary="Resume automation after a pause")
+def resume(conn: WriteConnDep, actor: AdminDep, body: AutomationChange | None = None) -> AutomationOut:
+    return service.set_automation(
+        conn=conn, actor=actor, now=datetime.now(UTC), paused=False, reason=body.reason if body else ""
+    )
+
+
+@router.post("/automation/dry-run", summary="Global dry run: record what would run, call nothing")
+def dry_run(conn: WriteConnDep, actor: AdminDep, body: DryRunChange) -> AutomationOut:
+    return service.set_automation(
+        conn=conn, actor=actor, now=datetime.now(UTC), dry_run=body.enabled, reason=body.reason
+    )

@@ -1,0 +1,139 @@
+"""Owns what people do with executions and the automation switches: read, approve, reject, cancel, pause."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+
+from sqlalchemy import Connection, select, update
+
+from controlplane.errors import Conflict, NotFound
+from controlplane.incidents.schemas import AuditEventOut
+from controlplane.ingest.store import audit_t
+from controlplane.playbooks import guards
+from controlplane.playbooks.executor import steps_t
+from controlplane.playbooks.schemas import AutomationOut, ExecutionDetail, ExecutionOut, ExecutionPage, StepOut
+from controlplane.playbooks.state import ACTIVE, executions_t, transition
+
+_COLUMNS = [executions_t.c[name] for name in ExecutionOut.model_fields]
+
+
+def list_executions(
+    *,
+    conn: Connection,
+    statuses: Sequence[str] = (),
+    rule: str | None = None,
+    incident_id: int | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> ExecutionPage:
+    query = select(*_COLUMNS).order_by(executions_t.c.id.desc()).limit(limit + 1)
+    if statuses:
+        query = query.where(executions_t.c.status.in_(statuses))
+    if rule:
+        query = query.where(executions_t.c.rule_name == rule)
+    if incident_id is not None:
+        query = query.where(executions_t.c.incident_id == incident_id)
+    if before is not None:
+        query = query.where(executions_t.c.id < before)
+    rows = conn.execute(query).mappings().all()
+    items = [ExecutionOut(**r) for r in rows[:limit]]
+    return ExecutionPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+
+def get_execution(*, conn: Connection, execution_id: int) -> ExecutionDetail:
+    row = (
+        conn.execute(
+            select(*_COLUMNS, executions_t.c.params, executions_t.c.playbook).where(executions_t.c.id == execution_id)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"execution {execution_id} not found")
+    steps = [
+        StepOut(**r)
+        for r in conn.execute(
+            select(*[steps_t.c[name] for name in StepOut.model_fields])
+            .where(steps_t.c.execution_id == execution_id)
+            .order_by(steps_t.c.id)
+        ).mappings()
+    ]
+    timeline = [
+        AuditEventOut(**r)
+        for r in conn.execute(
+            select(
+                audit_t.c.id, audit_t.c.at, audit_t.c.actor, audit_t.c.action, audit_t.c.incident_id, audit_t.c.detail
+            )
+            .where(audit_t.c.execution_id == execution_id)
+            .order_by(audit_t.c.id)
+        ).mappings()
+    ]
+    return ExecutionDetail(**row, steps=steps, timeline=timeline)
+
+
+def _decide(
+    conn: Connection,
+    execution_id: int,
+    to: str,
+    from_states: set[str],
+    *,
+    actor: str,
+    reason: str,
+    now: datetime,
+    verb: str,
+) -> ExecutionDetail:
+    current = conn.execute(
+        select(executions_t.c.status, executions_t.c.incident_id).where(executions_t.c.id == execution_id)
+    ).first()
+    if current is None:
+        raise NotFound(f"execution {execution_id} not found")
+    ok = transition(
+        conn,
+        execution_id,
+        to,
+        actor=actor,
+        now=now,
+        reason=reason or f"{verb} by {actor}",
+        from_states=from_states,
+        incident_id=current.incident_id,
+        values={"decided_by": actor, "decided_at": now},
+    )  # type: ignore[arg-type]
+    if not ok:
+        raise Conflict(f"execution {execution_id} is {current.status}: it cannot be {verb}")
+    return get_execution(conn=conn, execution_id=execution_id)
+
+
+def approve(*, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime) -> ExecutionDetail:
+    return _decide(
+        conn, execution_id, "pending", {"awaiting_approval"}, actor=actor, reason=reason, now=now, verb="approved"
+    )
+
+
+def reject(*, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime) -> ExecutionDetail:
+    return _decide(
+        conn, execution_id, "cancelled", {"awaiting_approval"}, actor=actor, reason=reason, now=now, verb="rejected"
+    )
+
+
+def cancel(*, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime) -> ExecutionDetail:
+    """Stop an execution; a step in flight finishes, but its worker records nothing after it and stops."""
+    _decide(conn, execution_id, "cancelled", set(ACTIVE), actor=actor, reason=reason, now=now, verb="cancelled")
+    conn.execute(
+        update(steps_t)
+        .where(steps_t.c.execution_id == execution_id, steps_t.c.status.in_(("running", "waiting")))
+        .values(status="cancelled", finished_at=now, error=f"cancelled by {actor}")
+    )
+    return get_execution(conn=conn, execution_id=execution_id)
+
+
+def get_automation(*, conn: Connection) -> AutomationOut:
+    return AutomationOut(**asdict(guards.automation(conn)))
+
+
+def set_automation(
+    *, conn: Connection, actor: str, now: datetime, reason: str, paused: bool | None = None, dry_run: bool | None = None
+) -> AutomationOut:
+    state = guards.set_automation(conn, actor=actor, now=now, reason=reason, paused=paused, dry_run=dry_run)
+    return AutomationOut(**asdict(state))
