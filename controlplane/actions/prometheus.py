@@ -1,0 +1,109 @@
+"""Owns the Prometheus actions: `prometheus.query` and `prometheus.top`, read-only PromQL for playbook steps.
+
+Both query the service's Prometheus (settings.prometheus_url) at the time the step runs. They
+only read, so they run in dry-run mode too: later steps' templates need their values.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.integrations.prometheus import PrometheusClient, PrometheusError, Reduce, Sample
+
+RANKING_LIMIT = 50  # keeps a step's recorded output small on a query returning thousands of series
+
+
+class QueryParams(Params):
+    query: str = Field(min_length=1)
+    # Unset: the value is every sample. Set: one number ("single" refuses several series).
+    reduce: Reduce | None = None
+
+
+class TopParams(Params):
+    query: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+    order: Literal["desc", "asc"] = "desc"
+
+
+@lru_cache(maxsize=8)
+def _client(url: str) -> PrometheusClient:
+    # One client per URL: its session pools connections across steps.
+    return PrometheusClient(url)
+
+
+def _target(_params: Any) -> str:
+    # Both actions share one circuit breaker: what fails is the one Prometheus the service queries.
+    # (ActionSpec.target sees only the params, not settings.prometheus_url.)
+    return "prometheus"
+
+
+def _number(value: float | None) -> float | str | None:
+    """A JSON-safe number: NaN is no value; infinities are written as Prometheus writes them."""
+    if value is None or math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return value
+
+
+def _sample(sample: Sample) -> dict[str, Any]:
+    return {"labels": sample.labels, "value": _number(sample.value)}
+
+
+def _failed(exc: PrometheusError, query: str, url: str) -> ActionError:
+    return ActionError(str(exc), retriable=exc.retriable, output={"query": query, "prometheus": url})
+
+
+@action("prometheus.query", params=QueryParams, target=_target)
+def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
+    """Run an instant PromQL query; the value is its samples [{labels, value}], or one number with `reduce`."""
+    url = ctx.settings.prometheus_url
+    try:
+        if params.reduce is None:
+            samples = [_sample(s) for s in _client(url).query_vector(params.query)]
+            return ActionResult(value=samples, output={"query": params.query, "samples": samples})
+        value = _number(_client(url).query_scalar(params.query, reduce=params.reduce))
+    except PrometheusError as exc:
+        raise _failed(exc, params.query, url) from exc
+    return ActionResult(value=value, output={"query": params.query, "reduce": params.reduce, "value": value})
+
+
+@action("prometheus.top", params=TopParams, target=_target)
+def top(ctx: ActionContext, params: TopParams) -> ActionResult:
+    """Rank a query's series by value; the value is the `label` of the highest (or lowest, order: asc)."""
+    url = ctx.settings.prometheus_url
+    try:
+        samples = [s for s in _client(url).query_vector(params.query) if not math.isnan(s.value)]
+    except PrometheusError as exc:
+        raise _failed(exc, params.query, url) from exc
+    output: dict[str, Any] = {"query": params.query, "label": params.label, "order": params.order}
+    if not samples:
+        raise ActionError("query returned no data", retriable=False, output=output)
+    sign = -1.0 if params.order == "desc" else 1.0
+    # Ties broken by the label value, so the same data always names the same target.
+    samples.sort(key=lambda s: (sign * s.value, s.labels.get(params.label, "")))
+    best = samples[0]
+    if params.label not in best.labels:
+        carried = ", ".join(sorted(best.labels)) or "none"
+        raise ActionError(
+            f"label {params.label!r} is not on the top series (its labels: {carried}); "
+            f"keep it in the query, e.g. `sum by ({params.label}) (...)`",
+            retriable=False,
+            output=output,
+        )
+    value = best.labels[params.label]
+    output |= {
+        "value": value,
+        "top_value": _number(best.value),
+        "ranking": [
+            {"label": s.labels.get(params.label), "value": _number(s.value), "labels": s.labels}
+            for s in samples[:RANKING_LIMIT]
+        ],
+        "series": len(samples),
+    }
+    return ActionResult(value=value, output=output)
