@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from controlplane.durations import Duration
+from controlplane import durations
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+
+
+def error_at(message: str, *at: str | int) -> PydanticCustomError:
+    """A model-level validation error that points at a field inside the model.
+
+    Pydantic locates a model validator's error at the model itself; the loader appends `at`
+    (kept in the error's context) so `controlplane check` reports the offending line.
+    """
+    return PydanticCustomError("value_error", message.replace("{", "{{").replace("}", "}}"), {"at": at})
+
+
+def _bounded_duration(value: object) -> object:
+    # timedelta raises OverflowError, which pydantic does not turn into a validation error.
+    try:
+        return durations.parse_duration(value)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too large") from None
+
+
+Duration = Annotated[durations.Duration, BeforeValidator(_bounded_duration)]
 
 
 class _Strict(BaseModel):
@@ -85,10 +106,10 @@ class Playbook(_Strict):
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Playbook:
         seen: set[str] = set()
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
             if step.id is not None:
                 if step.id in seen:
-                    raise ValueError(f"duplicate step id {step.id!r}")
+                    raise error_at(f"duplicate step id {step.id!r}", "steps", index, "id")
                 seen.add(step.id)
         return self
 
@@ -111,7 +132,7 @@ class Rule(_Strict):
         if (self.match is None) == (self.when is None):
             raise ValueError("give exactly one of `match` (alert rule) or `when` (metric rule)")
         if self.match is not None and not self.match:
-            raise ValueError("`match` needs at least one label matcher")
+            raise error_at("`match` needs at least one label matcher", "match")
         return self
 
 
