@@ -1,9 +1,12 @@
-"""The `controlplane` command: serve, migrate."""
+"""The `controlplane` command: serve, migrate, check."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from controlplane import __version__
 from controlplane.config import Settings, SettingsError, load_settings
@@ -56,6 +59,44 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class CheckResult:
+    """What one checker found: errors as `file:line: message`, and a one-line summary when there are none."""
+
+    errors: list[str] = field(default_factory=list)
+    summary: str = ""
+
+
+def check_rules(args: argparse.Namespace) -> CheckResult:
+    from controlplane.actions.base import load_builtin_actions
+    from controlplane.rules.loader import RuleLoadError, load_rules
+
+    directory: Path = args.directory if args.directory is not None else _settings(args).rules_dir
+    try:
+        rules = load_rules(directory, load_builtin_actions())
+    except RuleLoadError as exc:
+        return CheckResult(errors=[str(e) for e in exc.errors])
+    return CheckResult(
+        summary=f"{directory}: {len(rules.rules)} rules, {len(rules.playbooks)} playbooks, {len(rules.files)} files"
+    )
+
+
+# Each checker validates one kind of configuration; `controlplane check` runs them all.
+CHECKERS: list[Callable[[argparse.Namespace], CheckResult]] = [check_rules]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    results = [checker(args) for checker in CHECKERS]
+    errors = [error for result in results for error in result.errors]
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        return 1
+    for result in results:
+        print(f"ok: {result.summary}")
+    return 0
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -74,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     mig.add_argument("--database-url", help="database URL (CONTROLPLANE_DATABASE_URL)")
     mig.set_defaults(func=cmd_migrate)
+    check = sub.add_parser("check", help="validate rule files; errors as file:line: message, exit 1 on any")
+    check.add_argument(
+        "directory", nargs="?", type=Path, help="rules directory (default: CONTROLPLANE_RULES_DIR or ./rules)"
+    )
+    check.set_defaults(func=cmd_check)
     return parser
 
 
