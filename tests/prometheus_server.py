@@ -208,15 +208,35 @@ class PrometheusServer:
         self._log.close()
 
 
+# Each test module binds the fixture under its own name (`prometheus = prometheus_server.prometheus`),
+# which gives pytest one session fixture per module; they share this one server and the last
+# teardown stops it.
+_shared: PrometheusServer | None = None
+_users = 0
+
+
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A running Prometheus scraping `prometheus.target` every second (fails under CI=true if the binary is missing)."""
+    global _shared, _users
     binary = require_binary("prometheus")
-    target = MetricsTarget()
-    server = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"), target)
+    if _shared is None:
+        target = MetricsTarget()
+        server = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"), target)
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            target.close()
+            raise
+        _shared = server
+    server = _shared
+    _users += 1
     try:
-        server.wait_ready()
         yield server
     finally:
-        server.stop()
-        target.close()
+        _users -= 1
+        if _users == 0:
+            server.stop()
+            server.target.close()
+            _shared = None
