@@ -76,9 +76,16 @@ def check_rules(args: argparse.Namespace) -> CheckResult:
         rules = load_rules(directory, load_builtin_actions())
     except RuleLoadError as exc:
         return CheckResult(errors=[str(e) for e in exc.errors])
-    return CheckResult(
-        summary=f"{directory}: {len(rules.rules)} rules, {len(rules.playbooks)} playbooks, {len(rules.files)} files"
-    )
+    counts = [
+        _count(len(rules.rules), "rule"),
+        _count(len(rules.playbooks), "playbook"),
+        _count(len(rules.files), "file"),
+    ]
+    return CheckResult(summary=f"{directory}: {', '.join(counts)}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # Each checker validates one kind of configuration; `controlplane check` runs them all.

@@ -201,11 +201,11 @@ class _Source:
 
     def _where(self, at: Path_) -> str:
         """`rule "name": match.severity` when the rule's name is readable, else `rules[0].match.severity`."""
-        if len(at) >= 2 and at[0] in ("rules", "playbooks") and isinstance(at[1], int) and at[2:] != ("name",):
+        if len(at) >= 2 and at[0] in ("rules", "playbooks") and isinstance(at[1], int):
             items = self.data.get(at[0]) if isinstance(self.data, dict) else None
             raw = items[at[1]] if isinstance(items, list) and at[1] < len(items) else None
             name = raw.get("name") if isinstance(raw, dict) else None
-            if isinstance(name, str) and name:
+            if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name):
                 head = f'{"rule" if at[0] == "rules" else "playbook"} "{name}"'
                 return f"{head}: {_dotted(at[2:])}" if len(at) > 2 else head
         return _dotted(at)
@@ -232,8 +232,9 @@ def _read(path: Path, errors: list[RuleFileError]) -> _Source | None:
     except UnicodeDecodeError as exc:
         errors.append(RuleFileError(path, raw[: exc.start].count(b"\n") + 1, "not UTF-8 text"))
         return None
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # checks for control characters already
         node = loader.get_single_node()
         if node is None:  # empty, or only comments
             return _Source(path, None, _Pos(1), errors)
@@ -247,7 +248,8 @@ def _read(path: Path, errors: list[RuleFileError]) -> _Source | None:
     except RecursionError:
         errors.append(RuleFileError(path, 1, "invalid YAML: nested too deeply"))
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        if loader is not None:
+            loader.dispose()  # type: ignore[no-untyped-call]
     return None
 
 
@@ -528,7 +530,8 @@ class _Checker:
                     self._params(item, rollback_spec, rollback.with_, *at, "rollback", "with")
             elif rollback_spec is not None:
                 # Without its own `with`, a rollback is called with the step's inputs.
-                self._params(item, rollback_spec, step.with_, *at, "rollback", note=" (given the step's own `with`)")
+                note = f" (rollback {rollback.action} is given the step's own `with`)"
+                self._params(item, rollback_spec, step.with_, *at, "with", note=note)
 
     def _action(self, item: _Item[Any], name: str, *at: str | int) -> ActionSpec[Any] | None:
         if name in self.registry:
