@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,11 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from controlplane import __version__
-from controlplane.api import health, incidents, webhook
+from controlplane.api import executions, health, incidents, rules, webhook
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.middleware import RequestContextMiddleware
 from controlplane.config import Settings, get_settings
 from controlplane.ingest.payload import AlertmanagerNotification
+from controlplane.rules.loader import RuleLoadError
 from controlplane.services import Services
 
 
@@ -29,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.start)
+        _reload_on_sighup(services)
         try:
             yield
         finally:
@@ -45,11 +50,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for module in (health, webhook, incidents):
+    for module in (health, webhook, incidents, executions, rules):
         app.include_router(module.router)
     _serve_local_docs(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _reload_on_sighup(services: Services) -> None:
+    """`kill -HUP` reloads the rule files; a bad file keeps the rules in force (and is logged)."""
+
+    def reload() -> None:
+        with contextlib.suppress(RuleLoadError):
+            services.rules.load()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

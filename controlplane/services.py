@@ -1,18 +1,27 @@
-"""Owns the long-lived parts one running service shares: settings, engine, metrics, ingest writer."""
+"""Owns the long-lived parts one running service shares, and their start and stop order."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from controlplane.actions.base import ActionRegistry, load_builtin_actions
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
 from controlplane.incidents.service import count_open_incidents
+from controlplane.ingest.store import IngestResult, audit
 from controlplane.ingest.writer import IngestWriter
+from controlplane.playbooks.executor import Executor, _WriteTx
+from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
+from controlplane.playbooks.worker import Worker, pool_for
+from controlplane.resilience.circuit_breaker import CircuitBreakers, State
+from controlplane.rules.holder import RulesHolder
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -23,8 +32,13 @@ class Services:
     settings: Settings
     engine: Engine
     metrics: Metrics
+    registry: ActionRegistry
+    rules: RulesHolder
+    breakers: CircuitBreakers
     writer: IngestWriter
+    worker: Worker
     head_revision: str | None
+    _pool: Any
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -32,27 +46,68 @@ class Services:
         metrics = Metrics()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             metrics.registry.register(collector)
+        registry = load_builtin_actions()
+        rules = RulesHolder(settings.rules_dir, registry)
+        breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
+        pool = pool_for(settings.worker_threads)
+        executor = Executor(
+            engine=engine, registry=registry, settings=settings, breakers=breakers, metrics=metrics, pool=pool
+        )
+        worker = Worker(
+            engine=engine,
+            executor=executor,
+            instance_id=settings.instance_id,
+            threads=settings.worker_threads,
+            lease_seconds=settings.worker_lease_seconds,
+            poll_seconds=settings.worker_poll_seconds,
+            max_claims=settings.max_claims,
+        )
+
+        def trigger(conn: Connection, result: IngestResult) -> list[Triggered]:
+            return trigger_for_alerts(
+                conn, alert_ids=result.new_alert_ids, rules=rules.current, default_group_by=settings.incident_group_by
+            )
+
+        def triggered(executions: list[Triggered]) -> None:
+            for t in executions:
+                if t.guard:
+                    metrics.guard_suppressions.labels(t.rule, t.guard).inc()
+            if any(t.status == "pending" for t in executions):
+                worker.notify()
+
         writer = IngestWriter(
             engine,
             group_by=settings.incident_group_by,
             metrics=metrics,
             max_batch=settings.ingest_max_batch,
             commit_timeout=settings.ingest_timeout_seconds,
+            after_ingest=trigger,
+            after_commit=triggered,
         )
-        services = cls(settings, engine, metrics, writer, migrate.head_revision(engine))
+        services = cls(
+            settings, engine, metrics, registry, rules, breakers, writer, worker, migrate.head_revision(engine), pool
+        )
         metrics.watch_open_incidents(services.open_incidents_or_none)
         return services
 
     def start(self) -> None:
+        """Migrate, load rules (bad rules stop start-up: better than running without them), start work."""
         before = migrate.current_revision(self.engine)
         migrate.upgrade(self.engine)
         if before != self.head_revision:
             log.info("database.migrated", from_revision=before, to_revision=self.head_revision)
+        self.rules.load()
         self.writer.start()
+        self.worker.start()
 
     def stop(self) -> None:
         self.writer.stop()
+        self.worker.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+
+    def wake_workers(self) -> None:
+        self.worker.notify()
 
     def open_incidents_or_none(self) -> int | None:
         try:
@@ -61,3 +116,19 @@ class Services:
         except Exception as exc:  # a scrape must not fail because the database is down
             log.warning("metrics.open_incidents_unavailable", error=str(exc).splitlines()[0])
             return None
+
+
+def _audit_breaker(engine: Engine, name: str, old: State, new: State) -> None:
+    """Circuit transitions go in the audit trail: an on-call person asks why a step was refused."""
+    try:
+        with _WriteTx(engine) as conn:
+            audit(
+                conn,
+                actor="controlplane:circuit-breaker",
+                action="circuit.changed",
+                incident_id=None,
+                detail={"name": name, "from": str(old), "to": str(new)},
+                now=datetime.now(UTC),
+            )
+    except Exception as exc:
+        log.warning("circuit.audit_failed", error=str(exc).splitlines()[0])

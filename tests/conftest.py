@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ PG_URL = os.environ.get("CONTROLPLANE_TEST_POSTGRES_URL", "postgresql://postgres
 IN_CI = os.environ.get("CI") == "true"
 WEBHOOK = "/api/v1/alerts/alertmanager"
 TOKEN = "test-webhook-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789"
+RULES = Path(__file__).parent.parent / "rules"
 
 
 def require(condition: bool, reason: str) -> None:
@@ -101,7 +104,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": database_url, "webhook_token": TOKEN, **overrides}
+    """Test settings: no rules unless a test names a rules_dir (the shipped rules act on what they match)."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "webhook_token": TOKEN,
+        "admin_token": ADMIN_TOKEN,
+        "rules_dir": Path(tempfile.mkdtemp(prefix="cp-no-rules-")),
+        **overrides,
+    }
     return Settings(**values)
 
 

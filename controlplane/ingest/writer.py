@@ -10,11 +10,12 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.errors import Unavailable
@@ -56,12 +57,18 @@ class IngestWriter:
         metrics: Metrics,
         max_batch: int = 256,
         commit_timeout: float = 5.0,
+        after_ingest: Callable[[Connection, IngestResult], list[Any]] | None = None,
+        after_commit: Callable[[list[Any]], None] | None = None,
     ) -> None:
+        """`after_ingest` runs inside each notification's transaction (it creates executions, so an
+        acknowledged alert never lacks them); `after_commit` gets what it returned, once committed."""
         self._engine = engine
         self._group_by = list(group_by)
         self._metrics = metrics
         self._max_batch = max_batch
         self._commit_timeout = commit_timeout
+        self._after_ingest = after_ingest
+        self._after_commit = after_commit
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accepting = False
@@ -114,14 +121,25 @@ class IngestWriter:
     def _commit(self, batch: list[_Job]) -> None:
         for attempt in range(3):
             try:
+                followups: list[Any] = []
+                results: list[IngestResult] = []
                 with self._engine.connect().execution_options(write=True) as conn, conn.begin():
-                    results = [ingest_notification(conn, job.notification, group_by=self._group_by) for job in batch]
+                    for job in batch:
+                        result = ingest_notification(conn, job.notification, group_by=self._group_by)
+                        if self._after_ingest is not None and result.new_alert_ids:
+                            followups.extend(self._after_ingest(conn, result))
+                        results.append(result)
             except Exception as exc:
                 if _is_conflict(exc) and attempt < 2:
                     continue
                 self._fail(batch, exc)
                 return
             self._metrics.ingest_batch_size.observe(len(batch))
+            if followups and self._after_commit is not None:
+                try:
+                    self._after_commit(followups)
+                except Exception:  # the alerts are committed; a failing hook must not turn that into a 5xx
+                    log.exception("ingest.after_commit_failed")
             for job, result in zip(batch, results, strict=True):
                 self._deliver(job, result)
             return
