@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     structlog.get_logger("controlplane").info(
         "serving", url=url, webhook=f"{url}/api/v1/alerts/alertmanager", database=_redact(settings.database_url)
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exit 0 then, as a clean stop should.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         app,
         host=settings.listen_host,

@@ -18,7 +18,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":  # default to psycopg 3, the driver we ship
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        connect_args = {"connect_timeout": 3, **kwargs.pop("connect_args", {})}
+        # Keepalives and a user timeout make a silent network partition fail in seconds, not when
+        # the kernel gives up retransmitting, so webhooks get their 503 and the writer recovers.
+        connect_args = {
+            "connect_timeout": 3,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+            **kwargs.pop("connect_args", {}),
+        }
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     return create_engine(url, **kwargs)
 

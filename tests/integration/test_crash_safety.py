@@ -160,14 +160,6 @@ def test_sigterm_answers_webhooks_in_flight_and_loses_nothing(server_db: str, tm
     assert half_stored(server_db) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service bug: uvicorn >= 0.29 re-raises the SIGTERM it handled once its graceful shutdown is done "
-        "(uvicorn/server.py Server.capture_signals), so `controlplane serve` dies of the signal (status 143) "
-        "and never reaches `return 0` in controlplane/cli.py cmd_serve"
-    ),
-)
 def test_sigterm_exits_with_status_0(tmp_path: Path) -> None:
     with ServerProcess(f"sqlite:///{tmp_path}/controlplane.db", tmp_path / "server.log") as server:
         server.wait_ready()
