@@ -214,10 +214,10 @@ class _Source:
 def _dotted(at: Path_) -> str:
     out = ""
     for part in at:
-        if isinstance(part, int) or (part.startswith("[") and out):
-            out += f"[{part}]" if isinstance(part, int) else part
-        else:
+        if isinstance(part, str) and not (part.startswith("[") and out):
             out += f".{part}" if out else part
+        else:  # a list index, pydantic's `[key]`, or a YAML key that is not a string (`1:`, `null:`)
+            out += part if isinstance(part, str) else f"[{part!r}]"
     return out
 
 
@@ -495,7 +495,7 @@ class _Checker:
         known = {p.model.name for p in self.loaded.playbooks}
         if rule.playbook not in known and rule.playbook not in {p.model.name for p in self.loaded.broken_playbooks}:
             item.error(f"no playbook named {rule.playbook!r}{_did_you_mean(rule.playbook, sorted(known))}", "playbook")
-        self._templates(item, rule.params, set(), "params")
+        self._templates(item, rule.params, None, "params")
 
     def _playbook(self, item: _Item[Playbook]) -> None:
         self._templates(item, item.model.params, None, "params")

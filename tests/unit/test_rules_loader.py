@@ -494,3 +494,30 @@ def test_control_characters(tmp_path: Path) -> None:
 def test_unsafe_tags_are_refused(tmp_path: Path) -> None:
     error = only_error(tmp_path, "rules: !!python/object/apply:os.system ['true']\n")
     assert error.startswith("a.yaml:1: invalid YAML:")
+
+
+def test_odd_keys_and_templates_in_params_are_reported_not_crashed_on(tmp_path: Path) -> None:
+    text = """\
+    rules:
+      - name: x
+        match: {a: b}
+        playbook: p
+        params: {n: "{{ steps.a.value }}", m: "{{ oops }"}
+    playbooks:
+      - name: p
+        params: {k: "{{ steps.b }}"}
+        steps:
+          - action: graph.disable
+            with: {graph: g, labels: {null: "{{ x }", 1: [y]}}
+    """
+    assert errors_of(tmp_path, {"a.yaml": text}) == [
+        "a.yaml:5: rule \"x\": params.m: template syntax error: unexpected '}'",
+        "a.yaml:11: playbook \"p\": steps[0].with.labels[None]: template syntax error: unexpected '}'",
+    ]
+
+
+@pytest.mark.parametrize("depth", [50, 5000])
+def test_deep_nesting(tmp_path: Path, depth: int) -> None:
+    text = steps("- action: test.echo", "  with: {text: " + "[" * depth + "x" + "]" * depth + "}")
+    error = only_error(tmp_path, text)
+    assert error.startswith("a.yaml:5: " if depth == 50 else "a.yaml:1: invalid YAML: nested too deeply"), error
