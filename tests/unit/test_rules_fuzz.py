@@ -49,6 +49,12 @@ WORDS = [
     "p",
     "x",
     "on_failure",
+    "params",
+    "labels",
+    "group_by",
+    "retry",
+    "timeout",
+    "enabled",
 ]
 
 leaves = (
@@ -63,7 +69,8 @@ leaves = (
 documents = st.recursive(
     leaves,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=6), inner, max_size=5)
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=6) | st.none() | st.integers(), inner, max_size=5)
     ),
     max_leaves=30,
 )
