@@ -62,7 +62,7 @@ def _reload_on_sighup(services: Services) -> None:
 
     def reload() -> None:
         with contextlib.suppress(RuleLoadError):
-            services.rules.load()
+            services.reload_rules()
 
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

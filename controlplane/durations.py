@@ -19,14 +19,20 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"invalid duration {value!r}: durations cannot be negative; use e.g. 30s, 5m, 1h30m")
-        return timedelta(seconds=value)
+        try:
+            return timedelta(seconds=value)
+        except OverflowError:
+            raise ValueError(f"duration {value!r} is too large") from None
     if isinstance(value, str):
         text = value.strip()
         if text == "0":
             return timedelta(0)
         parts = _PART.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
-            return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+            try:
+                return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+            except OverflowError:
+                raise ValueError(f"duration {value!r} is too large") from None
     raise ValueError(f"invalid duration {value!r}: use a number of seconds or e.g. 30s, 5m, 1h30m, 2d")
 
 

@@ -15,8 +15,12 @@ from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
 from controlplane.incidents.service import count_open_incidents
+from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult, audit
 from controlplane.ingest.writer import IngestWriter
+from controlplane.integrations.prometheus import PrometheusClient
+from controlplane.metricrules.evaluator import MetricRuleMetrics
+from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.executor import Executor, _WriteTx
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.playbooks.worker import Worker, pool_for
@@ -37,6 +41,7 @@ class Services:
     breakers: CircuitBreakers
     writer: IngestWriter
     worker: Worker
+    scheduler: MetricRuleScheduler
     head_revision: str | None
     _pool: Any
 
@@ -84,8 +89,45 @@ class Services:
             after_ingest=trigger,
             after_commit=triggered,
         )
+
+        def metric_rule_fired(conn: Connection, notification: AlertmanagerNotification, result: IngestResult) -> None:
+            # Inside the evaluation's transaction: the incident and its executions commit together.
+            # The synthetic alert is named after its rule; MetricRuleEvaluationFailed has no rule.
+            rule = rules.current.rule(notification.alerts[0].alertname)
+            if rule is None or rule.when is None or not result.new_alert_ids:
+                return
+            triggered(
+                trigger_for_alerts(
+                    conn,
+                    alert_ids=result.new_alert_ids,
+                    rules=rules.current,
+                    default_group_by=settings.incident_group_by,
+                    only=rule,
+                )
+            )
+
+        # Metric rules are leader work; in SQLite mode the one process is the leader.
+        scheduler = MetricRuleScheduler(
+            lambda: rules.current.rules,
+            client=PrometheusClient(settings.prometheus_url),
+            engine=engine,
+            metrics=MetricRuleMetrics(metrics.registry),
+            interval_seconds=settings.metric_rule_interval_seconds,
+            group_by=settings.incident_group_by,
+            on_ingest=metric_rule_fired,
+        )
         services = cls(
-            settings, engine, metrics, registry, rules, breakers, writer, worker, migrate.head_revision(engine), pool
+            settings,
+            engine,
+            metrics,
+            registry,
+            rules,
+            breakers,
+            writer,
+            worker,
+            scheduler,
+            migrate.head_revision(engine),
+            pool,
         )
         metrics.watch_open_incidents(services.open_incidents_or_none)
         return services
@@ -99,12 +141,19 @@ class Services:
         self.rules.load()
         self.writer.start()
         self.worker.start()
+        self.scheduler.start()
 
     def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+
+    def reload_rules(self) -> None:
+        """Load the rule files again (raises RuleLoadError and keeps the rules in force on errors)."""
+        self.rules.load()
+        self.scheduler.resync()
 
     def wake_workers(self) -> None:
         self.worker.notify()

@@ -26,6 +26,8 @@ from controlplane.db import migrate
 from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
 
+pytest_plugins = ["tests.prometheus_server"]  # the `prometheus` fixture: the real binary, one per session
+
 DATA = Path(__file__).parent / "data"
 PG_URL = os.environ.get("CONTROLPLANE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"

@@ -109,7 +109,7 @@ class ActionSpec(Generic[P]):
     inverse: str | None = None
     blast_radius: Callable[[ActionContext, P], str | None] | None = None  # a reason to refuse, or None
     blast_radius_doc: str = ""
-    target: Callable[[P], str] | None = None
+    target: Callable[[ActionContext, P], str] | None = None  # what it acts on: keys its circuit breaker
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -120,8 +120,8 @@ class ActionSpec(Generic[P]):
             "blast_radius": self.blast_radius_doc or None,
         }
 
-    def target_of(self, params: P) -> str:
-        return f"{self.name}:{self.target(params)}" if self.target else self.name
+    def target_of(self, ctx: ActionContext, params: P) -> str:
+        return f"{self.name}:{self.target(ctx, params)}" if self.target else self.name
 
 
 class UnknownAction(KeyError):
@@ -163,7 +163,7 @@ def action(
     inverse: str | None = None,
     blast_radius: Callable[[ActionContext, P], str | None] | None = None,
     blast_radius_doc: str = "",
-    target: Callable[[P], str] | None = None,
+    target: Callable[[ActionContext, P], str] | None = None,
     into: ActionRegistry | None = None,
 ) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
     """Register `func` as action `name`; its docstring's first line is its description."""

@@ -24,6 +24,10 @@ def _host(params: HttpRequestParams) -> str:
     return urlsplit(params.url).hostname or ""
 
 
+def _target(_ctx: ActionContext, params: HttpRequestParams) -> str:
+    return _host(params)
+
+
 def _refuse_unlisted(ctx: ActionContext, params: HttpRequestParams) -> str | None:
     parts = urlsplit(params.url)
     if parts.scheme not in ("http", "https"):
@@ -38,7 +42,7 @@ def _refuse_unlisted(ctx: ActionContext, params: HttpRequestParams) -> str | Non
     params=HttpRequestParams,
     blast_radius=_refuse_unlisted,
     blast_radius_doc="only hosts listed in CONTROLPLANE_HTTP_ALLOWED_HOSTS",
-    target=_host,
+    target=_target,
 )
 def http_request(ctx: ActionContext, params: HttpRequestParams) -> ActionResult:
     """Send one HTTP request with the step's idempotency key; 5xx and connection errors are retriable."""

@@ -36,10 +36,9 @@ def _client(url: str) -> PrometheusClient:
     return PrometheusClient(url)
 
 
-def _target(_params: Any) -> str:
-    # Both actions share one circuit breaker: what fails is the one Prometheus the service queries.
-    # (ActionSpec.target sees only the params, not settings.prometheus_url.)
-    return "prometheus"
+def _target(ctx: ActionContext, _params: Any) -> str:
+    # Both actions' breakers are keyed by the one Prometheus the service queries.
+    return ctx.settings.prometheus_url
 
 
 def _number(value: float | None) -> float | str | None:

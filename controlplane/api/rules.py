@@ -39,7 +39,7 @@ def list_rules(services: ServicesDep) -> RulesOut:
 @router.post("/rules/reload", summary="Reload rule files; on any error the rules in force stay")
 def reload_rules(services: ServicesDep, _actor: AdminDep) -> RulesOut:
     try:
-        services.rules.load()
+        services.reload_rules()
     except RuleLoadError as exc:
         raise InvalidInput(
             "rule files have errors; the rules in force were kept",

@@ -82,6 +82,7 @@ def ingest_notification(
     *,
     group_by: Sequence[str],
     now: datetime | None = None,
+    actor: str | None = None,
 ) -> IngestResult:
     """Apply one webhook notification inside the caller's transaction.
 
@@ -92,7 +93,7 @@ def ingest_notification(
     """
     now = now or datetime.now(UTC)
     receiver = unquote_receiver(notification.receiver)
-    actor = f"alertmanager:{receiver}"
+    actor = actor or f"alertmanager:{receiver}"
     result = IngestResult()
     fingerprints = {alert.fingerprint for alert in notification.alerts}
     rows = conn.execute(

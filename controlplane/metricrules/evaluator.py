@@ -321,7 +321,8 @@ def _ingest(
             "alerts": [alert],
         }
     )
-    result = ingest_notification(conn, notification, group_by=group_by, now=now)
+    actor = f"metric-rule:{labels.get('rule', labels['alertname'])}"
+    result = ingest_notification(conn, notification, group_by=group_by, now=now, actor=actor)
     if on_ingest is not None:
         on_ingest(conn, notification, result)
     return result

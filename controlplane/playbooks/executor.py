@@ -218,7 +218,7 @@ class Executor:
             if refusal:
                 self._audit(run, "step.refused", {"step": index, "action": action_name, "reason": refusal})
                 return self._fail_step(run, phase, index, step, existing, inputs, f"blast radius: {refusal}")
-        breaker = self._breakers.get(spec.target_of(params))
+        breaker = self._breakers.get(spec.target_of(ctx, params))
         attempts = existing.attempts
         timeout = (step.timeout or DEFAULT_STEP_TIMEOUT).total_seconds()
         began = time.perf_counter()

@@ -2,17 +2,19 @@
 
 The sandbox blocks attribute tricks (`''.__class__`); label values reach templates only as
 data in the context, and rendered output is never rendered again, so a label value of
-`{{ 7*7 }}` stays exactly that text.
+`{{ 7*7 }}` stays exactly that text. Templates compile through `rules.templates`, the same
+environment `controlplane check` validates with.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateError
+from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-_STRICT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+from controlplane.rules import templates
+
 # Dry runs render steps whose inputs name outputs of steps that were never called.
 _LENIENT = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
 
@@ -21,21 +23,14 @@ class RenderError(Exception):
     pass
 
 
-def _env(lenient: bool) -> SandboxedEnvironment:
-    return _LENIENT if lenient else _STRICT
-
-
-def is_template(value: str) -> bool:
-    return "{{" in value or "{%" in value
-
-
 def render_value(value: Any, context: dict[str, Any], *, lenient: bool = False) -> Any:
     """Render every template string inside `value` (dicts and lists recursively)."""
     if isinstance(value, str):
-        if not is_template(value):
+        if not templates.is_template(value):
             return value
         try:
-            return _env(lenient).from_string(value).render(context)
+            compiled = _LENIENT.from_string(value) if lenient else templates.template(value)
+            return compiled.render(context)
         except TemplateError as exc:
             raise RenderError(f"template {value!r}: {exc}") from None
     if isinstance(value, dict):
@@ -47,10 +42,9 @@ def render_value(value: Any, context: dict[str, Any], *, lenient: bool = False) 
 
 def evaluate_condition(expression: str, context: dict[str, Any], *, lenient: bool = False) -> bool:
     """A step's `when:` (a Jinja expression, with or without braces)."""
-    text = expression.strip()
-    if text.startswith("{{") and text.endswith("}}"):
-        text = text[2:-2]
     try:
-        return bool(_env(lenient).compile_expression(text)(**context))
+        if lenient:
+            return bool(_LENIENT.compile_expression(templates.strip_braces(expression))(**context))
+        return bool(templates.expression(expression)(**context))
     except TemplateError as exc:
         raise RenderError(f"condition {expression!r}: {exc}") from None

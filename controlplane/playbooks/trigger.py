@@ -41,11 +41,13 @@ def trigger_for_alerts(
     rules: RuleSource,
     default_group_by: Sequence[str],
     now: datetime | None = None,
+    only: Rule | None = None,
 ) -> list[Triggered]:
     """Create an execution for every (matching rule, new firing alert), inside the ingest transaction.
 
     Creating it in the same transaction as the alert means an acknowledged alert always has
-    its executions: a crash cannot store one without the other.
+    its executions: a crash cannot store one without the other. With `only`, that rule is
+    the trigger instead of the alert rules that match (a metric rule's own synthetic alert).
     """
     if not alert_ids:
         return []
@@ -68,7 +70,7 @@ def trigger_for_alerts(
     triggered: list[Triggered] = []
     state: Automation | None = None
     for row in rows:
-        matched = rules.match(row.labels)
+        matched = [only] if only is not None else rules.match(row.labels)
         if not matched:
             continue
         state = state or automation(conn)

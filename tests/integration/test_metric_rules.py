@@ -27,10 +27,8 @@ from controlplane.metricrules.evaluator import (
 )
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.rules.schema import Rule
-from tests import prometheus_server
 from tests.prometheus_server import PrometheusServer, free_port
 
-prometheus = prometheus_server.prometheus  # the session's Prometheus fixture
 pytestmark = pytest.mark.slow
 
 GROUP_BY = ["alertname", "namespace"]

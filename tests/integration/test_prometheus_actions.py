@@ -14,10 +14,8 @@ from controlplane.actions.prometheus import QueryParams, TopParams
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.integrations.prometheus import PrometheusClient, PrometheusError
-from tests import prometheus_server
 from tests.prometheus_server import PrometheusServer, free_port
 
-prometheus = prometheus_server.prometheus  # the session's Prometheus fixture
 pytestmark = pytest.mark.slow
 
 
@@ -29,10 +27,9 @@ def unused_engine() -> Iterator[Engine]:
     engine.dispose()
 
 
-def run(action: str, url: str, engine: Engine, **params: Any) -> ActionResult:
-    spec = registry.get(action)
+def context(url: str, engine: Engine) -> ActionContext:
     now = datetime.now(UTC)
-    ctx = ActionContext(
+    return ActionContext(
         execution_id=1,
         step_index=0,
         idempotency_key="test",
@@ -44,7 +41,11 @@ def run(action: str, url: str, engine: Engine, **params: Any) -> ActionResult:
         now=lambda: now,
         step_started_at=now,
     )
-    return spec.func(ctx, spec.params.model_validate(params))
+
+
+def run(action: str, url: str, engine: Engine, **params: Any) -> ActionResult:
+    spec = registry.get(action)
+    return spec.func(context(url, engine), spec.params.model_validate(params))
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +59,14 @@ def graphs(prometheus: PrometheusServer) -> str:
     return name
 
 
-def test_registered_with_typed_params() -> None:
+def test_registered_with_typed_params(unused_engine: Engine) -> None:
     assert registry.get("prometheus.query").params is QueryParams
     assert registry.get("prometheus.top").params is TopParams
-    assert registry.get("prometheus.top").target_of(TopParams(query="x", label="y")) == "prometheus.top:prometheus"
+    ctx = context("http://prom:9090", unused_engine)
+    assert (
+        registry.get("prometheus.top").target_of(ctx, TopParams(query="x", label="y"))
+        == "prometheus.top:http://prom:9090"
+    )
     with pytest.raises(ValueError, match="order"):
         TopParams.model_validate({"query": "x", "label": "y", "order": "up"})
 
