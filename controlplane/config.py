@@ -56,6 +56,24 @@ class Settings(BaseSettings):
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Token for admin API calls (reload rules, pause automation) until the console's login exists.
     admin_token: SecretStr | None = None
+    # Kubernetes API for k8s.* actions and kubernetes targets: in-cluster config, a kubeconfig,
+    # or an explicit API URL (+ token file), which is also how tests point at a stand-in.
+    kube_config: Literal["auto", "in-cluster", "kubeconfig"] = "auto"
+    kube_api_url: str | None = None
+    kube_token_file: Path | None = None
+    # Paging. Tokens come from files or the environment, never from rule files.
+    slack_token: SecretStr | None = None
+    slack_token_file: Path | None = None
+    slack_channel: str = "#oncall"
+    slack_api_url: str = "https://slack.com/api/"
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_routing_key_file: Path | None = None
+    pagerduty_url: str = "https://events.pagerduty.com"
+    # Severity routing (seed 002): where notify.oncall sends, by incident severity.
+    notify_routes: dict[str, Literal["pagerduty", "slack", "log"]] = Field(
+        default_factory=lambda: {"critical": "pagerduty", "warning": "slack", "*": "log"}
+    )
+    alertmanager_url: str = "http://127.0.0.1:9093"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -65,6 +83,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _resolve_secret_files(self) -> Settings:
+        for secret, path in (
+            ("slack_token", self.slack_token_file),
+            ("pagerduty_routing_key", self.pagerduty_routing_key_file),
+        ):
+            if path is None:
+                continue
+            if getattr(self, secret) is not None:
+                raise ValueError(f"set {secret} or {secret}_file, not both")
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"{secret}_file {path}: {exc.strerror}") from exc
+            setattr(self, secret, SecretStr(value))
+        return self
 
     @model_validator(mode="after")
     def _resolve_secrets(self) -> Settings:

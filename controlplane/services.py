@@ -56,7 +56,13 @@ class Services:
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
         pool = pool_for(settings.worker_threads)
         executor = Executor(
-            engine=engine, registry=registry, settings=settings, breakers=breakers, metrics=metrics, pool=pool
+            engine=engine,
+            registry=registry,
+            settings=settings,
+            breakers=breakers,
+            metrics=metrics,
+            pool=pool,
+            rules=lambda: rules.current,
         )
         worker = Worker(
             engine=engine,

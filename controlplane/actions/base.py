@@ -9,7 +9,7 @@ which keys the circuit breaker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine
 
 from controlplane.config import Settings
+from controlplane.rules.schema import FailoverGroup, Target
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -82,6 +83,18 @@ class ActionContext:
     step_started_at: datetime  # first start of this step, kept across durable waits and resumes
     dry_run: bool = False
     log: Any = field(default_factory=lambda: structlog.get_logger("controlplane.action"))
+    targets: Mapping[str, Target] = field(default_factory=dict)  # from the rule files in force
+    failover: Mapping[str, FailoverGroup] = field(default_factory=dict)
+
+    def target(self, name: str, kind: str | None = None) -> Target:
+        """The named target, or an ActionError an on-call person can act on."""
+        found = self.targets.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ActionError(f"unknown target {name!r} (defined in rule files: {known})")
+        if kind is not None and found.kind != kind:
+            raise ActionError(f"target {name!r} is {found.kind}, this action needs a {kind} target")
+        return found
 
 
 @dataclass

@@ -214,3 +214,76 @@ class MetricRuleState(Base):
     last_evaluated_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     consecutive_errors: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EndpointState(Base):
+    """Health of one endpoint of a failover group, as the health checker last saw it."""
+
+    __tablename__ = "endpoint_states"
+
+    service: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(255), primary_key=True)
+    healthy: Mapped[bool] = mapped_column(Boolean, default=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    consecutive_successes: Mapped[int] = mapped_column(Integer, default=0)
+    last_checked_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class ActiveEndpoint(Base):
+    """The endpoint a service's clients should use now (published via the API)."""
+
+    __tablename__ = "active_endpoints"
+
+    service: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(255))
+    since: Mapped[datetime]
+    changed_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+class FailoverEvent(Base):
+    """node_marked_failed, failover_started/completed, recovery_started/completed (seed 002)."""
+
+    __tablename__ = "failover_events"
+    __table_args__ = (Index("ix_failover_events_service", "service", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    service: Mapped[str] = mapped_column(String(255))
+    event: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str | None] = mapped_column(String(255))
+    from_endpoint: Mapped[str | None] = mapped_column(String(255))
+    to_endpoint: Mapped[str | None] = mapped_column(String(255))
+    from_region: Mapped[str | None] = mapped_column(String(255))
+    to_region: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]]
+
+
+class NotificationThread(Base):
+    """The Slack message of an incident, so updates go to its thread (and PagerDuty's dedup key)."""
+
+    __tablename__ = "notification_threads"
+
+    incident_id: Mapped[int] = mapped_column(BigId, ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(255), primary_key=True)
+    ts: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class Silence(Base):
+    """An Alertmanager silence the control plane created, so it can expire it on rollback or resolve."""
+
+    __tablename__ = "silences"
+    __table_args__ = (Index("ix_silences_incident", "incident_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    silence_id: Mapped[str] = mapped_column(String(64), unique=True)
+    incident_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("incidents.id", ondelete="SET NULL"))
+    execution_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("executions.id", ondelete="SET NULL"))
+    alertmanager_url: Mapped[str] = mapped_column(Text)
+    matchers: Mapped[dict[str, Any]]
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    expired_at: Mapped[datetime | None]

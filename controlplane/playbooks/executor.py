@@ -93,6 +93,7 @@ class Executor:
         pool: concurrent.futures.ThreadPoolExecutor,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        rules: Callable[[], Any] | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
@@ -102,6 +103,7 @@ class Executor:
         self._pool = pool
         self._clock = clock
         self._sleep = sleep
+        self._rules = rules  # the RuleSet in force: targets and failover groups for actions
 
     # -- the run -------------------------------------------------------------------------
 
@@ -536,6 +538,7 @@ class Executor:
                 raise LeaseLost()
 
     def _context(self, run: _Run, index: int, started_at: datetime) -> ActionContext:
+        rules = self._rules() if self._rules is not None else None
         incident = run.context.get("incident")
         alert = run.context.get("alert")
         return ActionContext(
@@ -551,6 +554,8 @@ class Executor:
             step_started_at=started_at,
             dry_run=run.dry_run,
             log=log.bind(execution_id=run.id, step=index),
+            targets=rules.targets if rules is not None else {},
+            failover=rules.failover if rules is not None else {},
         )
 
     def _audit(self, run: _Run, action: str, detail: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from controlplane.actions.base import ActionRegistry, ActionSpec
 from controlplane.rules import templates
 from controlplane.rules.index import RuleIndex
 from controlplane.rules.matchers import LABEL_NAME, Matcher, parse_matcher
-from controlplane.rules.schema import NAME_PATTERN, Playbook, Rule, RuleFile, Step
+from controlplane.rules.schema import NAME_PATTERN, FailoverGroup, Playbook, Rule, RuleFile, Step, Target
 
 SUFFIXES = (".yaml", ".yml")
 # Aliases can make a few lines expand to millions of nodes ("billion laughs"); refuse instead of hanging.
@@ -64,6 +64,8 @@ class RuleSet:
     index: RuleIndex[Rule] = field(default_factory=lambda: RuleIndex([]))  # enabled alert rules
     metric_rules: list[Rule] = field(default_factory=list)  # enabled metric rules
     files: list[Path] = field(default_factory=list)
+    targets: dict[str, Target] = field(default_factory=dict)
+    failover: dict[str, FailoverGroup] = field(default_factory=dict)  # by service
 
     @classmethod
     def empty(cls) -> RuleSet:
@@ -103,6 +105,8 @@ def load_rules(directory: Path, registry: ActionRegistry) -> RuleSet:
         index=RuleIndex((r, matchers[r.name]) for r in rules if r.enabled and r.match is not None),
         metric_rules=[r for r in rules if r.enabled and r.when is not None],
         files=paths,
+        targets={item.model.name: item.model for item in loaded.targets},
+        failover={item.model.service: item.model for item in loaded.failover},
     )
 
 
@@ -278,10 +282,13 @@ class _Item(Generic[M]):
     steps: list[tuple[int, Step | None, str | None]] = field(default_factory=list)
 
     def at(self, *parts: str | int) -> Path_:
-        return ("rules" if isinstance(self.model, Rule) else "playbooks", self.index, *parts)
+        return (_SECTION[type(self.model)], self.index, *parts)
 
     def error(self, message: str, *parts: str | int) -> None:
         self.source.error(self.at(*parts), message)
+
+
+_SECTION: dict[type, str] = {Rule: "rules", Playbook: "playbooks", Target: "targets", FailoverGroup: "failover"}
 
 
 @dataclass
@@ -292,6 +299,8 @@ class _Loaded:
     broken_playbooks: list[_Item[Playbook]] = field(default_factory=list)
     # Rules that failed validation, with a readable `match:` that is still checked.
     broken_rules: list[_Item[Rule]] = field(default_factory=list)
+    targets: list[_Item[Target]] = field(default_factory=list)
+    failover: list[_Item[FailoverGroup]] = field(default_factory=list)
 
 
 def _validate(source: _Source, loaded: _Loaded) -> None:
@@ -311,6 +320,8 @@ def _validate(source: _Source, loaded: _Loaded) -> None:
         return
     loaded.rules.extend(_Item(source, i, r) for i, r in enumerate(parsed.rules))
     loaded.playbooks.extend(_playbook_item(source, i, p) for i, p in enumerate(parsed.playbooks))
+    loaded.targets.extend(_Item(source, i, t) for i, t in enumerate(parsed.targets))
+    loaded.failover.extend(_Item(source, i, g) for i, g in enumerate(parsed.failover))
 
 
 def _playbook_item(source: _Source, index: int, playbook: Playbook) -> _Item[Playbook]:
@@ -460,6 +471,9 @@ class _Checker:
     def run(self) -> None:
         self._unique(self.loaded.rules, "rule")
         self._unique(self.loaded.playbooks, "playbook")
+        self._unique(self.loaded.targets, "target")
+        self._unique(self.loaded.failover, "failover service", key="service")
+        self._step_targets()
         for playbook in [*self.loaded.playbooks, *self.loaded.broken_playbooks]:
             self._playbook(playbook)
         for rule in self.loaded.rules:
@@ -467,14 +481,25 @@ class _Checker:
         for rule in self.loaded.broken_rules:
             self._matchers(rule)
 
-    def _unique(self, items: list[_Item[Any]], kind: str) -> None:
+    def _unique(self, items: list[_Item[Any]], kind: str, key: str = "name") -> None:
         first: dict[str, _Item[Any]] = {}
         for item in items:
-            earlier = first.setdefault(item.model.name, item)
+            value = getattr(item.model, key)
+            earlier = first.setdefault(value, item)
             if earlier is not item:
-                line, _ = earlier.source.locate(earlier.at("name"))
+                line, _ = earlier.source.locate(earlier.at(key))
                 where = f"line {line}" if earlier.source is item.source else f"{earlier.source.path}:{line}"
-                item.error(f"{kind} name {item.model.name!r} is already used at {where}", "name")
+                item.error(f"{kind} {key} {value!r} is already used at {where}", key)
+
+    def _step_targets(self) -> None:
+        """A step naming a target (`with: {target: x}`) must name one that is defined."""
+        known = sorted(item.model.name for item in self.loaded.targets)
+        for playbook in self.loaded.playbooks:
+            for j, step, _ in playbook.steps:
+                target = step.with_.get("target") if step is not None else None
+                if isinstance(target, str) and not templates.is_template(target) and target not in known:
+                    hint = _did_you_mean(target, known) or f" (defined: {', '.join(known) or 'none'})"
+                    playbook.error(f"unknown target {target!r}{hint}", "steps", j, "with", "target")
 
     def _matchers(self, item: _Item[Rule]) -> None:
         for label, raw in (item.model.match or {}).items():

@@ -136,6 +136,59 @@ class Rule(_Strict):
         return self
 
 
+class Target(_Strict):
+    """Where remediation acts: a LangGraph deployment's admin API (`http`) or its Kubernetes objects.
+
+    Steps name a target (`with: {target: prod}`); the blast-radius bounds live here, next to
+    what they protect, so no rule can ask for more than the target allows.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["http", "kubernetes"]
+    url: str | None = None  # http: base URL of the service's admin API
+    token_file: str | None = None  # http: file holding the admin API's bearer token (never the token itself)
+    namespace: str | None = None  # kubernetes
+    deployment: str | None = None  # kubernetes: what k8s.scale / k8s.rollout_restart act on
+    kind_of_workload: Literal["Deployment", "StatefulSet"] = "Deployment"
+    configmap: str | None = None  # kubernetes: holds `disabled_graphs` and `checkpoint_storage`
+    hpa: str | None = None  # kubernetes: the HorizontalPodAutoscaler k8s.patch_hpa edits
+    max_disabled_graphs: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Target:
+        if self.kind == "http" and not self.url:
+            raise error_at("an http target needs `url`", "url")
+        if self.kind == "kubernetes" and not self.namespace:
+            raise error_at("a kubernetes target needs `namespace`", "namespace")
+        if self.min_replicas > self.max_replicas:
+            raise error_at("min_replicas is above max_replicas", "min_replicas")
+        return self
+
+
+class Endpoint(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str
+    region: str = ""
+    priority: int = 0  # lower is preferred
+
+
+class FailoverGroup(_Strict):
+    """Endpoints of one service; the failover manager keeps one of them active (seed 002/003 semantics)."""
+
+    service: str = Field(pattern=NAME_PATTERN)
+    endpoints: list[Endpoint] = Field(min_length=1)
+    health_path: str = "/health"
+    interval: Duration = timedelta(seconds=10)
+    timeout: Duration = timedelta(seconds=5)
+    failure_threshold: int = Field(default=3, ge=1, le=10)
+    recovery_threshold: int = Field(default=2, ge=1, le=10)
+    auto_failback: bool = True
+
+
 class RuleFile(_Strict):
     rules: list[Rule] = Field(default_factory=list)
     playbooks: list[Playbook] = Field(default_factory=list)
+    targets: list[Target] = Field(default_factory=list)
+    failover: list[FailoverGroup] = Field(default_factory=list)
