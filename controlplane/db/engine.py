@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -34,20 +35,45 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _configure_sqlite(engine: Engine) -> None:
-    # pysqlite's own transaction handling breaks SAVEPOINT and defers BEGIN; take
-    # control of it as SQLAlchemy's documentation recommends.
+    """Explicit BEGINs (pysqlite's own handling breaks SAVEPOINT and defers BEGIN, as SQLAlchemy's
+    documentation warns), WAL, and one in-process queue for writers.
+
+    Writers (execution option `write=True`) queue on a lock of this process and then take
+    SQLite's write lock with BEGIN IMMEDIATE: without the queue, colliding writers wait in
+    SQLite's busy handler, which sleeps in steps of up to 100 ms. `sync="normal"` lets a
+    writer skip the fsync (WAL + NORMAL survives kill -9, not power loss): for execution
+    progress, which a resumed step recovers; alerts keep FULL.
+    """
+    writers = threading.RLock()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a transaction acknowledged to Alertmanager survives power loss, not only kill -9.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Writers (execution option write=True) take the lock up front with IMMEDIATE,
-        # so two writers queue on the busy timeout instead of failing to upgrade a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+        options = conn.get_execution_options()
+        if not options.get("write"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        writers.acquire()
+        conn.info["holds_writer_lock"] = True
+        try:
+            conn.exec_driver_sql("PRAGMA synchronous=" + ("NORMAL" if options.get("sync") == "normal" else "FULL"))
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(conn)
+            raise
+
+    def _release(conn: Any) -> None:
+        if conn.info.pop("holds_writer_lock", False):
+            writers.release()
+
+    # Released as the COMMIT starts: the next writer waits at most one fsync in SQLite's handler.
+    event.listen(engine, "commit", _release)
+    event.listen(engine, "rollback", _release)

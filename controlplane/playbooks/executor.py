@@ -578,7 +578,9 @@ class _WriteTx:
         self._engine = engine
 
     def __enter__(self) -> Connection:
-        self._conn = self._engine.connect().execution_options(write=True)
+        # Execution progress skips the fsync on SQLite: a step lost to a power cut is re-run
+        # with the same idempotency key, like any step whose worker died.
+        self._conn = self._engine.connect().execution_options(write=True, sync="normal")
         self._tx = self._conn.begin()
         return self._conn
 

@@ -1,0 +1,176 @@
+"""Benchmark: time from an alert being received to the first step of its playbook starting.
+
+Starts the real service (SQLite, one process) with one rule whose playbook begins with
+`notify.log`, sends unique alerts from a separate thread pool on loopback, and reads both
+timestamps from the database the service wrote (one clock: the server's):
+alerts.first_received_at -> execution_steps.started_at of step 0.
+
+  .venv/bin/python bench/trigger_latency.py [--alerts 300] [--rate 50] [--burst 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+TOKEN = "bench-token-0123456789abcdef"
+RULES = """
+rules:
+  - name: bench
+    match: {alertname: BenchAlert}
+    playbook: first-step
+playbooks:
+  - name: first-step
+    steps:
+      - action: notify.log
+        with: {text: "{{ alert.labels.namespace }}"}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def payload(run: str, i: int) -> dict[str, object]:
+    return {
+        "version": "4",
+        "groupKey": f"bench-{run}-{i}",
+        "status": "firing",
+        "receiver": "bench",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "",
+        "alerts": [
+            {
+                "status": "firing",
+                "fingerprint": f"{run}{i:08x}",
+                "startsAt": "2026-11-24T08:00:00Z",
+                "labels": {"alertname": "BenchAlert", "namespace": f"ns-{run}-{i}", "severity": "warning"},
+                "annotations": {"summary": "bench"},
+            }
+        ],
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def send(url: str, run: str, count: int, rate: float | None, concurrency: int) -> float:
+    began = time.perf_counter()
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+
+        def one(i: int) -> None:
+            if rate:
+                delay = began + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            response = client.post(url, json=payload(run, i))
+            response.raise_for_status()
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(count)))
+    return time.perf_counter() - began
+
+
+def latencies(db: str, run: str, count: int, timeout: float = 120.0) -> list[float]:
+    engine = create_engine(f"sqlite:///{db}")
+    query = text("""
+        SELECT a.first_received_at AS received, s.started_at AS started
+        FROM alerts a JOIN executions e ON e.alert_id = a.id
+        JOIN execution_steps s ON s.execution_id = e.id AND s.phase = 'forward' AND s."index" = 0
+        WHERE a.fingerprint LIKE :run""")
+    deadline = time.monotonic() + timeout
+    rows: list[object] = []
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            rows = list(conn.execute(query, {"run": f"{run}%"}))
+        if len(rows) >= count:
+            break
+        time.sleep(0.5)
+    engine.dispose()
+    if len(rows) < count:
+        raise SystemExit(f"only {len(rows)} of {count} executions started within {timeout:g}s")
+    from datetime import datetime
+
+    def parse(v: object) -> datetime:
+        return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+
+    return [(parse(r.started) - parse(r.received)).total_seconds() * 1000 for r in rows]  # type: ignore[attr-defined]
+
+
+def report(name: str, values: list[float], seconds: float, count: int) -> None:
+    print(
+        f"{name:<22} {count:>6} alerts in {seconds:6.1f}s   p50 {statistics.median(values):7.2f} ms"
+        f"   p90 {percentile(values, 0.9):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms"
+        f"   max {max(values):7.2f} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--alerts", type=int, default=300, help="alerts at a steady rate")
+    parser.add_argument("--rate", type=float, default=50.0, help="steady rate, alerts/s")
+    parser.add_argument("--burst", type=int, default=1000, help="alerts sent as fast as 16 connections go")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cp-bench-latency-") as tmp:
+        rules = Path(tmp) / "rules"
+        rules.mkdir()
+        (rules / "bench.yaml").write_text(RULES)
+        db = f"{tmp}/cp.db"
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+        env.update(
+            {
+                "CONTROLPLANE_DATABASE_URL": f"sqlite:///{db}",
+                "CONTROLPLANE_WEBHOOK_TOKEN": TOKEN,
+                "CONTROLPLANE_RULES_DIR": str(rules),
+                "CONTROLPLANE_LOG_LEVEL": "warning",
+                "CONTROLPLANE_LISTEN_PORT": str(port),
+            }
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            url = base + "/api/v1/alerts/alertmanager"
+            print(f"alert received -> first step started (SQLite, one process, {os.cpu_count()} cores)")
+            seconds = send(url, "s", args.alerts, args.rate, 4)
+            report(f"steady {args.rate:g}/s", latencies(db, "s", args.alerts), seconds, args.alerts)
+            seconds = send(url, "b", args.burst, None, 16)
+            report("burst (16 conns)", latencies(db, "b", args.burst), seconds, args.burst)
+        finally:
+            server.terminate()
+            server.wait(15)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
