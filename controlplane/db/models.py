@@ -287,3 +287,16 @@ class Silence(Base):
     created_at: Mapped[datetime]
     ends_at: Mapped[datetime]
     expired_at: Mapped[datetime | None]
+
+
+class LeaderLease(Base):
+    """Who leads singleton work, until when, and the fencing term that grows with every new leader."""
+
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    term: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
