@@ -62,6 +62,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample_app(args: argparse.Namespace) -> int:
+    from controlplane.sample.app import serve
+
+    token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
+    graphs = [g.strip() for g in args.graphs.split(",") if g.strip()]
+    serve(host=args.host, port=args.port, graphs=graphs, interval=args.interval, admin_token=token, seed=args.seed)
+    return 0
+
+
 @dataclass
 class CheckResult:
     """What one checker found: errors as `file:line: message`, and a one-line summary when there are none."""
@@ -105,6 +114,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     for result in results:
         print(f"ok: {result.summary}")
     return 0
+
+
+def cmd_provision_grafana(args: argparse.Namespace) -> int:
+    from controlplane import grafana
+
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as exc:
+        print(f"controlplane: --token-file {args.token_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"controlplane: --token-file {args.token_file} is empty", file=sys.stderr)
+        return 2
+    directory: Path = args.dir if args.dir is not None else grafana.shipped_dir(_settings(args).rules_dir, "dashboards")
+    found = grafana.load_dashboards(directory=directory)
+    for error in found.errors:
+        print(f"FAILED {error}", file=sys.stderr)
+    if not found.dashboards and not found.errors:
+        # Provisioning nothing is almost always a wrong --dir; say so instead of succeeding.
+        print(f"controlplane: no dashboards (*.json) in {directory}", file=sys.stderr)
+        return 1
+    client = grafana.GrafanaClient(url=args.url, token=token)
+    results = grafana.provision(client=client, dashboards=found.dashboards, folder_uid=args.folder_uid)
+    for result in results:
+        if result.ok:
+            print(f"ok     {result.file} ({result.uid}): {result.detail}")
+        else:
+            print(f"FAILED {result.file} ({result.uid}): {result.detail}", file=sys.stderr)
+    return 1 if found.errors or not all(r.ok for r in results) else 0
 
 
 def _redact(url: str) -> str:
