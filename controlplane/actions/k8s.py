@@ -1,0 +1,189 @@
+"""Owns the Kubernetes actions: `k8s.scale`, `k8s.rollout_restart` and `k8s.patch_hpa` on a kubernetes target.
+
+Each names a target from the rule files (`with: {target: prod}`); the target's namespace,
+workload, HPA and replica bounds come from there, so a rule can never scale or widen an
+autoscaler past what the target allows. Breakers are keyed by `namespace/deployment`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field, model_validator
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.integrations import kubernetes as kube
+from controlplane.rules.schema import Target
+
+BOUNDS_DOC = "replicas stay within the target's [min_replicas, max_replicas]: a request outside is clamped"
+
+
+class TargetParams(Params):
+    target: str = "default"
+
+
+class ScaleParams(TargetParams):
+    replicas: int | None = Field(default=None, ge=0)  # an absolute count
+    delta: int | None = None  # added to the current count (negative scales in)
+    factor: float | None = Field(default=None, gt=0)  # multiplies the current count
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScaleParams:
+        given = [name for name in ("replicas", "delta", "factor") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `replicas`, `delta` or `factor`")
+        return self
+
+
+class HpaParams(TargetParams):
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> HpaParams:
+        if self.min_replicas is None and self.max_replicas is None:
+            raise ValueError("give `min_replicas`, `max_replicas` or both")
+        return self
+
+
+def _breaker_key(ctx: ActionContext, params: TargetParams) -> str:
+    # Runs before the step's error handling, so it must not raise: an unknown target fails
+    # with a clear error once the action runs.
+    found = ctx.targets.get(params.target)
+    if found is None or found.kind != "kubernetes":
+        return params.target
+    return f"{found.namespace}/{found.deployment or found.name}"
+
+
+def _workload(ctx: ActionContext, params: TargetParams) -> tuple[Target, str, str]:
+    """The target, its namespace and its workload's name."""
+    target = ctx.target(params.target, "kubernetes")
+    if not target.deployment:
+        raise ActionError(f"target {target.name!r} names no `deployment` to act on")
+    assert target.namespace is not None  # a kubernetes target always has one (schema)
+    return target, target.namespace, target.deployment
+
+
+def _bounded(value: int, target: Target) -> int:
+    return min(max(value, target.min_replicas), target.max_replicas)
+
+
+def requested_replicas(current: int, params: ScaleParams) -> int:
+    """What the step asks for, before the bounds. A factor rounds in the direction it scales."""
+    if params.replicas is not None:
+        return params.replicas
+    if params.delta is not None:
+        return current + params.delta
+    assert params.factor is not None
+    scaled = round(current * params.factor, 6)  # 3 * 1.1 is 3.3000000000000003: not a 5th pod
+    return math.ceil(scaled) if params.factor >= 1 else math.floor(scaled)
+
+
+@action(
+    "k8s.scale",
+    params=ScaleParams,
+    blast_radius_doc=BOUNDS_DOC,
+    target=_breaker_key,
+)
+def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
+    """Scale the target's workload to `replicas`, by `delta` or by `factor`, clamped to the target's bounds.
+
+    The value is the new replica count; the output records `previous` and `clamped`. The count
+    is computed from the replicas read at the time of the write (re-read if someone else
+    scales in between), and nothing is written when the workload already has it, so a
+    repeated step is harmless. To undo it, roll back with the previous count:
+
+        - id: out
+          action: k8s.scale
+          with: {target: prod, factor: 2}
+          rollback: {action: k8s.scale, with: {target: prod, replicas: "{{ steps.out.output.previous }}"}}
+
+    A workload under an HPA is scaled by the HPA too: use k8s.patch_hpa for those.
+    """
+    target, namespace, name = _workload(ctx, params)
+    previous, replicas = kube.update_scale(
+        ctx.settings,
+        namespace=namespace,
+        name=name,
+        kind=target.kind_of_workload,
+        compute=lambda current: _bounded(requested_replicas(current, params), target),
+    )
+    requested = requested_replicas(previous, params)
+    output = {
+        "namespace": namespace,
+        "workload": f"{target.kind_of_workload}/{name}",
+        "previous": previous,
+        "replicas": replicas,
+        "requested": requested,
+        "clamped": requested != replicas,
+        "changed": previous != replicas,
+        "bounds": [target.min_replicas, target.max_replicas],
+    }
+    ctx.log.info("k8s.scale", **output)
+    return ActionResult(value=replicas, output=output)
+
+
+@action("k8s.rollout_restart", params=TargetParams, target=_breaker_key)
+def rollout_restart(ctx: ActionContext, params: TargetParams) -> ActionResult:
+    """Restart the target's pods as `kubectl rollout restart` does; a retried or resumed step restarts once.
+
+    There is no undo: the rollout replaces pods with identical ones.
+    """
+    target, namespace, name = _workload(ctx, params)
+    restarted_at, restarted = kube.rollout_restart(
+        ctx.settings,
+        namespace=namespace,
+        name=name,
+        kind=target.kind_of_workload,
+        key=ctx.idempotency_key,
+        now=ctx.now(),
+    )
+    output = {
+        "namespace": namespace,
+        "workload": f"{target.kind_of_workload}/{name}",
+        "restarted_at": restarted_at,
+        "already_restarted": not restarted,
+    }
+    return ActionResult(value=restarted_at, output=output)
+
+
+@action(
+    "k8s.patch_hpa",
+    params=HpaParams,
+    blast_radius_doc="the HPA's minReplicas and maxReplicas stay within the target's bounds: outside is clamped",
+    target=_breaker_key,
+)
+def patch_hpa(ctx: ActionContext, params: HpaParams) -> ActionResult:
+    """Set the target's HPA minReplicas and/or maxReplicas, clamped to the target's bounds.
+
+    The output records `previous_min` and `previous_max`; roll back with them:
+
+        rollback:
+          action: k8s.patch_hpa
+          with: {target: prod, min_replicas: "{{ steps.X.output.previous_min }}",
+                 max_replicas: "{{ steps.X.output.previous_max }}"}
+
+    (previous values outside the target's bounds come back clamped to them.)
+    """
+    target = ctx.target(params.target, "kubernetes")
+    if not target.hpa:
+        raise ActionError(f"target {target.name!r} names no `hpa` to patch")
+    assert target.namespace is not None
+    new_min = None if params.min_replicas is None else _bounded(params.min_replicas, target)
+    new_max = None if params.max_replicas is None else _bounded(params.max_replicas, target)
+    previous_min, previous_max = kube.patch_hpa(
+        ctx.settings, namespace=target.namespace, name=target.hpa, min_replicas=new_min, max_replicas=new_max
+    )
+    min_replicas = previous_min if new_min is None else new_min
+    max_replicas = previous_max if new_max is None else new_max
+    output = {
+        "namespace": target.namespace,
+        "hpa": target.hpa,
+        "previous_min": previous_min,
+        "previous_max": previous_max,
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "clamped": (new_min, new_max) != (params.min_replicas, params.max_replicas),
+        "bounds": [target.min_replicas, target.max_replicas],
+    }
+    return ActionResult(value={"min_replicas": min_replicas, "max_replicas": max_replicas}, output=output)
