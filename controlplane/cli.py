@@ -116,35 +116,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_provision_grafana(args: argparse.Namespace) -> int:
-    from controlplane import grafana
-
-    try:
-        token = args.token_file.read_text().strip()
-    except OSError as exc:
-        print(f"controlplane: --token-file {args.token_file}: {exc.strerror}", file=sys.stderr)
-        return 2
-    if not token:
-        print(f"controlplane: --token-file {args.token_file} is empty", file=sys.stderr)
-        return 2
-    directory: Path = args.dir if args.dir is not None else grafana.shipped_dir(_settings(args).rules_dir, "dashboards")
-    found = grafana.load_dashboards(directory=directory)
-    for error in found.errors:
-        print(f"FAILED {error}", file=sys.stderr)
-    if not found.dashboards and not found.errors:
-        # Provisioning nothing is almost always a wrong --dir; say so instead of succeeding.
-        print(f"controlplane: no dashboards (*.json) in {directory}", file=sys.stderr)
-        return 1
-    client = grafana.GrafanaClient(url=args.url, token=token)
-    results = grafana.provision(client=client, dashboards=found.dashboards, folder_uid=args.folder_uid)
-    for result in results:
-        if result.ok:
-            print(f"ok     {result.file} ({result.uid}): {result.detail}")
-        else:
-            print(f"FAILED {result.file} ({result.uid}): {result.detail}", file=sys.stderr)
-    return 1 if found.errors or not all(r.ok for r in results) else 0
-
-
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -168,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         "directory", nargs="?", type=Path, help="rules directory (default: CONTROLPLANE_RULES_DIR or ./rules)"
     )
     check.set_defaults(func=cmd_check)
+    sample = sub.add_parser("sample-app", help="run the sample LangGraph-style service (metrics, admin API, faults)")
+    sample.add_argument("--port", type=int, required=True, help="listen port")
+    sample.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    sample.add_argument("--graphs", default="chat,search,summarize", help="comma-separated graph names")
+    sample.add_argument("--interval", type=float, default=0.2, help="seconds between runs of each graph")
+    sample.add_argument("--admin-token-file", type=Path, help="file holding the /admin API's bearer token")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the simulated outcomes")
+    sample.set_defaults(func=cmd_sample_app)
     return parser
 
 
