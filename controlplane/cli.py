@@ -116,6 +116,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision_grafana(args: argparse.Namespace) -> int:
+    from controlplane import grafana
+
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as exc:
+        print(f"controlplane: --token-file {args.token_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"controlplane: --token-file {args.token_file} is empty", file=sys.stderr)
+        return 2
+    directory: Path = args.dir if args.dir is not None else grafana.shipped_dir(_settings(args).rules_dir, "dashboards")
+    found = grafana.load_dashboards(directory=directory)
+    for error in found.errors:
+        print(f"FAILED {error}", file=sys.stderr)
+    if not found.dashboards and not found.errors:
+        # Provisioning nothing is almost always a wrong --dir; say so instead of succeeding.
+        print(f"controlplane: no dashboards (*.json) in {directory}", file=sys.stderr)
+        return 1
+    client = grafana.GrafanaClient(url=args.url, token=token)
+    results = grafana.provision(client=client, dashboards=found.dashboards, folder_uid=args.folder_uid)
+    for result in results:
+        if result.ok:
+            print(f"ok     {result.file} ({result.uid}): {result.detail}")
+        else:
+            print(f"FAILED {result.file} ({result.uid}): {result.detail}", file=sys.stderr)
+    return 1 if found.errors or not all(r.ok for r in results) else 0
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -147,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--admin-token-file", type=Path, help="file holding the /admin API's bearer token")
     sample.add_argument("--seed", type=int, default=0, help="seed of the simulated outcomes")
     sample.set_defaults(func=cmd_sample_app)
+    provision = sub.add_parser("provision", help="push shipped configuration into the tools around the control plane")
+    targets = provision.add_subparsers(dest="target", required=True)
+    graf = targets.add_parser(
+        "grafana", help="create or update every dashboard in Grafana (POST /api/dashboards/db); exit 1 on any failure"
+    )
+    graf.add_argument("--url", required=True, help="Grafana's base URL, e.g. http://grafana:3000")
+    graf.add_argument(
+        "--token-file", required=True, type=Path, help="file holding a Grafana service-account token (sent as Bearer)"
+    )
+    graf.add_argument("--folder-uid", help="Grafana folder to put the dashboards in (default: General)")
+    graf.add_argument(
+        "--dir", type=Path, help="dashboards directory (default: dashboards/ beside CONTROLPLANE_RULES_DIR)"
+    )
+    graf.set_defaults(func=cmd_provision_grafana)
     return parser
 
 

@@ -1,0 +1,67 @@
+"""Monitoring files for the tools around the control plane: Grafana dashboards and Prometheus alerting rules.
+
+Both are read from disk on each request (a few small files), so a ConfigMap update shows
+without a restart. Directories: `dashboards/` and `alerting/` beside CONTROLPLANE_RULES_DIR
+(in Kubernetes /etc/controlplane/dashboards and /etc/controlplane/alerting), else the
+repository's own; missing directories serve nothing rather than fail.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel
+
+from controlplane import grafana
+from controlplane.api.deps import ServicesDep
+from controlplane.errors import NotFound
+
+router = APIRouter(prefix="/api/v1", tags=["monitoring"])
+
+
+class DashboardSummary(BaseModel):
+    uid: str
+    title: str
+    file: str
+    tags: list[str]
+
+
+@router.get("/dashboards", summary="Grafana dashboards shipped with the control plane")
+def list_dashboards(services: ServicesDep) -> list[DashboardSummary]:
+    """Dashboards from `dashboards/*.json` beside the rules directory (else the repository's `dashboards/`).
+
+    A file that is not a dashboard (bad JSON, no uid or title, a uid used twice) is left out
+    and logged; `controlplane check` names it.
+    """
+    directory = grafana.shipped_dir(services.settings.rules_dir, "dashboards")
+    found = grafana.load_dashboards(directory=directory)
+    return [DashboardSummary(uid=d.uid, title=d.title, file=d.file, tags=list(d.tags)) for d in found.dashboards]
+
+
+@router.get(
+    "/dashboards/{uid}",
+    summary="One dashboard's JSON, as stored: import it in Grafana, or let `controlplane provision grafana` push it",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}}, 404: {"description": "no dashboard with this uid"}},
+)
+def get_dashboard(services: ServicesDep, uid: str) -> Response:
+    """The file's bytes unchanged (same directory as the list). It picks its datasource through the
+    `${datasource}` variable, which Grafana resolves on import and under file provisioning alike."""
+    directory = grafana.shipped_dir(services.settings.rules_dir, "dashboards")
+    dashboard = grafana.load_dashboards(directory=directory).by_uid(uid)
+    if dashboard is None:
+        raise NotFound(f"no dashboard with uid {uid!r}")
+    return Response(dashboard.source, media_type="application/json")
+
+
+@router.get(
+    "/alerting/rules",
+    summary="The Prometheus alerting rules, all groups in one rule file",
+    response_class=Response,
+    responses={200: {"content": {"application/yaml": {}}}},
+)
+def alerting_rules(services: ServicesDep) -> Response:
+    """`alerting/*.yaml` beside the rules directory (else the repository's `alerting/`) merged into one
+    document for Prometheus' `rule_files` (promtool test files skipped). A file that cannot be merged
+    answers 500 naming it: serving a partial rule set would silently drop alerts."""
+    directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")
+    return Response(grafana.merged_alerting_rules(directory=directory), media_type="application/yaml")
