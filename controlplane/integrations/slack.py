@@ -1,0 +1,179 @@
+"""Owns talking to Slack's Web API: an incident's Block Kit message, its thread, and where that thread is kept.
+
+Calls go through the real `slack_sdk.WebClient` pointed at `settings.slack_api_url`. Its own
+retry handlers are turned off: the notify actions retry with one bounded policy of their own,
+and two nested retry loops would multiply the wait. `SlackError.retriable` sorts Slack's
+answers: rate limits, 5xx and network errors may pass on another try; `invalid_auth`,
+`channel_not_found` and other API errors will not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import Connection, Table, select
+
+from controlplane.db.models import NotificationThread
+from controlplane.ingest.store import dialect_insert
+
+threads_t: Table = NotificationThread.__table__  # type: ignore[assignment]
+
+# Block Kit limits: a header's plain text, a section's text.
+_HEADER_MAX = 150
+_SECTION_MAX = 3000
+
+
+class SlackError(Exception):
+    """A Slack call failed. `code` is Slack's error string (`ratelimited`, `invalid_auth`, ...)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool,
+        code: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    channel: str  # the channel ID Slack answered with: chat.update needs it, not the name
+    ts: str
+
+
+@dataclass(frozen=True)
+class IncidentCard:
+    """What the root message of an incident shows."""
+
+    id: int
+    title: str
+    severity: str
+    status: str
+    summary: str
+    url: str | None = None
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn escaping: alert labels are untrusted, and `<!channel>` in one must not ping a channel."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def incident_text(card: IncidentCard) -> str:
+    """The plain fallback shown in notifications and by clients that cannot render blocks."""
+    return escape(f"[{card.severity}] {card.title} ({card.status})")
+
+
+def incident_blocks(card: IncidentCard) -> list[dict[str, Any]]:
+    link = f"<{card.url}|#{card.id}>" if card.url else f"#{card.id}"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": card.title[:_HEADER_MAX] or f"Incident #{card.id}"}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Severity*\n{escape(card.severity)}"},
+                {"type": "mrkdwn", "text": f"*Status*\n{escape(card.status)}"},
+                {"type": "mrkdwn", "text": f"*Incident*\n{link}"},
+            ],
+        },
+    ]
+    if card.summary.strip():  # Slack rejects a section with empty text
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(card.summary)[:_SECTION_MAX]}})
+    return blocks
+
+
+class SlackClient:
+    def __init__(self, token: str, *, base_url: str, timeout: float = 10.0) -> None:
+        self._client = WebClient(
+            token=token,
+            base_url=base_url if base_url.endswith("/") else base_url + "/",
+            timeout=max(1, round(timeout)),
+            retry_handlers=[],
+        )
+
+    def post(
+        self, *, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+    ) -> SlackMessage:
+        """chat.postMessage; with `thread_ts`, a reply in that message's thread."""
+        args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        if blocks is not None:
+            args["blocks"] = blocks
+        if thread_ts is not None:
+            args["thread_ts"] = thread_ts
+        data = self._call("chat.postMessage", lambda: self._client.chat_postMessage(**args))
+        return SlackMessage(channel=str(data["channel"]), ts=str(data["ts"]))
+
+    def update(self, *, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> SlackMessage:
+        """chat.update of a message this token posted; `channel` must be the channel ID."""
+        data = self._call(
+            "chat.update", lambda: self._client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+        )
+        return SlackMessage(channel=str(data["channel"]), ts=str(data["ts"]))
+
+    @staticmethod
+    def _call(method: str, call: Any) -> dict[str, Any]:
+        try:
+            return dict(call().data)
+        except SlackApiError as exc:
+            raise _api_error(method, exc) from None
+        except (OSError, TimeoutError) as exc:  # urllib's URLError is an OSError: refused, reset, DNS, timeout
+            raise SlackError(f"{method}: {type(exc).__name__}: {exc}", retriable=True) from None
+
+
+def _api_error(method: str, exc: SlackApiError) -> SlackError:
+    response = exc.response
+    status = response.status_code
+    data = response.data if isinstance(response.data, dict) else {}
+    code = str(data.get("error") or "")
+    retry_after: float | None = None
+    header = (response.headers or {}).get("Retry-After") or (response.headers or {}).get("retry-after")
+    if header is not None:
+        try:
+            retry_after = float(header if isinstance(header, str) else header[0])
+        except (TypeError, ValueError, IndexError):
+            retry_after = None
+    # Slack answers API errors with 200 and ok=false; rate limits with 429; its own trouble with 5xx
+    # (whose body may be an HTML page, which slack_sdk turns into a long error string).
+    retriable = status == 429 or status >= 500 or code in ("ratelimited", "internal_error", "fatal_error")
+    shown = code if len(code) <= 200 else code[:200] + "..."
+    return SlackError(
+        f"{method}: {shown or 'error'} (HTTP {status})",
+        retriable=retriable,
+        code=code,
+        status=status,
+        retry_after=retry_after,
+    )
+
+
+# -- the thread of an incident -------------------------------------------------------------
+
+
+def thread_of(conn: Connection, *, incident_id: int, channel: str) -> str | None:
+    """The `ts` of the incident's root message in `channel`, if one was posted."""
+    return conn.execute(
+        select(threads_t.c.ts).where(threads_t.c.incident_id == incident_id, threads_t.c.channel == channel)
+    ).scalar()
+
+
+def remember_thread(conn: Connection, *, incident_id: int, channel: str, ts: str, now: datetime) -> str:
+    """Keep `ts` as the incident's thread in `channel`; returns the thread in force.
+
+    Two executions of one incident may post a root message at once; the first recorded wins
+    and the other's message stays a lone root (rare, harmless, and visible in the channel).
+    """
+    conn.execute(
+        dialect_insert(conn, threads_t)
+        .values(incident_id=incident_id, channel=channel, ts=ts, created_at=now)
+        .on_conflict_do_nothing(index_elements=["incident_id", "channel"])
+    )
+    return str(thread_of(conn, incident_id=incident_id, channel=channel))
