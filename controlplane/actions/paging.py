@@ -1,0 +1,370 @@
+"""Owns paging actions: `notify.slack`, `notify.pagerduty`, `notify.webhook`, and `notify.oncall` (routes by severity).
+
+A failed notification never fails the remediation: each call is retried (3 tries, backoff under
+a few seconds, Slack's and PagerDuty's Retry-After honoured up to a cap), and when it still
+fails, or the channel is not configured, the step succeeds with value False and output
+`{"delivered": false, "error": ...}`, audited as `notify.failed` on the incident's timeline.
+Deliveries are audited as `notify.sent`.
+
+Idempotency: the executor never re-runs a step it recorded as succeeded, so a duplicate needs
+a crash between the send and that record. Before sending, a step looks for its own
+`notify.sent` (same idempotency key), which narrows the window to the moment between the send
+and that audit row. PagerDuty needs no more: every event of an incident carries its dedup key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import tenacity
+from pydantic import Field, SecretStr
+from sqlalchemy import select
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
+from controlplane.ingest.store import audit, audit_t, incidents_t
+from controlplane.integrations import pagerduty, slack
+from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
+from controlplane.integrations.slack import IncidentCard, SlackClient, SlackError
+from controlplane.notify_routing import route
+from controlplane.resilience.retry import is_retriable
+
+T = TypeVar("T")
+
+ATTEMPTS = 3
+_BACKOFF_FIRST = 0.25  # seconds before the second try; doubles, capped below
+_BACKOFF_MAX = 2.0
+# A notification late by more than this is not worth holding the playbook for.
+_RETRY_AFTER_MAX = 5.0
+
+
+class NotDelivered(Exception):
+    """A notification that no retry can deliver: the channel is not configured or not allowed."""
+
+
+# -- the delivery rule: bounded retries, never raising, always audited -------------------------
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, SlackError | PagerDutyError):
+        return exc.retriable
+    return is_retriable(exc)
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    backoff = min(_BACKOFF_FIRST * 2 ** (state.attempt_number - 1), _BACKOFF_MAX)
+    error = state.outcome.exception() if state.outcome is not None else None
+    hint = getattr(error, "retry_after", None)
+    return max(backoff, min(float(hint), _RETRY_AFTER_MAX)) if hint else backoff
+
+
+def with_retries(call: Callable[[], T]) -> T:
+    """Run one outside call with the notification retry policy; raises its last error."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(ATTEMPTS),
+        wait=_wait,
+        retry=tenacity.retry_if_exception(_worth_retrying),
+        reraise=True,
+    )
+    return retrying(call)
+
+
+def _audit(ctx: ActionContext, what: str, detail: dict[str, Any]) -> None:
+    try:
+        with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+            audit(
+                conn,
+                actor=f"rule:{ctx.rule}",
+                action=what,
+                incident_id=ctx.incident.id if ctx.incident else None,
+                execution_id=ctx.execution_id,
+                detail=detail,
+                now=ctx.now(),
+            )
+    except Exception as exc:  # the audit of a notification must not fail the remediation either
+        ctx.log.error("notify.audit_failed", audit=what, error=f"{type(exc).__name__}: {exc}")
+
+
+def _already_sent(ctx: ActionContext) -> dict[str, Any] | None:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            select(audit_t.c.detail)
+            .where(audit_t.c.execution_id == ctx.execution_id, audit_t.c.action == "notify.sent")
+            .order_by(audit_t.c.id.desc())
+        ).scalars()
+        for detail in rows:
+            if detail.get("idempotency_key") == ctx.idempotency_key:
+                return dict(detail)
+    return None
+
+
+def deliver(ctx: ActionContext, via: str, send: Callable[[], dict[str, Any]]) -> ActionResult:
+    """Run `send` once per step: value True and its output when delivered, value False when not. Never raises."""
+    prior = _already_sent(ctx)
+    if prior is not None:
+        prior.pop("idempotency_key", None)
+        return ActionResult(value=True, output={**prior, "repeat": True})
+    try:
+        output = send()
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        ctx.log.error("notify.failed", via=via, error=error)
+        _audit(ctx, "notify.failed", {"via": via, "error": error, "idempotency_key": ctx.idempotency_key})
+        return ActionResult(value=False, output={"delivered": False, "via": via, "error": error})
+    output = {"delivered": True, "via": via, **output}
+    _audit(ctx, "notify.sent", {**output, "idempotency_key": ctx.idempotency_key})
+    return ActionResult(value=True, output=output)
+
+
+def _secret(value: SecretStr | None, service: str, setting: str) -> str:
+    if value is None or not value.get_secret_value():
+        raise NotDelivered(f"{service} is not configured: set CONTROLPLANE_{setting} or CONTROLPLANE_{setting}_FILE")
+    return value.get_secret_value()
+
+
+def _incident_now(ctx: ActionContext) -> IncidentView | None:
+    """The incident as it is now: the context holds a copy from when the execution was created."""
+    if ctx.incident is None:
+        return None
+    with ctx.engine.connect() as conn:
+        row = conn.execute(
+            select(incidents_t.c.status, incidents_t.c.severity, incidents_t.c.title).where(
+                incidents_t.c.id == ctx.incident.id
+            )
+        ).first()
+    if row is None:
+        return ctx.incident
+    return replace(ctx.incident, status=row.status, severity=row.severity, title=row.title)
+
+
+def incident_url(ctx: ActionContext, incident_id: int) -> str | None:
+    base = ctx.settings.public_url
+    return f"{base.rstrip('/')}/incidents/{incident_id}" if base else None
+
+
+# -- Slack ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Root:
+    """What the incident's root message in a channel shows, as our audit trail recorded it."""
+
+    channel_id: str
+    status: str
+    summary: str
+
+
+def _root_shown(ctx: ActionContext, incident_id: int, channel: str) -> _Root | None:
+    # The notification_threads row keeps only the thread's ts; which status the message shows
+    # and its channel ID are in the `notify.sent` events of the posts and updates that set them.
+    with ctx.engine.connect() as conn:
+        details = conn.execute(
+            select(audit_t.c.detail)
+            .where(audit_t.c.incident_id == incident_id, audit_t.c.action == "notify.sent")
+            .order_by(audit_t.c.id.desc())
+        ).scalars()
+        mine = [d for d in details if d.get("via") == "slack" and d.get("channel") == channel]
+    shown = next((d for d in mine if "shown_status" in d), None)
+    root = next((d for d in mine if d.get("root")), None)
+    if shown is None or root is None:
+        return None
+    return _Root(channel_id=str(root["channel_id"]), status=str(shown["shown_status"]), summary=str(root["summary"]))
+
+
+def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
+    """Post `text`: the incident's first message in `channel` is its root, later ones are thread replies."""
+    client = SlackClient(_secret(ctx.settings.slack_token, "Slack", "SLACK_TOKEN"), base_url=ctx.settings.slack_api_url)
+    incident = _incident_now(ctx)
+    if incident is None:
+        message = with_retries(lambda: client.post(channel=channel, text=slack.escape(text)))
+        return {"channel": channel, "channel_id": message.channel, "ts": message.ts}
+    card = IncidentCard(
+        id=incident.id,
+        title=incident.title,
+        severity=incident.severity,
+        status=incident.status,
+        summary=text,
+        url=incident_url(ctx, incident.id),
+    )
+    with ctx.engine.connect() as conn:
+        root_ts = slack.thread_of(conn, incident_id=incident.id, channel=channel)
+    if root_ts is None:
+        message = with_retries(
+            lambda: client.post(channel=channel, text=slack.incident_text(card), blocks=slack.incident_blocks(card))
+        )
+        with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+            slack.remember_thread(conn, incident_id=incident.id, channel=channel, ts=message.ts, now=ctx.now())
+        return {
+            "channel": channel,
+            "channel_id": message.channel,
+            "ts": message.ts,
+            "root": True,
+            "shown_status": incident.status,
+            "summary": text,
+        }
+    shown = _root_shown(ctx, incident.id, channel)
+    reply = with_retries(
+        lambda: client.post(channel=shown.channel_id if shown else channel, text=slack.escape(text), thread_ts=root_ts)
+    )
+    output: dict[str, Any] = {"channel": channel, "channel_id": reply.channel, "ts": reply.ts, "thread_ts": root_ts}
+    if shown is None or shown.status != incident.status:
+        card = replace(card, summary=shown.summary if shown else "")
+        try:
+            with_retries(
+                lambda: client.update(
+                    channel=reply.channel,
+                    ts=root_ts,
+                    text=slack.incident_text(card),
+                    blocks=slack.incident_blocks(card),
+                )
+            )
+            output["shown_status"] = incident.status
+        except SlackError as exc:
+            # The reply went out, so this was delivered; the root shows the old status until the next update.
+            output["root_update_error"] = str(exc)
+    return output
+
+
+class SlackParams(Params):
+    text: str = Field(min_length=1, max_length=40_000)
+    channel: str | None = Field(default=None, description="Default: CONTROLPLANE_SLACK_CHANNEL")
+
+
+@action("notify.slack", params=SlackParams)
+def notify_slack(ctx: ActionContext, params: SlackParams) -> ActionResult:
+    """Post to Slack: the incident's message first, then replies in its thread; never fails the playbook."""
+    channel = params.channel or ctx.settings.slack_channel
+    return deliver(ctx, "slack", lambda: send_slack(ctx, params.text, channel))
+
+
+# -- PagerDuty -----------------------------------------------------------------------------
+
+
+def _source(ctx: ActionContext, incident: IncidentView | None) -> str:
+    labels = {**(incident.group_labels if incident else {}), **(ctx.alert.labels if ctx.alert else {})}
+    return labels.get("instance") or labels.get("namespace") or "controlplane"
+
+
+def send_pagerduty(
+    ctx: ActionContext,
+    event_action: pagerduty.EventAction,
+    summary: str | None = None,
+    severity: pagerduty.Severity | None = None,
+) -> dict[str, Any]:
+    key = _secret(ctx.settings.pagerduty_routing_key, "PagerDuty", "PAGERDUTY_ROUTING_KEY")
+    client = PagerDutyClient(key, url=ctx.settings.pagerduty_url)
+    incident = _incident_now(ctx)
+    dedup = pagerduty.dedup_key(incident.id) if incident else f"controlplane-execution-{ctx.execution_id}"
+    url = incident_url(ctx, incident.id) if incident else None
+    alert_summary = ctx.alert.annotations.get("summary", "") if ctx.alert else ""
+    answer = with_retries(
+        lambda: client.send(
+            action=event_action,
+            dedup_key=dedup,
+            summary=summary or (incident.title if incident else "") or alert_summary or f"rule {ctx.rule}",
+            source=_source(ctx, incident),
+            severity=severity or pagerduty.severity_of(incident.severity if incident else "error"),
+            custom_details={
+                "incident_id": incident.id if incident else None,
+                "incident_status": incident.status if incident else None,
+                "labels": incident.group_labels if incident else {},
+                "rule": ctx.rule,
+                "execution_id": ctx.execution_id,
+            },
+            links=[{"href": url, "text": f"Incident #{incident.id} in controlplane"}] if url and incident else None,
+            client_url=ctx.settings.public_url,
+        )
+    )
+    return {"event_action": event_action, "dedup_key": answer.get("dedup_key", dedup), "status": answer.get("status")}
+
+
+class PagerDutyParams(Params):
+    action: pagerduty.EventAction = "trigger"
+    summary: str | None = Field(default=None, description="Default: the incident's title")
+    severity: pagerduty.Severity | None = Field(default=None, description="Default: from the incident's severity")
+
+
+@action("notify.pagerduty", params=PagerDutyParams)
+def notify_pagerduty(ctx: ActionContext, params: PagerDutyParams) -> ActionResult:
+    """Trigger, acknowledge or resolve the incident's PagerDuty alert (one per incident); never fails the playbook."""
+    return deliver(ctx, "pagerduty", lambda: send_pagerduty(ctx, params.action, params.summary, params.severity))
+
+
+# -- webhook -------------------------------------------------------------------------------
+
+
+class WebhookParams(Params):
+    url: str
+    body: dict[str, Any] | str = Field(default_factory=dict, description="JSON object, or text sent as text/plain")
+    timeout: float = Field(default=10.0, gt=0, le=60)
+
+
+def send_webhook(ctx: ActionContext, params: WebhookParams) -> dict[str, Any]:
+    parts = urlsplit(params.url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https"):
+        raise NotDelivered(f"scheme {parts.scheme!r} is not allowed (http or https)")
+    if host not in ctx.settings.http_allowed_hosts:
+        raise NotDelivered(f"host {host!r} is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS")
+    headers = {"Idempotency-Key": ctx.idempotency_key}
+
+    def post() -> httpx.Response:
+        if isinstance(params.body, str):
+            content_headers = {**headers, "Content-Type": "text/plain; charset=utf-8"}
+            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=params.timeout)
+        else:
+            response = httpx.post(params.url, json=params.body, headers=headers, timeout=params.timeout)
+        if not response.is_success:
+            status = response.status_code
+            raise ActionError(f"webhook on {host} answered {status}", retriable=status >= 500 or status == 429)
+        return response
+
+    # Only the host is recorded: webhook URLs often carry their secret in the path.
+    return {"host": host, "status_code": with_retries(post).status_code}
+
+
+def _webhook_target(_ctx: ActionContext, params: WebhookParams) -> str:
+    return urlsplit(params.url).hostname or ""
+
+
+@action("notify.webhook", params=WebhookParams, target=_webhook_target)
+def notify_webhook(ctx: ActionContext, params: WebhookParams) -> ActionResult:
+    """POST a templated body to a URL on a host in CONTROLPLANE_HTTP_ALLOWED_HOSTS; never fails the playbook."""
+    return deliver(ctx, "webhook", lambda: send_webhook(ctx, params))
+
+
+# -- on-call routing -----------------------------------------------------------------------
+
+
+class OncallParams(Params):
+    text: str = Field(min_length=1, max_length=40_000)
+
+
+def _log_only(ctx: ActionContext, text: str, severity: str) -> dict[str, Any]:
+    ctx.log.warning("notify.oncall", text=text, severity=severity, rule=ctx.rule)
+    return {"level": "warning"}
+
+
+@action("notify.oncall", params=OncallParams)
+def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
+    """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
+    incident = _incident_now(ctx)
+    severity = incident.severity if incident else (ctx.alert.labels.get("severity", "none") if ctx.alert else "none")
+    target = route(severity, ctx.settings.notify_routes)
+    senders: dict[str, Callable[[], dict[str, Any]]] = {
+        "pagerduty": lambda: send_pagerduty(ctx, "trigger", params.text),
+        "slack": lambda: send_slack(ctx, params.text, ctx.settings.slack_channel),
+        "log": lambda: _log_only(ctx, params.text, severity),
+    }
+    result = deliver(ctx, target, senders[target])
+    result.output = {**result.output, "route": target, "severity": severity}
+    return result
+
+
+def page_escalation(ctx: ActionContext, reason: str) -> ActionResult:
+    """Tell on-call that a playbook gave up (after `execution.escalated`), routed like notify.oncall. Never raises."""
+    text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {reason}"
+    return notify_oncall(ctx, OncallParams(text=text[:40_000]))
