@@ -1,0 +1,487 @@
+"""Paging through the playbook engine on SQLite and PostgreSQL: Slack (real slack_sdk against a stand-in), PagerDuty
+Events v2 (stand-in), webhooks, severity routing; and the rule that a failed notification never fails a remediation."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine, select, update
+
+from controlplane.actions.base import ActionContext, AlertView, IncidentView, registry
+from controlplane.actions.paging import page_escalation
+from controlplane.config import Settings
+from controlplane.db.models import NotificationThread
+from controlplane.ingest.store import audit_t, incidents_t
+from controlplane.notify_routing import route
+from controlplane.playbooks.executor import Executor
+from controlplane.playbooks.state import executions_t
+from controlplane.playbooks.worker import Worker, pool_for
+from controlplane.resilience.circuit_breaker import CircuitBreakers
+from controlplane.telemetry import Metrics
+from tests.conftest import make_settings
+from tests.integration.test_playbooks import Clock, Harness, make_registry, rules
+from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
+from tests.standins.slack import TOKEN, SlackStandIn
+
+PUBLIC_URL = "https://controlplane.example"
+
+
+@contextmanager
+def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = None) -> Iterator[Harness]:
+    """The engine of tests/integration/test_playbooks.py with settings of the test's choosing."""
+    clock = clock or Clock()
+    calls: list[tuple[str, str]] = []
+    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
+    pool = pool_for(2)
+    executor = Executor(
+        engine=engine,
+        registry=make_registry(calls),
+        settings=settings,
+        breakers=breakers,
+        metrics=Metrics(CollectorRegistry()),
+        pool=pool,
+        clock=clock,
+        sleep=lambda _s: None,
+    )
+    worker = Worker(
+        engine=engine, executor=executor, instance_id="test", threads=1, lease_seconds=30, poll_seconds=0.05,
+        max_claims=3, clock=clock,
+    )  # fmt: skip
+    try:
+        yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def context_of(h: Harness, execution_id: int, settings: Settings, key: str = "direct:1") -> ActionContext:
+    """A step context for an existing execution, to call an action as the executor would."""
+    with h.engine.connect() as conn:
+        row = conn.execute(
+            select(executions_t.c.context, executions_t.c.rule_name).where(executions_t.c.id == execution_id)
+        ).one()
+    incident, alert = row.context.get("incident"), row.context.get("alert")
+    return ActionContext(
+        execution_id=execution_id,
+        step_index=99,
+        idempotency_key=key,
+        rule=row.rule_name,
+        incident=IncidentView(**incident) if incident else None,
+        alert=AlertView(**alert) if alert else None,
+        settings=settings,
+        engine=h.engine,
+        now=h.clock,
+        step_started_at=h.clock(),
+    )
+
+
+def audits(engine: Engine, action: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(d) for d in conn.execute(select(audit_t.c.detail).where(audit_t.c.action == action)).scalars()]
+
+
+@pytest.fixture
+def slack_api() -> Iterator[SlackStandIn]:
+    standin = SlackStandIn()
+    yield standin
+    standin.close()
+
+
+@pytest.fixture
+def pagerduty_api() -> Iterator[PagerDutyStandIn]:
+    standin = PagerDutyStandIn()
+    yield standin
+    standin.close()
+
+
+@dataclass
+class WebhookSink:
+    """A receiver that records what it is sent and answers `status`."""
+
+    status: int = 200
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.received.append((dict(self.headers.items()), body))
+                self.send_response(sink.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/s3cr3t"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
+
+
+@pytest.fixture
+def webhook_sink() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+    yield sink
+    sink.server.shutdown()
+    sink.server.server_close()
+
+
+@pytest.fixture
+def paging_settings(database_url: str, slack_api: SlackStandIn, pagerduty_api: PagerDutyStandIn) -> Settings:
+    return make_settings(
+        database_url,
+        slack_token=TOKEN,
+        slack_api_url=slack_api.url,
+        slack_channel="#oncall",
+        pagerduty_routing_key=ROUTING_KEY,
+        pagerduty_url=pagerduty_api.url,
+        public_url=PUBLIC_URL,
+        http_allowed_hosts=["127.0.0.1"],
+    )
+
+
+def one_step(action: str, with_: str, *, then: bool = True) -> str:
+    """A playbook of one notify step, then (to prove the playbook went on) a test step."""
+    steps = f"""
+      - id: note
+        action: {action}
+        with: {with_}
+"""
+    if then:
+        steps += """
+      - action: test.do
+        with: {text: "went on"}
+"""
+    return steps
+
+
+def step_output(h: Harness, execution_id: int, index: int = 0) -> dict[str, Any]:
+    return h.execution(execution_id).steps[index].output
+
+
+# -- Slack ---------------------------------------------------------------------------------
+
+
+def test_slack_posts_the_incident_then_replies_in_its_thread_and_updates_its_status(
+    engine: Engine, paging_settings: Settings, slack_api: SlackStandIn
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules("""
+      - action: notify.slack
+        with: {text: "Disabling graph {{ alert.labels.graph_name }} <!channel>"}
+      - action: notify.slack
+        with: {text: "Graph disabled"}
+""")
+        [t] = h.fire()
+        h.run_all()
+        detail = h.execution(t.execution_id)
+        assert detail.status == "succeeded"
+        incident_id = detail.incident_id
+        assert incident_id is not None
+
+        [root, reply] = slack_api.messages
+        assert root.channel == "C0ONCALL001" and root.thread_ts is None
+        assert root.blocks is not None
+        assert root.blocks[0]["text"]["text"] == "Error rate above 5% for support_bot"
+        fields = [f["text"] for f in root.blocks[1]["fields"]]
+        assert fields == [
+            "*Severity*\ncritical",
+            "*Status*\nopen",
+            f"*Incident*\n<{PUBLIC_URL}/incidents/{incident_id}|#{incident_id}>",
+        ]
+        # Alert data is escaped: a label cannot ping the channel.
+        assert root.blocks[2]["text"]["text"] == "Disabling graph support_bot &lt;!channel&gt;"
+        assert reply.thread_ts == root.ts and reply.text == "Graph disabled"
+        assert slack_api.calls("chat.update") == []  # the status did not change
+        with engine.connect() as conn:
+            thread = conn.execute(select(NotificationThread.__table__)).one()  # type: ignore[call-overload]
+        assert (thread.incident_id, thread.channel, thread.ts) == (incident_id, "#oncall", root.ts)
+        outputs = [s.output for s in detail.steps]
+        assert [o["delivered"] for o in outputs] == [True, True]
+        assert outputs[1]["thread_ts"] == root.ts
+
+        # The incident resolves; the next update replies in the thread and edits the root message.
+        with engine.begin() as conn:
+            conn.execute(update(incidents_t).where(incidents_t.c.id == incident_id).values(status="resolved"))
+        spec = registry.get("notify.slack")
+        result = spec.func(
+            context_of(h, t.execution_id, paging_settings), spec.params.model_validate({"text": "All clear"})
+        )
+        assert result.value is True and result.output["shown_status"] == "resolved"
+        assert [m.text for m in slack_api.replies("C0ONCALL001", root.ts)] == ["Graph disabled", "All clear"]
+        edited = slack_api.message("C0ONCALL001", root.ts)
+        assert edited.edits == 1 and edited.blocks is not None
+        assert "*Status*\nresolved" in [f["text"] for f in edited.blocks[1]["fields"]]
+        assert edited.blocks[2]["text"]["text"] == "Disabling graph support_bot &lt;!channel&gt;"  # summary kept
+        assert "resolved" in edited.text
+
+        # Same status again: a reply, no edit.
+        spec.func(
+            context_of(h, t.execution_id, paging_settings, "direct:2"),
+            spec.params.model_validate({"text": "Still clear"}),
+        )
+        assert slack_api.message("C0ONCALL001", root.ts).edits == 1
+
+
+def test_slack_rate_limit_is_retried_then_delivered(
+    engine: Engine, paging_settings: Settings, slack_api: SlackStandIn
+) -> None:
+    slack_api.ratelimit_next(1, retry_after=1)
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules(one_step("notify.slack", "{text: hello}"))
+        [t] = h.fire()
+        h.run_all()
+        assert step_output(h, t.execution_id)["delivered"] is True
+    assert [r.status for r in slack_api.calls("chat.postMessage")] == [429, 200]
+
+
+@pytest.mark.parametrize(
+    ("token", "faults", "expected_calls", "error"),
+    [
+        ("xoxb-wrong", 0, 1, "invalid_auth"),  # a permanent error is not retried
+        (TOKEN, 3, 3, "HTTP 500"),  # a server error is retried, three tries in all
+    ],
+)
+def test_slack_failure_is_audited_and_never_fails_the_playbook(
+    engine: Engine,
+    database_url: str,
+    slack_api: SlackStandIn,
+    token: str,
+    faults: int,
+    expected_calls: int,
+    error: str,
+) -> None:
+    slack_api.fail_next(faults)
+    settings = make_settings(database_url, slack_token=token, slack_api_url=slack_api.url)
+    with engine_harness(engine, settings) as h:
+        h.rules = rules(one_step("notify.slack", "{text: hello}"))
+        [t] = h.fire()
+        h.run_all()
+        detail = h.execution(t.execution_id)
+    assert detail.status == "succeeded"
+    assert h.calls == [("test.do", "went on")]
+    step = detail.steps[0]
+    assert step.status == "succeeded" and step.output["value"] is False
+    assert step.output["delivered"] is False and error in step.output["error"]
+    assert len(slack_api.calls("chat.postMessage")) == expected_calls
+    [failed] = audits(engine, "notify.failed")
+    assert failed["via"] == "slack" and error in failed["error"]
+
+
+def test_missing_configuration_is_not_delivered_not_an_exception(engine: Engine, database_url: str) -> None:
+    with engine_harness(engine, make_settings(database_url)) as h:
+        h.rules = rules(
+            one_step("notify.slack", "{text: hello}", then=False)
+            + "\n      - action: notify.pagerduty\n        with: {}\n"
+        )
+        [t] = h.fire()
+        h.run_all()
+        detail = h.execution(t.execution_id)
+    assert detail.status == "succeeded"
+    slack_error, pagerduty_error = (s.output["error"] for s in detail.steps)
+    assert slack_error == "Slack is not configured: set CONTROLPLANE_SLACK_TOKEN or CONTROLPLANE_SLACK_TOKEN_FILE"
+    assert pagerduty_error == (
+        "PagerDuty is not configured: set CONTROLPLANE_PAGERDUTY_ROUTING_KEY or CONTROLPLANE_PAGERDUTY_ROUTING_KEY_FILE"
+    )
+    assert [a["via"] for a in audits(engine, "notify.failed")] == ["slack", "pagerduty"]
+
+
+def test_a_step_that_already_notified_does_not_post_again(
+    engine: Engine, paging_settings: Settings, slack_api: SlackStandIn
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules(one_step("notify.log", "{text: x}", then=False))
+        [t] = h.fire()
+        h.run_all()
+        spec = registry.get("notify.slack")
+        ctx = context_of(h, t.execution_id, paging_settings, "resumed:3")
+        first = spec.func(ctx, spec.params.model_validate({"text": "once"}))
+        # The same step again (its worker died before recording it): the audit row says it was sent.
+        again = spec.func(ctx, spec.params.model_validate({"text": "once"}))
+    assert first.value is True and again.value is True and again.output["repeat"] is True
+    assert again.output["ts"] == first.output["ts"]
+    assert len(slack_api.calls("chat.postMessage")) == 1
+
+
+# -- PagerDuty -----------------------------------------------------------------------------
+
+
+def test_pagerduty_trigger_acknowledge_resolve_share_the_incident_dedup_key(
+    engine: Engine, paging_settings: Settings, pagerduty_api: PagerDutyStandIn
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules("""
+      - action: notify.pagerduty
+        with: {summary: "Graph {{ alert.labels.graph_name }} failing"}
+      - action: notify.pagerduty
+        with: {action: acknowledge}
+      - action: notify.pagerduty
+        with: {action: resolve}
+""")
+        [t] = h.fire()
+        h.run_all()
+        detail = h.execution(t.execution_id)
+    assert detail.status == "succeeded"
+    key = f"controlplane-incident-{detail.incident_id}"
+    trigger, ack, resolve = pagerduty_api.events
+    assert [e["event_action"] for e in (trigger, ack, resolve)] == ["trigger", "acknowledge", "resolve"]
+    assert {e["dedup_key"] for e in pagerduty_api.events} == {key}
+    assert trigger["payload"]["summary"] == "Graph support_bot failing"
+    assert trigger["payload"]["severity"] == "critical"
+    assert trigger["payload"]["source"] == "langgraph-0:8000"
+    assert trigger["payload"]["custom_details"]["incident_id"] == detail.incident_id
+    assert trigger["links"] == [
+        {
+            "href": f"{PUBLIC_URL}/incidents/{detail.incident_id}",
+            "text": f"Incident #{detail.incident_id} in controlplane",
+        }
+    ]
+    assert "payload" not in ack and "payload" not in resolve
+    assert pagerduty_api.alerts == {key: "resolved"}
+    assert [s.output["dedup_key"] for s in detail.steps] == [key, key, key]
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "faults", "statuses", "delivered"),
+    [
+        (ROUTING_KEY, 2, [503, 503, 202], True),  # 5xx retried, then accepted
+        (ROUTING_KEY, 1, [429, 202], True),  # throttled, retried after Retry-After
+        ("X" * 32, 0, [400], False),  # a 400 is never retried
+    ],
+)
+def test_pagerduty_retries_5xx_and_429_not_400(
+    engine: Engine,
+    database_url: str,
+    pagerduty_api: PagerDutyStandIn,
+    routing_key: str,
+    faults: int,
+    statuses: list[int],
+    delivered: bool,
+) -> None:
+    pagerduty_api.fail_next(faults, status=statuses[0])
+    settings = make_settings(database_url, pagerduty_routing_key=routing_key, pagerduty_url=pagerduty_api.url)
+    with engine_harness(engine, settings) as h:
+        h.rules = rules(one_step("notify.pagerduty", "{}"))
+        [t] = h.fire()
+        h.run_all()
+        detail = h.execution(t.execution_id)
+    assert detail.status == "succeeded" and h.calls == [("test.do", "went on")]
+    assert [r.status for r in pagerduty_api.requests] == statuses
+    assert detail.steps[0].output["delivered"] is delivered
+    if not delivered:
+        assert "Invalid routing key" in detail.steps[0].output["error"]
+        assert len(audits(engine, "notify.failed")) == 1
+
+
+# -- webhook -------------------------------------------------------------------------------
+
+
+def test_webhook_posts_the_rendered_body_only_to_allowed_hosts(
+    engine: Engine, paging_settings: Settings, webhook_sink: WebhookSink
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules(f"""
+      - action: notify.webhook
+        with:
+          url: "{webhook_sink.url}"
+          body: {{graph: "{{{{ alert.labels.graph_name }}}}", severity: "{{{{ alert.labels.severity }}}}"}}
+      - action: notify.webhook
+        with: {{url: "{webhook_sink.url}", body: "plain {{{{ alert.labels.graph_name }}}}"}}
+      - action: notify.webhook
+        with: {{url: "http://elsewhere.example/hook", body: {{}}}}
+""")
+        [t] = h.fire()
+        h.run_all()
+        detail = h.execution(t.execution_id)
+    assert detail.status == "succeeded"
+    [(json_headers, json_body), (text_headers, text_body)] = webhook_sink.received
+    assert json.loads(json_body) == {"graph": "support_bot", "severity": "critical"}
+    assert json_headers["Idempotency-Key"] == f"{t.execution_id}:0"
+    assert text_body == b"plain support_bot" and text_headers["Content-Type"].startswith("text/plain")
+    outputs = [s.output for s in detail.steps]
+    assert outputs[0] == {"value": True, "delivered": True, "via": "webhook", "host": "127.0.0.1", "status_code": 200}
+    assert outputs[2]["delivered"] is False
+    assert "'elsewhere.example' is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS" in outputs[2]["error"]
+    assert "s3cr3t" not in json.dumps(audits(engine, "notify.sent"))  # the URL's secret is not recorded
+
+
+def test_webhook_error_status_is_retried_then_reported(
+    engine: Engine, paging_settings: Settings, webhook_sink: WebhookSink
+) -> None:
+    webhook_sink.status = 502
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules(one_step("notify.webhook", f'{{url: "{webhook_sink.url}"}}'))
+        [t] = h.fire()
+        h.run_all()
+        output = step_output(h, t.execution_id)
+    assert len(webhook_sink.received) == 3
+    assert output["delivered"] is False and "answered 502" in output["error"]
+
+
+# -- on-call routing -----------------------------------------------------------------------
+
+
+def test_route_by_severity() -> None:
+    routes = {"critical": "pagerduty", "warning": "slack", "*": "log"}
+    assert route("critical", routes) == "pagerduty"
+    assert route(" Critical ", routes) == "pagerduty"
+    assert route("warning", routes) == "slack"
+    assert route("info", routes) == "log"
+    assert route("none", {"critical": "pagerduty"}) == "log"  # no `*`: the log
+    assert route("info", {"*": "slack"}) == "slack"
+
+
+def test_oncall_routes_critical_to_pagerduty_warning_to_slack_else_the_log(
+    engine: Engine, paging_settings: Settings, slack_api: SlackStandIn, pagerduty_api: PagerDutyStandIn
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules(
+            one_step("notify.oncall", '{text: "{{ alert.labels.severity }} on {{ alert.labels.namespace }}"}')
+        )
+        fired = {
+            severity: h.fire({"severity": severity, "namespace": f"ns-{severity}"})[0]
+            for severity in ("critical", "warning", "info")
+        }
+        h.run_all()
+        outputs = {severity: step_output(h, t.execution_id) for severity, t in fired.items()}
+    assert {s: (o["route"], o["delivered"]) for s, o in outputs.items()} == {
+        "critical": ("pagerduty", True),
+        "warning": ("slack", True),
+        "info": ("log", True),
+    }
+    [event] = pagerduty_api.events
+    assert event["payload"]["summary"] == "critical on ns-critical" and event["payload"]["severity"] == "critical"
+    [message] = slack_api.messages
+    assert message.blocks is not None and message.blocks[2]["text"]["text"] == "warning on ns-warning"
+    assert [a["via"] for a in audits(engine, "notify.sent")] == ["pagerduty", "slack", "log"]
+
+
+def test_escalation_pages_oncall_by_severity(
+    engine: Engine, paging_settings: Settings, pagerduty_api: PagerDutyStandIn
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules("""
+      - action: test.do
+        with: {text: a, fail_times: 1, retriable: false}
+        on_failure: escalate
+""")
+        [t] = h.fire()
+        h.run_all()
+        assert "execution.escalated" in [e.action for e in h.execution(t.execution_id).timeline]
+        # What the executor is to do right after auditing `execution.escalated`:
+        result = page_escalation(context_of(h, t.execution_id, paging_settings, f"{t.execution_id}:escalate"), "boom")
+    assert result.value is True and result.output["route"] == "pagerduty"
+    [event] = pagerduty_api.events
+    assert (
+        event["payload"]["summary"]
+        == f"Remediation escalated to a human: rule fix-errors, execution #{t.execution_id}: boom"
+    )
