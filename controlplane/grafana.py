@@ -164,7 +164,9 @@ def merged_alerting_rules(*, directory: Path) -> str:
             groups.append(group)
         used.append(path.name)
     header = f"# Prometheus alerting rules merged by controlplane from: {', '.join(used) or '(no files)'}\n"
-    return header + yaml.dump({"groups": groups}, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True)
+    # A wide line limit: folding long annotations would make the file read unlike its sources.
+    dumped = yaml.dump({"groups": groups}, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True, width=4096)
+    return header + dumped
 
 
 # -- provisioning into Grafana -----------------------------------------------------------------
