@@ -1,0 +1,1 @@
+"""Failover: which endpoint of each service is active (manager), and the health checks that move it (checker)."""
