@@ -1,0 +1,164 @@
+"""Owns probing failover endpoints on a schedule: one APScheduler job per group, GET url + health_path.
+
+A 2xx answer within the group's `timeout` is a passed check; any other status, a timeout or a
+connection error is a failed one. Results go to the FailoverManager, which applies the
+thresholds and switches. A probe or a recording that raises is logged; the schedule goes on.
+
+Only the leader should run it: the checks of two replicas would both count, so an endpoint
+would reach its failure (or recovery) threshold in half the intended time. Leader election
+comes later; with SQLite there is one process, and it is the leader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from controlplane.failover.manager import CheckOutcome, FailoverManager
+from controlplane.rules.schema import Endpoint, FailoverGroup
+
+log = structlog.get_logger("controlplane.failover")
+
+JOB_PREFIX = "failover-check:"
+MAX_PROBES_AT_ONCE = 8
+
+# (url, timeout in seconds) -> HTTP status; raises on timeouts and connection errors.
+HttpGet = Callable[[str, float], int]
+
+
+def http_get(url: str, timeout: float) -> int:
+    # A fresh connection per probe: a pooled one would hide that new connections are refused.
+    # Redirects are not followed: a health endpoint that redirects is misconfigured, not healthy.
+    return httpx.get(url, timeout=timeout, follow_redirects=False).status_code
+
+
+def health_url(group: FailoverGroup, endpoint: Endpoint) -> str:
+    return endpoint.url.rstrip("/") + "/" + group.health_path.lstrip("/")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class HealthChecker:
+    """Checks every endpoint of every group in `groups_provider()` each group's `interval`.
+
+    Call `resync()` after a rules reload to add, drop or re-time jobs; `check_now()` checks
+    at once in the calling thread (tests, operators).
+    """
+
+    def __init__(
+        self,
+        groups_provider: Callable[[], Mapping[str, FailoverGroup]],
+        manager: FailoverManager,
+        *,
+        http_get: HttpGet = http_get,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._groups_provider = groups_provider
+        self._manager = manager
+        self._http_get = http_get
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._groups: dict[str, FailoverGroup] = {}
+        self._intervals: dict[str, timedelta] = {}
+        # One group's checks never overlap (max_instances=1); a backlog after a pause runs once.
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+        )
+
+    def start(self) -> None:
+        self.resync()
+        self._scheduler.start()
+        log.info("failover.checker_started", groups=len(self._groups))
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=wait)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    @property
+    def scheduled(self) -> list[str]:
+        """Services with a check job, sorted."""
+        with self._lock:
+            return sorted(self._groups)
+
+    def resync(self) -> None:
+        """Match the jobs to the current groups; a group keeps its timing unless its interval changed."""
+        wanted = dict(self._groups_provider())
+        with self._lock:
+            for service in set(self._groups) - set(wanted):
+                self._scheduler.remove_job(JOB_PREFIX + service)
+                del self._intervals[service]
+            for service, group in wanted.items():
+                if self._intervals.get(service) != group.interval:
+                    self._scheduler.add_job(
+                        self._run,
+                        IntervalTrigger(seconds=max(group.interval.total_seconds(), 1.0), timezone=UTC),
+                        args=[service],
+                        id=JOB_PREFIX + service,
+                        name=JOB_PREFIX + service,
+                        replace_existing=True,
+                        next_run_time=datetime.now(UTC),  # check at once: after a restart the state may be old
+                    )
+                    self._intervals[service] = group.interval
+            self._groups = wanted
+        try:
+            self._manager.sync()
+        except Exception:  # the database may be down; the next write of each group does the same
+            log.exception("failover.sync_failed")
+
+    def check_now(self, service: str | None = None) -> list[CheckOutcome]:
+        """Check every group in the rules (or one) once, in this thread; a group whose recording fails is logged."""
+        groups = sorted(self._groups_provider().values(), key=lambda g: g.service)
+        outcomes: list[CheckOutcome] = []
+        for group in groups:
+            if service is None or group.service == service:
+                outcomes += self._check_group_logged(group)
+        return outcomes
+
+    def _run(self, service: str) -> None:
+        with self._lock:
+            group = self._groups.get(service)
+        if group is not None:  # dropped by a resync while this run was queued
+            self._check_group_logged(group)
+
+    def _check_group_logged(self, group: FailoverGroup) -> list[CheckOutcome]:
+        try:
+            return self._check_group(group)
+        except Exception:  # the schedule outlives any one check
+            log.exception("failover.check_crashed", service=group.service)
+            return []
+
+    def _check_group(self, group: FailoverGroup) -> list[CheckOutcome]:
+        # Probed in parallel: sequential probes of dead endpoints would add up their timeouts.
+        with ThreadPoolExecutor(
+            max_workers=min(len(group.endpoints), MAX_PROBES_AT_ONCE), thread_name_prefix="failover-probe"
+        ) as pool:
+            results = list(pool.map(lambda e: self._probe(group, e), group.endpoints))
+        now = self._clock()
+        # The active endpoint last: if it fails over, the choice of where to uses this round's results.
+        active = self._manager.active(group.service).endpoint
+        ordered = sorted(zip(group.endpoints, results, strict=True), key=lambda pair: pair[0].name == active)
+        return [self._manager.record_check(group, e.name, ok, error, now=now) for e, (ok, error) in ordered]
+
+    def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> tuple[bool, str | None]:
+        url = health_url(group, endpoint)
+        try:
+            status = self._http_get(url, group.timeout.total_seconds())
+        except Exception as exc:
+            return False, f"GET {url}: {type(exc).__name__}: {exc}"[:1000]
+        if 200 <= status < 300:
+            return True, None
+        return False, f"GET {url} answered {status}"
