@@ -1,0 +1,63 @@
+"""`failover.switch`: move a service's traffic to another of its endpoints (failover groups in rule files)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.errors import DomainError
+from controlplane.failover.manager import FailoverManager
+from controlplane.rules.schema import NAME_PATTERN
+
+
+class SwitchParams(Params):
+    service: str = Field(pattern=NAME_PATTERN)
+    to: str | None = None  # default: the most preferred healthy endpoint other than the active one
+
+
+def _target(_ctx: ActionContext, params: SwitchParams) -> str:
+    return params.service
+
+
+def _refuse_unknown(ctx: ActionContext, params: SwitchParams) -> str | None:
+    group = ctx.failover.get(params.service)
+    if group is None:
+        return f"service {params.service!r} has no failover group in the rule files"
+    if params.to is not None and all(e.name != params.to for e in group.endpoints):
+        return f"{params.to!r} is not an endpoint of service {params.service!r}"
+    return None
+
+
+@action(
+    "failover.switch",
+    params=SwitchParams,
+    blast_radius=_refuse_unknown,
+    blast_radius_doc="only to a healthy endpoint of the same service (its failover group in the rule files)",
+    target=_target,
+)
+def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
+    """Make another endpoint of a service active; refuses an unhealthy target."""
+    # State lives in the database, so a manager on the step's engine is the service's manager;
+    # the step's idempotency key makes a retried or resumed step return the first switch.
+    manager = FailoverManager(ctx.engine, groups=lambda: ctx.failover, clock=ctx.now)
+    try:
+        result = manager.switch(
+            params.service,
+            params.to,
+            actor=f"rule:{ctx.rule}",
+            reason=f"playbook step {ctx.step_index} of execution {ctx.execution_id}",
+            incident_id=ctx.incident.id if ctx.incident else None,
+            execution_id=ctx.execution_id,
+            idempotency_key=ctx.idempotency_key,
+        )
+    except DomainError as exc:  # unhealthy target, nowhere to go: retrying now would not help
+        raise ActionError(exc.message) from None
+    output = {
+        "service": result.service,
+        "from": result.from_endpoint,
+        "to": result.to_endpoint,
+        "from_region": result.from_region,
+        "to_region": result.to_region,
+        "changed": result.changed,
+    }
+    return ActionResult(value=result.to_endpoint, output=output)
