@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from controlplane import __version__
-from controlplane.api import executions, health, incidents, monitoring, rules, webhook
+from controlplane.api import endpoints, executions, health, incidents, monitoring, rules, webhook
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.middleware import RequestContextMiddleware
 from controlplane.config import Settings, get_settings
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for module in (health, webhook, incidents, executions, rules, monitoring):
+    for module in (health, webhook, incidents, executions, rules, monitoring, endpoints):
         app.include_router(module.router)
     _serve_local_docs(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

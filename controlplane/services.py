@@ -14,6 +14,8 @@ from controlplane.actions.base import ActionRegistry, load_builtin_actions
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
+from controlplane.failover.checker import HealthChecker
+from controlplane.failover.manager import FailoverManager
 from controlplane.incidents.service import count_open_incidents
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult, audit
@@ -44,6 +46,8 @@ class Services:
     scheduler: MetricRuleScheduler
     head_revision: str | None
     _pool: Any
+    failover: FailoverManager
+    health_checker: HealthChecker
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -122,6 +126,11 @@ class Services:
             group_by=settings.incident_group_by,
             on_ingest=metric_rule_fired,
         )
+        failover = FailoverManager(
+            engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers
+        )
+        # Health checks are leader work too; in SQLite mode the one process is the leader.
+        health_checker = HealthChecker(lambda: rules.current.failover, failover)
         services = cls(
             settings,
             engine,
@@ -134,6 +143,8 @@ class Services:
             scheduler,
             migrate.head_revision(engine),
             pool,
+            failover=failover,
+            health_checker=health_checker,
         )
         metrics.watch_open_incidents(services.open_incidents_or_none)
         return services
@@ -148,8 +159,10 @@ class Services:
         self.writer.start()
         self.worker.start()
         self.scheduler.start()
+        self.health_checker.start()
 
     def stop(self) -> None:
+        self.health_checker.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
@@ -160,6 +173,7 @@ class Services:
         """Load the rule files again (raises RuleLoadError and keeps the rules in force on errors)."""
         self.rules.load()
         self.scheduler.resync()
+        self.health_checker.resync()
 
     def wake_workers(self) -> None:
         self.worker.notify()

@@ -1,0 +1,45 @@
+"""Failover endpoints: the active endpoint clients read, every group's health, events, manual switches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from controlplane.api.deps import AdminDep, ServicesDep
+from controlplane.failover.manager import ActiveEndpointView, FailoverEventView, GroupStatus, SwitchResult
+
+router = APIRouter(prefix="/api/v1", tags=["failover"])
+
+
+class SwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = None  # default: the most preferred healthy endpoint other than the active one
+    reason: str = Field(default="", max_length=2000)
+
+
+@router.get("/endpoints/active", summary="The endpoint a service's clients should use now")
+def active_endpoint(services: ServicesDep, service: str) -> ActiveEndpointView:
+    return services.failover.active(service)
+
+
+@router.get("/endpoints", summary="Every failover group: endpoints, health, breaker state, which is active")
+def list_endpoints(services: ServicesDep) -> list[GroupStatus]:
+    return services.failover.status()
+
+
+@router.get("/failover/events", summary="Failover events, newest first")
+def list_events(
+    services: ServicesDep,
+    service: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[FailoverEventView]:
+    return services.failover.events(service, limit)
+
+
+@router.post("/failover/{service}/switch", summary="Switch a service to another healthy endpoint")
+def switch(services: ServicesDep, actor: AdminDep, service: str, body: SwitchRequest | None = None) -> SwitchResult:
+    body = body or SwitchRequest()
+    return services.failover.switch(service, body.to, actor=actor, reason=body.reason)
