@@ -1,0 +1,221 @@
+"""Owns the graph actions `graph.disable` / `graph.enable` (each the other's inverse) and the admin API client.
+
+http targets: the deployment's admin API, whose base is the target's `url` (for example
+`http://langgraph:8000/admin`): `GET /graphs`, `POST /graphs/{graph}/disable|enable`, sent with
+the step's idempotency key and the bearer token read from `token_file`. kubernetes targets: the
+comma-separated `disabled_graphs` key of the target's ConfigMap, which the deployment reads.
+
+Bounds (seed 004's "disable the problem graph" must not become "disable everything"): at most
+`max_disabled_graphs` disabled at once, and never the last enabled graph. They are checked
+before the step (to refuse early, audited) and again where the write happens: in the disable
+request the service checks atomically, or inside the ConfigMap's read-modify-write, so two
+replicas racing cannot both pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import Field
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Params, action
+from controlplane.integrations import kubernetes as kube
+from controlplane.rules.schema import Target
+
+# A graph name is a URL path segment and a ConfigMap list item: no '/', ',' or spaces, whatever
+# an alert label (untrusted) carries.
+GRAPH_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
+DISABLED_KEY = "disabled_graphs"
+TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+BOUNDS_DOC = "at most the target's max_disabled_graphs disabled at once, and never its last enabled graph"
+
+
+class GraphParams(Params):
+    target: str = "default"
+    graph: str = Field(pattern=GRAPH_NAME)
+
+
+# -- the admin API of http targets (storage.* uses it too) -------------------------------------
+
+
+def admin_request(
+    target: Target, method: str, path: str, *, json: Any = None, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """One call to an http target's admin API; its JSON answer, or an ActionError an on-call person can act on.
+
+    Connection errors, timeouts, 5xx and 429 are retriable; other 4xx are not and carry the
+    service's own message; a 409 the service marks `refused` is a BlastRadiusExceeded.
+    """
+    url = f"{(target.url or '').rstrip('/')}{path}"
+    headers = {"Accept": "application/json"}
+    if target.token_file:
+        headers["Authorization"] = f"Bearer {_token(target)}"
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    where = f"target {target.name!r}: {method} {url}"
+    try:
+        response = httpx.request(method, url, json=json, headers=headers, timeout=TIMEOUT, follow_redirects=False)
+    except httpx.TransportError as exc:
+        raise ActionError(f"{where}: {type(exc).__name__}: {exc}", retriable=True) from None
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    if status == 200 and isinstance(body, dict):
+        return body
+    message = _message(body, response.text)
+    output = {"status_code": status, "body": body if body is not None else response.text[:2000]}
+    if status >= 500 or status == 429:
+        raise ActionError(f"{where} answered {status}: {message}", retriable=True, output=output)
+    if status in (401, 403):
+        raise ActionError(
+            f"{where} answered {status}: {message}; check the target's token_file ({target.token_file or 'not set'})",
+            output=output,
+        )
+    if status == 409 and isinstance(body, dict) and body.get("refused"):
+        raise BlastRadiusExceeded(f"{where} refused: {message}", output=output)
+    if status == 200:
+        raise ActionError(f"{where} answered 200 without a JSON object: {message}", output=output)
+    raise ActionError(f"{where} answered {status}: {message}", output=output)
+
+
+def _token(target: Target) -> str:
+    # Read on every call: a rotated token works without reloading the rules.
+    path = Path(target.token_file or "")
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ActionError(f"target {target.name!r}: token_file {path}: {exc.strerror}") from None
+    if not token:
+        raise ActionError(f"target {target.name!r}: token_file {path} is empty")
+    return token
+
+
+def _message(body: Any, text: str) -> str:
+    if isinstance(body, dict):
+        for key in ("error", "detail", "message"):
+            if body.get(key):
+                return str(body[key])[:500]
+    return text[:500] or "(empty answer)"
+
+
+def target_name(_ctx: ActionContext, params: Any) -> str:
+    """Keys the circuit breaker: one per target and action."""
+    return str(params.target)
+
+
+def kube_target(target: Target) -> tuple[str, str]:
+    """(namespace, ConfigMap name) of a kubernetes target, or an error saying what its definition lacks."""
+    if not target.configmap:
+        raise ActionError(f"target {target.name!r} has no `configmap` (it holds disabled_graphs, checkpoint_storage)")
+    return target.namespace or "", target.configmap
+
+
+# -- bounds -------------------------------------------------------------------------------------
+
+
+def split_graphs(value: str | None) -> list[str]:
+    return [name.strip() for name in (value or "").split(",") if name.strip()]
+
+
+def disable_refusal(target: Target, graph: str, disabled: list[str], enabled: list[str] | None) -> str | None:
+    """Why disabling `graph` would exceed the target's bounds, or None. `enabled` None: not known (kubernetes)."""
+    if graph in disabled:
+        return None  # already disabled: nothing changes
+    limit = target.max_disabled_graphs
+    if len(disabled) + 1 > limit:
+        already = ", ".join(disabled) or "none"
+        return (
+            f"disabling {graph!r} would make {len(disabled) + 1} disabled graphs on target {target.name!r}, "
+            f"over its max_disabled_graphs of {limit} (already disabled: {already})"
+        )
+    if enabled is not None and set(enabled) == {graph}:
+        return f"{graph!r} is the last enabled graph of target {target.name!r}"
+    return None
+
+
+def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
+    """The pre-step check, on the target's current state.
+
+    It runs outside the step's error handling, so it never raises: when the state cannot be read
+    (target down, unknown target) it lets the step run, and the step fails with the real error.
+    """
+    try:
+        target = ctx.target(params.target)
+        if target.kind == "http":
+            state = admin_request(target, "GET", "/graphs")
+            return disable_refusal(target, params.graph, list(state["disabled"]), list(state["enabled"]))
+        namespace, configmap = kube_target(target)
+        current = kube.read_configmap_key(ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY)
+        return disable_refusal(target, params.graph, split_graphs(current), None)
+    except Exception as exc:
+        ctx.log.info("graph.bounds_unread", target=params.target, error=str(exc))
+        return None
+
+
+# -- the actions ----------------------------------------------------------------------------------
+
+
+@action(
+    "graph.disable",
+    params=GraphParams,
+    inverse="graph.enable",
+    blast_radius=_refuse_too_many,
+    blast_radius_doc=BOUNDS_DOC,
+    target=target_name,
+)
+def disable(ctx: ActionContext, params: GraphParams) -> ActionResult:
+    """Stop running one graph on a target; a graph already disabled is left as it is."""
+    return _set(ctx, params, enabled=False)
+
+
+@action("graph.enable", params=GraphParams, inverse="graph.disable", target=target_name)
+def enable(ctx: ActionContext, params: GraphParams) -> ActionResult:
+    """Run one graph again on a target; a graph already enabled is left as it is."""
+    return _set(ctx, params, enabled=True)
+
+
+def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionResult:
+    target = ctx.target(params.target)
+    verb = "enable" if enabled else "disable"
+    if target.kind == "http":
+        # The bounds travel with the request: the service applies them under its own lock.
+        bounds = None if enabled else {"max_disabled": target.max_disabled_graphs, "keep_one_enabled": True}
+        answer = admin_request(
+            target, "POST", f"/graphs/{params.graph}/{verb}", json=bounds, idempotency_key=ctx.idempotency_key
+        )
+        changed = bool(answer.get("changed"))
+        disabled_after = list(answer.get("disabled", []))
+    else:
+
+        def update(old: str | None) -> str:
+            names = split_graphs(old)
+            if enabled:
+                return ",".join(n for n in names if n != params.graph)
+            refusal = disable_refusal(target, params.graph, names, None)
+            if refusal:
+                raise BlastRadiusExceeded(refusal)
+            return ",".join(names if params.graph in names else [*names, params.graph])
+
+        namespace, configmap = kube_target(target)
+        old, new = kube.update_configmap_key(
+            ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY, update=update
+        )
+        changed = (params.graph in split_graphs(old)) == enabled
+        disabled_after = split_graphs(new)
+    after = "enabled" if enabled else "disabled"
+    before = ("disabled" if enabled else "enabled") if changed else after
+    return ActionResult(
+        value=params.graph,
+        output={
+            "target": target.name,
+            "graph": params.graph,
+            "before": before,
+            "after": after,
+            "changed": changed,
+            "disabled_graphs": disabled_after,
+        },
+    )

@@ -1,0 +1,132 @@
+"""Owns the checkpoint-storage actions: `storage.check`, `storage.switch` and `storage.cleanup_corrupted`.
+
+Seed 004's checkpoint_failures strategy: check the storage backends, switch to the backup,
+clean the corrupted checkpoints. http targets use the admin API (`GET /storage`,
+`POST /storage/switch`, `POST /storage/cleanup`, see graph.py for the client). A kubernetes
+target can only be switched, by writing its ConfigMap key `checkpoint_storage` (unset means
+primary): the cluster API does not show the backends' health, so check and cleanup refuse it.
+
+A switch records the backend it left as `output.previous`; undo it with
+`rollback: {action: storage.switch, with: {backend: "{{ steps.<id>.output.previous }}"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.graph import admin_request, kube_target, target_name
+from controlplane.integrations import kubernetes as kube
+from controlplane.rules.schema import Target
+
+Backend = Literal["primary", "backup"]
+STORAGE_KEY = "checkpoint_storage"
+DEFAULT_BACKEND: Backend = "primary"  # what a deployment uses while its ConfigMap key is unset
+
+
+class StorageParams(Params):
+    target: str = "default"
+
+
+class SwitchParams(StorageParams):
+    backend: Backend = "backup"
+
+
+class CleanupParams(StorageParams):
+    backend: Backend | None = None  # None: every backend
+
+
+def _http_target(ctx: ActionContext, params: StorageParams, action_name: str) -> Target:
+    target = ctx.target(params.target)
+    if target.kind != "http":
+        raise ActionError(
+            f"{action_name} works on http targets only: target {target.name!r} is {target.kind}, and the "
+            "cluster API does not show the storage backends; define an http target for the deployment's admin API"
+        )
+    return target
+
+
+def _health(state: dict[str, Any]) -> dict[str, bool]:
+    return {name: bool(info.get("healthy")) for name, info in dict(state.get("backends", {})).items()}
+
+
+@action("storage.check", params=StorageParams, target=target_name)
+def check(ctx: ActionContext, params: StorageParams) -> ActionResult:
+    """Report each checkpoint backend's health and which one is active; the value is the active backend."""
+    target = _http_target(ctx, params, "storage.check")
+    state = admin_request(target, "GET", "/storage")
+    health = _health(state)
+    return ActionResult(
+        value=state.get("active"),
+        output={
+            "target": target.name,
+            "active": state.get("active"),
+            "backends": state.get("backends", {}),
+            "healthy": [name for name, ok in health.items() if ok],
+            "unhealthy": [name for name, ok in health.items() if not ok],
+        },
+    )
+
+
+def _refuse_unhealthy(ctx: ActionContext, params: SwitchParams) -> str | None:
+    """The pre-step check: never move checkpoints onto a backend the service reports unhealthy.
+
+    It runs outside the step's error handling, so it never raises; when the state cannot be read
+    the step runs and fails with the real error (and the service refuses an unhealthy switch too).
+    """
+    try:
+        target = ctx.target(params.target)
+        if target.kind != "http":
+            return None  # health is not visible through the cluster API
+        state = admin_request(target, "GET", "/storage")
+    except Exception as exc:
+        ctx.log.info("storage.health_unread", target=params.target, error=str(exc))
+        return None
+    if state.get("active") == params.backend:
+        return None  # already there: nothing moves
+    if not _health(state).get(params.backend, False):
+        return f"checkpoint storage {params.backend!r} of target {target.name!r} is unhealthy; not switching to it"
+    return None
+
+
+@action(
+    "storage.switch",
+    params=SwitchParams,
+    inverse="storage.switch",
+    blast_radius=_refuse_unhealthy,
+    blast_radius_doc="never onto a backend the target reports unhealthy (http targets; the service refuses too)",
+    target=target_name,
+)
+def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
+    """Make `backend` the active checkpoint storage; the value is the new backend, output.previous the old."""
+    target = ctx.target(params.target)
+    if target.kind == "http":
+        # No read-then-decide here: a retried step replays the first answer under its idempotency
+        # key, so `previous` stays the backend it really left.
+        answer = admin_request(
+            target, "POST", "/storage/switch", json={"backend": params.backend}, idempotency_key=ctx.idempotency_key
+        )
+        previous, changed, backends = answer.get("previous"), bool(answer.get("changed")), answer.get("backends")
+    else:
+        namespace, configmap = kube_target(target)
+        old, _new = kube.update_configmap_key(
+            ctx.settings, namespace=namespace, name=configmap, key=STORAGE_KEY, update=lambda _old: params.backend
+        )
+        previous = old or DEFAULT_BACKEND
+        changed, backends = previous != params.backend, None
+    output = {"target": target.name, "active": params.backend, "previous": previous, "changed": changed}
+    if backends is not None:
+        output["backends"] = backends
+    return ActionResult(value=params.backend, output=output)
+
+
+@action("storage.cleanup_corrupted", params=CleanupParams, target=target_name)
+def cleanup_corrupted(ctx: ActionContext, params: CleanupParams) -> ActionResult:
+    """Remove the checkpoints corrupted while storage was failing; the value is how many were removed."""
+    target = _http_target(ctx, params, "storage.cleanup_corrupted")
+    body = {"backend": params.backend} if params.backend else None
+    answer = admin_request(target, "POST", "/storage/cleanup", json=body, idempotency_key=ctx.idempotency_key)
+    removed = int(answer.get("removed", 0))
+    return ActionResult(
+        value=removed, output={"target": target.name, "removed": removed, "by_backend": answer.get("by_backend", {})}
+    )
