@@ -65,9 +65,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_sample_app(args: argparse.Namespace) -> int:
     from controlplane.sample.app import serve
 
-    token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
+    try:
+        token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
+    except OSError as exc:
+        print(f"controlplane: --admin-token-file {args.admin_token_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.admin_token_file and not token:
+        print(f"controlplane: --admin-token-file {args.admin_token_file} is empty", file=sys.stderr)
+        return 2
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()]
-    serve(host=args.host, port=args.port, graphs=graphs, interval=args.interval, admin_token=token, seed=args.seed)
+    try:
+        serve(host=args.host, port=args.port, graphs=graphs, interval=args.interval, admin_token=token, seed=args.seed)
+    except ValueError as exc:  # a graph name the service refuses
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -159,7 +159,7 @@ def test_graph_failure_modes(sample_app: SampleApp, unused_engine: Engine) -> No
 
 
 def test_5xx_is_retriable_and_the_token_comes_from_token_file(unused_engine: Engine, tmp_path: Path) -> None:
-    with failing_server(503, {"error": "overloaded"}) as url:
+    with FailingServer(503, {"error": "overloaded"}) as url:
         run = Runner(unused_engine, Target(name="default", kind="http", url=url))
         with pytest.raises(ActionError, match="answered 503: overloaded") as busy:
             run("graph.enable", graph="a")
@@ -426,7 +426,7 @@ def test_prometheus_finds_the_failing_graph_and_the_playbook_disables_it(
     name = prometheus.unique_name("langgraph_executions") + "_total"
     query = f'sum by (graph_name) (rate({name}{{status="error"}}[1m]))'
     c.fault(graph="c", error_rate=1.0)
-    with relay(c, prometheus, "langgraph_executions_total", name):
+    with Relay(c, prometheus, "langgraph_executions_total", name):
         prometheus.wait_for(query, lambda result: any(labels["graph_name"] == "c" and v > 0 for labels, v in result))
         rules_dir = tmp_path / "rules"
         rules_dir.mkdir()
@@ -464,7 +464,7 @@ playbooks:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-class relay:
+class Relay:
     """Copy one metric's series from the sample app to the Prometheus scrape target, under another name."""
 
     def __init__(self, c: SampleClient, prometheus: PrometheusServer, source: str, name: str) -> None:
@@ -478,7 +478,7 @@ class relay:
                 if sample == self.source:
                     self.prometheus.target.set(self.name, labels, value)
 
-    def __enter__(self) -> relay:
+    def __enter__(self) -> Relay:
         self.thread.start()
         return self
 
@@ -488,7 +488,7 @@ class relay:
         self.prometheus.target.remove(self.name)
 
 
-class failing_server:
+class FailingServer:
     """A loopback HTTP server answering every request with one status and JSON body."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:

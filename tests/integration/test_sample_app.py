@@ -200,3 +200,10 @@ def test_the_sample_app_command(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "controlplane", "sample-app", "--port", str(port), "--graphs", "a b"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "graph name 'a b' does not match" in bad.stderr
