@@ -147,6 +147,7 @@ class Services:
             health_checker=health_checker,
         )
         metrics.watch_open_incidents(services.open_incidents_or_none)
+        metrics.watch_automation(engine)
         return services
 
     def start(self) -> None:

@@ -10,6 +10,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from controlplane.playbooks.guards import automation
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -26,6 +29,31 @@ class _OpenIncidentsCollector(Collector):
         if value is not None:
             family.add_metric([], float(value))
         yield family
+
+
+class _AutomationCollector(Collector):
+    """Reads the global switches from the database at scrape time: another replica or the console may flip them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        paused = GaugeMetricFamily(
+            "controlplane_automation_paused", "1 while automation is paused (every new execution is suppressed)."
+        )
+        dry_run = GaugeMetricFamily(
+            "controlplane_automation_dry_run", "1 while global dry-run is on (executions record steps, act on nothing)."
+        )
+        try:
+            with self._engine.connect() as conn:
+                state = automation(conn)
+        except Exception as exc:  # a scrape must not fail because the database is down; no sample says "unknown"
+            structlog.get_logger(__name__).warning("metrics.automation_unavailable", error=str(exc).splitlines()[0])
+        else:
+            paused.add_metric([], float(state.paused))
+            dry_run.add_metric([], float(state.dry_run))
+        yield paused
+        yield dry_run
 
 
 class Metrics:
@@ -89,6 +117,9 @@ class Metrics:
 
     def watch_open_incidents(self, count_open: Callable[[], int | None]) -> None:
         self.registry.register(_OpenIncidentsCollector(count_open))
+
+    def watch_automation(self, engine: Engine) -> None:
+        self.registry.register(_AutomationCollector(engine))
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
