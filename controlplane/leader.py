@@ -21,6 +21,8 @@ from controlplane.db.models import LeaderLease
 from controlplane.ingest.store import audit, dialect_insert
 
 leases_t: Table = LeaderLease.__table__  # type: ignore[assignment]
+# Short enough that a new leader acts within ~10 s of the old one dying (it renews every 2 s).
+LEADER_LEASE_SECONDS = 6.0
 log = structlog.get_logger(__name__)
 
 
@@ -98,7 +100,7 @@ class LeaderElector:
         self.instance_id = instance_id
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock
-        self._on_change = on_change
+        self.on_change = on_change
         self._state: Leadership | None = None
         self._valid_until: datetime | None = None  # our own view: step down before others may take over
         self._stop = threading.Event()
@@ -194,8 +196,8 @@ class LeaderElector:
             log.info(
                 "leader.changed", leader=now, term=self._state.term if self._state else None, instance=self.instance_id
             )
-            if self._on_change is not None:
+            if self.on_change is not None:
                 try:
-                    self._on_change(now, self._state.term if self._state else 0)
+                    self.on_change(now, self._state.term if self._state else 0)
                 except Exception:
                     log.exception("leader.on_change_failed")

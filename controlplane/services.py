@@ -11,6 +11,7 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from sqlalchemy import Connection, Engine
 
 from controlplane.actions.base import ActionRegistry, load_builtin_actions
+from controlplane.actions.silence import expire_silences_for_incident
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
@@ -21,6 +22,7 @@ from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult, audit
 from controlplane.ingest.writer import IngestWriter
 from controlplane.integrations.prometheus import PrometheusClient
+from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.executor import Executor, _WriteTx
@@ -48,6 +50,7 @@ class Services:
     _pool: Any
     failover: FailoverManager
     health_checker: HealthChecker
+    elector: LeaderElector
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -83,6 +86,8 @@ class Services:
                 conn, alert_ids=result.new_alert_ids, rules=rules.current, default_group_by=settings.incident_group_by
             )
 
+        elector = LeaderElector(engine, instance_id=settings.instance_id, lease_seconds=LEADER_LEASE_SECONDS)
+
         def triggered(executions: list[Triggered]) -> None:
             for t in executions:
                 if t.guard:
@@ -97,7 +102,10 @@ class Services:
             max_batch=settings.ingest_max_batch,
             commit_timeout=settings.ingest_timeout_seconds,
             after_ingest=trigger,
-            after_commit=triggered,
+            after_commit=lambda results, executions: (
+                triggered(executions),
+                _expire_silences(pool, engine, settings, [i for r in results for i in r.resolved_incident_ids]),
+            ),
         )
 
         def metric_rule_fired(conn: Connection, notification: AlertmanagerNotification, result: IngestResult) -> None:
@@ -116,9 +124,10 @@ class Services:
                 )
             )
 
-        # Metric rules are leader work; in SQLite mode the one process is the leader.
+        # Metric rules and health checks are leader work: on other replicas their providers
+        # are empty, so their jobs are removed; a change of leader resyncs them.
         scheduler = MetricRuleScheduler(
-            lambda: rules.current.rules,
+            lambda: rules.current.rules if elector.is_leader else [],
             client=PrometheusClient(settings.prometheus_url),
             engine=engine,
             metrics=MetricRuleMetrics(metrics.registry),
@@ -129,8 +138,13 @@ class Services:
         failover = FailoverManager(
             engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers
         )
-        # Health checks are leader work too; in SQLite mode the one process is the leader.
-        health_checker = HealthChecker(lambda: rules.current.failover, failover)
+        health_checker = HealthChecker(lambda: rules.current.failover if elector.is_leader else {}, failover)
+
+        def leadership_changed(_leader: bool, _term: int) -> None:
+            scheduler.resync()
+            health_checker.resync()
+
+        elector.on_change = leadership_changed
         services = cls(
             settings,
             engine,
@@ -145,6 +159,7 @@ class Services:
             pool,
             failover=failover,
             health_checker=health_checker,
+            elector=elector,
         )
         metrics.watch_open_incidents(services.open_incidents_or_none)
         metrics.watch_automation(engine)
@@ -157,6 +172,7 @@ class Services:
         if before != self.head_revision:
             log.info("database.migrated", from_revision=before, to_revision=self.head_revision)
         self.rules.load()
+        self.elector.start()
         self.writer.start()
         self.worker.start()
         self.scheduler.start()
@@ -167,6 +183,7 @@ class Services:
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
+        self.elector.stop(release=True)  # another replica takes the singleton work over at once
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
 
@@ -186,6 +203,12 @@ class Services:
         except Exception as exc:  # a scrape must not fail because the database is down
             log.warning("metrics.open_incidents_unavailable", error=str(exc).splitlines()[0])
             return None
+
+
+def _expire_silences(pool: Any, engine: Engine, settings: Settings, incident_ids: list[int]) -> None:
+    """Silences we created for an incident end when it resolves; off the webhook's path (HTTP calls)."""
+    for incident_id in incident_ids:
+        pool.submit(expire_silences_for_incident, engine, settings, incident_id, "controlplane:resolve")
 
 
 def _audit_breaker(engine: Engine, name: str, old: State, new: State) -> None:

@@ -26,7 +26,8 @@ from controlplane.db import migrate
 from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
 
-pytest_plugins = ["tests.prometheus_server"]  # the `prometheus` fixture: the real binary, one per session
+# Fixtures of the real binaries and the sample service: `prometheus`, `alertmanager`, `sample_app`.
+pytest_plugins = ["tests.prometheus_server", "tests.alertmanager_server", "tests.sample_fixture"]
 
 DATA = Path(__file__).parent / "data"
 PG_URL = os.environ.get("CONTROLPLANE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -58,7 +58,7 @@ class IngestWriter:
         max_batch: int = 256,
         commit_timeout: float = 5.0,
         after_ingest: Callable[[Connection, IngestResult], list[Any]] | None = None,
-        after_commit: Callable[[list[Any]], None] | None = None,
+        after_commit: Callable[[list[IngestResult], list[Any]], None] | None = None,
     ) -> None:
         """`after_ingest` runs inside each notification's transaction (it creates executions, so an
         acknowledged alert never lacks them); `after_commit` gets what it returned, once committed."""
@@ -135,9 +135,9 @@ class IngestWriter:
                 self._fail(batch, exc)
                 return
             self._metrics.ingest_batch_size.observe(len(batch))
-            if followups and self._after_commit is not None:
+            if self._after_commit is not None and (followups or any(r.resolved_incident_ids for r in results)):
                 try:
-                    self._after_commit(followups)
+                    self._after_commit(results, followups)
                 except Exception:  # the alerts are committed; a failing hook must not turn that into a 5xx
                     log.exception("ingest.after_commit_failed")
             for job, result in zip(batch, results, strict=True):

@@ -27,6 +27,7 @@ from controlplane.actions.base import (
     IncidentView,
     UnknownAction,
 )
+from controlplane.actions.paging import page_escalation
 from controlplane.config import Settings
 from controlplane.db.models import ExecutionStep
 from controlplane.ingest.store import audit, dialect_insert
@@ -216,7 +217,10 @@ class Executor:
         )
         ctx = self._context(run, index if phase == "forward" else 1000 + index, started_at)
         if spec.blast_radius is not None:
-            refusal = spec.blast_radius(ctx, params)
+            try:
+                refusal = spec.blast_radius(ctx, params)
+            except Exception as exc:  # a bounds check that cannot decide must refuse, not crash the run
+                refusal = f"could not check the bounds: {_describe(exc)}"
             if refusal:
                 self._audit(run, "step.refused", {"step": index, "action": action_name, "reason": refusal})
                 return self._fail_step(run, phase, index, step, existing, inputs, f"blast radius: {refusal}")
@@ -299,6 +303,10 @@ class Executor:
         if rollback_errors:
             reason += "; rollback failed: " + "; ".join(rollback_errors)
         final = "rolled_back" if rolled and not rollback_errors else "failed"
+        if escalate and not run.dry_run:
+            # Before the commit: a crash here pages again on resume, and the page's idempotency
+            # key (2000 + step) lets it find the earlier page and skip it; after, a page could be lost.
+            page_escalation(self._context(run, 2000 + failed_index, self._clock()), reason)
         with self._write() as conn:
             self._fenced_transition(
                 conn, run, final, reason=reason, detail={"rolled_back_steps": rolled, "escalate": escalate}
@@ -327,6 +335,10 @@ class Executor:
             step = run.playbook.steps[index]
             forward = self._step_row(run.id, "forward", index)
             if step.rollback is None or forward is None or forward.status != "succeeded":
+                continue
+            if forward.output.get("changed") is False:
+                # It found things as it wanted them (a person had already done it): undoing
+                # would undo that person's change, not ours.
                 continue
             try:
                 inputs = (

@@ -14,7 +14,7 @@ from controlplane.actions.base import ActionError, registry
 from controlplane.actions.silence import SilenceParams, expire_silences_for_incident, silences_t
 from controlplane.config import Settings
 from controlplane.integrations.alertmanager import AlertmanagerClient
-from tests.alertmanager_server import AlertmanagerServer, alertmanager  # noqa: F401
+from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import make_settings
 from tests.integration.test_paging import audits, context_of, engine_harness
 from tests.integration.test_playbooks import Clock, rules
@@ -26,7 +26,7 @@ PUBLIC_URL = "https://controlplane.example"
 
 
 @pytest.fixture
-def am_settings(database_url: str, alertmanager: AlertmanagerServer) -> Settings:  # noqa: F811
+def am_settings(database_url: str, alertmanager: AlertmanagerServer) -> Settings:
     return make_settings(database_url, alertmanager_url=alertmanager.url, public_url=PUBLIC_URL)
 
 
@@ -45,7 +45,7 @@ def silence_rows(engine: Engine) -> list[Any]:
 def test_a_step_silences_the_incident_in_alertmanager(
     engine: Engine,
     am_settings: Settings,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> None:
     with engine_harness(engine, am_settings, real_clock()) as h:
         h.rules = rules("""
@@ -77,7 +77,7 @@ def test_a_step_silences_the_incident_in_alertmanager(
 def test_rollback_expires_the_silence(
     engine: Engine,
     am_settings: Settings,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> None:
     with engine_harness(engine, am_settings, real_clock()) as h:
         h.rules = rules("""
@@ -106,7 +106,7 @@ def test_rollback_expires_the_silence(
 def test_resolving_the_incident_expires_its_silences(
     engine: Engine,
     am_settings: Settings,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> None:
     with engine_harness(engine, am_settings, real_clock()) as h:
         h.rules = rules("""
@@ -138,7 +138,7 @@ def test_resolving_the_incident_expires_its_silences(
 def test_a_retried_step_reuses_the_silence_it_created(
     engine: Engine,
     am_settings: Settings,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> None:
     with engine_harness(engine, am_settings, real_clock()) as h:
         h.rules = rules("""
@@ -172,7 +172,7 @@ def test_a_retried_step_reuses_the_silence_it_created(
 def test_a_silence_too_wide_or_too_long_is_refused(
     engine: Engine,
     am_settings: Settings,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> None:
     with pytest.raises(ValidationError, match="less than or equal"):
         SilenceParams.model_validate({"duration": "8d"})
