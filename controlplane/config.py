@@ -8,7 +8,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -18,6 +28,26 @@ _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "token", "password", 
 
 class SettingsError(Exception):
     """Settings could not be loaded; the message says which and why."""
+
+
+ConsoleRole = Literal["viewer", "operator", "admin"]
+
+
+class ConsoleUser(BaseModel):
+    """One console login. The hash comes from `controlplane hash-password` (argon2id); never the password."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\s:]+$")
+    role: ConsoleRole = "viewer"
+    password_hash: SecretStr
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("$argon2"):
+            raise ValueError("password_hash must be an argon2 hash: make one with `controlplane hash-password`")
+        return value
 
 
 class Settings(BaseSettings):
@@ -74,6 +104,20 @@ class Settings(BaseSettings):
         default_factory=lambda: {"critical": "pagerduty", "warning": "slack", "*": "log"}
     )
     alertmanager_url: str = "http://127.0.0.1:9093"
+    # Web console. Users come from this list (JSON in the environment) or a YAML/JSON file, or a
+    # trusted auth proxy names the user in a header (the proxy must drop that header from clients).
+    console_users: list[ConsoleUser] = Field(default_factory=list)
+    console_users_file: Path | None = None
+    console_auth_header: str | None = None  # e.g. X-Forwarded-User
+    console_role_header: str | None = None  # e.g. X-Forwarded-Role; else the user's configured role, else the default
+    console_default_role: ConsoleRole = "viewer"
+    console_refresh_seconds: float = Field(default=5.0, gt=0)  # how often open pages poll for changes
+    console_login_max_failures: int = Field(default=5, ge=1)  # per user and client address ...
+    console_login_window_seconds: float = Field(default=300.0, gt=0)  # ... in this sliding window
+    # Signs the console's session cookie; unset in development: a random one per process.
+    session_secret: SecretStr | None = None
+    session_secret_file: Path | None = None
+    session_max_age_seconds: int = Field(default=12 * 3600, ge=60)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -89,6 +133,7 @@ class Settings(BaseSettings):
         for secret, path in (
             ("slack_token", self.slack_token_file),
             ("pagerduty_routing_key", self.pagerduty_routing_key_file),
+            ("session_secret", self.session_secret_file),
         ):
             if path is None:
                 continue
@@ -119,6 +164,37 @@ class Settings(BaseSettings):
                 raise ValueError("webhook_token (or webhook_token_file) is required in production")
             if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
                 raise ValueError("webhook_token looks like a placeholder: use at least 16 random characters")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_console(self) -> Settings:
+        path = self.console_users_file
+        if path is not None:
+            if self.console_users:
+                raise ValueError("set console_users or console_users_file, not both")
+            try:
+                doc = yaml.safe_load(path.read_text())  # JSON is YAML too
+            except OSError as exc:
+                raise ValueError(f"console_users_file {path}: {exc.strerror}") from exc
+            except yaml.YAMLError as exc:
+                raise ValueError(f"console_users_file {path}: not YAML or JSON ({exc})") from None
+            users = doc.get("users") if isinstance(doc, dict) else doc
+            try:
+                self.console_users = TypeAdapter(list[ConsoleUser]).validate_python(users or [])
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"console_users_file {path}: users.{where}: {first['msg']}") from None
+        names = [user.name for user in self.console_users]
+        if len(set(names)) != len(names):
+            raise ValueError("console_users: user names must be unique")
+        if self.environment == "production" and (self.console_users or self.console_auth_header):
+            # A guessable secret lets anyone forge an admin session cookie.
+            secret = self.session_secret.get_secret_value() if self.session_secret else ""
+            if not secret:
+                raise ValueError("session_secret (or session_secret_file) is required in production for the console")
+            if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < 32:
+                raise ValueError("session_secret looks like a placeholder: use at least 32 random characters")
         return self
 
     @property
