@@ -25,6 +25,7 @@ from controlplane.config import Settings, get_settings
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.rules.loader import RuleLoadError
 from controlplane.services import Services
+from controlplane.web import routes as console
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, webhook, incidents, executions, rules, monitoring, endpoints):
         app.include_router(module.router)
+    console.install(app)
     _serve_local_docs(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

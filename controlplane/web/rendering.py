@@ -1,0 +1,101 @@
+"""Owns turning a screen's data into HTML: the Jinja2 environment (autoescaped), its filters, full page or block.
+
+One template per screen; an htmx request gets a named block of the same template
+(jinja2-fragments), so a fragment can never drift from the page it updates.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from jinja2_fragments import render_block
+
+from controlplane.durations import format_duration
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+SEVERITY_CLASS = {
+    "critical": "sev-critical",
+    "page": "sev-critical",
+    "error": "sev-error",
+    "high": "sev-error",
+    "warning": "sev-warning",
+    "info": "sev-info",
+}
+
+
+def ago(value: datetime | None, now: datetime | None = None) -> str:
+    """`3 min ago`, `in 2 h`: minutes are the finest unit, so a re-rendered page only changes when it should."""
+    if value is None:
+        return "never"
+    now = now or datetime.now(UTC)
+    seconds = (now - value).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 60:
+        return "just now" if not future else "in under a minute"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            amount = f"{int(seconds // size)} {unit}"
+            return f"in {amount}" if future else f"{amount} ago"
+    raise AssertionError("unreachable")
+
+
+def absolute(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+def iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat() if value else ""
+
+
+def span(value: timedelta | None) -> str:
+    """A duration rounded to the second, in the rule files' notation (`4m10s`)."""
+    if value is None:
+        return ""
+    return format_duration(timedelta(seconds=round(value.total_seconds()))) if value.total_seconds() >= 1 else "0s"
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def link(url: str | None) -> str:
+    """The URL if it is http(s), else empty: alert URLs are untrusted, `javascript:` must never become a link."""
+    if not url:
+        return ""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+    return url if scheme in ("http", "https") else ""
+
+
+def severity_class(severity: str | None) -> str:
+    return SEVERITY_CLASS.get((severity or "").lower(), "sev-none")
+
+
+class Templates:
+    def __init__(self, directory: Path = WEB_DIR / "templates") -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(directory),
+            autoescape=True,  # every template: labels, annotations and step outputs are untrusted
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(
+            ago=ago, absolute=absolute, iso=iso, span=span, pretty=pretty, link=link, severity=severity_class
+        )
+        # Macros as globals: a block rendered alone (jinja2-fragments) does not see its template's imports.
+        macros = self.env.get_template("_macros.html").module
+        self.env.globals.update({name: value for name, value in vars(macros).items() if not name.startswith("_")})
+
+    def render(self, template: str, context: dict[str, Any], *, block: str | None = None) -> str:
+        if block is None:
+            return self.env.get_template(template).render(context)
+        return render_block(self.env, template, block, context)

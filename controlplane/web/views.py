@@ -1,0 +1,352 @@
+"""Owns what each console screen shows: read models built from the database, the rules and the breakers.
+
+No HTTP here: each function takes a connection (and what else it reads) and returns typed
+data the templates render. Queries are keyset-paginated and bounded, so a screen stays fast
+with 100,000 incidents in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import Connection, Table, and_, case, func, or_, select
+
+from controlplane.db.models import MetricRuleState
+from controlplane.errors import NotFound
+from controlplane.incidents import service as incidents
+from controlplane.incidents.schemas import AuditEventOut, IncidentDetail, IncidentOut, IncidentPage
+from controlplane.ingest.store import alerts_t, audit_t, incidents_t, links_t
+from controlplane.playbooks import service as executions
+from controlplane.playbooks.executor import steps_t
+from controlplane.playbooks.schemas import ExecutionOut, StepOut
+from controlplane.playbooks.state import ACTIVE, executions_t
+from controlplane.rules.loader import RuleSet
+from controlplane.rules.schema import Playbook, Rule
+
+metric_states_t: Table = MetricRuleState.__table__  # type: ignore[assignment]
+
+INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
+SEVERITIES = ("critical", "error", "warning", "info", "none")
+PAGE_SIZE = 50
+EXECUTIONS_PER_INCIDENT = 100
+
+_INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
+_STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields]
+
+
+# -- incidents list ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncidentFilters:
+    statuses: tuple[str, ...] = ()
+    severity: str = ""
+    text: str = ""
+    before: int | None = None
+    limit: int = PAGE_SIZE
+
+    def query_string(self, *, before: int | None = None) -> str:
+        """The filters as a query string, for the next page's link and the live refresh."""
+        params: list[tuple[str, str | int]] = [("status", s) for s in self.statuses]
+        if self.severity:
+            params.append(("severity", self.severity))
+        if self.text:
+            params.append(("q", self.text))
+        if before is not None:
+            params.append(("before", before))
+        return urlencode(params)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.statuses or self.severity or self.text)
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_incidents(*, conn: Connection, filters: IncidentFilters) -> IncidentPage:
+    """The API's listing plus a text filter on title and key; the same keyset cursor (`before`)."""
+    query = select(*_INCIDENT_COLUMNS).order_by(incidents_t.c.id.desc()).limit(filters.limit + 1)
+    if filters.statuses:
+        query = query.where(incidents_t.c.status.in_(filters.statuses))
+    if filters.severity:
+        query = query.where(incidents_t.c.severity == filters.severity)
+    if filters.text:
+        pattern = _like(filters.text)
+        query = query.where(
+            or_(incidents_t.c.title.ilike(pattern, escape="\\"), incidents_t.c.key.ilike(pattern, escape="\\"))
+        )
+    if filters.before is not None:
+        query = query.where(incidents_t.c.id < filters.before)
+    rows = conn.execute(query).mappings().all()
+    more = len(rows) > filters.limit
+    rows = rows[: filters.limit]
+    counts = _alert_counts(conn, [r["id"] for r in rows])
+    items = [IncidentOut(**r, alerts_firing=counts[r["id"]][0], alerts_total=counts[r["id"]][1]) for r in rows]
+    return IncidentPage(items=items, next_cursor=items[-1].id if more else None)
+
+
+def _alert_counts(conn: Connection, incident_ids: Sequence[int]) -> defaultdict[int, tuple[int, int]]:
+    counts: defaultdict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
+    if not incident_ids:
+        return counts
+    rows = conn.execute(
+        select(
+            links_t.c.incident_id,
+            func.count().label("total"),
+            func.sum(case((alerts_t.c.status == "firing", 1), else_=0)).label("firing"),
+        )
+        .select_from(links_t.join(alerts_t, links_t.c.alert_id == alerts_t.c.id))
+        .where(links_t.c.incident_id.in_(incident_ids))
+        .group_by(links_t.c.incident_id)
+    )
+    for r in rows:
+        counts[r.incident_id] = (int(r.firing or 0), int(r.total))
+    return counts
+
+
+# -- incident detail -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    execution: ExecutionOut
+    steps: list[StepOut]
+    events: list[AuditEventOut]  # its own audit trail: created, approved, running, succeeded...
+
+    @property
+    def awaiting_approval(self) -> bool:
+        return self.execution.status == "awaiting_approval"
+
+    @property
+    def cancellable(self) -> bool:
+        return self.execution.status in ACTIVE
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of the incident's timeline: an audit event, or an execution with its steps."""
+
+    at: datetime
+    event: AuditEventOut | None = None
+    execution: ExecutionView | None = None
+
+
+@dataclass(frozen=True)
+class SilenceView:
+    silence_id: str
+    matchers: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    ends_at: datetime
+    expired_at: datetime | None
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    incident: IncidentDetail
+    timeline: list[TimelineEntry]
+    executions_shown: int
+    silences: list[SilenceView] = field(default_factory=list)
+
+    @property
+    def can_acknowledge(self) -> bool:
+        return self.incident.status == "open"
+
+    @property
+    def can_resolve(self) -> bool:
+        return self.incident.status != "resolved"
+
+
+def incident_version(*, conn: Connection, incident_id: int) -> str:
+    """A digest of what the detail's live block shows: while it is unchanged, a refresh has nothing to redraw
+    (and does not fold up the steps the reader opened). The minute is in it so relative times stay right."""
+    of_incident = executions_t.c.incident_id == incident_id
+    runs = select(executions_t.c.id).where(of_incident)
+    row = conn.execute(
+        select(
+            incidents_t.c.updated_at,
+            incidents_t.c.status,
+            select(func.max(audit_t.c.id)).where(audit_t.c.incident_id == incident_id).scalar_subquery(),
+            select(func.max(alerts_t.c.last_received_at))
+            .select_from(links_t.join(alerts_t, links_t.c.alert_id == alerts_t.c.id))
+            .where(links_t.c.incident_id == incident_id)
+            .scalar_subquery(),
+            select(func.max(executions_t.c.updated_at)).where(of_incident).scalar_subquery(),
+            select(func.count(steps_t.c.finished_at)).where(steps_t.c.execution_id.in_(runs)).scalar_subquery(),
+            select(func.max(steps_t.c.id)).where(steps_t.c.execution_id.in_(runs)).scalar_subquery(),
+        ).where(incidents_t.c.id == incident_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"incident {incident_id} not found")
+    return hashlib.sha256(repr((tuple(row), int(time.time() // 60))).encode()).hexdigest()[:16]
+
+
+def incident_view(*, conn: Connection, incident_id: int, silences_table: Table | None = None) -> IncidentView:
+    detail = incidents.get_incident(conn=conn, incident_id=incident_id)  # NotFound for an unknown id
+    runs = executions.list_executions(conn=conn, incident_id=incident_id, limit=EXECUTIONS_PER_INCIDENT).items
+    ids = [run.id for run in runs]
+    steps: defaultdict[int, list[StepOut]] = defaultdict(list)
+    if ids:
+        for row in conn.execute(
+            select(steps_t.c.execution_id, *_STEP_COLUMNS).where(steps_t.c.execution_id.in_(ids)).order_by(steps_t.c.id)
+        ).mappings():
+            steps[row["execution_id"]].append(StepOut(**{k: v for k, v in row.items() if k != "execution_id"}))
+    # The API's timeline lacks execution_id; read it again with it, to file each event under its execution.
+    events: defaultdict[int | None, list[AuditEventOut]] = defaultdict(list)
+    shown = set(ids)
+    for row in conn.execute(
+        select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id)
+    ).mappings():
+        owner = row["execution_id"] if row["execution_id"] in shown else None
+        events[owner].append(AuditEventOut(**{k: v for k, v in row.items() if k != "execution_id"}))
+    timeline = [TimelineEntry(at=e.at, event=e) for e in events[None]]
+    timeline += [
+        TimelineEntry(at=run.created_at, execution=ExecutionView(run, steps[run.id], events[run.id])) for run in runs
+    ]
+    timeline.sort(key=lambda entry: entry.at)
+    silences = []
+    if silences_table is not None:
+        silences = [
+            SilenceView(**{k: row[k] for k in SilenceView.__dataclass_fields__})
+            for row in conn.execute(
+                select(silences_table)
+                .where(silences_table.c.incident_id == incident_id)
+                .order_by(silences_table.c.id.desc())
+            ).mappings()
+        ]
+    return IncidentView(incident=detail, timeline=timeline, executions_shown=len(runs), silences=silences)
+
+
+# -- approvals -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    execution: ExecutionOut
+    incident_title: str | None
+    params: dict[str, Any]
+
+
+def approvals(*, conn: Connection, limit: int = 200) -> list[ApprovalView]:
+    waiting = executions.list_executions(conn=conn, statuses=["awaiting_approval"], limit=limit).items
+    incident_ids = {run.incident_id for run in waiting if run.incident_id is not None}
+    titles = dict(
+        conn.execute(select(incidents_t.c.id, incidents_t.c.title).where(incidents_t.c.id.in_(incident_ids))).all()
+        if incident_ids
+        else []
+    )
+    params = dict(
+        conn.execute(
+            select(executions_t.c.id, executions_t.c.params).where(executions_t.c.id.in_([r.id for r in waiting]))
+        ).all()
+        if waiting
+        else []
+    )
+    return [ApprovalView(run, titles.get(run.incident_id), params.get(run.id) or {}) for run in waiting]
+
+
+# -- rules and playbooks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricStateView:
+    state: str
+    last_value: float | None
+    last_evaluated_at: datetime | None
+    last_error: str | None
+    consecutive_errors: int
+    active_since: datetime | None
+
+
+@dataclass(frozen=True)
+class RuleView:
+    rule: Rule
+    last_run_at: datetime | None  # latest execution that was not suppressed
+    last_guard_key: str | None
+    cooldown_left: timedelta | None  # for the last run's guard key; None when no cooldown is running
+    runs_in_window: int | None  # None without a max_runs guard
+    metric: MetricStateView | None
+
+    @property
+    def kind(self) -> str:
+        return "metric" if self.rule.when is not None else "alert"
+
+
+@dataclass(frozen=True)
+class RulesView:
+    rules: list[RuleView]
+    playbooks: list[Playbook]
+    loaded_at: datetime | None
+    errors: list[str]
+    directory: str
+
+
+def rules_view(
+    *, conn: Connection, ruleset: RuleSet, now: datetime, loaded_at: datetime | None, errors: list[str], directory: str
+) -> RulesView:
+    """Guard state the way guards.decide() counts it: suppressed executions never count as runs."""
+    counted = executions_t.c.status != "suppressed"
+    latest = (
+        select(executions_t.c.rule_name, func.max(executions_t.c.created_at).label("at"))
+        .where(counted)
+        .group_by(executions_t.c.rule_name)
+        .subquery()
+    )
+    last: dict[str, tuple[datetime, str]] = {
+        row.rule_name: (row.created_at, row.guard_key)
+        for row in conn.execute(
+            select(executions_t.c.rule_name, executions_t.c.created_at, executions_t.c.guard_key).join(
+                latest,
+                and_(executions_t.c.rule_name == latest.c.rule_name, executions_t.c.created_at == latest.c.at),
+            )
+        )
+    }
+    windows = {r.name: r.guards.max_runs.per for r in ruleset.rules if r.guards.max_runs}
+    recent: defaultdict[str, list[datetime]] = defaultdict(list)
+    if windows:
+        for row in conn.execute(
+            select(executions_t.c.rule_name, executions_t.c.created_at).where(
+                counted,
+                executions_t.c.rule_name.in_(list(windows)),
+                executions_t.c.created_at > now - max(windows.values()),
+            )
+        ):
+            recent[row.rule_name].append(row.created_at)
+    metric = {
+        row.rule_name: MetricStateView(
+            row.state,
+            row.last_value,
+            row.last_evaluated_at,
+            row.last_error,
+            row.consecutive_errors,
+            row.active_since,
+        )
+        for row in conn.execute(select(metric_states_t))
+    }
+    views = []
+    for rule in ruleset.rules:
+        at, key = last.get(rule.name, (None, None))
+        cooldown_left = None
+        if at is not None and rule.guards.cooldown and at + rule.guards.cooldown > now:
+            cooldown_left = at + rule.guards.cooldown - now
+        runs = None
+        if rule.name in windows:
+            runs = sum(1 for t in recent[rule.name] if t > now - windows[rule.name])
+        views.append(RuleView(rule, at, key, cooldown_left, runs, metric.get(rule.name)))
+    return RulesView(
+        rules=views,
+        playbooks=list(ruleset.playbooks.values()),
+        loaded_at=loaded_at,
+        errors=errors,
+        directory=directory,
+    )
