@@ -162,6 +162,26 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def cmd_hash_password(_args: argparse.Namespace) -> int:
+    """Print an argon2 hash for `console_users`: the password is read without echo, or from stdin when piped."""
+    import getpass
+
+    from controlplane.web.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("controlplane: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("controlplane: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
     parser.add_argument("--version", action="version", version=f"controlplane {__version__}")
@@ -201,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, help="dashboards directory (default: dashboards/ beside CONTROLPLANE_RULES_DIR)"
     )
     graf.set_defaults(func=cmd_provision_grafana)
+    hashpw = sub.add_parser("hash-password", help="print an argon2 hash of a console password (for console_users)")
+    hashpw.set_defaults(func=cmd_hash_password)
     return parser
 
 
