@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controlplane import __version__
+from controlplane.checks import check_alert_rules, check_dashboards
 from controlplane.config import Settings, SettingsError, load_settings
 
 
@@ -112,7 +113,8 @@ def _count(n: int, noun: str) -> str:
 
 
 # Each checker validates one kind of configuration; `controlplane check` runs them all.
-CHECKERS: list[Callable[[argparse.Namespace], CheckResult]] = [check_rules]
+# Alerting rules and dashboards are checked where they sit beside the rules directory (controlplane.checks).
+CHECKERS: list[Callable[[argparse.Namespace], CheckResult]] = [check_rules, check_alert_rules, check_dashboards]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -123,7 +125,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if errors:
         return 1
     for result in results:
-        print(f"ok: {result.summary}")
+        if result.summary:  # a checker with nothing to check (no dashboards/ here) says nothing
+            print(f"ok: {result.summary}")
     return 0
 
 
@@ -194,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     mig.add_argument("--database-url", help="database URL (CONTROLPLANE_DATABASE_URL)")
     mig.set_defaults(func=cmd_migrate)
-    check = sub.add_parser("check", help="validate rule files; errors as file:line: message, exit 1 on any")
+    check = sub.add_parser(
+        "check", help="validate rules, alerting rules and dashboards; errors as file:line: message, exit 1 on any"
+    )
     check.add_argument(
         "directory", nargs="?", type=Path, help="rules directory (default: CONTROLPLANE_RULES_DIR or ./rules)"
     )
