@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,16 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from controlplane.actions.base import load_builtin_actions
 from controlplane.app import create_app
 from controlplane.cli import main
 from controlplane.config import SettingsError, load_settings
+from controlplane.db import migrate
 from controlplane.db.engine import make_engine
 from controlplane.ingest.store import audit_t, incidents_t
+from controlplane.playbooks.state import executions_t
+from controlplane.rules.loader import RuleSet, load_rules
+from controlplane.web import views
 from controlplane.web.auth import LoginThrottle
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer, alertmanager  # noqa: F401
@@ -37,11 +44,19 @@ rules:
     match: {alertname: NeedsApproval}
     playbook: tell
     guards: {approval: true}
+  - name: slow-graphs
+    when: {query: 'vector(42)', above: 30, for: 1m}
+    playbook: tell
 playbooks:
   - name: tell
     steps:
       - action: notify.log
         with: {text: "approved run for {{ alert.labels.namespace }}"}
+failover:
+  - service: agents
+    endpoints:
+      - {name: primary, url: "http://127.0.0.1:9", region: eu-west}
+      - {name: backup, url: "http://127.0.0.1:9", region: us-east, priority: 1}
 """
 
 
@@ -80,6 +95,12 @@ def login(app: TestClient) -> Login:
         return app
 
     return as_role
+
+
+def load_rules_text(source: str) -> RuleSet:
+    directory = Path(tempfile.mkdtemp(prefix="cp-rules-"))
+    (directory / "rules.yaml").write_text(source)
+    return load_rules(directory, load_builtin_actions())
 
 
 def csrf(client: TestClient, path: str) -> str:
@@ -495,13 +516,67 @@ def test_filters_and_keyset_pagination(app: TestClient, login: Login) -> None:
 
 def test_rules_endpoints_and_dashboards_pages(app: TestClient, login: Login) -> None:
     needs_approval(app)
+    breaker = app.app.state.services.breakers.get("http:graph-admin")  # type: ignore[attr-defined]
+    breaker.record_failure()
     client = login("viewer")
     rules = client.get("/rules").text
-    assert "careful" in rules and "approval" in rules and "last run" in rules and "notify.log" in rules
+    assert "careful" in rules and "approval" in rules and "notify.log" in rules
+    assert "1 of" not in rules  # no max_runs guard on these rules
+    assert "vector(42)" in rules and "&gt; 30.0" in rules
+    deadline = time.monotonic() + 10  # the leader evaluates metric rules at start; Prometheus is not there
+    while "cannot reach Prometheus" not in rules:
+        assert time.monotonic() < deadline, rules
+        time.sleep(0.1)
+        rules = client.get("/rules").text
     assert "Pausing and dry run need the admin role" in rules
-    assert client.get("/endpoints").status_code == 200
+    endpoints = client.get("/endpoints").text
+    assert "agents" in endpoints and "primary" in endpoints and "us-east" in endpoints
+    assert "http:graph-admin" in endpoints and "1 failed" in endpoints
     dashboards = client.get("/dashboards")
-    assert dashboards.status_code == 200
+    assert dashboards.status_code == 200 and "Grafana dashboards" in dashboards.text
+
+
+def test_guard_state_counts_runs_and_cooldown(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    ruleset = load_rules_text(
+        """
+rules:
+  - name: guarded
+    match: {alertname: X}
+    playbook: p
+    guards: {cooldown: 10m, max_runs: {count: 3, per: 1h}}
+playbooks:
+  - name: p
+    steps: [{action: notify.log, with: {text: hi}}]
+"""
+    )
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for n, (minutes_ago, status) in enumerate(
+            [(90, "succeeded"), (30, "succeeded"), (4, "failed"), (1, "suppressed")]
+        ):
+            at = now - timedelta(minutes=minutes_ago)
+            conn.execute(
+                executions_t.insert().values(
+                    rule_name="guarded",
+                    playbook_name="p",
+                    trigger_key=f"t{n}",
+                    guard_key='{alertname="X"}',
+                    status=status,
+                    playbook={},
+                    params={},
+                    context={},
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+        view = views.rules_view(conn=conn, ruleset=ruleset, now=now, loaded_at=now, errors=[], directory="rules")
+    engine.dispose()
+    (rule,) = view.rules
+    assert rule.runs_in_window == 2  # the one 90 min ago left the window; suppressed ones never count
+    assert rule.last_run_at is not None and abs((now - rule.last_run_at).total_seconds() - 240) < 1
+    assert rule.cooldown_left is not None and abs(rule.cooldown_left.total_seconds() - 360) < 1
 
 
 def test_unknown_incident_is_a_404_page(app: TestClient, login: Login) -> None:
