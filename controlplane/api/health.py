@@ -22,6 +22,8 @@ def health() -> dict[str, str]:
 def ready(services: ServicesDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
+        if services.writer.database_down:  # known down: answer now instead of waiting out a connect timeout
+            raise ConnectionError("ingest writer is probing the database")
         with services.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
@@ -32,7 +34,19 @@ def ready(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     ok = checks.get("database") == "ok" and checks.get("migrations") == "current"
-    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+    elector = services.elector
+    leader = elector.leader
+    body = {
+        "status": "ready" if ok else "not ready",
+        "checks": checks,
+        "instance": elector.instance_id,
+        "leader": {
+            "this_instance": elector.is_leader,
+            "holder": leader.holder if leader else None,
+            "term": leader.term if leader else None,
+        },
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics of the control plane", response_class=Response)

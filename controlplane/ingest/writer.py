@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.errors import Unavailable
@@ -25,6 +25,7 @@ from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
 
+PROBE_SECONDS = 0.5  # how often a down database is tried again
 _CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: retry the transaction
 
 
@@ -72,6 +73,9 @@ class IngestWriter:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accepting = False
+        # Set while the database is known to be down: webhooks get their 503 at once instead of
+        # waiting out a connect timeout each; the writer thread probes until it answers again.
+        self._down_since: float | None = None
 
     def start(self) -> None:
         self._accepting = True
@@ -90,6 +94,8 @@ class IngestWriter:
         """Queue a notification and wait until it is committed (or raise Unavailable)."""
         if not self._accepting:
             raise Unavailable("shutting down")
+        if self._down_since is not None:
+            raise Unavailable("database unavailable: retry later")
         loop = asyncio.get_running_loop()
         job = _Job(notification, loop, loop.create_future())
         self._queue.put(job)
@@ -98,9 +104,20 @@ class IngestWriter:
         except TimeoutError:
             raise Unavailable(f"not committed within {self._commit_timeout:g}s") from None
 
+    @property
+    def database_down(self) -> bool:
+        return self._down_since is not None
+
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            if self._down_since is not None:
+                try:
+                    job = self._queue.get(timeout=PROBE_SECONDS)
+                except queue.Empty:
+                    self._probe()
+                    continue
+            else:
+                job = self._queue.get()
             if job is None:
                 return
             batch = [job]
@@ -144,8 +161,19 @@ class IngestWriter:
                 self._deliver(job, result)
             return
 
+    def _probe(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            return
+        log.info("ingest.database_back", down_seconds=round(time.monotonic() - (self._down_since or 0), 1))
+        self._down_since = None
+
     def _fail(self, batch: list[_Job], exc: Exception) -> None:
         if _is_unavailable(exc):
+            if self._down_since is None:
+                self._down_since = time.monotonic()
             log.warning("ingest.database_unavailable", error=str(exc).splitlines()[0], batch=len(batch))
             for job in batch:
                 self._deliver(job, Unavailable("database unavailable: retry later"))

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.playbooks.executor import Executor, _WriteTx
 from controlplane.playbooks.state import executions_t, transition
@@ -148,6 +149,10 @@ class Worker:
             try:
                 if self.run_once() is not None:
                     continue
+            except (OperationalError, InterfaceError) as exc:  # the database is down: say so once a poll, no trace
+                log.warning("worker.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
+                self._stopping.wait(self._poll)
+                continue
             except Exception:
                 log.exception("worker.error")
                 self._stopping.wait(self._poll)  # the database may be down: back off, then retry
