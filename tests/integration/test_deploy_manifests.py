@@ -41,11 +41,11 @@ MODELS = {
 
 # (API group, resource, verb) the k8s.* actions call in controlplane/integrations/kubernetes.py.
 # Leader election keeps its lease in the database (controlplane/leader.py), so no Lease access.
+# Exactly what controlplane/integrations/kubernetes.py calls: nothing more.
 ROLE_GRANTS = {
-    *(("apps", r, v) for r in ("deployments/scale", "statefulsets/scale") for v in ("get", "update", "patch")),
+    *(("apps", r, v) for r in ("deployments/scale", "statefulsets/scale") for v in ("get", "update")),
     *(("apps", r, v) for r in ("deployments", "statefulsets") for v in ("get", "patch")),
-    *(("", "configmaps", v) for v in ("get", "update", "patch")),
-    *(("", "services", v) for v in ("get", "patch")),
+    *(("", "configmaps", v) for v in ("get", "patch")),
     *(("autoscaling", "horizontalpodautoscalers", v) for v in ("get", "patch")),
 }
 
