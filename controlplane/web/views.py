@@ -20,8 +20,7 @@ from sqlalchemy import Connection, Table, and_, case, func, or_, select
 
 from controlplane.db.models import MetricRuleState
 from controlplane.errors import NotFound
-from controlplane.incidents import service as incidents
-from controlplane.incidents.schemas import AuditEventOut, IncidentDetail, IncidentOut, IncidentPage
+from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
 from controlplane.ingest.store import alerts_t, audit_t, incidents_t, links_t
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.executor import steps_t
@@ -35,9 +34,13 @@ metric_states_t: Table = MetricRuleState.__table__  # type: ignore[assignment]
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 SEVERITIES = ("critical", "error", "warning", "info", "none")
 PAGE_SIZE = 50
-EXECUTIONS_PER_INCIDENT = 100
+# What one incident page shows at most, so a storm's incident still renders in milliseconds.
+ALERTS_SHOWN = 200
+EVENTS_SHOWN = 500
+EXECUTIONS_SHOWN = 100
 
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
+_ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields]
 
 
@@ -153,9 +156,12 @@ class SilenceView:
 
 @dataclass(frozen=True)
 class IncidentView:
-    incident: IncidentDetail
+    incident: IncidentOut
+    alerts: list[AlertOut]
     timeline: list[TimelineEntry]
-    executions_shown: int
+    alerts_hidden: int  # beyond ALERTS_SHOWN
+    events_hidden: int  # older than the newest EVENTS_SHOWN
+    executions_hidden: bool  # there may be more than EXECUTIONS_SHOWN
     silences: list[SilenceView] = field(default_factory=list)
 
     @property
@@ -192,23 +198,40 @@ def incident_version(*, conn: Connection, incident_id: int) -> str:
 
 
 def incident_view(*, conn: Connection, incident_id: int, silences_table: Table | None = None) -> IncidentView:
-    detail = incidents.get_incident(conn=conn, incident_id=incident_id)  # NotFound for an unknown id
-    runs = executions.list_executions(conn=conn, incident_id=incident_id, limit=EXECUTIONS_PER_INCIDENT).items
+    row = conn.execute(select(*_INCIDENT_COLUMNS).where(incidents_t.c.id == incident_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"incident {incident_id} not found")
+    firing, total = _alert_counts(conn, [incident_id])[incident_id]
+    incident = IncidentOut(**row, alerts_firing=firing, alerts_total=total)
+    # Bounded: in a storm thousands of alerts share one incident. Firing ones first, newest first.
+    alerts = [
+        AlertOut(**r)
+        for r in conn.execute(
+            select(*_ALERT_COLUMNS)
+            .join(links_t, links_t.c.alert_id == alerts_t.c.id)
+            .where(links_t.c.incident_id == incident_id)
+            .order_by(case((alerts_t.c.status == "firing", 0), else_=1), alerts_t.c.id.desc())
+            .limit(ALERTS_SHOWN)
+        ).mappings()
+    ]
+    runs = executions.list_executions(conn=conn, incident_id=incident_id, limit=EXECUTIONS_SHOWN).items
     ids = [run.id for run in runs]
     steps: defaultdict[int, list[StepOut]] = defaultdict(list)
     if ids:
-        for row in conn.execute(
+        for r in conn.execute(
             select(steps_t.c.execution_id, *_STEP_COLUMNS).where(steps_t.c.execution_id.in_(ids)).order_by(steps_t.c.id)
         ).mappings():
-            steps[row["execution_id"]].append(StepOut(**{k: v for k, v in row.items() if k != "execution_id"}))
-    # The API's timeline lacks execution_id; read it again with it, to file each event under its execution.
+            steps[r["execution_id"]].append(StepOut(**{k: v for k, v in r.items() if k != "execution_id"}))
+    # Read with execution_id (the API's timeline has none), to file each event under its execution.
     events: defaultdict[int | None, list[AuditEventOut]] = defaultdict(list)
     shown = set(ids)
-    for row in conn.execute(
-        select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id)
-    ).mappings():
-        owner = row["execution_id"] if row["execution_id"] in shown else None
-        events[owner].append(AuditEventOut(**{k: v for k, v in row.items() if k != "execution_id"}))
+    newest = conn.execute(
+        select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id.desc()).limit(EVENTS_SHOWN)
+    ).mappings()
+    for r in reversed(newest.all()):
+        owner = r["execution_id"] if r["execution_id"] in shown else None
+        events[owner].append(AuditEventOut(**{k: v for k, v in r.items() if k != "execution_id"}))
+    events_total = conn.execute(select(func.count()).where(audit_t.c.incident_id == incident_id)).scalar_one()
     timeline = [TimelineEntry(at=e.at, event=e) for e in events[None]]
     timeline += [
         TimelineEntry(at=run.created_at, execution=ExecutionView(run, steps[run.id], events[run.id])) for run in runs
@@ -217,14 +240,22 @@ def incident_view(*, conn: Connection, incident_id: int, silences_table: Table |
     silences = []
     if silences_table is not None:
         silences = [
-            SilenceView(**{k: row[k] for k in SilenceView.__dataclass_fields__})
-            for row in conn.execute(
+            SilenceView(**{k: r[k] for k in SilenceView.__dataclass_fields__})
+            for r in conn.execute(
                 select(silences_table)
                 .where(silences_table.c.incident_id == incident_id)
                 .order_by(silences_table.c.id.desc())
             ).mappings()
         ]
-    return IncidentView(incident=detail, timeline=timeline, executions_shown=len(runs), silences=silences)
+    return IncidentView(
+        incident=incident,
+        alerts=alerts,
+        timeline=timeline,
+        alerts_hidden=total - len(alerts),
+        events_hidden=max(0, events_total - EVENTS_SHOWN),
+        executions_hidden=len(runs) >= EXECUTIONS_SHOWN,
+        silences=silences,
+    )
 
 
 # -- approvals -----------------------------------------------------------------------------------

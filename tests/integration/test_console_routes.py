@@ -631,3 +631,20 @@ def test_hash_password_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     hashed = capsys.readouterr().out.strip()
     assert hashed.startswith("$argon2id$") and PasswordHasher().verify(hashed, "s3cret")
     assert load_settings(console_users=[{"name": "a", "password_hash": hashed}]).console_users[0].name == "a"
+
+
+def test_a_storm_incident_page_stays_bounded(app: TestClient, login: Login) -> None:
+    (incident_id,) = set(post_alerts(app, *({"fingerprint": f"fp-storm-{n}"} for n in range(210))))
+    client = login("viewer")
+    page = client.get(f"/incidents/{incident_id}").text
+    assert page.count('<article class="alert alert-firing">') == 200
+    assert "10 more alerts are not shown" in page and "210 of 210" in page
+
+
+def test_cookies_are_secure_behind_https(database_url: str) -> None:
+    settings = make_settings(
+        database_url, console_users=USERS, session_secret=SECRET, public_url="https://controlplane.example"
+    )
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        response = client.get("/login")
+        assert "secure" in response.headers["set-cookie"].lower()
