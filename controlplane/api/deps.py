@@ -6,11 +6,16 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy import Connection
 
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.services import Services
+
+# Row ids are 64-bit (PostgreSQL bigint, SQLite INTEGER): a larger number is refused (422) instead of
+# reaching the driver, where SQLite raises OverflowError (a 500).
+MAX_ID = 2**63 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def get_services(request: Request) -> Services:

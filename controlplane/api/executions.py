@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from controlplane.api.deps import AdminDep, ConnDep, ServicesDep, WriteConnDep
+from controlplane.api.deps import MAX_ID, AdminDep, ConnDep, IdPath, ServicesDep, WriteConnDep
 from controlplane.playbooks import service
 from controlplane.playbooks.schemas import (
     AutomationChange,
@@ -26,9 +26,9 @@ def list_executions(
     conn: ConnDep,
     status: Annotated[list[str] | None, Query()] = None,
     rule: str | None = None,
-    incident_id: int | None = None,
+    incident_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> ExecutionPage:
     return service.list_executions(
         conn=conn, statuses=status or (), rule=rule, incident_id=incident_id, limit=limit, before=before
@@ -36,13 +36,13 @@ def list_executions(
 
 
 @router.get("/executions/{execution_id}", summary="One execution with its steps and timeline")
-def get_execution(conn: ConnDep, execution_id: int) -> ExecutionDetail:
+def get_execution(conn: ConnDep, execution_id: IdPath) -> ExecutionDetail:
     return service.get_execution(conn=conn, execution_id=execution_id)
 
 
 @router.post("/executions/{execution_id}/approve", summary="Approve an execution awaiting approval")
 def approve(
-    conn: WriteConnDep, actor: AdminDep, services: ServicesDep, execution_id: int, body: Decision | None = None
+    conn: WriteConnDep, actor: AdminDep, services: ServicesDep, execution_id: IdPath, body: Decision | None = None
 ) -> ExecutionDetail:
     detail = service.approve(
         conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
@@ -52,14 +52,14 @@ def approve(
 
 
 @router.post("/executions/{execution_id}/reject", summary="Reject an execution awaiting approval")
-def reject(conn: WriteConnDep, actor: AdminDep, execution_id: int, body: Decision | None = None) -> ExecutionDetail:
+def reject(conn: WriteConnDep, actor: AdminDep, execution_id: IdPath, body: Decision | None = None) -> ExecutionDetail:
     return service.reject(
         conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
     )
 
 
 @router.post("/executions/{execution_id}/cancel", summary="Cancel an execution that has not finished")
-def cancel(conn: WriteConnDep, actor: AdminDep, execution_id: int, body: Decision | None = None) -> ExecutionDetail:
+def cancel(conn: WriteConnDep, actor: AdminDep, execution_id: IdPath, body: Decision | None = None) -> ExecutionDetail:
     return service.cancel(
         conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
     )

@@ -6,14 +6,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from controlplane.api.deps import ConnDep
+from controlplane.api.deps import MAX_ID, ConnDep, IdPath
 from controlplane.incidents import service
 from controlplane.incidents.schemas import AlertPage, IncidentDetail, IncidentPage, IncidentStatus
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"])
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
-Before = Annotated[int | None, Query(ge=1, description="Cursor: return items with a smaller id (next_cursor)")]
+Before = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="Cursor: return items with a smaller id (next_cursor)")
+]
 
 
 @router.get("/incidents", summary="Incidents, newest first")
@@ -28,7 +30,7 @@ def list_incidents(
 
 
 @router.get("/incidents/{incident_id}", summary="One incident with its alerts and audit timeline")
-def get_incident(conn: ConnDep, incident_id: int) -> IncidentDetail:
+def get_incident(conn: ConnDep, incident_id: IdPath) -> IncidentDetail:
     return service.get_incident(conn=conn, incident_id=incident_id)
 
 
