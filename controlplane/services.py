@@ -82,6 +82,8 @@ class Services:
         )
 
         def trigger(conn: Connection, result: IngestResult) -> list[Triggered]:
+            if not len(rules.current.index):  # no alert rules: spare the hot path a query
+                return []
             return trigger_for_alerts(
                 conn, alert_ids=result.new_alert_ids, rules=rules.current, default_group_by=settings.incident_group_by
             )

@@ -76,6 +76,19 @@ def audit(
     )
 
 
+class OpenIncidents(dict[str, tuple[int, str]]):
+    """Open incidents this transaction already locked, by key: (id, severity).
+
+    One group-commit transaction often holds many alerts of one incident; after the first,
+    the row is ours until commit, so reading and touching it again would only cost time.
+    Valid for one transaction only.
+    """
+
+    def forget(self, incident_id: int) -> None:
+        for key in [k for k, (i, _) in self.items() if i == incident_id]:
+            del self[key]
+
+
 def ingest_notification(
     conn: Connection,
     notification: AlertmanagerNotification,
@@ -83,6 +96,7 @@ def ingest_notification(
     group_by: Sequence[str],
     now: datetime | None = None,
     actor: str | None = None,
+    open_incidents: OpenIncidents | None = None,
 ) -> IngestResult:
     """Apply one webhook notification inside the caller's transaction.
 
@@ -92,6 +106,7 @@ def ingest_notification(
     alerts fires any more.
     """
     now = now or datetime.now(UTC)
+    cache = open_incidents if open_incidents is not None else OpenIncidents()
     receiver = unquote_receiver(notification.receiver)
     actor = actor or f"alertmanager:{receiver}"
     result = IngestResult()
@@ -110,7 +125,9 @@ def ingest_notification(
             alert_id = _insert_alert(conn, alert, receiver=receiver, now=now)
             if alert_id is not None:
                 known[episode] = (alert_id, alert.status)
-                _attach_new_alert(conn, alert, alert_id, group_by=group_by, actor=actor, now=now, result=result)
+                _attach_new_alert(
+                    conn, alert, alert_id, group_by=group_by, actor=actor, now=now, result=result, cache=cache
+                )
                 continue
             existing = _find_alert(conn, episode)  # another replica inserted it first
             known[episode] = existing
@@ -128,7 +145,7 @@ def ingest_notification(
                     now=now,
                 )
                 _add_unique(result.incident_ids, incident_id)
-                if _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now):
+                if _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
                     result.resolved_incident_ids.append(incident_id)
         else:
             repeats.append({"alert_id": alert_id})
@@ -219,25 +236,39 @@ def _attach_new_alert(
     actor: str,
     now: datetime,
     result: IngestResult,
+    cache: OpenIncidents,
 ) -> None:
     result.new_alert_ids.append(alert_id)
-    incident_id, opened = _open_incident(conn, alert, group_by=group_by, actor=actor, now=now)
+    incident_id, opened = _open_incident(conn, alert, group_by=group_by, actor=actor, now=now, cache=cache)
     if opened:
         result.opened_incident_ids.append(incident_id)
     _add_unique(result.incident_ids, incident_id)
     conn.execute(links_t.insert().values(incident_id=incident_id, alert_id=alert_id, attached_at=now))
     action = "alert.firing" if alert.status == "firing" else "alert.resolved"
     audit(conn, actor=actor, action=action, incident_id=incident_id, detail=_alert_detail(alert), now=now)
-    if alert.status == "resolved" and _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now):
+    if alert.status == "resolved" and _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
         result.resolved_incident_ids.append(incident_id)
 
 
 def _open_incident(
-    conn: Connection, alert: AlertmanagerAlert, *, group_by: Sequence[str], actor: str, now: datetime
+    conn: Connection,
+    alert: AlertmanagerAlert,
+    *,
+    group_by: Sequence[str],
+    actor: str,
+    now: datetime,
+    cache: OpenIncidents,
 ) -> tuple[int, bool]:
     """The unresolved incident for the alert's key, created if there is none. Returns (id, created)."""
     key = incident_key(alert.labels, group_by)
     severity = alert.labels.get("severity", "none")
+    cached = cache.get(key)
+    if cached is not None:
+        incident_id, known_severity = cached
+        if severity_rank(severity) > severity_rank(known_severity):
+            conn.execute(update(incidents_t).where(incidents_t.c.id == incident_id).values(severity=severity))
+            cache[key] = (incident_id, severity)
+        return incident_id, False
     for _ in range(3):
         # FOR UPDATE (PostgreSQL) serialises with a concurrent resolve of the same incident.
         row = conn.execute(
@@ -248,6 +279,7 @@ def _open_incident(
             if severity_rank(severity) > severity_rank(row.severity):
                 values["severity"] = severity
             conn.execute(update(incidents_t).where(incidents_t.c.id == row.id).values(**values))
+            cache[key] = (row.id, values.get("severity", row.severity))
             return row.id, False
         group_labels = {name: alert.labels[name] for name in group_by if name in alert.labels}
         title = alert.annotations.get("summary") or alert.alertname or key
@@ -275,11 +307,14 @@ def _open_incident(
                 detail={"key": key, "severity": severity, "title": title},
                 now=now,
             )
+            cache[key] = (incident_id, severity)
             return incident_id, True
     raise RuntimeError(f"could not open or find the incident for key {key}")
 
 
-def _resolve_incident_if_clear(conn: Connection, incident_id: int, *, actor: str, now: datetime) -> bool:
+def _resolve_incident_if_clear(
+    conn: Connection, incident_id: int, *, actor: str, now: datetime, cache: OpenIncidents
+) -> bool:
     conn.execute(select(incidents_t.c.id).where(incidents_t.c.id == incident_id).with_for_update()).first()
     firing = conn.execute(
         select(func.count())
@@ -295,6 +330,7 @@ def _resolve_incident_if_clear(conn: Connection, incident_id: int, *, actor: str
     )
     if res.rowcount != 1:
         return False
+    cache.forget(incident_id)  # a new firing alert with its key opens a new incident
     audit(
         conn,
         actor=actor,

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.errors import Unavailable
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, ingest_notification
+from controlplane.ingest.store import IngestResult, OpenIncidents, ingest_notification
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -141,8 +141,11 @@ class IngestWriter:
                 followups: list[Any] = []
                 results: list[IngestResult] = []
                 with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+                    open_incidents = OpenIncidents()  # valid for this transaction only
                     for job in batch:
-                        result = ingest_notification(conn, job.notification, group_by=self._group_by)
+                        result = ingest_notification(
+                            conn, job.notification, group_by=self._group_by, open_incidents=open_incidents
+                        )
                         if self._after_ingest is not None and result.new_alert_ids:
                             followups.extend(self._after_ingest(conn, result))
                         results.append(result)

@@ -192,3 +192,20 @@ def test_concurrent_writers_store_each_episode_once(engine: Engine) -> None:
     assert len(incidents(engine)) == 4  # one per namespace, never a duplicate
     with engine.connect() as conn:
         assert set(conn.execute(select(alerts_t.c.receive_count)).scalars()) == {4}
+
+
+def test_one_batch_resolving_then_reopening_a_key_opens_a_new_incident(engine: Engine) -> None:
+    """Group commit shares a transaction (and its open-incident cache) between notifications."""
+    from controlplane.ingest.store import OpenIncidents
+
+    payload = firing()
+    payload["alerts"] = payload["alerts"][:1]
+    again = copy.deepcopy(payload)
+    again["alerts"][0]["startsAt"] = "2026-11-24T09:00:00Z"
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        cache = OpenIncidents()
+        for p in (payload, resolved(payload, 0), again):
+            ingest_notification(conn, notification(p), group_by=GROUP_BY, open_incidents=cache)
+    first, second = incidents(engine)
+    assert (first.status, second.status) == ("resolved", "open")
+    assert count_rows(engine, "incident_alerts") == 2
