@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, check."""
+"""The `controlplane` command: serve, migrate, check, demo."""
 
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def cmd_sample_app(args: argparse.Namespace) -> int:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controlplane.demo import run_demo
+
+    return run_demo(graph=args.graph, timeout=args.timeout, keep=args.keep)
 
 
 @dataclass
@@ -226,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, help="dashboards directory (default: dashboards/ beside CONTROLPLANE_RULES_DIR)"
     )
     graf.set_defaults(func=cmd_provision_grafana)
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole loop on loopback (sample service, Prometheus, Alertmanager, control plane) and narrate it",
+    )
+    demo.add_argument("--graph", default="chat", choices=["chat", "search", "summarize"], help="the graph to break")
+    demo.add_argument("--timeout", type=float, default=150.0, help="seconds the loop may take before exit 1")
+    demo.add_argument("--keep", action="store_true", help="keep the stack running after the loop until Ctrl-C")
+    demo.set_defaults(func=cmd_demo)
     hashpw = sub.add_parser("hash-password", help="print an argon2 hash of a console password (for console_users)")
     hashpw.set_defaults(func=cmd_hash_password)
     return parser

@@ -1,0 +1,586 @@
+"""Owns `controlplane demo` and the end-to-end tests' stack: the whole loop on loopback, with real binaries.
+
+A `Stack` runs, each on a free 127.0.0.1 port with its files in one work directory: the sample
+LangGraph service, the real `prometheus` (scraping the sample and the control plane, loading the
+shipped alerting rules), one or two real `prometheus-alertmanager`s (webhook to the control plane,
+bearer token from a file) and `controlplane serve` on SQLite with a copy of the shipped rules.
+
+Production time scales do not fit a demo or a test: alerts wait minutes (`for: 2m`) and average
+over minutes (`rate(...[5m])`), and a graph disabled by the playbook would keep its alert firing
+for the whole 5-minute window. So the alerting rules are copied with every `for:` and range
+window divided by `time_scale` (30: 2m -> 4s, 5m -> 10s), and the rules copy polls
+`verify.resolved` every second instead of every 30 s. Nothing else differs from the shipped files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+from controlplane.durations import format_duration, parse_duration
+from controlplane.grafana import merged_alerting_rules, shipped_dir
+
+LOOPBACK = "127.0.0.1"
+BINARIES = ("prometheus", "prometheus-alertmanager")  # Debian's names
+INSTALL_HINT = "sudo apt-get install prometheus prometheus-alertmanager"
+NAMESPACE = "agents"  # the label the sample's series get, as a Kubernetes scrape would add
+GRAPHS = ("chat", "search", "summarize")
+START_TIMEOUT = 45.0  # Prometheus alone needs ~5 s before its first scrape (discovery is throttled)
+WEBHOOK = "/api/v1/alerts/alertmanager"
+_RANGE = re.compile(r"\[((?:\d+(?:ms|[smhdw]))+)(?::((?:\d+(?:ms|[smhdw]))*))?\]")
+
+
+class MissingBinaries(RuntimeError):
+    """A binary the stack runs is not on PATH; the message says how to install it."""
+
+
+def find_binaries() -> dict[str, str]:
+    found = {name: shutil.which(name) for name in BINARIES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise MissingBinaries(
+            f"not on PATH: {', '.join(missing)}. The demo runs the real Prometheus and Alertmanager; "
+            f"on Debian/Ubuntu install them with `{INSTALL_HINT}` (the binaries need not run as services)."
+        )
+    return {name: path for name, path in found.items() if path is not None}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the configuration copies ----------------------------------------------------------------
+
+
+def scale(duration: str, factor: float, *, minimum: float) -> str:
+    """A Prometheus duration divided by `factor`, in whole seconds and at least `minimum` seconds."""
+    seconds = max(minimum, round(parse_duration(duration).total_seconds() / factor))
+    return format_duration(timedelta(seconds=seconds))
+
+
+def scale_expr(expr: str, factor: float) -> str:
+    """Every range window (and subquery step) in a PromQL expression divided by `factor`.
+
+    At least 5 s: with one scrape a second, a rate needs a few samples in its window.
+    """
+
+    def shorter(match: re.Match[str]) -> str:
+        window = scale(match.group(1), factor, minimum=5)
+        if match.group(2) is None:
+            return f"[{window}]"
+        step = f"{scale(match.group(2), factor, minimum=1)}" if match.group(2) else ""
+        return f"[{window}:{step}]"
+
+    return _RANGE.sub(shorter, expr)
+
+
+def fast_alert_rules(alerting_dir: Path, factor: float) -> dict[str, Any]:
+    """The shipped alerting rules as one rule file, with `for:` and range windows divided by `factor`."""
+    document: dict[str, Any] = yaml.safe_load(merged_alerting_rules(directory=alerting_dir))
+    for group in document.get("groups", []):
+        for rule in group.get("rules", []):
+            rule["expr"] = scale_expr(str(rule["expr"]), factor)
+            if "for" in rule:
+                rule["for"] = scale(str(rule["for"]), factor, minimum=1)
+    return document
+
+
+def fast_remediation_rules(rules_dir: Path, out_dir: Path, *, admin_url: str, verify_poll: str = "1s") -> None:
+    """Copy the rule files, pointing every http target at the sample's admin API and polling verify faster."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(rules_dir.glob("*.y*ml")):
+        document = yaml.safe_load(path.read_text()) or {}
+        for target in document.get("targets", []):
+            if target.get("kind") == "http":
+                target["url"] = admin_url
+        for playbook in document.get("playbooks", []):
+            for step in playbook.get("steps", []):
+                if step.get("action") == "verify.resolved":
+                    step.setdefault("with", {})["poll"] = verify_poll
+        (out_dir / path.name).write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+class Process:
+    """One child process with its output in a log file; `stop()` terminates it, then kills it."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, **popen: Any) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **popen)
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
+class Stack:
+    """The sample service, Prometheus, Alertmanager(s) and the control plane, started and stopped together.
+
+    Use as a context manager; everything it started is stopped on exit, whatever ended the block.
+    With two Alertmanagers they form a gossip cluster on loopback and Prometheus alerts both.
+    """
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        rules_dir: Path | None = None,
+        alerting_dir: Path | None = None,
+        alertmanagers: int = 1,
+        time_scale: float = 30.0,
+        tick: float = 0.1,
+        peer_timeout: str | None = None,
+    ) -> None:
+        self.binaries = find_binaries()
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
+        # ./rules when run from a checkout or a deployment's directory, else the package's repository copy.
+        self.rules_dir = rules_dir or shipped_dir(Path.cwd() / "rules", "rules")
+        self.alerting_dir = alerting_dir or shipped_dir(self.rules_dir, "alerting")
+        self.time_scale = time_scale
+        self.tick = tick
+        self.peer_timeout = peer_timeout  # Alertmanager's --cluster.peer-timeout (its default: 15s)
+        self.sample_url = f"http://{LOOPBACK}:{free_port()}"
+        self.controlplane_url = f"http://{LOOPBACK}:{free_port()}"
+        self.prometheus_url = f"http://{LOOPBACK}:{free_port()}"
+        self.alertmanager_urls = [f"http://{LOOPBACK}:{free_port()}" for _ in range(alertmanagers)]
+        self._gossip_ports = [free_port() for _ in range(alertmanagers)] if alertmanagers > 1 else []
+        self.console_user = "demo"
+        self.console_password = secrets.token_urlsafe(9)
+        self.processes: list[Process] = []
+        self.http = httpx.Client(timeout=5.0)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        (self.workdir / "webhook-token").write_text(token + "\n")
+        (self.workdir / "webhook-token").chmod(0o600)
+        fast_remediation_rules(self.rules_dir, self.workdir / "rules", admin_url=f"{self.sample_url}/admin")
+        (self.workdir / "alerting").mkdir(exist_ok=True)
+        rules = self.workdir / "alerting" / "demo.rules.yaml"
+        rules.write_text(yaml.safe_dump(fast_alert_rules(self.alerting_dir, self.time_scale), sort_keys=False))
+        # All start at once (each waits for nothing but its own config); readiness is checked after.
+        self._start_sample()
+        self._start_controlplane()
+        for index in range(len(self.alertmanager_urls)):
+            self._start_alertmanager(index)
+        self._start_prometheus(rules)
+        self._wait("sample service", lambda: self._ok(f"{self.sample_url}/health"))
+        self._wait("control plane", lambda: self._ok(f"{self.controlplane_url}/ready"))
+        for url in self.alertmanager_urls:
+            self._wait(f"alertmanager {url}", lambda url=url: self._cluster_ready(url))
+        self._wait("prometheus", self._prometheus_ready)
+
+    def stop(self) -> None:
+        # Prometheus first, so nothing new is alerted while the rest goes down.
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        self.http.close()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def logs(self) -> str:
+        """The last lines of every process's log, for a failure message."""
+        return "\n".join(f"--- {p.name} ({p.log_path}):\n{p.tail()}" for p in self.processes)
+
+    # -- the processes -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], **popen: Any) -> None:
+        self.processes.append(Process(name, argv, self.workdir / f"{name}.log", **popen))
+
+    def _start_sample(self) -> None:
+        port = self.sample_url.rsplit(":", 1)[1]
+        argv = [sys.executable, "-m", "controlplane", "sample-app", "--port", port, "--graphs", ",".join(GRAPHS)]
+        self._spawn("sample", [*argv, "--interval", str(self.tick)], env=_env_without_controlplane())
+
+    def _start_controlplane(self) -> None:
+        from controlplane.web.auth import hash_password
+
+        user = {"name": self.console_user, "role": "operator", "password_hash": hash_password(self.console_password)}
+        env = _env_without_controlplane() | {
+            "CONTROLPLANE_DATABASE_URL": f"sqlite:///{self.workdir / 'controlplane.db'}",
+            "CONTROLPLANE_WEBHOOK_TOKEN_FILE": str(self.workdir / "webhook-token"),
+            "CONTROLPLANE_RULES_DIR": str(self.workdir / "rules"),
+            "CONTROLPLANE_PROMETHEUS_URL": self.prometheus_url,
+            "CONTROLPLANE_ALERTMANAGER_URL": self.alertmanager_urls[0],
+            "CONTROLPLANE_LISTEN_HOST": LOOPBACK,
+            "CONTROLPLANE_LISTEN_PORT": self.controlplane_url.rsplit(":", 1)[1],
+            "CONTROLPLANE_PUBLIC_URL": self.controlplane_url,
+            "CONTROLPLANE_WORKER_POLL_SECONDS": "0.2",
+            "CONTROLPLANE_NOTIFY_ROUTES": json.dumps({"*": "log"}),  # no pager here: on-call messages go to the log
+            "CONTROLPLANE_CONSOLE_USERS": json.dumps([user]),
+            "CONTROLPLANE_LOG_LEVEL": "info",
+        }
+        self._spawn("controlplane", [sys.executable, "-m", "controlplane", "serve"], env=env, cwd=self.workdir)
+
+    def _start_alertmanager(self, index: int) -> None:
+        workdir = self.workdir / f"alertmanager-{index}"
+        workdir.mkdir(exist_ok=True)
+        config = {
+            "global": {"resolve_timeout": "10s"},
+            "route": {
+                "receiver": "controlplane",
+                "group_by": ["alertname", "namespace"],  # what the control plane groups incidents by
+                "group_wait": "1s",
+                "group_interval": "2s",
+                "repeat_interval": "1m",
+            },
+            "receivers": [
+                {
+                    "name": "controlplane",
+                    "webhook_configs": [
+                        {
+                            "url": f"{self.controlplane_url}{WEBHOOK}",
+                            "send_resolved": True,
+                            "http_config": {"authorization": {"credentials_file": str(self.workdir / "webhook-token")}},
+                        }
+                    ],
+                }
+            ],
+        }
+        (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        if self._gossip_ports:
+            own = self._gossip_ports[index]
+            cluster = [f"--cluster.listen-address={LOOPBACK}:{own}"]
+            cluster += [f"--cluster.peer={LOOPBACK}:{port}" for port in self._gossip_ports if port != own]
+            if self.peer_timeout is not None:
+                cluster.append(f"--cluster.peer-timeout={self.peer_timeout}")
+        else:
+            cluster = ["--cluster.listen-address="]  # empty: no gossip port, no peers to wait for
+        argv = [
+            self.binaries["prometheus-alertmanager"],
+            f"--config.file={workdir / 'alertmanager.yml'}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address={self.alertmanager_urls[index].removeprefix('http://')}",
+            *cluster,
+        ]
+        self._spawn(f"alertmanager-{index}", argv)
+
+    def _start_prometheus(self, rule_file: Path) -> None:
+        def job(name: str, url: str, namespace: str) -> dict[str, Any]:
+            address = url.removeprefix("http://")
+            return {"job_name": name, "static_configs": [{"targets": [address], "labels": {"namespace": namespace}}]}
+
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rule_file)],
+            "alerting": {
+                "alertmanagers": [
+                    {"static_configs": [{"targets": [u.removeprefix("http://") for u in self.alertmanager_urls]}]}
+                ]
+            },
+            "scrape_configs": [
+                job("langgraph", self.sample_url, NAMESPACE),
+                job("controlplane", self.controlplane_url, "controlplane"),
+            ],
+        }
+        workdir = self.workdir / "prometheus"
+        workdir.mkdir(exist_ok=True)
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        argv = [
+            self.binaries["prometheus"],
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={self.prometheus_url.removeprefix('http://')}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ]
+        self._spawn("prometheus", argv)
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            for process in self.processes:
+                process.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready within {timeout:g}s:\n{self.logs()}")
+            time.sleep(0.1)
+
+    def _ok(self, url: str) -> bool:
+        try:
+            return self.http.get(url).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _cluster_ready(self, url: str) -> bool:
+        """Ready, and (clustered) gossiping with every peer: before that each would notify on its own."""
+        if not self._ok(f"{url}/-/ready"):
+            return False
+        if not self._gossip_ports:
+            return True
+        cluster = self.get(url, "/api/v2/status").get("cluster", {})
+        return cluster.get("status") == "ready" and len(cluster.get("peers") or []) == len(self._gossip_ports)
+
+    def _prometheus_ready(self) -> bool:
+        """Both targets scraped and every Alertmanager discovered, so the first alert has somewhere to go."""
+        if not self._ok(f"{self.prometheus_url}/-/ready"):
+            return False
+        up = {r["metric"]["job"] for r in self.query("up == 1")}
+        managers = self.get(self.prometheus_url, "/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+        return up == {"langgraph", "controlplane"} and len(managers) == len(self.alertmanager_urls)
+
+    # -- the APIs, as the demo and the tests read them -------------------------------------------
+
+    def get(self, base: str, path: str, **params: Any) -> Any:
+        response = self.http.get(f"{base}{path}", params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query: [{"metric": labels, "value": [t, "v"]}]."""
+        return list(self.get(self.prometheus_url, "/api/v1/query", query=promql)["data"]["result"])
+
+    def prometheus_alerts(self, alertname: str) -> list[dict[str, Any]]:
+        alerts = self.get(self.prometheus_url, "/api/v1/alerts")["data"]["alerts"]
+        return [a for a in alerts if a["labels"].get("alertname") == alertname]
+
+    def api(self, path: str, **params: Any) -> Any:
+        """A control-plane JSON API call (the read API needs no token)."""
+        return self.get(self.controlplane_url, path, **params)
+
+    def incident_for(self, alertname: str) -> dict[str, Any] | None:
+        """The newest incident of `alertname`, or None."""
+        for incident in self.api("/api/v1/incidents", limit=50)["items"]:
+            if incident["group_labels"].get("alertname") == alertname:
+                return dict(incident)
+        return None
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        """The sample service's admin API (fault injection, graphs, storage)."""
+        response = self.http.request(method, f"{self.sample_url}/admin{path}", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def error_rate(self, graph: str) -> float:
+        """Errors per second of `graph` over the alert's (scaled) window, as Prometheus sees it."""
+        window = scale("5m", self.time_scale, minimum=5)
+        result = self.query(f'sum(rate(langgraph_executions_total{{graph_name="{graph}",status="error"}}[{window}]))')
+        return float(result[0]["value"][1]) if result else 0.0
+
+
+def _env_without_controlplane() -> dict[str, str]:
+    # The children get their settings from the stack alone: a stray CONTROLPLANE_* would change them.
+    return {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+ALERT = "LangGraphHighErrorRate"
+TERMINAL = frozenset({"suppressed", "succeeded", "failed", "rolled_back", "cancelled", "dry_run"})
+
+
+class Narrator:
+    """Polls every API of the stack and prints each change of the loop once, as it happens."""
+
+    def __init__(self, stack: Stack, graph: str, out: TextIO) -> None:
+        self.stack = stack
+        self.graph = graph
+        self.out = out
+        self.started = time.monotonic()
+        self.seen: set[str] = set()
+        self.last_rate: float | None = None
+        self.last_rate_at = 0.0
+        self.incident: dict[str, Any] | None = None
+        self.executions: list[dict[str, Any]] = []
+
+    def say(self, key: str, text: str) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
+
+    def poll(self) -> bool:
+        """Print what changed since the last poll, in the loop's order; True once incident and executions ended."""
+        s = self.stack
+        firing = s.prometheus_alerts(ALERT)
+        for alert in firing:
+            value = float(alert["value"])
+            where = f"graph {alert['labels'].get('graph_name')} failing {value:.0%} of executions"
+            self.say(f"prom-{alert['state']}", f"Prometheus: {ALERT} {alert['state']} ({where})")
+        if "prom-firing" in self.seen and not firing:
+            self.say("prom-resolved", f"Prometheus: {ALERT} no longer firing")
+        for alert in s.api("/api/v1/alerts", alertname=ALERT)["items"]:
+            received = f"received {alert['receive_count']}x from Alertmanager"
+            self.say(f"alert-{alert['id']}", f"control plane: webhook stored alert #{alert['id']} ({received})")
+            if alert["status"] == "resolved":
+                self.say(f"alert-{alert['id']}-resolved", f"control plane: alert #{alert['id']} resolved (notified)")
+        incident = s.incident_for(ALERT)
+        executions: list[dict[str, Any]] = []
+        if incident is not None:
+            url = f"{s.controlplane_url}/api/v1/incidents/{incident['id']}"
+            self.say(f"incident-{incident['id']}", f"control plane: incident #{incident['id']} opened: {url}")
+            if incident["status"] == "resolved":  # before the execution's end: verify.resolved waits for this
+                self.say(f"incident-{incident['id']}-resolved", f"control plane: incident #{incident['id']} resolved")
+            executions = s.api("/api/v1/executions", incident_id=incident["id"])["items"]
+            for execution in reversed(executions):
+                self._execution(execution["id"])
+        graphs = {g["name"]: g["enabled"] for g in s.admin("GET", "/graphs")["graphs"]}
+        if not graphs.get(self.graph, True):
+            self.say("disabled", f"sample service: graph {self.graph} is disabled, no longer executed")
+        self._error_rate()
+        self.incident, self.executions = incident, executions
+        ended = all(e["status"] in TERMINAL for e in executions)
+        return incident is not None and incident["status"] == "resolved" and bool(executions) and ended
+
+    def _execution(self, execution_id: int) -> None:
+        detail = self.stack.api(f"/api/v1/executions/{execution_id}")
+        name = f"execution #{execution_id}"
+        what = f"rule {detail['rule_name']} -> playbook {detail['playbook_name']}"
+        self.say(f"exec-{execution_id}", f"control plane: {name} created ({what}, {detail['status']})")
+        for step in detail["steps"]:
+            key = f"exec-{execution_id}-{step['phase']}-{step['index']}-{step['status']}"
+            if step["status"] in ("running", "waiting") and step["action"] != "verify.resolved":
+                continue  # most steps take milliseconds: their result is the news
+            value = step["output"].get("value", step["output"].get("status", ""))
+            shown = f" -> {json.dumps(value)[:80]}" if value not in ("", None) else ""
+            error = f": {step['error']}" if step["error"] else ""
+            self.say(key, f"  step {step['index'] + 1} {step['action']} {step['status']}{shown}{error}")
+        if detail["status"] not in ("pending", "running", "waiting"):
+            self.say(f"exec-{execution_id}-end", f"control plane: {name} {detail['status']}")
+
+    def _error_rate(self) -> None:
+        """Errors/s of the failing graph, printed every 2 s while it changes: rising, then falling to 0."""
+        now = time.monotonic()
+        if now - self.last_rate_at < 2:
+            return
+        rate = round(self.stack.error_rate(self.graph), 1)
+        if rate != self.last_rate and (rate or self.last_rate):
+            print(f"[{now - self.started:6.1f}s]   errors/s of graph {self.graph}: {rate:g}", file=self.out, flush=True)
+            self.last_rate, self.last_rate_at = rate, now
+
+
+def run_demo(*, graph: str = "chat", timeout: float = 150.0, keep: bool = False, out: TextIO = sys.stdout) -> int:
+    """`controlplane demo`: start the stack, make one graph fail, print the loop; 0 if it completed in time."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        stack = Stack()
+    except MissingBinaries as exc:
+        print(f"controlplane demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"starting the stack in {stack.workdir} (logs there) ...", file=out, flush=True)
+    try:
+        with stack:
+            _print_urls(stack, out)
+            return _drive(stack, graph=graph, timeout=timeout, keep=keep, out=out)
+    except KeyboardInterrupt:
+        print("\nstopped.", file=out)
+        return 130
+    except RuntimeError as exc:  # a process died or did not become ready; the message has its log
+        print(f"controlplane demo: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_urls(stack: Stack, out: TextIO) -> None:
+    cp = stack.controlplane_url
+    lines = [
+        f"console         {cp}/  (user {stack.console_user}, password {stack.console_password})",
+        f"incidents API   {cp}/api/v1/incidents",
+        f"executions API  {cp}/api/v1/executions",
+        f"API docs        {cp}/docs",
+        f"Prometheus      {stack.prometheus_url}/alerts",
+        *(f"Alertmanager    {url}" for url in stack.alertmanager_urls),
+        f"sample service  {stack.sample_url}/admin/graphs",
+    ]
+    print("\n".join(lines), file=out, flush=True)
+
+
+def _drive(stack: Stack, *, graph: str, timeout: float, keep: bool, out: TextIO) -> int:
+    print(f"\ninjecting faults: graph {graph} now fails every execution (error_rate 1.0)", file=out, flush=True)
+    stack.admin("POST", "/faults", {"graph": graph, "error_rate": 1.0})
+    narrator = Narrator(stack, graph, out)
+    deadline = time.monotonic() + timeout
+    while not narrator.poll():
+        if time.monotonic() > deadline:
+            print(f"\nthe loop did not complete within {timeout:g}s.\n{stack.logs()}", file=out, flush=True)
+            return 1
+        time.sleep(0.5)
+    took = time.monotonic() - narrator.started
+    assert narrator.incident is not None
+    _print_timeline(stack, narrator.incident["id"], out)
+    if any(e["status"] != "succeeded" for e in narrator.executions):
+        print(f"\nthe playbook did not succeed.\n{stack.logs()}", file=out, flush=True)
+        return 1
+    print(f"\nloop complete in {took:.0f}s: alert -> incident -> playbook -> graph disabled -> resolved", file=out)
+    if keep:
+        print("the stack keeps running; Ctrl-C stops it.", file=out, flush=True)
+        while True:  # until Ctrl-C, or until one of the processes dies (then say which, and why)
+            time.sleep(1)
+            for process in stack.processes:
+                process.check_alive()
+    return 0
+
+
+def _print_timeline(stack: Stack, incident_id: int, out: TextIO) -> None:
+    """The incident's audit timeline as the console shows it, repeats (verify's polls) folded into one line."""
+    print(f"\ntimeline of incident #{incident_id}:", file=out)
+    lines: list[tuple[str, int]] = []
+    for event in stack.api(f"/api/v1/incidents/{incident_id}")["timeline"]:
+        detail = event["detail"]
+        what = detail.get("action") or detail.get("playbook") or detail.get("reason") or ""
+        if event["action"] == "execution.waiting":
+            what = "verify.resolved polls"  # each poll is audited; the deadline in it changes every time
+        line = f"  {event['at'][11:23]}  {event['actor']:<26} {event['action']:<18} {what}"
+        if lines and lines[-1][0][16:] == line[16:]:
+            lines[-1] = (lines[-1][0], lines[-1][1] + 1)
+        else:
+            lines.append((line, 1))
+    for line, count in lines:
+        print(line + (f" (x{count})" if count > 1 else ""), file=out)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM ends the demo like Ctrl-C: through the stack's teardown, not around it."""
+    raise KeyboardInterrupt
