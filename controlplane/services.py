@@ -181,11 +181,14 @@ class Services:
         self.health_checker.start()
 
     def stop(self) -> None:
+        # Leadership first: another replica takes the singleton work over at once, and the change
+        # removes this one's metric-rule and health-check jobs while their schedulers still run
+        # (after their shutdown, APScheduler's remove_job raises JobLookupError).
+        self.elector.stop(release=True)
         self.health_checker.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
-        self.elector.stop(release=True)  # another replica takes the singleton work over at once
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
 
