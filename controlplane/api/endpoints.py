@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.api.deps import AdminDep, ServicesDep
+from controlplane.api.errors import error_responses
 from controlplane.failover.manager import ActiveEndpointView, FailoverEventView, GroupStatus, SwitchResult
 
-router = APIRouter(prefix="/api/v1", tags=["failover"])
+router = APIRouter(prefix="/api/v1", tags=["failover"], responses=error_responses(503))
 
 
 class SwitchRequest(BaseModel):
@@ -20,7 +21,9 @@ class SwitchRequest(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-@router.get("/endpoints/active", summary="The endpoint a service's clients should use now")
+@router.get(
+    "/endpoints/active", summary="The endpoint a service's clients should use now", responses=error_responses(404)
+)
 def active_endpoint(services: ServicesDep, service: str) -> ActiveEndpointView:
     return services.failover.active(service)
 
@@ -39,7 +42,11 @@ def list_events(
     return services.failover.events(service, limit)
 
 
-@router.post("/failover/{service}/switch", summary="Switch a service to another healthy endpoint")
+@router.post(
+    "/failover/{service}/switch",
+    summary="Switch a service to another healthy endpoint",
+    responses=error_responses(400, 401, 403, 404, 409),
+)
 def switch(services: ServicesDep, actor: AdminDep, service: str, body: SwitchRequest | None = None) -> SwitchResult:
     body = body or SwitchRequest()
     return services.failover.switch(service, body.to, actor=actor, reason=body.reason)

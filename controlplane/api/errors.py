@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.errors import (
@@ -28,6 +31,34 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidInput: 422,
     Unavailable: 503,
 }
+
+
+class ErrorBody(BaseModel):
+    """The body of every refused request: a message for people, and per-field details when there are some."""
+
+    error: str
+    details: list[dict[str, str]] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "Body not readable (not JSON, bad encoding)",
+    401: "Missing or wrong admin token (Authorization: Bearer <CONTROLPLANE_ADMIN_TOKEN>)",
+    403: "The admin API is disabled: CONTROLPLANE_ADMIN_TOKEN is not set",
+    404: "No such object",
+    409: "The object's state does not allow this",
+    422: "Refused: the message says why",
+    503: "Database unavailable: retry after Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the errors a route can answer. 400 is FastAPI's own (its body is not ours)."""
+    return {
+        code: {"description": _DESCRIPTIONS[code]}
+        if code == 400
+        else {"model": ErrorBody, "description": _DESCRIPTIONS[code]}
+        for code in codes
+    }
 
 
 def status_for(exc: DomainError) -> int:

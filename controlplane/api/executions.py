@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from controlplane.api.deps import MAX_ID, AdminDep, ConnDep, IdPath, ServicesDep, WriteConnDep
+from controlplane.api.errors import error_responses
 from controlplane.playbooks import service
 from controlplane.playbooks.schemas import (
     AutomationChange,
@@ -18,7 +19,10 @@ from controlplane.playbooks.schemas import (
     ExecutionPage,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["executions"])
+router = APIRouter(prefix="/api/v1", tags=["executions"], responses=error_responses(503))
+# Deciding on an execution: a body that is not JSON, no admin token, no such execution, already decided.
+DECISION_ERRORS = error_responses(400, 401, 403, 404, 409)
+SWITCH_ERRORS = error_responses(400, 401, 403)
 
 
 @router.get("/executions", summary="Executions, newest first")
@@ -35,12 +39,16 @@ def list_executions(
     )
 
 
-@router.get("/executions/{execution_id}", summary="One execution with its steps and timeline")
+@router.get(
+    "/executions/{execution_id}", summary="One execution with its steps and timeline", responses=error_responses(404)
+)
 def get_execution(conn: ConnDep, execution_id: IdPath) -> ExecutionDetail:
     return service.get_execution(conn=conn, execution_id=execution_id)
 
 
-@router.post("/executions/{execution_id}/approve", summary="Approve an execution awaiting approval")
+@router.post(
+    "/executions/{execution_id}/approve", summary="Approve an execution awaiting approval", responses=DECISION_ERRORS
+)
 def approve(
     conn: WriteConnDep, actor: AdminDep, services: ServicesDep, execution_id: IdPath, body: Decision | None = None
 ) -> ExecutionDetail:
@@ -51,14 +59,18 @@ def approve(
     return detail
 
 
-@router.post("/executions/{execution_id}/reject", summary="Reject an execution awaiting approval")
+@router.post(
+    "/executions/{execution_id}/reject", summary="Reject an execution awaiting approval", responses=DECISION_ERRORS
+)
 def reject(conn: WriteConnDep, actor: AdminDep, execution_id: IdPath, body: Decision | None = None) -> ExecutionDetail:
     return service.reject(
         conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
     )
 
 
-@router.post("/executions/{execution_id}/cancel", summary="Cancel an execution that has not finished")
+@router.post(
+    "/executions/{execution_id}/cancel", summary="Cancel an execution that has not finished", responses=DECISION_ERRORS
+)
 def cancel(conn: WriteConnDep, actor: AdminDep, execution_id: IdPath, body: Decision | None = None) -> ExecutionDetail:
     return service.cancel(
         conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
@@ -70,21 +82,25 @@ def get_automation(conn: ConnDep) -> AutomationOut:
     return service.get_automation(conn=conn)
 
 
-@router.post("/automation/pause", summary="Kill switch: new triggers are suppressed until resumed")
+@router.post(
+    "/automation/pause", summary="Kill switch: new triggers are suppressed until resumed", responses=SWITCH_ERRORS
+)
 def pause(conn: WriteConnDep, actor: AdminDep, body: AutomationChange | None = None) -> AutomationOut:
     return service.set_automation(
         conn=conn, actor=actor, now=datetime.now(UTC), paused=True, reason=body.reason if body else ""
     )
 
 
-@router.post("/automation/resume", summary="Resume automation after a pause")
+@router.post("/automation/resume", summary="Resume automation after a pause", responses=SWITCH_ERRORS)
 def resume(conn: WriteConnDep, actor: AdminDep, body: AutomationChange | None = None) -> AutomationOut:
     return service.set_automation(
         conn=conn, actor=actor, now=datetime.now(UTC), paused=False, reason=body.reason if body else ""
     )
 
 
-@router.post("/automation/dry-run", summary="Global dry run: record what would run, call nothing")
+@router.post(
+    "/automation/dry-run", summary="Global dry run: record what would run, call nothing", responses=SWITCH_ERRORS
+)
 def dry_run(conn: WriteConnDep, actor: AdminDep, body: DryRunChange) -> AutomationOut:
     return service.set_automation(
         conn=conn, actor=actor, now=datetime.now(UTC), dry_run=body.enabled, reason=body.reason

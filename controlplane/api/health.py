@@ -18,7 +18,11 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: database reachable and migrations current")
+@router.get(
+    "/ready",
+    summary="Readiness: database reachable and migrations current",
+    responses={503: {"description": "Not ready: `checks` says which check failed"}},
+)
 def ready(services: ServicesDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from controlplane.api.deps import MAX_ID, ConnDep, IdPath
+from controlplane.api.errors import error_responses
 from controlplane.incidents import service
 from controlplane.incidents.schemas import AlertPage, IncidentDetail, IncidentPage, IncidentStatus
 
-router = APIRouter(prefix="/api/v1", tags=["incidents"])
+router = APIRouter(prefix="/api/v1", tags=["incidents"], responses=error_responses(503))
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 Before = Annotated[
@@ -29,7 +30,11 @@ def list_incidents(
     return service.list_incidents(conn=conn, statuses=status or (), severity=severity, limit=limit, before=before)
 
 
-@router.get("/incidents/{incident_id}", summary="One incident with its alerts and audit timeline")
+@router.get(
+    "/incidents/{incident_id}",
+    summary="One incident with its alerts and audit timeline",
+    responses=error_responses(404),
+)
 def get_incident(conn: ConnDep, incident_id: IdPath) -> IncidentDetail:
     return service.get_incident(conn=conn, incident_id=incident_id)
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from controlplane.api.deps import AdminDep, ServicesDep
+from controlplane.api.errors import error_responses
 from controlplane.errors import InvalidInput
 from controlplane.rules.loader import RuleLoadError
 
@@ -36,7 +37,11 @@ def list_rules(services: ServicesDep) -> RulesOut:
     )
 
 
-@router.post("/rules/reload", summary="Reload rule files; on any error the rules in force stay")
+@router.post(
+    "/rules/reload",
+    summary="Reload rule files; on any error the rules in force stay",
+    responses=error_responses(401, 403, 422),
+)
 def reload_rules(services: ServicesDep, _actor: AdminDep) -> RulesOut:
     try:
         services.reload_rules()
