@@ -202,9 +202,12 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str] | None:
     binary = shutil.which("promtool")
     if binary is None:
         return None
-    return subprocess.run(
-        [binary, *args], capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT, stdin=subprocess.DEVNULL
-    )
+    try:
+        return subprocess.run(
+            [binary, *args], capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:  # a hung or broken promtool is a failed check, not a crash
+        return subprocess.CompletedProcess([binary, *args], 1, "", str(exc))
 
 
 # --- Grafana dashboards ---------------------------------------------------------------------
