@@ -181,9 +181,8 @@ class Services:
         self.health_checker.start()
 
     def stop(self) -> None:
-        # Leadership first: another replica takes the singleton work over at once, and the change
-        # removes this one's metric-rule and health-check jobs while their schedulers still run
-        # (after their shutdown, APScheduler's remove_job raises JobLookupError).
+        # Step down first: another replica takes the singleton work over at once, and the
+        # schedulers drop their jobs while they still run (the step-down resyncs them).
         self.elector.stop(release=True)
         self.health_checker.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
