@@ -1,0 +1,57 @@
+-- Owns wrk's side of the ingest benchmark: POSTs webhook bodies, counts 2xx apart from other statuses.
+-- Arguments after `--`: <body file> <same|unique> <prefix>. In "unique" mode every request replaces
+-- @FINGERPRINT@ (prefix, thread, counter) and @MICROS@ (counter) so each one is a new alert episode.
+-- done() prints one line: BENCH_JSON {"sent":..,"ok":..,"non2xx":..,"errors":..,"duration_us":..,"p50_us":..,"p99_us":..}
+
+local threads = {}
+local next_thread = 0
+
+function setup(thread)
+  thread:set("thread_no", next_thread)
+  next_thread = next_thread + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local file = assert(io.open(args[1], "rb"))
+  template = file:read("*a")
+  file:close()
+  unique = args[2] == "unique"
+  prefix = args[3]
+  headers = { ["Content-Type"] = "application/json" }
+  fixed = wrk.format("POST", wrk.path, headers, template)
+  sent, ok, non2xx = 0, 0, 0
+end
+
+function request()
+  sent = sent + 1
+  if not unique then
+    return fixed
+  end
+  local fingerprint = string.format("%s%d-%d", prefix, thread_no, sent)
+  local body = template:gsub("@FINGERPRINT@", fingerprint):gsub("@MICROS@", string.format("%06d", sent % 1000000))
+  return wrk.format("POST", wrk.path, headers, body)
+end
+
+function response(status, _headers, _body)
+  if status >= 200 and status < 300 then
+    ok = ok + 1
+  else
+    non2xx = non2xx + 1
+  end
+end
+
+function done(summary, latency, _requests)
+  local s, o, n = 0, 0, 0
+  for _, thread in ipairs(threads) do
+    s = s + thread:get("sent")
+    o = o + thread:get("ok")
+    n = n + thread:get("non2xx")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"sent":%d,"ok":%d,"non2xx":%d,"errors":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d}\n',
+    s, o, n, e.connect + e.read + e.write + e.timeout, summary.duration,
+    latency:percentile(50), latency:percentile(99)
+  ))
+end
