@@ -1,0 +1,219 @@
+"""End to end, with the real binaries: a failing service is found, remediated and closed without anyone.
+
+The `controlplane demo` stack (controlplane/demo.py): the sample service, `prometheus` loading the
+shipped alerting rules, `prometheus-alertmanager` posting to the webhook with a bearer token from
+a file, and `controlplane serve` on SQLite with the shipped rules. Alert `for:` durations and
+range windows are divided by 30 (2m -> 4s, 5m -> 10s) and verify.resolved polls every second:
+otherwise a disabled graph keeps its 5-minute error rate, and its alert, for minutes.
+
+Every wait has a deadline and fails with the processes' logs. Missing binaries skip locally and
+fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane.demo import BINARIES, Stack
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).parents[2]
+ERROR_ALERT = "LangGraphHighErrorRate"
+CHECKPOINT_ALERT = "LangGraphCheckpointFailures"
+GRAPH = "chat"
+# The playbook's steps in order; each must appear as step.succeeded on the incident's timeline.
+DISABLE_STEPS = ["prometheus.top", "graph.disable", "incident.annotate", "notify.oncall", "verify.resolved"]
+T = TypeVar("T")
+
+
+def start_stack(workdir: Path, **options: Any) -> Stack:
+    for binary in BINARIES:
+        require_binary(binary)
+    return Stack(workdir, rules_dir=ROOT / "rules", alerting_dir=ROOT / "alerting", **options)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+def wait_for(stack: Stack, predicate: Callable[[], T | None], what: str, timeout: float) -> T:
+    """The predicate's first truthy value; on the deadline, fail with what was awaited and every log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except httpx.HTTPError:  # a server between restarts of nothing: look again until the deadline
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g}s\n{stack.logs()}")
+        time.sleep(0.25)
+
+
+def error_count(stack: Stack, graph: str) -> float:
+    """The sample's own error counter of `graph`, from its /metrics (not through Prometheus)."""
+    text = stack.http.get(f"{stack.sample_url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "langgraph_executions_total" and sample.labels == {"graph_name": graph, "status": "error"}
+    )
+
+
+def resolved_incident(stack: Stack, alertname: str) -> dict[str, Any] | None:
+    incident = stack.incident_for(alertname)
+    return incident if incident is not None and incident["status"] == "resolved" else None
+
+
+def finished_executions(stack: Stack, incident_id: int) -> list[dict[str, Any]] | None:
+    executions: list[dict[str, Any]] = stack.api("/api/v1/executions", incident_id=incident_id)["items"]
+    done = executions and all(e["status"] not in ("pending", "running", "waiting") for e in executions)
+    return executions if done else None
+
+
+def assert_in_order(actual: list[str], expected: list[str]) -> None:
+    """`expected` is a subsequence of `actual` (other events may come in between)."""
+    rest = iter(actual)
+    missing = [item for item in expected if item not in rest]
+    assert not missing, f"timeline lacks {missing} in order; it has {actual}"
+
+
+def run_error_loop(stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fail GRAPH, wait for the whole loop; returns the resolved incident (with timeline) and its one execution."""
+    stack.admin("POST", "/faults", {"graph": GRAPH, "error_rate": 1.0})
+    wait_for(
+        stack,
+        lambda: [a for a in stack.prometheus_alerts(ERROR_ALERT) if a["state"] == "firing"],
+        f"Prometheus fires {ERROR_ALERT}",
+        timeout=30,
+    )
+    wait_for(stack, lambda: stack.incident_for(ERROR_ALERT), "Alertmanager posts the alert: an incident opens", 20)
+    wait_for(stack, lambda: GRAPH in stack.admin("GET", "/graphs")["disabled"], f"graph {GRAPH} disabled", 20)
+
+    # The service no longer runs the graph: its error counter stands still while other graphs run on.
+    before, others = error_count(stack, GRAPH), stack.admin("GET", "/graphs")["graphs"]
+    assert before > 0
+    time.sleep(10 * stack.tick)
+    assert error_count(stack, GRAPH) == before
+    after = {g["name"]: g["executions"] for g in stack.admin("GET", "/graphs")["graphs"]}
+    assert all(after[g["name"]] > g["executions"] for g in others if g["name"] != GRAPH)
+
+    incident = wait_for(stack, lambda: resolved_incident(stack, ERROR_ALERT), "the alert resolves", 60)
+    executions = wait_for(stack, lambda: finished_executions(stack, incident["id"]), "the playbook finishes", 20)
+    assert len(executions) == 1, f"one execution per rule and alert episode, got {executions}"
+    execution = stack.api(f"/api/v1/executions/{executions[0]['id']}")
+    return stack.api(f"/api/v1/incidents/{incident['id']}"), execution
+
+
+def test_failing_graph_is_disabled_and_its_incident_resolves(stack: Stack) -> None:
+    try:
+        incident, execution = run_error_loop(stack)
+    finally:
+        stack.admin("DELETE", "/faults")
+        stack.admin("POST", f"/graphs/{GRAPH}/enable")
+
+    assert (execution["rule_name"], execution["playbook_name"], execution["status"]) == (
+        "high-error-rate",
+        "disable-problem-graph",
+        "succeeded",
+    )
+    steps = {s["action"]: s for s in execution["steps"]}
+    assert [s["action"] for s in execution["steps"]] == DISABLE_STEPS
+    assert all(s["status"] == "succeeded" for s in execution["steps"]), execution["steps"]
+    assert steps["prometheus.top"]["output"]["value"] == GRAPH
+    assert steps["graph.disable"]["inputs"]["graph"] == GRAPH
+
+    [alert] = incident["alerts"]
+    assert (alert["alertname"], alert["labels"]["graph_name"], alert["status"]) == (ERROR_ALERT, GRAPH, "resolved")
+    timeline = [
+        f"{e['action']} {e['detail'].get('action', '')}".strip()
+        for e in incident["timeline"]
+        if e["action"] != "execution.waiting"  # one per verify poll
+    ]
+    assert "incident.opened" in timeline
+    assert_in_order(
+        timeline,
+        [
+            "alert.firing",
+            "execution.created",
+            *(f"step.succeeded {action}" for action in DISABLE_STEPS[:-1]),
+            "alert.resolved",
+            "incident.resolved",
+            "step.succeeded verify.resolved",
+            "execution.succeeded",
+        ],
+    )
+
+
+def test_checkpoint_failures_switch_to_backup_storage(stack: Stack) -> None:
+    stack.admin("POST", "/faults", {"storage": "primary", "broken": True})
+    try:
+        incident = wait_for(
+            stack, lambda: resolved_incident(stack, CHECKPOINT_ALERT), f"{CHECKPOINT_ALERT} fires and resolves", 60
+        )
+        executions = wait_for(stack, lambda: finished_executions(stack, incident["id"]), "the playbook finishes", 20)
+        storage = stack.admin("GET", "/storage")
+    finally:
+        stack.admin("DELETE", "/faults")
+        stack.admin("POST", "/storage/switch", {"backend": "primary"})
+
+    assert storage["active"] == "backup"
+    assert [e["status"] for e in executions] == ["succeeded"]
+    execution = stack.api(f"/api/v1/executions/{executions[0]['id']}")
+    assert execution["playbook_name"] == "switch-to-backup-storage"
+    switch = next(s for s in execution["steps"] if s["action"] == "storage.switch")
+    assert (switch["status"], switch["output"]["previous"]) == ("succeeded", "primary")
+
+
+def test_clustered_alertmanagers_run_the_playbook_once(tmp_path: Path) -> None:
+    """Both members get every alert from Prometheus and both may deliver it: the playbook still runs once.
+
+    --cluster.peer-timeout=0s makes the second member send without waiting for the first one's
+    gossip, as during a partition or slow gossip, so duplicate deliveries really reach the webhook.
+    """
+    with start_stack(tmp_path, alertmanagers=2, peer_timeout="0s") as stack:
+        incident, execution = run_error_loop(stack)
+        assert execution["status"] == "succeeded"
+        all_runs = stack.api("/api/v1/executions", rule="high-error-rate")["items"]
+        assert [e["id"] for e in all_runs] == [execution["id"]]
+        [alert] = incident["alerts"]  # stored once, however often it arrived
+        sent = [webhook_notifications(stack, url) for url in stack.alertmanager_urls]
+        for url in stack.alertmanager_urls:
+            status = stack.get(url, "/api/v2/status")["cluster"]
+            assert len(status["peers"]) == 2, f"{url} is not clustered: {status}"
+        assert all(received_alerts(stack, url) > 0 for url in stack.alertmanager_urls), "Prometheus alerts both"
+        print(f"webhook notifications sent per Alertmanager: {sent}; firing alert received {alert['receive_count']}x")
+        # Both delivered: the webhook really got duplicates, and the one execution above is dedup at work.
+        assert all(n >= 1 for n in sent), f"each member should have delivered, sent: {sent}"
+        assert alert["receive_count"] >= 2
+
+
+def webhook_notifications(stack: Stack, url: str) -> float:
+    return _am_metric(stack, url, "alertmanager_notifications_total", integration="webhook")
+
+
+def received_alerts(stack: Stack, url: str) -> float:
+    return _am_metric(stack, url, "alertmanager_alerts_received_total")
+
+
+def _am_metric(stack: Stack, url: str, name: str, **labels: str) -> float:
+    text = stack.http.get(f"{url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
