@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from controlplane.errors import InvalidInput, MalformedInput
 
 AlertStatus = Literal["firing", "resolved"]
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC; one outside years 1-9999 there (e.g. 0001-01-01T00:00:00+01:00) is refused."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range: must fall within the years 1 to 9999 in UTC") from None
+
+
+# RFC 3339 as Alertmanager sends it: an offset is required (a naive time would be guessed as local).
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class AlertmanagerAlert(BaseModel):
@@ -20,9 +32,9 @@ class AlertmanagerAlert(BaseModel):
     status: AlertStatus
     labels: dict[str, str] = Field(min_length=1)
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
+    startsAt: Timestamp
     # Firing alerts carry 0001-01-01T00:00:00Z here; normalised to None by `ends_at`.
-    endsAt: datetime | None = None
+    endsAt: Timestamp | None = None
     generatorURL: str = ""
     fingerprint: str = Field(min_length=1, max_length=64)
 
