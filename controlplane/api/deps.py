@@ -18,7 +18,8 @@ MAX_ID = 2**63 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a sync dependency would cost every webhook a hop through the thread pool.
     return request.app.state.services  # type: ignore[no-any-return]
 
 

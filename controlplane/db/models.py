@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -128,6 +129,9 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]]
 
 
+COUNTED = text("status != 'suppressed'")  # executions that count against cooldown and max_runs
+
+
 class Execution(Base):
     """One run of a playbook for one trigger; changes state only through playbooks.state.transition()."""
 
@@ -136,8 +140,19 @@ class Execution(Base):
         # The same alert delivered twice (HA pair, retries) creates one execution per rule.
         UniqueConstraint("rule_name", "trigger_key", name="uq_executions_trigger"),
         Index("ix_executions_runnable", "status", "wake_at"),
-        Index("ix_executions_guard", "rule_name", "guard_key", "created_at"),
         Index("ix_executions_incident", "incident_id"),
+        # The guards' queries (playbooks/guards.py). A storm leaves one suppressed row per alert:
+        # cooldown and max_runs count only the others, so their indexes leave suppressed rows out.
+        Index("ix_executions_rule_status_guard", "rule_name", "status", "guard_key"),
+        Index(
+            "ix_executions_counted_guard",
+            "rule_name",
+            "guard_key",
+            "created_at",
+            sqlite_where=COUNTED,
+            postgresql_where=COUNTED,
+        ),
+        Index("ix_executions_counted_rule", "rule_name", "created_at", sqlite_where=COUNTED, postgresql_where=COUNTED),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
