@@ -35,8 +35,11 @@ test: install-dev test-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Figures go in BENCHMARKS.md with the command that produced them.
 bench: install-dev
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/rules_match.py
+	$(BIN)/python bench/trigger_latency.py
 
 lint: install-dev
 	$(BIN)/ruff check .
