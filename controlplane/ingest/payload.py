@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controlplane.errors import InvalidInput, MalformedInput
 
@@ -23,6 +23,21 @@ def _in_utc(value: datetime) -> datetime:
 # RFC 3339 as Alertmanager sends it: an offset is required (a naive time would be guessed as local).
 Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
+# What the database stores has limits (controlplane/db/models.py); past them the payload is refused
+# here, naming the field, rather than failing its transaction (PostgreSQL) as a 500 retried forever.
+MAX_ALERTNAME = 255  # alerts.alertname
+MAX_SEVERITY = 32  # incidents.severity
+MAX_RECEIVER = 200  # alerts.receiver, and audit_events.actor "alertmanager:<receiver>" (255)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters (\\u0000) are not allowed")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
 
 class AlertmanagerAlert(BaseModel):
     """One alert of a notification. Unknown fields are accepted: newer Alertmanagers add some."""
@@ -30,13 +45,20 @@ class AlertmanagerAlert(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     status: AlertStatus
-    labels: dict[str, str] = Field(min_length=1)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Text, Text] = Field(min_length=1)
+    annotations: dict[Text, Text] = Field(default_factory=dict)
     startsAt: Timestamp
     # Firing alerts carry 0001-01-01T00:00:00Z here; normalised to None by `ends_at`.
     endsAt: Timestamp | None = None
-    generatorURL: str = ""
-    fingerprint: str = Field(min_length=1, max_length=64)
+    generatorURL: Text = ""
+    fingerprint: Text = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _storable_labels(self) -> AlertmanagerAlert:
+        for name, limit in (("alertname", MAX_ALERTNAME), ("severity", MAX_SEVERITY)):
+            if len(self.labels.get(name, "")) > limit:
+                raise ValueError(f"label {name!r} is longer than {limit} characters")
+        return self
 
     @property
     def alertname(self) -> str:
@@ -58,7 +80,7 @@ class AlertmanagerNotification(BaseModel):
     groupKey: str
     truncatedAlerts: int = Field(default=0, ge=0)
     status: AlertStatus
-    receiver: str
+    receiver: Text = Field(max_length=MAX_RECEIVER)
     groupLabels: dict[str, str] = Field(default_factory=dict)
     commonLabels: dict[str, str] = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
