@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run test bench lint install install-dev test-deps clean
+.PHONY: run test fuzz bench lint install install-dev test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test-deps:
 test: install-dev test-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The fuzz tests (schemathesis on the API, hypothesis on the webhook) with many more examples than
+# `make test` runs, random ones each time; FUZZ_EXAMPLES is per API operation (x8 webhook payloads).
+FUZZ_EXAMPLES ?= 500
+fuzz: install-dev test-deps
+	CONTROLPLANE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz $(PYTEST_ARGS)
 
 # Figures go in BENCHMARKS.md with the command that produced them.
 bench: install-dev
