@@ -72,6 +72,21 @@ def dialect_insert(conn: Connection, table: Table) -> Any:
     return dialect.insert(table)
 
 
+# Statements of the ingest hot path, built once: building a statement (not running it) was
+# most of the time of a new alert. Values go in as parameters at execute time.
+_INSERT_AUDIT = audit_t.insert()
+_INSERT_LINK = links_t.insert()
+_KNOWN_ALERTS = select(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.starts_at, alerts_t.c.status).where(
+    alerts_t.c.fingerprint.in_(bindparam("fingerprints", expanding=True))
+)
+_INSERT_ALERT = {
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(alerts_t)
+    .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
+    .returning(alerts_t.c.id)
+    for dialect in (postgresql, sqlite)
+}
+
+
 def audit(
     conn: Connection,
     *,
@@ -83,9 +98,15 @@ def audit(
     execution_id: int | None = None,
 ) -> None:
     conn.execute(
-        audit_t.insert().values(
-            at=now, actor=actor, action=action, incident_id=incident_id, execution_id=execution_id, detail=detail
-        )
+        _INSERT_AUDIT,
+        {
+            "at": now,
+            "actor": actor,
+            "action": action,
+            "incident_id": incident_id,
+            "execution_id": execution_id,
+            "detail": detail,
+        },
     )
 
 
@@ -124,11 +145,7 @@ def ingest_notification(
     actor = actor or f"alertmanager:{receiver}"
     result = IngestResult()
     fingerprints = {alert.fingerprint for alert in notification.alerts}
-    rows = conn.execute(
-        select(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.starts_at, alerts_t.c.status).where(
-            alerts_t.c.fingerprint.in_(fingerprints)
-        )
-    )
+    rows = conn.execute(_KNOWN_ALERTS, {"fingerprints": list(fingerprints)})
     known: dict[tuple[str, datetime], tuple[int, str]] = {(r.fingerprint, r.starts_at): (r.id, r.status) for r in rows}
     repeats: list[dict[str, Any]] = []
     for alert in notification.alerts:
@@ -189,26 +206,21 @@ def _alert_detail(alert: AlertmanagerAlert) -> dict[str, Any]:
 
 
 def _insert_alert(conn: Connection, alert: AlertmanagerAlert, *, receiver: str, now: datetime) -> int | None:
-    stmt = (
-        dialect_insert(conn, alerts_t)
-        .values(
-            fingerprint=alert.fingerprint,
-            alertname=alert.alertname,
-            status=alert.status,
-            labels=alert.labels,
-            annotations=alert.annotations,
-            starts_at=alert.startsAt,
-            ends_at=alert.ends_at,
-            generator_url=alert.generatorURL,
-            receiver=receiver,
-            first_received_at=now,
-            last_received_at=now,
-            receive_count=1,
-        )
-        .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
-        .returning(alerts_t.c.id)
-    )
-    return conn.execute(stmt).scalar()
+    values = {
+        "fingerprint": alert.fingerprint,
+        "alertname": alert.alertname,
+        "status": alert.status,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "starts_at": alert.startsAt,
+        "ends_at": alert.ends_at,
+        "generator_url": alert.generatorURL,
+        "receiver": receiver,
+        "first_received_at": now,
+        "last_received_at": now,
+        "receive_count": 1,
+    }
+    return conn.execute(_INSERT_ALERT[conn.dialect.name], values).scalar()
 
 
 def _find_alert(conn: Connection, episode: tuple[str, datetime]) -> tuple[int, str]:
@@ -256,7 +268,7 @@ def _attach_new_alert(
     if opened:
         result.opened_incident_ids.append(incident_id)
     _add_unique(result.incident_ids, incident_id)
-    conn.execute(links_t.insert().values(incident_id=incident_id, alert_id=alert_id, attached_at=now))
+    conn.execute(_INSERT_LINK, {"incident_id": incident_id, "alert_id": alert_id, "attached_at": now})
     action = "alert.firing" if alert.status == "firing" else "alert.resolved"
     audit(conn, actor=actor, action=action, incident_id=incident_id, detail=_alert_detail(alert), now=now)
     if alert.status == "resolved" and _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):

@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.actions.base import AlertView, IncidentView
-from controlplane.ingest.store import alerts_t, audit, dialect_insert, incident_key, incidents_t, links_t
+from controlplane.ingest.store import alerts_t, audit, incident_key, incidents_t, links_t
 from controlplane.playbooks.guards import Automation, automation, decide, lock_rule
 from controlplane.playbooks.state import executions_t
 from controlplane.rules.schema import Playbook, Rule
@@ -34,6 +35,30 @@ class RuleSource(Protocol):
     def match(self, labels: Mapping[str, str]) -> list[Rule]: ...
 
 
+# Built once (see ingest.store): the per-alert cost of a storm is mostly statement building.
+_NEW_FIRING_ALERTS = (
+    select(
+        alerts_t,
+        incidents_t.c.id.label("incident_id"),
+        incidents_t.c.key.label("incident_key"),
+        incidents_t.c.status.label("incident_status"),
+        incidents_t.c.severity,
+        incidents_t.c.title,
+        incidents_t.c.group_labels,
+    )
+    .join(links_t, links_t.c.alert_id == alerts_t.c.id)
+    .join(incidents_t, incidents_t.c.id == links_t.c.incident_id)
+    .where(alerts_t.c.id.in_(bindparam("alert_ids", expanding=True)), alerts_t.c.status == "firing")
+    .order_by(alerts_t.c.id)
+)
+_INSERT_EXECUTION = {
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(executions_t)
+    .on_conflict_do_nothing(index_elements=["rule_name", "trigger_key"])
+    .returning(executions_t.c.id)
+    for dialect in (postgresql, sqlite)
+}
+
+
 def trigger_for_alerts(
     conn: Connection,
     *,
@@ -52,21 +77,7 @@ def trigger_for_alerts(
     if not alert_ids:
         return []
     now = now or datetime.now(UTC)
-    rows = conn.execute(
-        select(
-            alerts_t,
-            incidents_t.c.id.label("incident_id"),
-            incidents_t.c.key.label("incident_key"),
-            incidents_t.c.status.label("incident_status"),
-            incidents_t.c.severity,
-            incidents_t.c.title,
-            incidents_t.c.group_labels,
-        )
-        .join(links_t, links_t.c.alert_id == alerts_t.c.id)
-        .join(incidents_t, incidents_t.c.id == links_t.c.incident_id)
-        .where(alerts_t.c.id.in_(alert_ids), alerts_t.c.status == "firing")
-        .order_by(alerts_t.c.id)
-    ).all()
+    rows = conn.execute(_NEW_FIRING_ALERTS, {"alert_ids": list(alert_ids)}).all()
     triggered: list[Triggered] = []
     state: Automation | None = None
     for row in rows:
@@ -125,30 +136,34 @@ def create_execution(
     lock_rule(conn, rule.name)
     decision = decide(conn, rule=rule, guard_key=guard_key, now=now, state=state)
     context = {"alert": asdict(alert) if alert else None, "incident": asdict(incident) if incident else None}
-    execution_id = conn.execute(
-        dialect_insert(conn, executions_t)
-        .values(
-            rule_name=rule.name,
-            playbook_name=playbook.name,
-            trigger_key=trigger_key,
-            guard_key=guard_key,
-            incident_id=incident.id if incident else None,
-            alert_id=alert_id,
-            status=decision.status,
-            reason=decision.reason,
-            dry_run=decision.dry_run,
-            playbook=playbook.model_dump(mode="json", by_alias=True),
-            params={**playbook.params, **rule.params},
-            context=context,
-            created_at=now,
-            updated_at=now,
-            finished_at=now if decision.status == "suppressed" else None,
-            current_step=0,
-            claims=0,
-        )
-        .on_conflict_do_nothing(index_elements=["rule_name", "trigger_key"])
-        .returning(executions_t.c.id)
-    ).scalar()
+    suppressed = decision.status == "suppressed"
+    values = {
+        "rule_name": rule.name,
+        "playbook_name": playbook.name,
+        "trigger_key": trigger_key,
+        "guard_key": guard_key,
+        "incident_id": incident.id if incident else None,
+        "alert_id": alert_id,
+        "status": decision.status,
+        "reason": decision.reason,
+        "dry_run": decision.dry_run,
+        # A suppressed execution never runs: a storm of them need not carry a playbook copy each.
+        "playbook": {} if suppressed else playbook.model_dump(mode="json", by_alias=True),
+        "params": {**playbook.params, **rule.params},
+        "context": context,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": now if suppressed else None,
+        "wake_at": None,
+        "current_step": 0,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "claims": 0,
+        "decided_by": None,
+        "decided_at": None,
+    }
+    execution_id = conn.execute(_INSERT_EXECUTION[conn.dialect.name], values).scalar()
     if execution_id is None:
         return None
     audit(
