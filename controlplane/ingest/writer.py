@@ -26,6 +26,12 @@ from controlplane.telemetry import Metrics
 log = structlog.get_logger(__name__)
 
 PROBE_SECONDS = 0.5  # how often a down database is tried again
+# Taken first by every ingest transaction on PostgreSQL, so replicas commit one batch at a time.
+# Replicas of an HA Alertmanager pair get the same alerts in different orders: their batches
+# locked the same alert, incident and rule keys in opposite orders and deadlocked, each deadlock
+# costing deadlock_timeout (1 s) before a retry, so a storm's batches ran past the ingest timeout
+# and were answered 503. Outside the 32-bit range of lock_rule()'s keys, so it meets none of them.
+INGEST_LOCK_KEY = 2**32 + 0x1A6E57
 _CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: retry the transaction
 
 
@@ -141,6 +147,8 @@ class IngestWriter:
                 followups: list[Any] = []
                 results: list[IngestResult] = []
                 with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+                    if conn.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
                     open_incidents = OpenIncidents()  # valid for this transaction only
                     for job in batch:
                         result = ingest_notification(
