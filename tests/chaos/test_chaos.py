@@ -15,6 +15,7 @@ others share); under CI=true the restart always happens (and needs root).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -259,7 +260,8 @@ def test_chaos(postgres_url: str, tmp_path: Path) -> None:
     # Graph names are the alerts' identities: b<n> for ChaosBounce, f<n> for ChaosFlap, one graph each.
     graphs = [f"{'f' if rng.random() < FLAP_SHARE else 'b'}{n}" for n in range(BURSTS * (VIA_ALERTMANAGER + DIRECT))]
     labels = {g: _alert_labels(g, rng) for g in graphs}
-    with run_sample_app(graphs, interval=0.5) as sample:
+    # Every process and thread is stopped on the way out, each even if stopping another failed.
+    with run_sample_app(graphs, interval=0.5) as sample, contextlib.ExitStack() as cleanup:
         effects = SampleEffects(sample.service, ANSWER_DELAY, rule_of)
         rules = tmp_path / "rules"
         rules.mkdir()
@@ -284,45 +286,45 @@ def test_chaos(postgres_url: str, tmp_path: Path) -> None:
             worker_poll_seconds="0.2",
             max_claims="10",  # kills are frequent here; the claim limit is not what this test is about
         )
+        cleanup.callback(replicas.close)
         urls = [replicas.url(i) for i in range(REPLICAS)]
-        ams = [ChaosAlertmanager(binary, tmp_path / f"am{n}", urls) for n in range(2)]
+        ams = []
+        for n in range(2):
+            ams.append(ChaosAlertmanager(binary, tmp_path / f"am{n}", urls))
+            cleanup.callback(ams[-1].stop)
         sender = DirectSender(urls, seed=11)
+        cleanup.callback(sender.stop)
         monitor = ActiveMonitor(postgres_url)
+        cleanup.callback(monitor.stop)
         storm = Storm(graphs, labels, rng, ams, sender, replicas, cluster, postgres_url)
-        try:
-            for i in range(REPLICAS):
-                replicas.start(i)
-            for am in ams:
-                am.wait_ready()
-            replicas.wait_all_ready(60)
-            monitor.start()
-            sender.start()
-            storm.run()
-            storm_end = time.monotonic()
-            # Settle: every replica up, every direct notification acknowledged, Alertmanager caught up.
-            sender.drain(SETTLE_SECONDS)
-            replicas.wait_all_ready(SETTLE_SECONDS)
-            stored: dict[str, int] = wait_for(
-                lambda: _stored_if_complete(postgres_url, storm.via_am | storm.direct, storm.resolved),
-                SETTLE_SECONDS,
-                "every alert stored, the resolved ones resolved",
-            )
-            wait_for(
-                lambda: not query(postgres_url, "SELECT id FROM executions WHERE status = ANY(:a)", a=list(ACTIVE)),
-                SETTLE_SECONDS,
-                "every execution finished",
-            )
-            leader = wait_for(lambda: _one_leader(replicas), 20, "exactly one replica leading")
-            settled = time.monotonic()
-            keys = sample.client.idempotency()
-            enabled_at_end = sample.client.graphs()
-        finally:
-            storm.wait_postgres()
-            sender.stop()
-            monitor.stop()
-            replicas.close()
-            for am in ams:
-                am.stop()
+        cleanup.callback(storm.wait_postgres)
+
+        for i in range(REPLICAS):
+            replicas.start(i)
+        for am in ams:
+            am.wait_ready()
+        replicas.wait_all_ready(60)
+        monitor.start()
+        sender.start()
+        storm.run()
+        storm_end = time.monotonic()
+        # Settle: every replica up, every direct notification acknowledged, Alertmanager caught up.
+        sender.drain(SETTLE_SECONDS)
+        replicas.wait_all_ready(SETTLE_SECONDS)
+        stored: dict[str, int] = wait_for(
+            lambda: _stored_if_complete(postgres_url, storm.via_am | storm.direct, storm.resolved),
+            SETTLE_SECONDS,
+            "every alert stored, the resolved ones resolved",
+        )
+        wait_for(
+            lambda: not query(postgres_url, "SELECT id FROM executions WHERE status = ANY(:a)", a=list(ACTIVE)),
+            SETTLE_SECONDS,
+            "every execution finished",
+        )
+        leader = wait_for(lambda: _one_leader(replicas), 20, "exactly one replica leading")
+        settled = time.monotonic()
+        keys = sample.client.idempotency()
+        enabled_at_end = sample.client.graphs()
 
     # -- every alert acknowledged (or given to Alertmanager) is stored exactly once --------------
     tally = sender.tally()
