@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import grafana
 from controlplane.actions.silence import silences_t
-from controlplane.api.deps import ServicesDep
+from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.config import ConsoleRole
 from controlplane.errors import DomainError, Forbidden, InvalidInput
@@ -362,7 +362,7 @@ def incidents_page(
     status: Annotated[list[IncidentStatus] | None, Query()] = None,
     severity: Annotated[str, Query(max_length=32)] = "",
     q: Annotated[str, Query(max_length=200)] = "",
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> Response:
     filters = views.IncidentFilters(tuple(status or ()), severity.strip(), q.strip(), before)
     with services.engine.connect() as conn:
@@ -378,7 +378,7 @@ def incidents_page(
 
 @router.get("/incidents/{incident_id}")
 def incident_page(
-    request: Request, services: ServicesDep, _user: ViewerDep, incident_id: int, v: str | None = None
+    request: Request, services: ServicesDep, _user: ViewerDep, incident_id: IdPath, v: str | None = None
 ) -> Response:
     with services.engine.connect() as conn:
         version = views.incident_version(conn=conn, incident_id=incident_id)
@@ -391,7 +391,7 @@ def incident_page(
 
 @router.post("/incidents/{incident_id}/acknowledge")
 def acknowledge(
-    request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: int
+    request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
 ) -> Response:
     with write_tx(services.engine) as conn:
         incident_actions.acknowledge(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now())
@@ -399,7 +399,7 @@ def acknowledge(
 
 
 @router.post("/incidents/{incident_id}/resolve")
-def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: int) -> Response:
+def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     reason = form.get("reason", "")[:2000]
     with write_tx(services.engine) as conn:
         incident_actions.resolve(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now(), reason=reason)
@@ -407,7 +407,9 @@ def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
 
 
 @router.post("/incidents/{incident_id}/notes")
-def add_note(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: int) -> Response:
+def add_note(
+    request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
+) -> Response:
     with write_tx(services.engine) as conn:
         incident_actions.add_note(
             conn=conn, incident_id=incident_id, actor=_actor(user), text=form.get("text", ""), now=_now()
@@ -416,7 +418,7 @@ def add_note(request: Request, services: ServicesDep, user: OperatorDep, form: F
 
 
 @router.post("/incidents/{incident_id}/silence")
-def silence(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: int) -> Response:
+def silence(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     silence_id = silences.silence_incident(
         engine=services.engine,
         settings=services.settings,
@@ -445,7 +447,7 @@ _DONE = {"approve": "approved", "reject": "rejected", "cancel": "cancelled"}
 
 @router.post("/executions/{execution_id}/{decision}")
 def decide(
-    request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, execution_id: int, decision: str
+    request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, execution_id: IdPath, decision: str
 ) -> Response:
     act = _DECISIONS.get(decision)
     if act is None:
