@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 from sqlalchemy import Connection, case, func, select
@@ -21,9 +22,11 @@ _ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
 
 
-def _alert_counts(conn: Connection, incident_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+def alert_counts(conn: Connection, incident_ids: Sequence[int]) -> defaultdict[int, tuple[int, int]]:
+    """(firing, total) alerts per incident; (0, 0) for an incident without alerts."""
+    counts: defaultdict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
     if not incident_ids:
-        return {}
+        return counts
     rows = conn.execute(
         select(
             links_t.c.incident_id,
@@ -34,7 +37,9 @@ def _alert_counts(conn: Connection, incident_ids: Sequence[int]) -> dict[int, tu
         .where(links_t.c.incident_id.in_(incident_ids))
         .group_by(links_t.c.incident_id)
     )
-    return {r.incident_id: (int(r.firing or 0), int(r.total)) for r in rows}
+    for r in rows:
+        counts[r.incident_id] = (int(r.firing or 0), int(r.total))
+    return counts
 
 
 def list_incidents(
@@ -55,7 +60,7 @@ def list_incidents(
     rows = conn.execute(query).mappings().all()
     more = len(rows) > limit
     rows = rows[:limit]
-    counts = _alert_counts(conn, [r["id"] for r in rows])
+    counts = alert_counts(conn, [r["id"] for r in rows])
     items = [
         IncidentOut(**r, alerts_firing=counts.get(r["id"], (0, 0))[0], alerts_total=counts.get(r["id"], (0, 0))[1])
         for r in rows

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy import Connection, Table, and_, case, func, or_, select
 from controlplane.db.models import MetricRuleState
 from controlplane.errors import NotFound
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
+from controlplane.incidents.service import alert_counts
 from controlplane.ingest.store import alerts_t, audit_t, incidents_t, links_t
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.executor import steps_t
@@ -93,28 +93,9 @@ def list_incidents(*, conn: Connection, filters: IncidentFilters) -> IncidentPag
     rows = conn.execute(query).mappings().all()
     more = len(rows) > filters.limit
     rows = rows[: filters.limit]
-    counts = _alert_counts(conn, [r["id"] for r in rows])
+    counts = alert_counts(conn, [r["id"] for r in rows])
     items = [IncidentOut(**r, alerts_firing=counts[r["id"]][0], alerts_total=counts[r["id"]][1]) for r in rows]
     return IncidentPage(items=items, next_cursor=items[-1].id if more else None)
-
-
-def _alert_counts(conn: Connection, incident_ids: Sequence[int]) -> defaultdict[int, tuple[int, int]]:
-    counts: defaultdict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
-    if not incident_ids:
-        return counts
-    rows = conn.execute(
-        select(
-            links_t.c.incident_id,
-            func.count().label("total"),
-            func.sum(case((alerts_t.c.status == "firing", 1), else_=0)).label("firing"),
-        )
-        .select_from(links_t.join(alerts_t, links_t.c.alert_id == alerts_t.c.id))
-        .where(links_t.c.incident_id.in_(incident_ids))
-        .group_by(links_t.c.incident_id)
-    )
-    for r in rows:
-        counts[r.incident_id] = (int(r.firing or 0), int(r.total))
-    return counts
 
 
 # -- incident detail -----------------------------------------------------------------------------
@@ -201,7 +182,7 @@ def incident_view(*, conn: Connection, incident_id: int, silences_table: Table |
     row = conn.execute(select(*_INCIDENT_COLUMNS).where(incidents_t.c.id == incident_id)).mappings().first()
     if row is None:
         raise NotFound(f"incident {incident_id} not found")
-    firing, total = _alert_counts(conn, [incident_id])[incident_id]
+    firing, total = alert_counts(conn, [incident_id])[incident_id]
     incident = IncidentOut(**row, alerts_firing=firing, alerts_total=total)
     # Bounded: in a storm thousands of alerts share one incident. Firing ones first, newest first.
     alerts = [
