@@ -136,6 +136,7 @@ class Services:
             interval_seconds=settings.metric_rule_interval_seconds,
             group_by=settings.incident_group_by,
             on_ingest=metric_rule_fired,
+            fence=elector.fence,
         )
         failover = FailoverManager(
             engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers

@@ -133,6 +133,7 @@ def evaluate_rule(
     observer: EvaluationObserver | None = None,
     on_ingest: IngestHook | None = None,
     errors_before_incident: int = ERRORS_BEFORE_INCIDENT,
+    fence: Callable[[Connection], object] | None = None,
 ) -> Evaluation:
     """Evaluate `rule` once at `now` (timezone-aware) and record the result; query errors never raise.
 
@@ -154,6 +155,8 @@ def evaluate_rule(
 
     # The query ran outside the transaction: no database lock is held across a network call.
     with engine.connect().execution_options(write=True) as conn, conn.begin():
+        if fence is not None:
+            fence(conn)  # leader-only write: a leader whose term ended (paused, replaced) records nothing
         state = _lock_state(conn, rule.name)
         if error is not None:
             evaluation = _record_error(conn, rule, state, error, now, group_by, on_ingest, errors_before_incident)

@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from controlplane.leader import StaleLeader
 from controlplane.metricrules.evaluator import (
     DEFAULT_GROUP_BY,
     Evaluation,
@@ -55,7 +56,10 @@ class MetricRuleScheduler:
         group_by: Sequence[str] = DEFAULT_GROUP_BY,
         on_ingest: IngestHook | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        fence: Callable[[Connection], object] | None = None,
     ) -> None:
+        """`fence` (LeaderElector.fence) runs first in every evaluation's write: leader-only work."""
+        self._fence = fence
         self._rules_provider = rules_provider
         self._client = client
         self._engine = engine
@@ -141,7 +145,11 @@ class MetricRuleScheduler:
                 group_by=self._group_by,
                 observer=self._metrics,
                 on_ingest=self._on_ingest,
+                fence=self._fence,
             )
+        except StaleLeader as exc:  # leadership moved on since this job was scheduled: not an error
+            log.info("metric_rule.skipped_not_leader", rule=rule.name, reason=str(exc))
+            return None
         except Exception as exc:  # the schedule outlives any one evaluation
             log.exception("metric_rule.evaluation_crashed", rule=rule.name)
             if self._metrics is not None:

@@ -101,3 +101,36 @@ def test_concurrent_campaigns_elect_exactly_one(engine: Engine) -> None:
     assert sum(results.values()) == 1
     leader = next(e for e in electors if e.is_leader)
     assert leader.term == 1
+
+
+def test_a_stale_leader_evaluates_no_metric_rule(engine: Engine) -> None:
+    """Leader-only writes carry the term: a replaced leader's evaluation records nothing."""
+    import yaml
+
+    from controlplane.db.models import MetricRuleState
+    from controlplane.metricrules.evaluator import evaluate_rule
+    from controlplane.rules.schema import Rule
+
+    class Prometheus:
+        def query_scalar(self, _query: str, reduce: str = "single") -> float:
+            return 500.0
+
+        def query_vector(self, _query: str) -> list[object]:
+            return []
+
+    clock = Clock()
+    old, new = elector(engine, clock, "old"), elector(engine, clock, "new")
+    old.tick()
+    rule = Rule.model_validate(yaml.safe_load("{name: deep, when: {query: q, above: 1}, playbook: p}"))
+    evaluate_rule(rule, client=Prometheus(), engine=engine, now=clock(), fence=old.fence)  # type: ignore[arg-type]
+    states = MetricRuleState.__table__
+    with engine.connect() as conn:
+        assert conn.execute(select(states.c.state)).scalar() == "firing"
+    clock.advance(20)
+    new.tick()
+    old._valid_until = clock() + timedelta(seconds=60)  # the old leader, paused, still believes it leads
+    rule2 = Rule.model_validate(yaml.safe_load("{name: other, when: {query: q, above: 1}, playbook: p}"))
+    with pytest.raises(StaleLeader):
+        evaluate_rule(rule2, client=Prometheus(), engine=engine, now=clock(), fence=old.fence)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        assert list(conn.execute(select(states.c.rule_name)).scalars()) == ["deep"]
