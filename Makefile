@@ -46,6 +46,7 @@ bench: install-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rules_match.py
 	$(BIN)/python bench/trigger_latency.py
+	$(BIN)/python bench/leader_failover.py
 
 lint: install-dev
 	$(BIN)/ruff check .
