@@ -14,7 +14,7 @@ from controlplane.actions.base import ActionRegistry, load_builtin_actions
 from controlplane.actions.silence import expire_silences_for_incident
 from controlplane.config import Settings
 from controlplane.db import migrate
-from controlplane.db.engine import make_engine
+from controlplane.db.engine import make_engine, write_transaction
 from controlplane.failover.checker import HealthChecker
 from controlplane.failover.manager import FailoverManager
 from controlplane.incidents.service import count_open_incidents
@@ -25,7 +25,7 @@ from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
-from controlplane.playbooks.executor import Executor, _WriteTx
+from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.playbooks.worker import Worker, pool_for
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
@@ -219,7 +219,7 @@ def _expire_silences(pool: Any, engine: Engine, settings: Settings, incident_ids
 def _audit_breaker(engine: Engine, name: str, old: State, new: State) -> None:
     """Circuit transitions go in the audit trail: an on-call person asks why a step was refused."""
     try:
-        with _WriteTx(engine) as conn:
+        with write_transaction(engine, sync="normal") as conn:
             audit(
                 conn,
                 actor="controlplane:circuit-breaker",

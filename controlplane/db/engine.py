@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
@@ -77,3 +79,12 @@ def _configure_sqlite(engine: Engine) -> None:
     # Released as the COMMIT starts: the next writer waits at most one fsync in SQLite's handler.
     event.listen(engine, "commit", _release)
     event.listen(engine, "rollback", _release)
+
+
+@contextmanager
+def write_transaction(engine: Engine, *, sync: Literal["full", "normal"] = "full") -> Iterator[Connection]:
+    """A write transaction, committed on success: on SQLite it queues with this process's writers
+    and takes the lock up front (BEGIN IMMEDIATE). `sync="normal"` skips the fsync on SQLite, for
+    writes a crash may lose because they are redone (execution progress re-runs its step)."""
+    with engine.connect().execution_options(write=True, sync=sync) as conn, conn.begin():
+        yield conn

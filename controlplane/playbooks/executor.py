@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +30,7 @@ from controlplane.actions.base import (
 )
 from controlplane.actions.paging import page_escalation
 from controlplane.config import Settings
+from controlplane.db.engine import write_transaction
 from controlplane.db.models import ExecutionStep
 from controlplane.ingest.store import audit, dialect_insert
 from controlplane.playbooks.render import RenderError, evaluate_condition, render_value
@@ -362,8 +364,10 @@ class Executor:
 
     # -- persistence ---------------------------------------------------------------------
 
-    def _write(self) -> _WriteTx:
-        return _WriteTx(self._engine)
+    def _write(self) -> AbstractContextManager[Connection]:
+        # Execution progress skips the fsync on SQLite: a step lost to a power cut is re-run
+        # with the same idempotency key, like any step whose worker died.
+        return write_transaction(self._engine, sync="normal")
 
     def _fence(self, conn: Connection, run: _Run, **values: Any) -> None:
         res = conn.execute(
@@ -581,29 +585,6 @@ class Executor:
                 detail=detail,
                 now=self._clock(),
             )
-
-
-class _WriteTx:
-    """A write transaction (BEGIN IMMEDIATE on SQLite) as a context manager yielding the connection."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def __enter__(self) -> Connection:
-        # Execution progress skips the fsync on SQLite: a step lost to a power cut is re-run
-        # with the same idempotency key, like any step whose worker died.
-        self._conn = self._engine.connect().execution_options(write=True, sync="normal")
-        self._tx = self._conn.begin()
-        return self._conn
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self._tx.commit()
-            else:
-                self._tx.rollback()
-        finally:
-            self._conn.close()
 
 
 def _target_failed(exc: BaseException) -> bool:

@@ -19,7 +19,8 @@ import structlog
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from controlplane.playbooks.executor import Executor, _WriteTx
+from controlplane.db.engine import write_transaction
+from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.state import executions_t, transition
 
 log = structlog.get_logger(__name__)
@@ -129,7 +130,7 @@ class Worker:
     def run_once(self) -> int | None:
         """Claim and run one execution in this thread (tests, `controlplane` CLI); returns its id."""
         owner = f"{self._instance_id}:{uuid.uuid4().hex[:8]}"
-        with _WriteTx(self._engine) as conn:
+        with write_transaction(self._engine, sync="normal") as conn:
             execution_id = claim_next(
                 conn, owner=owner, now=self._clock(), lease=self._lease, max_claims=self._max_claims
             )
@@ -168,7 +169,7 @@ class Worker:
             if not held:
                 continue
             try:
-                with _WriteTx(self._engine) as conn:
+                with write_transaction(self._engine, sync="normal") as conn:
                     for execution_id, owner in held.items():
                         conn.execute(
                             update(executions_t)

@@ -465,9 +465,9 @@ def test_an_open_circuit_refuses_calls_with_an_audited_reason(harness: Harness) 
 def test_expired_lease_is_taken_over_and_resumed(harness: Harness) -> None:
     harness.rules = rules(TWO_STEPS)
     [t] = harness.fire()
-    from controlplane.playbooks.executor import _WriteTx
+    from controlplane.db.engine import write_transaction
 
-    with _WriteTx(harness.engine) as conn:  # a worker claims it, then dies (kill -9) without a word
+    with write_transaction(harness.engine) as conn:  # a worker claims it, then dies (kill -9) without a word
         assert claim_next(conn, owner="dead", now=harness.clock(), lease=timedelta(seconds=30), max_claims=3)
     assert harness.run_all() == 0  # its lease still holds
     harness.clock.advance(31)
@@ -480,10 +480,10 @@ def test_expired_lease_is_taken_over_and_resumed(harness: Harness) -> None:
 def test_an_execution_whose_worker_keeps_dying_is_failed_not_stuck(harness: Harness) -> None:
     harness.rules = rules(TWO_STEPS)
     [t] = harness.fire()
-    from controlplane.playbooks.executor import _WriteTx
+    from controlplane.db.engine import write_transaction
 
     for n in range(3):
-        with _WriteTx(harness.engine) as conn:
+        with write_transaction(harness.engine) as conn:
             claim_next(conn, owner=f"dead{n}", now=harness.clock(), lease=timedelta(seconds=30), max_claims=3)
         harness.clock.advance(31)
     assert harness.run_all() == 0
