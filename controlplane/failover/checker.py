@@ -18,10 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from controlplane.failover.manager import CheckOutcome, FailoverManager
+from controlplane.interval_jobs import IntervalJobs
 from controlplane.rules.schema import Endpoint, FailoverGroup
 
 log = structlog.get_logger("controlplane.failover")
@@ -67,53 +66,32 @@ class HealthChecker:
         self._http_get = http_get
         self._clock = clock
         self._lock = threading.Lock()
-        self._groups: dict[str, FailoverGroup] = {}
-        self._intervals: dict[str, timedelta] = {}
-        # One group's checks never overlap (max_instances=1); a backlog after a pause runs once.
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC,
-            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
-        )
+        self._groups: dict[str, FailoverGroup] = {}  # what each job checks, as of the last resync
+        self._jobs = IntervalJobs(self._run, prefix=JOB_PREFIX)
 
     def start(self) -> None:
         self.resync()
-        self._scheduler.start()
-        log.info("failover.checker_started", groups=len(self._groups))
+        self._jobs.start()
+        log.info("failover.checker_started", groups=len(self._jobs.names()))
 
     def shutdown(self, wait: bool = True) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=wait)
+        self._jobs.shutdown(wait=wait)
 
     @property
     def running(self) -> bool:
-        return bool(self._scheduler.running)
+        return self._jobs.running
 
     @property
     def scheduled(self) -> list[str]:
         """Services with a check job, sorted."""
-        with self._lock:
-            return sorted(self._groups)
+        return self._jobs.names()
 
     def resync(self) -> None:
-        """Match the jobs to the current groups; a group keeps its timing unless its interval changed."""
+        """Match the jobs to the current groups (a group checks at once when new: its state may be old)."""
         wanted = dict(self._groups_provider())
         with self._lock:
-            for service in set(self._groups) - set(wanted):
-                self._scheduler.remove_job(JOB_PREFIX + service)
-                del self._intervals[service]
-            for service, group in wanted.items():
-                if self._intervals.get(service) != group.interval:
-                    self._scheduler.add_job(
-                        self._run,
-                        IntervalTrigger(seconds=max(group.interval.total_seconds(), 1.0), timezone=UTC),
-                        args=[service],
-                        id=JOB_PREFIX + service,
-                        name=JOB_PREFIX + service,
-                        replace_existing=True,
-                        next_run_time=datetime.now(UTC),  # check at once: after a restart the state may be old
-                    )
-                    self._intervals[service] = group.interval
             self._groups = wanted
+        self._jobs.sync({s: max(g.interval, timedelta(seconds=1)) for s, g in wanted.items()})
         try:
             self._manager.sync()
         except Exception:  # the database may be down; the next write of each group does the same

@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Connection, Engine
 
+from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import StaleLeader
 from controlplane.metricrules.evaluator import (
     DEFAULT_GROUP_BY,
@@ -70,26 +69,19 @@ class MetricRuleScheduler:
         self._clock = clock
         self._lock = threading.Lock()
         self._rules: dict[str, Rule] = {}
-        self._intervals: dict[str, timedelta] = {}
-        # One rule's evaluations never overlap (max_instances=1), and a backlog after a pause
-        # (GC, suspended VM) runs once, not once per missed interval (coalesce).
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC,
-            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
-        )
+        self._jobs = IntervalJobs(self._run, prefix=JOB_PREFIX)
 
     def start(self) -> None:
         self.resync()
-        self._scheduler.start()
+        self._jobs.start()
         log.info("metric_rules.started", rules=len(self._rules))
 
     def shutdown(self, wait: bool = True) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=wait)
+        self._jobs.shutdown(wait=wait)
 
     @property
     def running(self) -> bool:
-        return bool(self._scheduler.running)
+        return self._jobs.running
 
     def rules(self) -> list[Rule]:
         with self._lock:
@@ -99,24 +91,10 @@ class MetricRuleScheduler:
         """Match the jobs to the provider's current metric rules; a rule's next run keeps its timing
         unless its interval changed, so a reload does not make every rule evaluate at once."""
         wanted = {rule.name: rule for rule in self._rules_provider() if rule.when is not None and rule.enabled}
+        self._jobs.sync(
+            {name: (rule.when.interval if rule.when else None) or self._interval for name, rule in wanted.items()}
+        )
         with self._lock:
-            for name in set(self._rules) - set(wanted):
-                self._scheduler.remove_job(JOB_PREFIX + name)
-                del self._intervals[name]
-            for name, rule in wanted.items():
-                assert rule.when is not None
-                interval = rule.when.interval or self._interval
-                if self._intervals.get(name) != interval:
-                    self._scheduler.add_job(
-                        self._run,
-                        IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
-                        args=[name],
-                        id=JOB_PREFIX + name,
-                        name=JOB_PREFIX + name,
-                        replace_existing=True,
-                        next_run_time=datetime.now(UTC),  # evaluate at once, then every interval
-                    )
-                    self._intervals[name] = interval
             self._rules = wanted
 
     def evaluate_now(self) -> list[Evaluation]:
