@@ -1,6 +1,6 @@
 """Owns the real Alertmanager the silence tests talk to: Debian's binary on loopback, unclustered, state in a temp dir.
 
-Use it with `from tests.alertmanager_server import alertmanager  # noqa: F401` and an
+tests/conftest.py registers it (pytest_plugins): take a
 `alertmanager` argument. One server per test session (it starts in about a second); tests keep
 apart by the silence ids they create. Its only receiver sends nowhere: these tests are about
 silences, not notifications.
@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_binary
+from tests.logged_process import LoggedProcess
 from tests.prometheus_server import LOOPBACK, free_port
 
 BINARY = "prometheus-alertmanager"  # Debian's name for the alertmanager binary
@@ -30,7 +31,7 @@ receivers:
 """
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(LoggedProcess):
     def __init__(self, binary: str, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -73,48 +74,17 @@ class AlertmanagerServer:
         data: dict[str, object] = response.json()
         return data
 
-    def log_tail(self, lines: int = 30) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
-
-
-# Shared like tests.prometheus_server's: modules that import the fixture each get a fixture of
-# their own from pytest, and all of them use this one server; the last teardown stops it.
-_shared: AlertmanagerServer | None = None
-_users = 0
+        self.stop_process()
 
 
 @pytest.fixture(scope="session")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertmanagerServer]:
     """A running Alertmanager (fails under CI=true if the binary is missing)."""
-    global _shared, _users
-    binary = require_binary(BINARY)
-    if _shared is None:
-        server = AlertmanagerServer(binary, tmp_path_factory.mktemp("alertmanager"))
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop()
-            raise
-        _shared = server
-    server = _shared
-    _users += 1
+    server = AlertmanagerServer(require_binary(BINARY), tmp_path_factory.mktemp("alertmanager"))
     try:
+        server.wait_ready()
         yield server
     finally:
-        _users -= 1
-        if _users == 0:
-            server.stop()
-            _shared = None
+        server.stop()

@@ -1,6 +1,7 @@
 """Owns the real Prometheus the integration tests query: the binary on loopback, scraping a target the test controls.
 
-Use it with `from tests.prometheus_server import prometheus  # noqa: F401` and a `prometheus`
+tests/conftest.py registers it (pytest_plugins): take a
+`prometheus`
 argument. One server per test session (startup costs seconds); tests keep apart by using
 metric names of their own (`prometheus.unique_name()`), and wait for a scrape with `wait_for`.
 """
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_binary
+from tests.logged_process import LoggedProcess
 
 LOOPBACK = "127.0.0.1"
 SCRAPE_INTERVAL = 1.0
@@ -97,7 +99,7 @@ class MetricsTarget:
         self._server.server_close()
 
 
-class PrometheusServer:
+class PrometheusServer(LoggedProcess):
     """The `prometheus` binary on a free loopback port with a temporary config and TSDB."""
 
     def __init__(self, binary: str, workdir: Path, target: MetricsTarget) -> None:
@@ -191,52 +193,20 @@ class PrometheusServer:
         """A metric name no other test uses, so tests sharing this server stay apart."""
         return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
-    def log_tail(self, lines: int = 30) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
     def stop(self) -> None:
         self._http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
-
-
-# Each test module binds the fixture under its own name (`prometheus = prometheus_server.prometheus`),
-# which gives pytest one session fixture per module; they share this one server and the last
-# teardown stops it.
-_shared: PrometheusServer | None = None
-_users = 0
+        self.stop_process()
 
 
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A running Prometheus scraping `prometheus.target` every second (fails under CI=true if the binary is missing)."""
-    global _shared, _users
     binary = require_binary("prometheus")
-    if _shared is None:
-        target = MetricsTarget()
-        server = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"), target)
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop()
-            target.close()
-            raise
-        _shared = server
-    server = _shared
-    _users += 1
+    target = MetricsTarget()
+    server = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"), target)
     try:
+        server.wait_ready()
         yield server
     finally:
-        _users -= 1
-        if _users == 0:
-            server.stop()
-            server.target.close()
-            _shared = None
+        server.stop()
+        target.close()

@@ -1,6 +1,7 @@
 """Owns the sample target service for tests: the real app served on a free loopback port, and a small client.
 
-Use it with `from tests.sample_fixture import sample_app_fixture  # noqa: F401` and a `sample_app`
+tests/conftest.py registers it (pytest_plugins): take a
+`sample_app`
 argument (graphs a, b, c ticking every 50 ms, no admin token), or `run_sample_app(...)` for
 another shape or several at once. The server runs in a thread of the test process, so a test
 can also look at `SampleApp.service` directly; everything it asserts should still go over HTTP.

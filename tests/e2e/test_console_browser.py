@@ -21,7 +21,7 @@ import uvicorn
 from argon2 import PasswordHasher
 
 from controlplane.app import create_app
-from tests.alertmanager_server import AlertmanagerServer, alertmanager  # noqa: F401
+from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings, require_binary
 from tests.prometheus_server import LOOPBACK, free_port
 
@@ -77,7 +77,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> Iterator[Served]:
     """The whole app (workers, scheduler) served by uvicorn in a thread, as `controlplane serve` would."""
     root = tmp_path_factory.mktemp("console")

@@ -29,7 +29,7 @@ from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.web import views
 from controlplane.web.auth import LoginThrottle
 from controlplane.web.routes import safe_next
-from tests.alertmanager_server import AlertmanagerServer, alertmanager  # noqa: F401
+from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
 
 # Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
@@ -391,7 +391,7 @@ def test_acknowledge_resolve_and_note(app: TestClient, login: Login, database_ur
 def test_silence_in_the_real_alertmanager(
     database_url: str,
     tmp_path: Path,
-    alertmanager: AlertmanagerServer,  # noqa: F811
+    alertmanager: AlertmanagerServer,
 ) -> None:
     settings = make_settings(
         database_url, console_users=USERS, session_secret=SECRET, alertmanager_url=alertmanager.url

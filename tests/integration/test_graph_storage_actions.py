@@ -34,7 +34,7 @@ from controlplane.rules.loader import load_rules
 from controlplane.rules.schema import Target
 from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
 from tests.prometheus_server import PrometheusServer
-from tests.sample_fixture import SampleApp, SampleClient, run_sample_app, sample_app_fixture  # noqa: F401
+from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 from tests.standins.kubernetes import KubernetesStandIn
 
 registry = load_builtin_actions()

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.prometheus_server import free_port
-from tests.sample_fixture import SampleApp, SampleClient, run_sample_app, sample_app_fixture  # noqa: F401
+from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 
 SEED_METRICS = {
     "langgraph_executions_total",
