@@ -141,7 +141,9 @@ class Services:
         failover = FailoverManager(
             engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers
         )
-        health_checker = HealthChecker(lambda: rules.current.failover if elector.is_leader else {}, failover)
+        health_checker = HealthChecker(
+            lambda: rules.current.failover if elector.is_leader else {}, failover, fence=elector.fence
+        )
 
         def leadership_changed(_leader: bool, _term: int) -> None:
             scheduler.resync()

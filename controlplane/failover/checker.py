@@ -5,8 +5,9 @@ connection error is a failed one. Results go to the FailoverManager, which appli
 thresholds and switches. A probe or a recording that raises is logged; the schedule goes on.
 
 Only the leader should run it: the checks of two replicas would both count, so an endpoint
-would reach its failure (or recovery) threshold in half the intended time. Leader election
-comes later; with SQLite there is one process, and it is the leader.
+would reach its failure (or recovery) threshold in half the intended time. With `fence`
+(LeaderElector.fence) every recording checks the leader's term in its transaction, so a
+leader that was paused or replaced mid-round records nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import structlog
 
-from controlplane.failover.manager import CheckOutcome, FailoverManager
+from controlplane.failover.manager import CheckOutcome, FailoverManager, Fence
 from controlplane.interval_jobs import IntervalJobs
+from controlplane.leader import StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup
 
 log = structlog.get_logger("controlplane.failover")
@@ -60,7 +62,9 @@ class HealthChecker:
         *,
         http_get: HttpGet = http_get,
         clock: Callable[[], datetime] = _utcnow,
+        fence: Fence | None = None,
     ) -> None:
+        self._fence = fence
         self._groups_provider = groups_provider
         self._manager = manager
         self._http_get = http_get
@@ -115,6 +119,9 @@ class HealthChecker:
     def _check_group_logged(self, group: FailoverGroup) -> list[CheckOutcome]:
         try:
             return self._check_group(group)
+        except StaleLeader as exc:  # leadership moved on since this job was scheduled: not an error
+            log.info("failover.check_skipped_not_leader", service=group.service, reason=str(exc))
+            return []
         except Exception:  # the schedule outlives any one check
             log.exception("failover.check_crashed", service=group.service)
             return []
@@ -129,7 +136,10 @@ class HealthChecker:
         # The active endpoint last: if it fails over, the choice of where to uses this round's results.
         active = self._manager.active(group.service).endpoint
         ordered = sorted(zip(group.endpoints, results, strict=True), key=lambda pair: pair[0].name == active)
-        return [self._manager.record_check(group, e.name, ok, error, now=now) for e, (ok, error) in ordered]
+        return [
+            self._manager.record_check(group, e.name, ok, error, now=now, fence=self._fence)
+            for e, (ok, error) in ordered
+        ]
 
     def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> tuple[bool, str | None]:
         url = health_url(group, endpoint)

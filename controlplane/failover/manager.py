@@ -53,6 +53,8 @@ RECOVERY_STARTED = "recovery_started"
 RECOVERY_COMPLETED = "recovery_completed"
 
 GroupsProvider = Callable[[], Mapping[str, FailoverGroup]]
+# Raises (StaleLeader) inside a write transaction unless this replica still leads.
+Fence = Callable[[Connection], object]
 
 
 def _utcnow() -> datetime:
@@ -203,15 +205,26 @@ class FailoverManager:
     # -- changes ---------------------------------------------------------------------------
 
     def record_check(
-        self, group: FailoverGroup, endpoint: str, ok: bool, error: str | None = None, now: datetime | None = None
+        self,
+        group: FailoverGroup,
+        endpoint: str,
+        ok: bool,
+        error: str | None = None,
+        now: datetime | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> CheckOutcome:
-        """Apply one health check result of `endpoint` with the group's thresholds."""
+        """Apply one health check result of `endpoint` with the group's thresholds.
+
+        `fence` (LeaderElector.fence) runs first in the write: the scheduled checks are leader
+        work, so a replaced leader's late result raises StaleLeader and records nothing.
+        """
         spec = _endpoint(group, endpoint)
         if spec is None:
             raise NotFound(f"service {group.service!r} has no endpoint {endpoint!r}")
         now = now or self._clock()
         error = None if ok else (error or "health check failed")
-        with self._locked(group, now) as tx:
+        with self._locked(group, now, fence=fence) as tx:
             h = tx.health[endpoint]
             was_healthy = h.healthy
             h.failures, h.successes = (0, h.successes + 1) if ok else (h.failures + 1, 0)
@@ -352,9 +365,11 @@ class FailoverManager:
         return group
 
     @contextmanager
-    def _locked(self, group: FailoverGroup, now: datetime) -> Iterator[_Tx]:
+    def _locked(self, group: FailoverGroup, now: datetime, *, fence: Fence | None = None) -> Iterator[_Tx]:
         """A write transaction holding the service's active_endpoints row, its endpoints' state read."""
         with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+            if fence is not None:
+                fence(conn)
             conn.execute(
                 dialect_insert(conn, states_t)
                 .values(
