@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from controlplane import durations
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=1)
 
 
 def error_at(message: str, *at: str | int) -> PydanticCustomError:
@@ -49,7 +50,16 @@ class Guards(_Strict):
     max_runs: MaxRuns | None = None  # per rule, over a sliding window
     max_concurrent: int | None = Field(default=None, ge=1)  # per rule, executions not yet finished
     approval: bool = False  # wait in awaiting_approval until a person approves
+    # With approval: cancelled when nobody decides in time, so a late click does not act on a stale alert.
+    approval_timeout: Duration = DEFAULT_APPROVAL_TIMEOUT
     dry_run: bool = False  # record what would run, call nothing
+
+    @field_validator("approval_timeout")
+    @classmethod
+    def _approval_timeout_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s: an execution waits this long for approval, then is cancelled")
+        return value
 
 
 class MetricCondition(_Strict):
