@@ -25,6 +25,7 @@ from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
+from controlplane.playbooks.approvals import ApprovalTimeouts
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.playbooks.worker import Worker, pool_for
@@ -51,6 +52,7 @@ class Services:
     failover: FailoverManager
     health_checker: HealthChecker
     elector: LeaderElector
+    approval_timeouts: ApprovalTimeouts
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -144,6 +146,9 @@ class Services:
         health_checker = HealthChecker(
             lambda: rules.current.failover if elector.is_leader else {}, failover, fence=elector.fence
         )
+        approval_timeouts = ApprovalTimeouts(
+            engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
+        )
 
         def leadership_changed(_leader: bool, _term: int) -> None:
             scheduler.resync()
@@ -165,6 +170,7 @@ class Services:
             failover=failover,
             health_checker=health_checker,
             elector=elector,
+            approval_timeouts=approval_timeouts,
         )
         metrics.watch_open_incidents(services.open_incidents_or_none)
         metrics.watch_automation(engine)
@@ -182,12 +188,14 @@ class Services:
         self.worker.start()
         self.scheduler.start()
         self.health_checker.start()
+        self.approval_timeouts.start()
 
     def stop(self) -> None:
         # Step down first: another replica takes the singleton work over at once, and the
         # schedulers drop their jobs while they still run (the step-down resyncs them).
         self.elector.stop(release=True)
         self.health_checker.shutdown(wait=False)
+        self.approval_timeouts.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
