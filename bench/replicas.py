@@ -538,7 +538,20 @@ def machine(wrk: str | None, admin: Engine) -> dict[str, Any]:
         "postgresql": pg["server_version"],
         "synchronous_commit": pg["synchronous_commit"],
         "load": loader,
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The commit the replicas run, and whether controlplane/ differs from it (the tree is shared)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        return out.stdout.rstrip()  # porcelain lines start with a space
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "controlplane").splitlines() if line.strip()]
+    return f"{head} + uncommitted changes to {', '.join(changed)}" if changed else head
 
 
 def command_line() -> str:
@@ -593,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             f" load from {info['load']}"
         )
         progress(f"command: {command}")
+        progress(f"code: {info['code']}")
         scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
         with tempfile.TemporaryDirectory(prefix="cp-bench-replicas-") as tmp:
             results = [bench_one(s, n, args, wrk, admin, Path(tmp)) for s in scenarios for n in args.replica_counts]
