@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import hashlib
 import itertools
 import json
 import os
@@ -551,7 +552,11 @@ def code_version() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = [line[3:] for line in git("status", "--porcelain", "--", "controlplane").splitlines() if line.strip()]
-    return f"{head} + uncommitted changes to {', '.join(changed)}" if changed else head
+    if not changed:
+        return head
+    # Tells runs apart while someone edits those files: the same names can hold different code.
+    digest = hashlib.sha256(git("diff", "HEAD", "--", "controlplane").encode()).hexdigest()[:8]
+    return f"{head} + uncommitted changes (diff {digest}) to {', '.join(changed)}"
 
 
 def command_line() -> str:
