@@ -7,10 +7,11 @@ and restarts; the in-memory state of a process is never trusted for them.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, func, select, text
+from sqlalchemy import Connection, Table, bindparam, func, literal_column, select, text
 
 from controlplane.db.models import AutomationState
 from controlplane.durations import format_duration
@@ -78,55 +79,107 @@ def lock_rule(conn: Connection, rule_name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(rule_name.encode()) - 2**31})
 
 
+@dataclass
+class GuardSession:
+    """The guard decisions of one transaction: each rule locked once, and what stays decided.
+
+    Within one transaction (one `now`, one automation state) a suppressed (rule, guard key)
+    stays suppressed: the transaction only adds executions, and more executions never lift a
+    guard. And once it starts an execution, the next trigger of that key finds it in progress.
+    So a storm batch decides each key once instead of querying the guards for every alert.
+    """
+
+    conn: Connection
+    _locked: set[str] = field(default_factory=set)
+    _decided: dict[tuple[str, str], Decision] = field(default_factory=dict)
+
+    def lock(self, rule_names: Iterable[str]) -> None:
+        """Take the rules' locks in name order: transactions that lock several rules never deadlock."""
+        for name in sorted(set(rule_names) - self._locked):
+            lock_rule(self.conn, name)
+            self._locked.add(name)
+
+    def decide(self, *, rule: Rule, guard_key: str, now: datetime, state: Automation) -> Decision:
+        self.lock([rule.name])
+        known = self._decided.get((rule.name, guard_key))
+        if known is not None:
+            return known
+        decision = decide(self.conn, rule=rule, guard_key=guard_key, now=now, state=state)
+        if decision.status == "suppressed":
+            self._decided[rule.name, guard_key] = decision
+        return decision
+
+    def started(self, rule: Rule, guard_key: str, execution_id: int, dry_run: bool) -> None:
+        """An execution of (rule, key) was created not suppressed: later triggers find it in progress."""
+        reason = f"execution #{execution_id} for {guard_key} is still in progress"
+        self._decided[rule.name, guard_key] = Decision("suppressed", dry_run, reason, "active")
+
+
+# Everything the guards read, in one round trip (a storm decides thousands of times a minute).
+# The indexes behind each part are in db/models.py (Execution); suppressed rows never count.
+_e = executions_t.c
+_RULE, _KEY = bindparam("rule"), bindparam("key")
+# Status constants are rendered into the SQL, not bound: a prepared statement's generic plan
+# (psycopg prepares after five runs) can use the partial indexes only if it sees the literal.
+_COUNTED = _e.status != literal_column("'suppressed'")
+_IS_ACTIVE = _e.status.in_([literal_column(f"'{status}'") for status in sorted(ACTIVE)])
+_GUARD_FACTS = select(
+    select(_e.id)
+    .where(_e.rule_name == _RULE, _e.guard_key == _KEY, _IS_ACTIVE)
+    .order_by(_e.id)
+    .limit(1)
+    .scalar_subquery()
+    .label("active"),
+    select(func.max(_e.created_at))
+    .where(_e.rule_name == _RULE, _COUNTED, _e.guard_key == _KEY, _e.created_at > bindparam("cooldown_since"))
+    .scalar_subquery()
+    .label("last"),
+    select(func.count())
+    .where(_e.rule_name == _RULE, _COUNTED, _e.created_at > bindparam("runs_since"))
+    .scalar_subquery()
+    .label("runs"),
+    select(func.count()).where(_e.rule_name == _RULE, _IS_ACTIVE).scalar_subquery().label("running"),
+)
+
+
 def decide(conn: Connection, *, rule: Rule, guard_key: str, now: datetime, state: Automation) -> Decision:
     """Which status a new execution of `rule` for `guard_key` starts in. Call under lock_rule()."""
     guards = rule.guards
     dry_run = guards.dry_run or state.dry_run
     if state.paused:
         return Decision("suppressed", dry_run, f"automation paused: {state.reason or 'no reason given'}", "paused")
-    counted = executions_t.c.status != "suppressed"
-    of_rule = executions_t.c.rule_name == rule.name
-    active = conn.execute(
-        select(executions_t.c.id)
-        .where(of_rule, executions_t.c.guard_key == guard_key, executions_t.c.status.in_(ACTIVE))
-        .limit(1)
-    ).scalar()
-    if active is not None:
-        return Decision("suppressed", dry_run, f"execution #{active} for {guard_key} is still in progress", "active")
-    if guards.cooldown:
-        last = conn.execute(
-            select(func.max(executions_t.c.created_at)).where(
-                of_rule,
-                counted,
-                executions_t.c.guard_key == guard_key,
-                executions_t.c.created_at > now - guards.cooldown,
-            )
-        ).scalar()
-        if last is not None:
-            until = last + guards.cooldown
-            return Decision(
-                "suppressed",
-                dry_run,
-                f"cooldown {format_duration(guards.cooldown)}: next run allowed after {until.isoformat()}",
-                "cooldown",
-            )
-    if guards.max_runs:
-        runs = conn.execute(
-            select(func.count()).where(of_rule, counted, executions_t.c.created_at > now - guards.max_runs.per)
-        ).scalar_one()
-        if runs >= guards.max_runs.count:
-            return Decision(
-                "suppressed",
-                dry_run,
-                f"max_runs: {guards.max_runs.count} per {format_duration(guards.max_runs.per)} reached",
-                "max_runs",
-            )
-    if guards.max_concurrent:
-        running = conn.execute(select(func.count()).where(of_rule, executions_t.c.status.in_(ACTIVE))).scalar_one()
-        if running >= guards.max_concurrent:
-            return Decision(
-                "suppressed", dry_run, f"max_concurrent: {guards.max_concurrent} already in progress", "max_concurrent"
-            )
+    facts = conn.execute(
+        _GUARD_FACTS,
+        {
+            "rule": rule.name,
+            "key": guard_key,
+            # No such guard: a window from now on, which holds nothing.
+            "cooldown_since": now - guards.cooldown if guards.cooldown else now,
+            "runs_since": now - guards.max_runs.per if guards.max_runs else now,
+        },
+    ).one()
+    if facts.active is not None:
+        reason = f"execution #{facts.active} for {guard_key} is still in progress"
+        return Decision("suppressed", dry_run, reason, "active")
+    if guards.cooldown and facts.last is not None:
+        until = facts.last + guards.cooldown
+        return Decision(
+            "suppressed",
+            dry_run,
+            f"cooldown {format_duration(guards.cooldown)}: next run allowed after {until.isoformat()}",
+            "cooldown",
+        )
+    if guards.max_runs and facts.runs >= guards.max_runs.count:
+        return Decision(
+            "suppressed",
+            dry_run,
+            f"max_runs: {guards.max_runs.count} per {format_duration(guards.max_runs.per)} reached",
+            "max_runs",
+        )
+    if guards.max_concurrent and facts.running >= guards.max_concurrent:
+        return Decision(
+            "suppressed", dry_run, f"max_concurrent: {guards.max_concurrent} already in progress", "max_concurrent"
+        )
     if dry_run:
         return Decision("pending", True, "dry run: actions are recorded, not called")
     if guards.approval:

@@ -11,8 +11,8 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.actions.base import AlertView, IncidentView
-from controlplane.ingest.store import alerts_t, audit, incident_key, incidents_t, links_t
-from controlplane.playbooks.guards import Automation, automation, decide, lock_rule
+from controlplane.ingest.store import PendingRows, alerts_t, audit, incident_key, incidents_t, links_t
+from controlplane.playbooks.guards import Automation, GuardSession, automation
 from controlplane.playbooks.state import executions_t
 from controlplane.rules.schema import Playbook, Rule
 
@@ -78,13 +78,16 @@ def trigger_for_alerts(
         return []
     now = now or datetime.now(UTC)
     rows = conn.execute(_NEW_FIRING_ALERTS, {"alert_ids": list(alert_ids)}).all()
+    matches = [(row, [only] if only is not None else rules.match(row.labels)) for row in rows]
+    matches = [(row, matched) for row, matched in matches if matched]
+    if not matches:
+        return []
+    guarding = GuardSession(conn)
+    guarding.lock(rule.name for _, matched in matches for rule in matched)
+    state = automation(conn)
+    pending = PendingRows()
     triggered: list[Triggered] = []
-    state: Automation | None = None
-    for row in rows:
-        matched = [only] if only is not None else rules.match(row.labels)
-        if not matched:
-            continue
-        state = state or automation(conn)
+    for row, matched in matches:
         alert = AlertView(
             fingerprint=row.fingerprint,
             status=row.status,
@@ -113,9 +116,12 @@ def trigger_for_alerts(
                 alert_id=row.id,
                 state=state,
                 now=now,
+                guarding=guarding,
+                pending=pending,
             )
             if created is not None:
                 triggered.append(created)
+    pending.flush(conn)
     return triggered
 
 
@@ -131,10 +137,17 @@ def create_execution(
     alert_id: int | None,
     state: Automation,
     now: datetime,
+    guarding: GuardSession | None = None,
+    pending: PendingRows | None = None,
 ) -> Triggered | None:
-    """One execution per (rule, trigger): None if this trigger already has one (a redelivery)."""
-    lock_rule(conn, rule.name)
-    decision = decide(conn, rule=rule, guard_key=guard_key, now=now, state=state)
+    """One execution per (rule, trigger): None if this trigger already has one (a redelivery).
+
+    Pass the transaction's `guarding` when creating several: it locks each rule once and
+    remembers decisions; without it, this call locks and decides alone. With `pending`, the
+    audit row waits there to be written in bulk.
+    """
+    guarding = guarding or GuardSession(conn)
+    decision = guarding.decide(rule=rule, guard_key=guard_key, now=now, state=state)
     context = {"alert": asdict(alert) if alert else None, "incident": asdict(incident) if incident else None}
     suppressed = decision.status == "suppressed"
     values = {
@@ -166,6 +179,8 @@ def create_execution(
     execution_id = conn.execute(_INSERT_EXECUTION[conn.dialect.name], values).scalar()
     if execution_id is None:
         return None
+    if not suppressed:
+        guarding.started(rule, guard_key, execution_id, decision.dry_run)
     audit(
         conn,
         actor=f"rule:{rule.name}",
@@ -181,5 +196,6 @@ def create_execution(
             "trigger": trigger_key,
         },
         now=now,
+        pending=pending,
     )
     return Triggered(execution_id, rule.name, decision.status, decision.reason, decision.guard)

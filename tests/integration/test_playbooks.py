@@ -363,6 +363,38 @@ def test_max_concurrent(harness: Harness) -> None:
     assert (a.status, b.status, b.guard) == ("pending", "suppressed", "max_concurrent")
 
 
+def storm(namespaces: list[str]) -> dict[str, Any]:
+    """One notification holding a new alert per namespace given (repeats make several per group key)."""
+    payload = load_payload("alertmanager_firing.json")
+    template = payload["alerts"][0]
+    payload["alerts"] = []
+    for i, namespace in enumerate(namespaces):
+        alert = copy.deepcopy(template)
+        alert["labels"]["namespace"] = namespace
+        alert["fingerprint"] = f"storm{i}"
+        payload["alerts"].append(alert)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("guards", "expected"),
+    [
+        # One run per group key; the rest of the batch finds it in progress.
+        ("{cooldown: 10m}", ["pending", "pending", "active", "active", "active"]),
+        # The limits count the runs this very transaction started.
+        ("{max_runs: {count: 1, per: 1h}}", ["pending", "max_runs", "active", "max_runs", "active"]),
+        ("{max_concurrent: 1}", ["pending", "max_concurrent", "active", "max_concurrent", "active"]),
+    ],
+)
+def test_guards_hold_within_one_storm_batch(harness: Harness, guards: str, expected: list[str]) -> None:
+    harness.rules = rules(TWO_STEPS, guards=guards)
+    triggered = harness.deliver(storm(["a", "b", "a", "b", "a"]))
+    assert [t.guard or t.status for t in triggered] == expected
+    with harness.engine.connect() as conn:
+        statuses = list(conn.execute(select(executions_t.c.status).order_by(executions_t.c.id)).scalars())
+    assert statuses.count("pending") == expected.count("pending")
+
+
 def test_approval_then_approve_or_reject(harness: Harness) -> None:
     harness.rules = rules(TWO_STEPS, guards="{approval: true}")
     [t] = harness.fire()
