@@ -7,6 +7,7 @@ acknowledged that is not durable; what is shared is the fsync.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import queue
 import threading
 import time
@@ -20,18 +21,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.errors import Unavailable
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, OpenIncidents, ingest_notification
+from controlplane.ingest.store import IngestResult, OpenIncidents, incident_key, ingest_notification
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
 
 PROBE_SECONDS = 0.5  # how often a down database is tried again
-# Taken first by every ingest transaction on PostgreSQL, so replicas commit one batch at a time.
-# Replicas of an HA Alertmanager pair get the same alerts in different orders: their batches
-# locked the same alert, incident and rule keys in opposite orders and deadlocked, each deadlock
-# costing deadlock_timeout (1 s) before a retry, so a storm's batches ran past the ingest timeout
-# and were answered 503. Outside the 32-bit range of lock_rule()'s keys, so it meets none of them.
-INGEST_LOCK_KEY = 2**32 + 0x1A6E57
+# Incident keys' lock ids on PostgreSQL: 2**48 plus 48 bits of a digest, so they meet neither
+# lock_rule()'s 32-bit keys nor the migration lock.
+_INCIDENT_LOCK_BASE = 2**48
+# One statement takes them all, in the order given (unnest yields its array in order).
+_LOCK_IN_ORDER = text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 _CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: retry the transaction
 
 
@@ -41,6 +41,22 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[IngestResult]
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+def incident_lock_ids(notifications: Sequence[AlertmanagerNotification], group_by: Sequence[str]) -> list[int]:
+    """The lock ids of the incident keys a batch touches, sorted: the order every transaction takes them in.
+
+    Replicas of an HA Alertmanager pair get the same alerts in different orders. Taking row locks
+    as the alerts came made their transactions lock the same incidents in opposite orders and
+    deadlock (each costing PostgreSQL's deadlock_timeout). Locking every key up front in one
+    order cannot deadlock, and batches of different incidents still commit side by side.
+    The rule locks come after (trigger_for_alerts takes them in name order), so the order holds.
+    """
+    keys = {incident_key(alert.labels, group_by) for n in notifications for alert in n.alerts}
+    return sorted(
+        _INCIDENT_LOCK_BASE + int.from_bytes(hashlib.blake2b(key.encode(), digest_size=6).digest(), "big")
+        for key in keys
+    )
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -148,15 +164,18 @@ class IngestWriter:
                 results: list[IngestResult] = []
                 with self._engine.connect().execution_options(write=True) as conn, conn.begin():
                     if conn.dialect.name == "postgresql":
-                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
+                        keys = incident_lock_ids([job.notification for job in batch], self._group_by)
+                        conn.execute(_LOCK_IN_ORDER, {"keys": keys})
                     open_incidents = OpenIncidents()  # valid for this transaction only
                     for job in batch:
                         result = ingest_notification(
                             conn, job.notification, group_by=self._group_by, open_incidents=open_incidents
                         )
-                        if self._after_ingest is not None and result.new_alert_ids:
-                            followups.extend(self._after_ingest(conn, result))
                         results.append(result)
+                    new_alert_ids = [i for r in results for i in r.new_alert_ids]
+                    if self._after_ingest is not None and new_alert_ids:
+                        # Once for the batch, after every incident lock: rule locks come last, in one order.
+                        followups = self._after_ingest(conn, IngestResult(new_alert_ids=new_alert_ids))
             except Exception as exc:
                 if _is_conflict(exc) and attempt < 2:
                     continue
