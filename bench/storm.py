@@ -23,6 +23,7 @@ alert must be stored, and every execution that was not suppressed must start its
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -46,6 +47,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine, create_engine, text
 
+ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TOKEN = "bench-token-0123456789abcdef"
 WEBHOOK = "/api/v1/alerts/alertmanager"
@@ -95,6 +97,22 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
         "p99": percentile(values, 0.99),
         "max": max(values),
     }
+
+
+def code_version() -> str:
+    """The commit the replicas run, and whether controlplane/ differs from it (the tree is shared)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        return out.stdout.rstrip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "controlplane").splitlines() if line.strip()]
+    if not changed:
+        return head
+    # The same file names can hold different code from one run to the next: the digest tells them apart.
+    digest = hashlib.sha256(git("diff", "HEAD", "--", "controlplane").encode()).hexdigest()[:8]
+    return f"{head} + uncommitted changes (diff {digest}) to {', '.join(changed)}"
 
 
 # --- the replicas ---------------------------------------------------------------------------------
@@ -417,8 +435,11 @@ def measure(args: argparse.Namespace, url: str, engine: Engine, tmp: Path, repli
     rules = tmp / "rules"
     rules.mkdir()
     (rules / "bench.yaml").write_text(RULES.format(cooldown=args.cooldown))
+    code = code_version()  # what the replicas import as they start
     replicas.extend(start(url, rules, f"replica-{i}", tmp) for i in range(args.replicas))
     wait_ready(replicas)
+    if code_version() != code:
+        raise BenchFailed(f"controlplane/ changed while the replicas started (was {code}); run again")
     progress(f"{args.replicas} replicas ready; probes for {args.probe_lead:g}s, then the storm")
     load = Load(run=uuid.uuid4().hex[:6], args=args, bases=[r.base for r in replicas])
     storm_done = threading.Event()
@@ -485,6 +506,7 @@ def measure(args: argparse.Namespace, url: str, engine: Engine, tmp: Path, repli
         levels, events = log_levels(replica)
         logs[replica.name] = {"exit": replica.proc.poll(), "levels": dict(levels), "events": dict(events)}
     return {
+        "code": code,
         "ingest": ingest,
         "received_to_first_step_ms": {k: summary(v) for k, v in received_to_step.items()},
         "probe_sent_to_first_step_ms": {p: summary(v) for p, v in sent_to_step.items()},
@@ -522,6 +544,7 @@ def print_table(result: dict) -> None:  # type: ignore[type-arg]
         f"{m['load_after']} after"
     )
     print(f"command: {result['command']}")
+    print(f"code: {result['code']}")
     print()
     print("webhook              requests    2xx  non-2xx  errors  alerts acked  ack p50 ms  ack p99 ms  ack max ms")
     for kind, row in result["ingest"].items():
