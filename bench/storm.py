@@ -46,6 +46,8 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -586,6 +588,23 @@ def print_table(result: dict) -> None:  # type: ignore[type-arg]
         print(f"{name} log: {events}")
 
 
+def drop_schema(admin: Engine, schema: str, timeout: float = 30.0) -> object:
+    """Drop the run's schema, retrying while PostgreSQL restarts; the postmaster's start time, to compare."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+                return conn.execute(text("SELECT pg_postmaster_start_time()")).scalar()
+        except OperationalError as exc:
+            if time.monotonic() > deadline:
+                progress(f'could not drop schema {schema} ({exc.orig}); drop it with: DROP SCHEMA "{schema}" CASCADE')
+                raise
+            time.sleep(0.5)
+        finally:
+            admin.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=2)
@@ -605,19 +624,22 @@ def main() -> int:
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     schema = f"cp_bench_storm_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG)
+    # No pooled connections: other test suites on this machine restart PostgreSQL, and a pooled
+    # connection killed by that would fail the DROP SCHEMA below and leave the schema behind.
+    admin = create_engine(PG, poolclass=NullPool)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        postmaster_started = conn.execute(text("SELECT pg_postmaster_start_time()")).scalar()
     url = f"{PG}?options=-csearch_path%3D{schema}"
-    engine = create_engine(url)
+    engine = create_engine(url, poolclass=NullPool)
     replicas: list[Replica] = []
     failed = ""
     try:
         with tempfile.TemporaryDirectory(prefix="cp-bench-storm-") as tmp:
             try:
                 result = measure(args, url, engine, Path(tmp), replicas)
-            except BenchFailed as exc:
-                failed = str(exc)
+            except (BenchFailed, OperationalError) as exc:
+                failed = str(exc.orig) if isinstance(exc, OperationalError) else str(exc)
                 for replica in replicas:
                     tail = replica.log.read_text(errors="replace").splitlines()[-5:]
                     progress(f"{replica.name} (exit {replica.proc.poll()}), last log lines:\n  " + "\n  ".join(tail))
@@ -625,9 +647,9 @@ def main() -> int:
                 stop(replicas)
     finally:
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        restarted = drop_schema(admin, schema) != postmaster_started
+    if restarted and not failed:
+        failed = "PostgreSQL restarted during the run (another test suite?): the figures are not comparable; run again"
     if failed:
         print(f"storm benchmark FAILED: {failed}", file=sys.stderr)
         return 1
