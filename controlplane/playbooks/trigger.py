@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.actions.base import AlertView, IncidentView
 from controlplane.ingest.store import PendingRows, alerts_t, audit, incident_key, incidents_t, links_t
-from controlplane.playbooks.guards import Automation, GuardSession, automation
+from controlplane.playbooks.guards import Automation, Decision, GuardSession, automation
 from controlplane.playbooks.state import executions_t
 from controlplane.rules.schema import Playbook, Rule
 
@@ -57,6 +57,12 @@ _INSERT_EXECUTION = {
     .returning(executions_t.c.id)
     for dialect in (postgresql, sqlite)
 }
+_INSERT_EXECUTIONS = {  # many at once: which went in is told by (rule_name, trigger_key)
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(executions_t)
+    .on_conflict_do_nothing(index_elements=["rule_name", "trigger_key"])
+    .returning(executions_t.c.id, executions_t.c.rule_name, executions_t.c.trigger_key)
+    for dialect in (postgresql, sqlite)
+}
 
 
 def trigger_for_alerts(
@@ -82,11 +88,9 @@ def trigger_for_alerts(
     matches = [(row, matched) for row, matched in matches if matched]
     if not matches:
         return []
-    guarding = GuardSession(conn)
-    guarding.lock(rule.name for _, matched in matches for rule in matched)
+    executions = _Executions(conn, now)
+    executions.guarding.lock(rule.name for _, matched in matches for rule in matched)
     state = automation(conn)
-    pending = PendingRows()
-    triggered: list[Triggered] = []
     for row, matched in matches:
         alert = AlertView(
             fingerprint=row.fingerprint,
@@ -105,8 +109,7 @@ def trigger_for_alerts(
             group_labels=row.group_labels,
         )
         for rule in matched:
-            created = create_execution(
-                conn,
+            executions.add(
                 rule=rule,
                 playbook=rules.playbooks[rule.playbook],
                 trigger_key=f"{row.fingerprint}@{row.starts_at.isoformat()}",
@@ -115,87 +118,106 @@ def trigger_for_alerts(
                 alert=alert,
                 alert_id=row.id,
                 state=state,
-                now=now,
-                guarding=guarding,
-                pending=pending,
             )
-            if created is not None:
-                triggered.append(created)
-    pending.flush(conn)
-    return triggered
+    return executions.finish()
 
 
-def create_execution(
-    conn: Connection,
-    *,
-    rule: Rule,
-    playbook: Playbook,
-    trigger_key: str,
-    guard_key: str,
-    incident: IncidentView | None,
-    alert: AlertView | None,
-    alert_id: int | None,
-    state: Automation,
-    now: datetime,
-    guarding: GuardSession | None = None,
-    pending: PendingRows | None = None,
-) -> Triggered | None:
-    """One execution per (rule, trigger): None if this trigger already has one (a redelivery).
+class _Executions:
+    """The executions one transaction creates: one per (rule, trigger), none for a redelivery.
 
-    Pass the transaction's `guarding` when creating several: it locks each rule once and
-    remembers decisions; without it, this call locks and decides alone. With `pending`, the
-    audit row waits there to be written in bulk.
+    One that runs (or waits for approval) is inserted at once: the guards of the next trigger
+    count it. One that is suppressed is never read by a guard, so a storm's many are inserted
+    together at the end, with their audit rows, in one statement each.
     """
-    guarding = guarding or GuardSession(conn)
-    decision = guarding.decide(rule=rule, guard_key=guard_key, now=now, state=state)
-    context = {"alert": asdict(alert) if alert else None, "incident": asdict(incident) if incident else None}
-    suppressed = decision.status == "suppressed"
-    values = {
-        "rule_name": rule.name,
-        "playbook_name": playbook.name,
-        "trigger_key": trigger_key,
-        "guard_key": guard_key,
-        "incident_id": incident.id if incident else None,
-        "alert_id": alert_id,
-        "status": decision.status,
-        "reason": decision.reason,
-        "dry_run": decision.dry_run,
-        # A suppressed execution never runs: a storm of them need not carry a playbook copy each.
-        "playbook": {} if suppressed else playbook.model_dump(mode="json", by_alias=True),
-        "params": {**playbook.params, **rule.params},
-        "context": context,
-        "created_at": now,
-        "updated_at": now,
-        "started_at": None,
-        "finished_at": now if suppressed else None,
-        "wake_at": None,
-        "current_step": 0,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "claims": 0,
-        "decided_by": None,
-        "decided_at": None,
-    }
-    execution_id = conn.execute(_INSERT_EXECUTION[conn.dialect.name], values).scalar()
-    if execution_id is None:
-        return None
-    if not suppressed:
-        guarding.started(rule, guard_key, execution_id, decision.dry_run)
-    audit(
-        conn,
-        actor=f"rule:{rule.name}",
-        action="execution.suppressed" if decision.status == "suppressed" else "execution.created",
-        incident_id=incident.id if incident else None,
-        execution_id=execution_id,
-        detail={
-            "playbook": playbook.name,
+
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.guarding = GuardSession(conn)
+        self._pending = PendingRows()
+        self._suppressed: list[tuple[int, dict[str, Any], Decision]] = []
+        self._made: list[tuple[int, Triggered]] = []  # (order of add(), what was made)
+
+    def add(
+        self,
+        *,
+        rule: Rule,
+        playbook: Playbook,
+        trigger_key: str,
+        guard_key: str,
+        incident: IncidentView | None,
+        alert: AlertView | None,
+        alert_id: int | None,
+        state: Automation,
+    ) -> None:
+        decision = self.guarding.decide(rule=rule, guard_key=guard_key, now=self.now, state=state)
+        suppressed = decision.status == "suppressed"
+        values = {
+            "rule_name": rule.name,
+            "playbook_name": playbook.name,
+            "trigger_key": trigger_key,
+            "guard_key": guard_key,
+            "incident_id": incident.id if incident else None,
+            "alert_id": alert_id,
             "status": decision.status,
             "reason": decision.reason,
-            "guard": decision.guard,
             "dry_run": decision.dry_run,
-            "trigger": trigger_key,
-        },
-        now=now,
-        pending=pending,
-    )
-    return Triggered(execution_id, rule.name, decision.status, decision.reason, decision.guard)
+            # A suppressed execution never runs: a storm of them need not carry a playbook copy each.
+            "playbook": {} if suppressed else playbook.model_dump(mode="json", by_alias=True),
+            "params": {**playbook.params, **rule.params},
+            "context": {"alert": asdict(alert) if alert else None, "incident": asdict(incident) if incident else None},
+            "created_at": self.now,
+            "updated_at": self.now,
+            "started_at": None,
+            "finished_at": self.now if suppressed else None,
+            "wake_at": None,
+            "current_step": 0,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "claims": 0,
+            "decided_by": None,
+            "decided_at": None,
+        }
+        order = len(self._suppressed) + len(self._made)
+        if suppressed:
+            self._suppressed.append((order, values, decision))
+            return
+        execution_id = self.conn.execute(_INSERT_EXECUTION[self.conn.dialect.name], values).scalar()
+        if execution_id is not None:
+            self.guarding.started(rule, guard_key, execution_id, decision.dry_run)
+            self._made.append((order, self._record(execution_id, values, decision)))
+
+    def finish(self) -> list[Triggered]:
+        """Insert the suppressed ones, write the audit rows; what was made, in the order added."""
+        if self._suppressed:
+            rows = self.conn.execute(
+                _INSERT_EXECUTIONS[self.conn.dialect.name], [values for _, values, _ in self._suppressed]
+            )
+            ids = {(r.rule_name, r.trigger_key): r.id for r in rows}
+            for order, values, decision in self._suppressed:
+                execution_id = ids.get((values["rule_name"], values["trigger_key"]))
+                if execution_id is not None:
+                    self._made.append((order, self._record(execution_id, values, decision)))
+        self._pending.flush(self.conn)
+        return [made for _, made in sorted(self._made, key=lambda pair: pair[0])]
+
+    def _record(self, execution_id: int, values: dict[str, Any], decision: Decision) -> Triggered:
+        rule = values["rule_name"]
+        audit(
+            self.conn,
+            actor=f"rule:{rule}",
+            action="execution.suppressed" if decision.status == "suppressed" else "execution.created",
+            incident_id=values["incident_id"],
+            execution_id=execution_id,
+            detail={
+                "playbook": values["playbook_name"],
+                "status": decision.status,
+                "reason": decision.reason,
+                "guard": decision.guard,
+                "dry_run": decision.dry_run,
+                "trigger": values["trigger_key"],
+            },
+            now=self.now,
+            pending=self._pending,
+        )
+        return Triggered(execution_id, rule, decision.status, decision.reason, decision.guard)
