@@ -47,6 +47,8 @@ bench: install-dev
 	$(BIN)/python bench/rules_match.py
 	$(BIN)/python bench/trigger_latency.py
 	$(BIN)/python bench/leader_failover.py
+	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/storm.py
 
 lint: install-dev
 	$(BIN)/ruff check .
