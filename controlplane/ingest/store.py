@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -79,10 +79,10 @@ _INSERT_LINK = links_t.insert()
 _KNOWN_ALERTS = select(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.starts_at, alerts_t.c.status).where(
     alerts_t.c.fingerprint.in_(bindparam("fingerprints", expanding=True))
 )
-_INSERT_ALERT = {
+_INSERT_ALERTS = {  # many at once: which went in is told by (fingerprint, starts_at)
     dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(alerts_t)
     .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
-    .returning(alerts_t.c.id)
+    .returning(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.starts_at)
     for dialect in (postgresql, sqlite)
 }
 
@@ -172,11 +172,12 @@ def ingest_notification(
     known: dict[tuple[str, datetime], tuple[int, str]] = {(r.fingerprint, r.starts_at): (r.id, r.status) for r in rows}
     repeats: list[dict[str, Any]] = []
     pending = PendingRows()
+    inserted = _insert_alerts(conn, notification.alerts, known, receiver=receiver, now=now)
     for alert in notification.alerts:
         episode = (alert.fingerprint, alert.startsAt.astimezone(UTC))
         existing = known.get(episode)
         if existing is None:
-            alert_id = _insert_alert(conn, alert, receiver=receiver, now=now)
+            alert_id = inserted.get(episode)
             if alert_id is not None:
                 known[episode] = (alert_id, alert.status)
                 _attach_new_alert(
@@ -239,22 +240,40 @@ def _alert_detail(alert: AlertmanagerAlert) -> dict[str, Any]:
     }
 
 
-def _insert_alert(conn: Connection, alert: AlertmanagerAlert, *, receiver: str, now: datetime) -> int | None:
-    values = {
-        "fingerprint": alert.fingerprint,
-        "alertname": alert.alertname,
-        "status": alert.status,
-        "labels": alert.labels,
-        "annotations": alert.annotations,
-        "starts_at": alert.startsAt,
-        "ends_at": alert.ends_at,
-        "generator_url": alert.generatorURL,
-        "receiver": receiver,
-        "first_received_at": now,
-        "last_received_at": now,
-        "receive_count": 1,
-    }
-    return conn.execute(_INSERT_ALERT[conn.dialect.name], values).scalar()
+def _insert_alerts(
+    conn: Connection,
+    alerts: Sequence[AlertmanagerAlert],
+    known: Mapping[tuple[str, datetime], object],
+    *,
+    receiver: str,
+    now: datetime,
+) -> dict[tuple[str, datetime], int]:
+    """Insert the episodes not `known`, in one statement; the ids of those that went in, by episode.
+
+    An episode missing from the answer was inserted by another replica first (the conflict).
+    """
+    rows: dict[tuple[str, datetime], dict[str, Any]] = {}
+    for alert in alerts:
+        episode = (alert.fingerprint, alert.startsAt.astimezone(UTC))
+        if episode not in known and episode not in rows:
+            rows[episode] = {
+                "fingerprint": alert.fingerprint,
+                "alertname": alert.alertname,
+                "status": alert.status,
+                "labels": alert.labels,
+                "annotations": alert.annotations,
+                "starts_at": alert.startsAt,
+                "ends_at": alert.ends_at,
+                "generator_url": alert.generatorURL,
+                "receiver": receiver,
+                "first_received_at": now,
+                "last_received_at": now,
+                "receive_count": 1,
+            }
+    if not rows:
+        return {}
+    result = conn.execute(_INSERT_ALERTS[conn.dialect.name], list(rows.values()))
+    return {(r.fingerprint, r.starts_at): r.id for r in result}
 
 
 def _find_alert(conn: Connection, episode: tuple[str, datetime]) -> tuple[int, str]:
