@@ -2,8 +2,9 @@
 
 Only the leader should run it: two replicas evaluating the same rules would not open duplicate
 incidents (state is locked per rule and alert episodes are deduplicated), but they would query
-Prometheus twice as often. Leader election comes later; with SQLite there is one process, and it
-is the leader.
+Prometheus twice as often. The rules provider is empty on followers (services.py), and `fence`
+(LeaderElector.fence) stops a leader whose term ended from recording an evaluation; with SQLite
+there is one process, and it is the leader.
 """
 
 from __future__ import annotations
