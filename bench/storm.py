@@ -23,7 +23,6 @@ alert must be stored, and every execution that was not suppressed must start its
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -45,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from replicas import code_version  # bench/replicas.py: the commit (and uncommitted diff) the replicas run
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
@@ -99,22 +99,6 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
         "p99": percentile(values, 0.99),
         "max": max(values),
     }
-
-
-def code_version() -> str:
-    """The commit the replicas run, and whether controlplane/ differs from it (the tree is shared)."""
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
-        return out.stdout.rstrip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "controlplane").splitlines() if line.strip()]
-    if not changed:
-        return head
-    # The same file names can hold different code from one run to the next: the digest tells them apart.
-    digest = hashlib.sha256(git("diff", "HEAD", "--", "controlplane").encode()).hexdigest()[:8]
-    return f"{head} + uncommitted changes (diff {digest}) to {', '.join(changed)}"
 
 
 # --- the replicas ---------------------------------------------------------------------------------
