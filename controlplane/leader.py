@@ -30,6 +30,10 @@ class StaleLeader(Exception):
     """This replica's term is over: another leader took over, so its leader-only write is refused."""
 
 
+# LeaderElector.fence as leader work takes it: called first in the write, raises StaleLeader.
+Fence = Callable[[Connection], object]
+
+
 @dataclass(frozen=True)
 class Leadership:
     holder: str

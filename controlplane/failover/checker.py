@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import structlog
 
-from controlplane.failover.manager import CheckOutcome, FailoverManager, Fence
+from controlplane.failover.manager import CheckOutcome, FailoverManager
 from controlplane.interval_jobs import IntervalJobs
-from controlplane.leader import StaleLeader
+from controlplane.leader import Fence, StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup
 
 log = structlog.get_logger("controlplane.failover")

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, Table, func, select, update
 from controlplane.db.models import ActiveEndpoint, EndpointState, FailoverEvent
 from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.ingest.store import audit, dialect_insert
+from controlplane.leader import Fence
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 
@@ -53,8 +54,6 @@ RECOVERY_STARTED = "recovery_started"
 RECOVERY_COMPLETED = "recovery_completed"
 
 GroupsProvider = Callable[[], Mapping[str, FailoverGroup]]
-# Raises (StaleLeader) inside a write transaction unless this replica still leads.
-Fence = Callable[[Connection], object]
 
 
 def _utcnow() -> datetime:

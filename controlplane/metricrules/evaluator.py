@@ -30,6 +30,7 @@ from controlplane.db.models import MetricRuleState
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult, alerts_t, ingest_notification
 from controlplane.integrations.prometheus import Reduce
+from controlplane.leader import Fence
 from controlplane.rules.schema import Rule
 
 log = structlog.get_logger("controlplane.metricrules")
@@ -133,7 +134,7 @@ def evaluate_rule(
     observer: EvaluationObserver | None = None,
     on_ingest: IngestHook | None = None,
     errors_before_incident: int = ERRORS_BEFORE_INCIDENT,
-    fence: Callable[[Connection], object] | None = None,
+    fence: Fence | None = None,
 ) -> Evaluation:
     """Evaluate `rule` once at `now` (timezone-aware) and record the result; query errors never raise.
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from controlplane.interval_jobs import IntervalJobs
-from controlplane.leader import StaleLeader
+from controlplane.leader import Fence, StaleLeader
 from controlplane.metricrules.evaluator import (
     DEFAULT_GROUP_BY,
     Evaluation,
@@ -56,7 +56,7 @@ class MetricRuleScheduler:
         group_by: Sequence[str] = DEFAULT_GROUP_BY,
         on_ingest: IngestHook | None = None,
         clock: Callable[[], datetime] = _utcnow,
-        fence: Callable[[Connection], object] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """`fence` (LeaderElector.fence) runs first in every evaluation's write: leader-only work."""
         self._fence = fence

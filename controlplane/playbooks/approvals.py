@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, select
 from controlplane.db.engine import write_transaction
 from controlplane.durations import format_duration
 from controlplane.interval_jobs import IntervalJobs
-from controlplane.leader import StaleLeader
+from controlplane.leader import Fence, StaleLeader
 from controlplane.playbooks.state import executions_t, transition
 from controlplane.rules.schema import DEFAULT_APPROVAL_TIMEOUT, Rule
 
@@ -92,7 +92,7 @@ class ApprovalTimeouts:
         *,
         rules: Callable[[], Sequence[Rule]],
         is_leader: Callable[[], bool],
-        fence: Callable[[Connection], object],
+        fence: Fence,
         interval_seconds: float = SWEEP_SECONDS,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
