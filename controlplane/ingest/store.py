@@ -174,7 +174,7 @@ def ingest_notification(
     pending = PendingRows()
     inserted = _insert_alerts(conn, notification.alerts, known, receiver=receiver, now=now)
     for alert in notification.alerts:
-        episode = (alert.fingerprint, alert.startsAt.astimezone(UTC))
+        episode = _episode(alert)
         existing = known.get(episode)
         if existing is None:
             alert_id = inserted.get(episode)
@@ -225,6 +225,11 @@ def ingest_notification(
     return result
 
 
+def _episode(alert: AlertmanagerAlert) -> tuple[str, datetime]:
+    """What makes an alert episode one: its fingerprint and when it started (as stored, in UTC)."""
+    return alert.fingerprint, alert.startsAt.astimezone(UTC)
+
+
 def _add_unique(items: list[int], item: int) -> None:
     if item not in items:
         items.append(item)
@@ -254,7 +259,7 @@ def _insert_alerts(
     """
     rows: dict[tuple[str, datetime], dict[str, Any]] = {}
     for alert in alerts:
-        episode = (alert.fingerprint, alert.startsAt.astimezone(UTC))
+        episode = _episode(alert)
         if episode not in known and episode not in rows:
             rows[episode] = {
                 "fingerprint": alert.fingerprint,

@@ -51,13 +51,7 @@ _NEW_FIRING_ALERTS = (
     .where(alerts_t.c.id.in_(bindparam("alert_ids", expanding=True)), alerts_t.c.status == "firing")
     .order_by(alerts_t.c.id)
 )
-_INSERT_EXECUTION = {
-    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(executions_t)
-    .on_conflict_do_nothing(index_elements=["rule_name", "trigger_key"])
-    .returning(executions_t.c.id)
-    for dialect in (postgresql, sqlite)
-}
-_INSERT_EXECUTIONS = {  # many at once: which went in is told by (rule_name, trigger_key)
+_INSERT_EXECUTIONS = {  # one or many; which went in is told by (rule_name, trigger_key)
     dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(executions_t)
     .on_conflict_do_nothing(index_elements=["rule_name", "trigger_key"])
     .returning(executions_t.c.id, executions_t.c.rule_name, executions_t.c.trigger_key)
@@ -182,10 +176,10 @@ class _Executions:
         if suppressed:
             self._suppressed.append((order, values, decision))
             return
-        execution_id = self.conn.execute(_INSERT_EXECUTION[self.conn.dialect.name], values).scalar()
-        if execution_id is not None:
-            self.guarding.started(rule, guard_key, execution_id, decision.dry_run)
-            self._made.append((order, self._record(execution_id, values, decision)))
+        inserted = self.conn.execute(_INSERT_EXECUTIONS[self.conn.dialect.name], values).first()
+        if inserted is not None:  # None: a redelivery, this trigger has its execution already
+            self.guarding.started(rule, guard_key, inserted.id, decision.dry_run)
+            self._made.append((order, self._record(inserted.id, values, decision)))
 
     def finish(self) -> list[Triggered]:
         """Insert the suppressed ones, write the audit rows; what was made, in the order added."""
