@@ -19,7 +19,6 @@ from controlplane.db.engine import make_engine
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.writer import IngestWriter
 from controlplane.telemetry import Metrics
-from tests.conftest import count_rows
 
 pytestmark = pytest.mark.postgres
 
@@ -103,7 +102,6 @@ def test_replicas_given_the_same_alerts_in_opposite_orders_never_deadlock(postgr
     assert failures == []
     engine = make_engine(postgres_url)
     try:
-        assert count_rows(engine, "alerts") >= ROUNDS * 9
         with engine.connect() as conn:
             stored = conn.execute(text("SELECT count(*) FROM alerts WHERE alertname = 'OrderTest'")).scalar_one()
             opened = conn.execute(text("SELECT count(*) FROM incidents WHERE key LIKE '%OrderTest%'")).scalar_one()
