@@ -43,7 +43,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,20 +200,26 @@ def stop(replicas: Sequence[Replica]) -> None:
 
 
 @contextlib.contextmanager
-def serving(n: int, url: str, name: str, run_dir: Path) -> Iterator[list[Replica]]:
-    """n replicas on one database, ready; stopped when the block ends (also on error or Ctrl-C)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+def serving(
+    n: int, url: str, name: str, run_dir: Path, *, rules_dir: Path = ROOT / "rules", env: Mapping[str, str] = {}
+) -> Iterator[list[Replica]]:
+    """n replicas on one database, ready; stopped when the block ends (also on error or Ctrl-C).
+
+    Each logs to run_dir/replica-<i>.log; `env` adds settings (CONTROLPLANE_*) to the defaults here.
+    """
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
     replicas: list[Replica] = []
     try:
         for index, port in enumerate(free_ports(n)):
             log_path = run_dir / f"replica-{index}.log"
-            env_i = env | {
+            env_i = base_env | {
                 "CONTROLPLANE_DATABASE_URL": url,
-                "CONTROLPLANE_RULES_DIR": str(ROOT / "rules"),
+                "CONTROLPLANE_RULES_DIR": str(rules_dir),
                 "CONTROLPLANE_LOG_LEVEL": "warning",
                 "CONTROLPLANE_LISTEN_HOST": "127.0.0.1",
                 "CONTROLPLANE_LISTEN_PORT": str(port),
                 "CONTROLPLANE_INSTANCE_ID": f"{name}-{index}",
+                **env,
             }
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(

@@ -31,7 +31,6 @@ import queue
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from replicas import code_version  # bench/replicas.py: the commit (and uncommitted diff) the replicas run
+from replicas import Replica, code_version, server_log_summary, serving  # bench/replicas.py
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
@@ -76,14 +75,6 @@ playbooks:
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -99,84 +90,6 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
         "p99": percentile(values, 0.99),
         "max": max(values),
     }
-
-
-# --- the replicas ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Replica:
-    name: str
-    proc: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-
-def start(url: str, rules: Path, name: str, logs: Path) -> Replica:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
-    env.update(
-        {
-            "CONTROLPLANE_DATABASE_URL": url,
-            "CONTROLPLANE_WEBHOOK_TOKEN": TOKEN,
-            "CONTROLPLANE_RULES_DIR": str(rules),
-            "CONTROLPLANE_LOG_LEVEL": "warning",
-            "CONTROLPLANE_LISTEN_PORT": str(port),
-            "CONTROLPLANE_INSTANCE_ID": name,
-        }
-    )
-    log = logs / f"{name}.log"
-    with log.open("wb") as out:  # kept, not DEVNULL: warnings during the storm are part of the result
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    return Replica(name, proc, f"http://127.0.0.1:{port}", log)
-
-
-def wait_ready(replicas: list[Replica], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(replicas)
-    while pending and time.monotonic() < deadline:
-        for replica in list(pending):
-            if replica.proc.poll() is not None:
-                raise BenchFailed(f"{replica.name} exited with {replica.proc.returncode} while starting")
-            try:
-                if httpx.get(replica.base + "/ready", timeout=1).status_code == 200:
-                    pending.remove(replica)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.1)
-    if pending:
-        raise BenchFailed(f"not ready within {timeout:g}s: {', '.join(r.name for r in pending)}")
-
-
-def stop(replicas: list[Replica]) -> None:
-    for replica in replicas:
-        if replica.proc.poll() is None:
-            replica.proc.terminate()
-    for replica in replicas:
-        try:
-            replica.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            replica.proc.kill()
-            replica.proc.wait(10)
-
-
-def log_levels(replica: Replica) -> tuple[Counter[str], Counter[str]]:
-    """Counts of log lines by level, and of warning/error events by name."""
-    levels: Counter[str] = Counter()
-    events: Counter[str] = Counter()
-    for line in replica.log.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            levels["unparsed"] += 1
-            continue
-        level = str(record.get("level", "?"))
-        levels[level] += 1
-        if level in ("warning", "error", "critical"):
-            events[f"{level}:{record.get('event', '?')}"] += 1
-    return levels, events
 
 
 class BenchFailed(Exception):
@@ -376,7 +289,7 @@ def wait_first_steps(engine: Engine, timeout: float, replicas: list[Replica]) ->
             left = conn.execute(NOT_STARTED).scalar_one()
         if left == 0:
             return time.monotonic() - began
-        dead = [r.name for r in replicas if r.proc.poll() is not None]
+        dead = [f"replica-{r.index}" for r in replicas if r.proc.poll() is not None]
         if dead:
             raise BenchFailed(f"{', '.join(dead)} exited; {left} executions have not started their first step")
         if time.monotonic() - began > timeout:
@@ -417,80 +330,78 @@ def aware(value: datetime) -> datetime:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def measure(args: argparse.Namespace, url: str, engine: Engine, tmp: Path, replicas: list[Replica]) -> dict:  # type: ignore[type-arg]
+def measure(args: argparse.Namespace, url: str, engine: Engine, tmp: Path) -> dict:  # type: ignore[type-arg]
     rules = tmp / "rules"
     rules.mkdir()
     (rules / "bench.yaml").write_text(RULES.format(cooldown=args.cooldown))
     code = code_version()  # what the replicas import as they start
-    replicas.extend(start(url, rules, f"replica-{i}", tmp) for i in range(args.replicas))
-    wait_ready(replicas)
-    if code_version() != code:
-        raise BenchFailed(f"controlplane/ changed while the replicas started (was {code}); run again")
-    progress(f"{args.replicas} replicas ready; probes for {args.probe_lead:g}s, then the storm")
-    load = Load(run=uuid.uuid4().hex[:6], args=args, bases=[r.base for r in replicas])
-    storm_done = threading.Event()
-    storm_end = [0.0]
-    prober = threading.Thread(target=load.probes, args=(storm_done, storm_end), daemon=True)
-    try:
-        prober.start()
-        time.sleep(args.probe_lead)
-        storm_began, storm_end[0] = load.storm()
-        storm_done.set()
-        progress(f"storm sent in {storm_end[0] - storm_began:.1f}s; probes for {args.probe_tail:g}s more")
-        while prober.is_alive():
-            prober.join(0.5)
-    finally:
-        load.stopping.set()
-        storm_done.set()
+    with serving(
+        args.replicas, url, "replica", tmp, rules_dir=rules, env={"CONTROLPLANE_WEBHOOK_TOKEN": TOKEN}
+    ) as replicas:
+        if code_version() != code:
+            raise BenchFailed(f"controlplane/ changed while the replicas started (was {code}); run again")
+        progress(f"{args.replicas} replicas ready; probes for {args.probe_lead:g}s, then the storm")
+        load = Load(run=uuid.uuid4().hex[:6], args=args, bases=[r.base for r in replicas])
+        storm_done = threading.Event()
+        storm_end = [0.0]
+        prober = threading.Thread(target=load.probes, args=(storm_done, storm_end), daemon=True)
+        try:
+            prober.start()
+            time.sleep(args.probe_lead)
+            storm_began, storm_end[0] = load.storm()
+            storm_done.set()
+            progress(f"storm sent in {storm_end[0] - storm_began:.1f}s; probes for {args.probe_tail:g}s more")
+            while prober.is_alive():
+                prober.join(0.5)
+        finally:
+            load.stopping.set()
+            storm_done.set()
 
-    waited = wait_first_steps(engine, args.timeout, replicas)
-    unfinished = wait_unfinished(engine, 15)
-    with engine.connect() as conn:
-        rows = conn.execute(LATENCIES).all()
-        by_status = conn.execute(BY_STATUS).all()
-        stored_rows = conn.execute(STORED).all()
-    stored = {kind: {fp for name, fp in stored_rows if name == alertname} for kind, alertname in KINDS.items()}
+        waited = wait_first_steps(engine, args.timeout, replicas)
+        unfinished = wait_unfinished(engine, 15)
+        with engine.connect() as conn:
+            rows = conn.execute(LATENCIES).all()
+            by_status = conn.execute(BY_STATUS).all()
+            stored_rows = conn.execute(STORED).all()
+        stored = {kind: {fp for name, fp in stored_rows if name == alertname} for kind, alertname in KINDS.items()}
 
-    def phase(sent_at: float) -> str:
-        return "before" if sent_at < storm_began else "during" if sent_at <= storm_end[0] else "after"
+        def phase(sent_at: float) -> str:
+            return "before" if sent_at < storm_began else "during" if sent_at <= storm_end[0] else "after"
 
-    probe_sent = {fp: s.sent_at for s in load.results if s.kind == "probe" for fp in s.fingerprints}
-    received_to_step: dict[str, list[float]] = {"storm": [], "probe": []}
-    phases = ("before", "during", "after")
-    sent_to_step: dict[str, list[float]] = {p: [] for p in phases}
-    for row in rows:
-        started, received = aware(row.started), aware(row.received)
-        received_to_step[row.rule_name].append((started - received).total_seconds() * 1000)
-        if row.rule_name == "probe" and row.fingerprint in probe_sent:
-            sent = probe_sent[row.fingerprint]
-            sent_to_step[phase(sent)].append((started.timestamp() - sent) * 1000)
+        probe_sent = {fp: s.sent_at for s in load.results if s.kind == "probe" for fp in s.fingerprints}
+        received_to_step: dict[str, list[float]] = {"storm": [], "probe": []}
+        phases = ("before", "during", "after")
+        sent_to_step: dict[str, list[float]] = {p: [] for p in phases}
+        for row in rows:
+            started, received = aware(row.started), aware(row.received)
+            received_to_step[row.rule_name].append((started - received).total_seconds() * 1000)
+            if row.rule_name == "probe" and row.fingerprint in probe_sent:
+                sent = probe_sent[row.fingerprint]
+                sent_to_step[phase(sent)].append((started.timestamp() - sent) * 1000)
 
-    groups = {"storm": [s for s in load.results if s.kind == "storm"]}
-    for p in phases:
-        groups[f"probes {p}"] = [s for s in load.results if s.kind == "probe" and phase(s.sent_at) == p]
-    ingest = {name: webhook_row(sents) for name, sents in groups.items()}
-    checks = {}
-    for kind in KINDS:
-        acked = {fp for s in load.results if s.kind == kind and acknowledged(s) for fp in s.fingerprints}
-        missing = acked - stored[kind]
-        checks[kind] = {
-            "acked": len(acked),
-            "stored": len(stored[kind]),
-            "missing_count": len(missing),
-            "missing": sorted(missing)[:10],
-        }
-    storm_seconds = storm_end[0] - storm_began
-    ingest["storm"]["seconds"] = storm_seconds
-    ingest["storm"]["alerts_per_second"] = ingest["storm"]["alerts_acked"] / storm_seconds
+        groups = {"storm": [s for s in load.results if s.kind == "storm"]}
+        for p in phases:
+            groups[f"probes {p}"] = [s for s in load.results if s.kind == "probe" and phase(s.sent_at) == p]
+        ingest = {name: webhook_row(sents) for name, sents in groups.items()}
+        checks = {}
+        for kind in KINDS:
+            acked = {fp for s in load.results if s.kind == kind and acknowledged(s) for fp in s.fingerprints}
+            missing = acked - stored[kind]
+            checks[kind] = {
+                "acked": len(acked),
+                "stored": len(stored[kind]),
+                "missing_count": len(missing),
+                "missing": sorted(missing)[:10],
+            }
+        storm_seconds = storm_end[0] - storm_began
+        ingest["storm"]["seconds"] = storm_seconds
+        ingest["storm"]["alerts_per_second"] = ingest["storm"]["alerts_acked"] / storm_seconds
 
-    executions: dict[str, dict[str, int]] = {}
-    for rule_name, status, why, n in by_status:
-        executions.setdefault(rule_name, {})[f"{status} ({why})" if why else status] = int(n)
+        executions: dict[str, dict[str, int]] = {}
+        for rule_name, status, why, n in by_status:
+            executions.setdefault(rule_name, {})[f"{status} ({why})" if why else status] = int(n)
 
-    logs = {}
-    for replica in replicas:
-        levels, events = log_levels(replica)
-        logs[replica.name] = {"exit": replica.proc.poll(), "levels": dict(levels), "events": dict(events)}
+        logs = {f"replica-{r.index}": {"exit": r.proc.poll(), "events": server_log_summary([r])} for r in replicas}
     return {
         "code": code,
         "ingest": ingest,
@@ -616,19 +527,13 @@ def main() -> int:
         postmaster_started = conn.execute(text("SELECT pg_postmaster_start_time()")).scalar()
     url = f"{PG}?options=-csearch_path%3D{schema}"
     engine = create_engine(url, poolclass=NullPool)
-    replicas: list[Replica] = []
     failed = ""
     try:
         with tempfile.TemporaryDirectory(prefix="cp-bench-storm-") as tmp:
             try:
-                result = measure(args, url, engine, Path(tmp), replicas)
-            except (BenchFailed, OperationalError) as exc:
+                result = measure(args, url, engine, Path(tmp))
+            except (BenchFailed, RuntimeError, OperationalError) as exc:  # RuntimeError: a replica failed
                 failed = str(exc.orig) if isinstance(exc, OperationalError) else str(exc)
-                for replica in replicas:
-                    tail = replica.log.read_text(errors="replace").splitlines()[-5:]
-                    progress(f"{replica.name} (exit {replica.proc.poll()}), last log lines:\n  " + "\n  ".join(tail))
-            finally:
-                stop(replicas)
     finally:
         engine.dispose()
         restarted = drop_schema(admin, schema) != postmaster_started
