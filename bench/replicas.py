@@ -201,7 +201,13 @@ def stop(replicas: Sequence[Replica]) -> None:
 
 @contextlib.contextmanager
 def serving(
-    n: int, url: str, name: str, run_dir: Path, *, rules_dir: Path = ROOT / "rules", env: Mapping[str, str] = {}
+    n: int,
+    url: str,
+    name: str,
+    run_dir: Path,
+    *,
+    rules_dir: Path = ROOT / "rules",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[list[Replica]]:
     """n replicas on one database, ready; stopped when the block ends (also on error or Ctrl-C).
 
@@ -219,7 +225,7 @@ def serving(
                 "CONTROLPLANE_LISTEN_HOST": "127.0.0.1",
                 "CONTROLPLANE_LISTEN_PORT": str(port),
                 "CONTROLPLANE_INSTANCE_ID": f"{name}-{index}",
-                **env,
+                **(env or {}),
             }
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
