@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,8 @@ from controlplane.rules.loader import RuleLoadError
 from controlplane.services import Services
 from controlplane.web import routes as console
 
+REQUEST_BODY_LIMIT = 64 * 1024  # the largest console form is a 4,000-character note
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     services = Services.build(settings or get_settings())
@@ -47,11 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Every other body is bounded while it streams in, before it is parsed (Starlette answers 413).
+        max_body_size=REQUEST_BODY_LIMIT,
     )
     app.state.services = services
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for module in (health, webhook, incidents, executions, rules, monitoring, endpoints):
+    # The webhook bounds its own body (CONTROLPLANE_MAX_BODY_BYTES, streamed), so that its 413 says the
+    # limit and is counted in controlplane_webhook_requests_total; Starlette's limit would answer first.
+    app.include_router(webhook.router, max_body_size=sys.maxsize)
+    for module in (health, incidents, executions, rules, monitoring, endpoints):
         app.include_router(module.router)
     console.install(app)
     _serve_local_docs(app)

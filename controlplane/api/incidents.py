@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from controlplane.api.deps import MAX_ID, ConnDep, IdPath
 from controlplane.api.errors import error_responses
 from controlplane.incidents import service
-from controlplane.incidents.schemas import AlertPage, IncidentDetail, IncidentPage, IncidentStatus
+from controlplane.incidents.schemas import AlertPage, IncidentDetail, IncidentPage, IncidentStatus, TimelinePage
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"], responses=error_responses(503))
 
@@ -17,6 +17,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 Before = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="Cursor: return items with a smaller id (next_cursor)")
 ]
+After = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Cursor: return items with a larger id (next_cursor)")]
 
 
 @router.get("/incidents", summary="Incidents, newest first")
@@ -35,8 +36,35 @@ def list_incidents(
     summary="One incident with its alerts and audit timeline",
     responses=error_responses(404),
 )
-def get_incident(conn: ConnDep, incident_id: IdPath) -> IncidentDetail:
-    return service.get_incident(conn=conn, incident_id=incident_id)
+def get_incident(
+    conn: ConnDep,
+    incident_id: IdPath,
+    alerts_limit: Annotated[int, Query(ge=1, le=500, description="Alerts in the first page")] = service.DETAIL_ALERTS,
+    timeline_limit: Annotated[int, Query(ge=1, le=500, description="Events in the first page")] = service.DETAIL_EVENTS,
+) -> IncidentDetail:
+    return service.get_incident(
+        conn=conn, incident_id=incident_id, alerts_limit=alerts_limit, events_limit=timeline_limit
+    )
+
+
+@router.get(
+    "/incidents/{incident_id}/alerts",
+    summary="An incident's alerts, oldest first",
+    responses=error_responses(404),
+)
+def get_incident_alerts(conn: ConnDep, incident_id: IdPath, limit: Limit = 100, after: After = None) -> AlertPage:
+    service.incident_row(conn=conn, incident_id=incident_id)
+    return service.incident_alerts(conn=conn, incident_id=incident_id, limit=limit, after=after)
+
+
+@router.get(
+    "/incidents/{incident_id}/timeline",
+    summary="An incident's audit events, oldest first",
+    responses=error_responses(404),
+)
+def get_incident_timeline(conn: ConnDep, incident_id: IdPath, limit: Limit = 200, after: After = None) -> TimelinePage:
+    service.incident_row(conn=conn, incident_id=incident_id)
+    return service.incident_timeline(conn=conn, incident_id=incident_id, limit=limit, after=after)
 
 
 @router.get("/alerts", summary="Alert episodes, newest first")

@@ -51,8 +51,13 @@ class IncidentOut(BaseModel):
 
 
 class IncidentDetail(IncidentOut):
+    """The first page of the incident's alerts and of its timeline, oldest first; a cursor is
+    None when the page holds everything, else the `after` of GET .../alerts or .../timeline."""
+
     alerts: list[AlertOut]
+    alerts_next_cursor: int | None
     timeline: list[AuditEventOut]
+    timeline_next_cursor: int | None
 
 
 class IncidentPage(BaseModel):
@@ -63,3 +68,8 @@ class IncidentPage(BaseModel):
 class AlertPage(BaseModel):
     items: list[AlertOut]
     next_cursor: int | None
+
+
+class TimelinePage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: int | None  # pass as `after` to get the next (newer) page

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, RowMapping, case, func, select
 
 from controlplane.errors import NotFound
 from controlplane.incidents.schemas import (
@@ -15,6 +15,7 @@ from controlplane.incidents.schemas import (
     IncidentDetail,
     IncidentOut,
     IncidentPage,
+    TimelinePage,
 )
 from controlplane.ingest.store import alerts_t, audit_t, incidents_t, links_t
 
@@ -68,27 +69,66 @@ def list_incidents(
     return IncidentPage(items=items, next_cursor=items[-1].id if more else None)
 
 
-def get_incident(*, conn: Connection, incident_id: int) -> IncidentDetail:
+# An incident's alerts and timeline are paged: a storm's incident holds tens of thousands of alerts.
+DETAIL_ALERTS = 100
+DETAIL_EVENTS = 200
+
+
+def incident_alerts(
+    *, conn: Connection, incident_id: int, limit: int = DETAIL_ALERTS, after: int | None = None
+) -> AlertPage:
+    """The incident's alerts, oldest first; `next_cursor` is the `after` of the next page."""
+    query = (
+        select(*_ALERT_COLUMNS)
+        .join(links_t, links_t.c.alert_id == alerts_t.c.id)
+        .where(links_t.c.incident_id == incident_id)
+        .order_by(alerts_t.c.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(alerts_t.c.id > after)
+    rows = conn.execute(query).mappings().all()
+    items = [AlertOut(**r) for r in rows[:limit]]
+    return AlertPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+
+def incident_timeline(
+    *, conn: Connection, incident_id: int, limit: int = DETAIL_EVENTS, after: int | None = None
+) -> TimelinePage:
+    """The incident's audit events, oldest first; `next_cursor` is the `after` of the next page."""
+    query = select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(audit_t.c.id > after)
+    rows = conn.execute(query).mappings().all()
+    items = [AuditEventOut(**r) for r in rows[:limit]]
+    return TimelinePage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+
+def incident_row(*, conn: Connection, incident_id: int) -> RowMapping:
+    """The incident's own columns, or NotFound."""
     row = conn.execute(select(*_INCIDENT_COLUMNS).where(incidents_t.c.id == incident_id)).mappings().first()
     if row is None:
         raise NotFound(f"incident {incident_id} not found")
-    alerts = [
-        AlertOut(**r)
-        for r in conn.execute(
-            select(*_ALERT_COLUMNS)
-            .join(links_t, links_t.c.alert_id == alerts_t.c.id)
-            .where(links_t.c.incident_id == incident_id)
-            .order_by(alerts_t.c.id)
-        ).mappings()
-    ]
-    timeline = [
-        AuditEventOut(**r)
-        for r in conn.execute(
-            select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id)
-        ).mappings()
-    ]
-    firing = sum(1 for a in alerts if a.status == "firing")
-    return IncidentDetail(**row, alerts_firing=firing, alerts_total=len(alerts), alerts=alerts, timeline=timeline)
+    return row
+
+
+def get_incident(
+    *, conn: Connection, incident_id: int, alerts_limit: int = DETAIL_ALERTS, events_limit: int = DETAIL_EVENTS
+) -> IncidentDetail:
+    """The incident with the first page of its alerts and of its timeline."""
+    row = incident_row(conn=conn, incident_id=incident_id)
+    firing, total = alert_counts(conn, [incident_id])[incident_id]
+    alerts = incident_alerts(conn=conn, incident_id=incident_id, limit=alerts_limit)
+    timeline = incident_timeline(conn=conn, incident_id=incident_id, limit=events_limit)
+    return IncidentDetail(
+        **row,
+        alerts_firing=firing,
+        alerts_total=total,
+        alerts=alerts.items,
+        alerts_next_cursor=alerts.next_cursor,
+        timeline=timeline.items,
+        timeline_next_cursor=timeline.next_cursor,
+    )
 
 
 def list_alerts(

@@ -13,24 +13,18 @@ from urllib.parse import parse_qsl
 
 from fastapi import Request
 
-from controlplane.errors import Forbidden, InvalidInput, PayloadTooLarge
+from controlplane.errors import Forbidden, InvalidInput
 from controlplane.web.auth import Session
 
 FIELD = "csrf_token"
 HEADER = "x-csrf-token"
-MAX_FORM_BYTES = 64 * 1024  # notes are the largest field (4,000 characters)
 
 
 async def read_form(request: Request) -> dict[str, str]:
     """An urlencoded form body, bounded in size; no multipart (the console never uploads files)."""
     if request.method != "POST":
         return {}
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
-        raise PayloadTooLarge(f"form over {MAX_FORM_BYTES} bytes")
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise PayloadTooLarge(f"form over {MAX_FORM_BYTES} bytes")
+    body = await request.body()  # bounded by the app's max_body_size while it streams (413 past it)
     if not body:
         return {}
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):

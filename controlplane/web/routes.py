@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import grafana
@@ -271,6 +272,8 @@ class ConsoleRoute(APIRoute):
                 response = _error(request, 422, f"invalid {where}")
             except (OperationalError, InterfaceError):
                 response = _error(request, 503, "the database is unavailable: try again in a moment")
+            except HTTPException as exc:  # Starlette's own: 413 past the body limit
+                response = _error(request, exc.status_code, str(exc.detail))
             _finish(request, response)
             return response
 
