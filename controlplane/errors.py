@@ -24,6 +24,10 @@ class PayloadTooLarge(DomainError):
     """The body is over the configured limit."""
 
 
+class UnsupportedMediaType(DomainError):
+    """The body is not of the content type the endpoint reads."""
+
+
 class Unauthorized(DomainError):
     """Missing or wrong credentials."""
 

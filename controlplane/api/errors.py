@@ -19,6 +19,7 @@ from controlplane.errors import (
     PayloadTooLarge,
     Unauthorized,
     Unavailable,
+    UnsupportedMediaType,
 )
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
@@ -28,6 +29,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     InvalidInput: 422,
     Unavailable: 503,
 }
@@ -42,10 +44,11 @@ class ErrorBody(BaseModel):
 
 _DESCRIPTIONS = {
     400: "Body not readable (not JSON, bad encoding)",
-    401: "Missing or wrong admin token (Authorization: Bearer <CONTROLPLANE_ADMIN_TOKEN>)",
+    401: "Missing or wrong credential (Authorization: Bearer <read or admin token>, or a console login)",
     403: "The admin API is disabled: CONTROLPLANE_ADMIN_TOKEN is not set",
     404: "No such object",
     409: "The object's state does not allow this",
+    415: "Not the content type the endpoint reads",
     422: "Refused: the message says why",
     503: "Database unavailable: retry after Retry-After seconds",
 }

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from controlplane.api.deps import ServicesDep
 from controlplane.api.errors import status_for
-from controlplane.errors import DomainError, PayloadTooLarge
+from controlplane.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
 from controlplane.ingest.auth import check_webhook_credentials
 from controlplane.ingest.payload import parse_notification
 
@@ -42,7 +42,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_OUTCOME = {401: "unauthorized", 400: "malformed", 413: "too_large", 422: "invalid", 503: "unavailable"}
+_OUTCOME = {
+    401: "unauthorized",
+    400: "malformed",
+    413: "too_large",
+    415: "unsupported_type",
+    422: "invalid",
+    503: "unavailable",
+}
+
+
+def check_json(content_type: str | None) -> None:
+    """Only application/json: a web page can post a form or text/plain cross-site without a preflight."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(
+            f"send the notification as application/json (Alertmanager does), not {media or 'no content type'}"
+        )
 
 
 @router.post(
@@ -52,6 +68,7 @@ _OUTCOME = {401: "unauthorized", 400: "malformed", 413: "too_large", 422: "inval
         400: {"description": "Empty body or not JSON"},
         401: {"description": "Missing or wrong token"},
         413: {"description": "Body over the limit"},
+        415: {"description": "Not application/json"},
         422: {"description": "Not an Alertmanager version 4 payload"},
         503: {"description": "Database unavailable; Alertmanager retries"},
     },
@@ -67,6 +84,7 @@ async def receive_alertmanager(request: Request, services: ServicesDep) -> Webho
     metrics = services.metrics
     try:
         check_webhook_credentials(request.headers.get("authorization"), services.settings.webhook_token)
+        check_json(request.headers.get("content-type"))
         body = await read_body(request, services.settings.max_body_bytes)
         notification = parse_notification(body)
         result = await services.writer.submit(notification)

@@ -7,7 +7,6 @@ screenshots land in tests/artifacts/, which git ignores).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -67,9 +66,7 @@ class Served:
         alert["annotations"]["summary"] = f"Graph support_bot keeps failing in {namespace}"
         alert["fingerprint"] = f"fp-{namespace}"
         payload["alerts"] = [alert]
-        response = httpx.post(
-            self.url + WEBHOOK, content=json.dumps(payload), headers={"Authorization": f"Bearer {TOKEN}"}
-        )
+        response = httpx.post(self.url + WEBHOOK, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
         response.raise_for_status()
         return int(response.json()["incident_ids"][0])
 

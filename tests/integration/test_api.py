@@ -114,7 +114,7 @@ def test_a_chunked_body_over_the_limit_is_refused(client: TestClient, engine: En
         for _ in range(12):
             yield b"x" * (1024 * 1024)
 
-    response = client.post(WEBHOOK, content=chunks())
+    response = client.post(WEBHOOK, content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert count_rows(engine, "alerts") == 0
 
@@ -164,10 +164,12 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "migrations": "current"}
     post(client, load_payload("alertmanager_firing.json"))
-    client.post(WEBHOOK, content=b"nope")
+    client.post(WEBHOOK, content=b"nope", headers={"content-type": "application/json"})
+    client.post(WEBHOOK, content=b"alert=1", headers={"content-type": "application/x-www-form-urlencoded"})
     text = client.get("/metrics").text
     assert 'controlplane_webhook_requests_total{outcome="accepted"} 1.0' in text
     assert 'controlplane_webhook_requests_total{outcome="malformed"} 1.0' in text
+    assert 'controlplane_webhook_requests_total{outcome="unsupported_type"} 1.0' in text
     assert 'controlplane_alerts_received_total{status="firing"} 2.0' in text
     assert "controlplane_open_incidents 1.0" in text
     assert "controlplane_ingest_duration_seconds_count 1.0" in text

@@ -334,7 +334,7 @@ def post_alert(client: TestClient, **labels: str) -> None:
     payload["alerts"] = payload["alerts"][:1]
     payload["alerts"][0]["labels"].update(labels)
     payload["alerts"][0]["fingerprint"] = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
-    response = client.post(WEBHOOK, content=json.dumps(payload))
+    response = client.post(WEBHOOK, json=payload)
     assert response.status_code == 200, response.text
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -34,14 +33,14 @@ playbooks:
     settings = make_settings(database_url, rules_dir=rules, alertmanager_url=alertmanager.url, worker_poll_seconds=0.05)
     payload = load_payload("alertmanager_firing.json")
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-        assert client.post(WEBHOOK, content=json.dumps(payload)).status_code == 200
+        assert client.post(WEBHOOK, json=payload).status_code == 200
         silence_id = _wait(lambda: _silence_of(client), "the playbook to create the silence")
         assert alertmanager.silence(silence_id)["status"] == {"state": "active"}
 
         resolved = copy.deepcopy(payload)
         resolved["status"] = "resolved"
         resolved["alerts"] = [a | {"status": "resolved", "endsAt": "2026-11-24T08:20:00Z"} for a in resolved["alerts"]]
-        assert client.post(WEBHOOK, content=json.dumps(resolved)).status_code == 200
+        assert client.post(WEBHOOK, json=resolved).status_code == 200
         _wait(lambda: alertmanager.silence(silence_id)["status"] == {"state": "expired"}, "the silence to expire")
 
 
