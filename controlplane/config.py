@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     metric_rule_interval_seconds: float = Field(default=30.0, gt=0)
     # Hosts http.request may call (exact host names); empty: none.
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Token for admin API calls (reload rules, pause automation) until the console's login exists.
+    # Bearer tokens of the JSON API: the admin token may change things (reload rules, approve, pause) and
+    # read; the read token may only read. A logged-in console session may read too. With neither token
+    # set in development, the read API is open (a warning says so at start-up).
     admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    read_token: SecretStr | None = None
+    read_token_file: Path | None = None
     # Kubernetes API for k8s.* actions and kubernetes targets: in-cluster config, a kubeconfig,
     # or an explicit API URL (+ token file), which is also how tests point at a stand-in.
     kube_config: Literal["auto", "in-cluster", "kubeconfig"] = "auto"
@@ -130,11 +135,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_secret_files(self) -> Settings:
-        for secret, path in (
-            ("slack_token", self.slack_token_file),
-            ("pagerduty_routing_key", self.pagerduty_routing_key_file),
-            ("session_secret", self.session_secret_file),
-        ):
+        for secret in _SECRETS:
+            path: Path | None = getattr(self, f"{secret}_file")
             if path is None:
                 continue
             if getattr(self, secret) is not None:
@@ -143,27 +145,19 @@ class Settings(BaseSettings):
                 value = path.read_text().strip()
             except OSError as exc:
                 raise ValueError(f"{secret}_file {path}: {exc.strerror}") from exc
+            if not value:
+                raise ValueError(f"{secret}_file {path} is empty")
             setattr(self, secret, SecretStr(value))
         return self
 
     @model_validator(mode="after")
-    def _resolve_secrets(self) -> Settings:
-        if self.webhook_token_file is not None:
-            if self.webhook_token is not None:
-                raise ValueError("set webhook_token or webhook_token_file, not both")
-            try:
-                token = self.webhook_token_file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"webhook_token_file {self.webhook_token_file}: {exc.strerror}") from exc
-            if not token:
-                raise ValueError(f"webhook_token_file {self.webhook_token_file} is empty")
-            self.webhook_token = SecretStr(token)
-        if self.environment == "production":
-            token = self.webhook_token.get_secret_value() if self.webhook_token else ""
-            if not token:
-                raise ValueError("webhook_token (or webhook_token_file) is required in production")
-            if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
-                raise ValueError("webhook_token looks like a placeholder: use at least 16 random characters")
+    def _strong_tokens_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        if self.webhook_token is None:
+            raise ValueError("webhook_token (or webhook_token_file) is required in production")
+        for name in ("webhook_token", "admin_token", "read_token"):
+            _refuse_weak(name, getattr(self, name))
         return self
 
     @model_validator(mode="after")
@@ -190,16 +184,31 @@ class Settings(BaseSettings):
             raise ValueError("console_users: user names must be unique")
         if self.environment == "production" and (self.console_users or self.console_auth_header):
             # A guessable secret lets anyone forge an admin session cookie.
-            secret = self.session_secret.get_secret_value() if self.session_secret else ""
-            if not secret:
+            if self.session_secret is None:
                 raise ValueError("session_secret (or session_secret_file) is required in production for the console")
-            if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < 32:
-                raise ValueError("session_secret looks like a placeholder: use at least 32 random characters")
+            _refuse_weak("session_secret", self.session_secret)
         return self
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+# Secrets that may come from a file instead: <name>_file holds the value (surrounding whitespace dropped).
+_SECRETS = ("webhook_token", "admin_token", "read_token", "slack_token", "pagerduty_routing_key", "session_secret")
+MIN_SECRET_LENGTH = 32
+
+
+def _refuse_weak(name: str, secret: SecretStr | None) -> None:
+    """Production refuses a secret someone could guess: short, a placeholder word, or one character repeated."""
+    if secret is None:
+        return
+    value = secret.get_secret_value().strip()
+    if value.lower() in _PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH or len(set(value)) == 1:
+        raise ValueError(
+            f"{name} looks like a placeholder: use at least {MIN_SECRET_LENGTH} random characters"
+            " (e.g. `openssl rand -hex 32`)"
+        )
 
 
 def _unknown_env_keys() -> list[str]:

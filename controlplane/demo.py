@@ -185,6 +185,7 @@ class Stack:
         self._gossip_ports = [free_port() for _ in range(alertmanagers)] if alertmanagers > 1 else []
         self.console_user = "demo"
         self.console_password = secrets.token_urlsafe(9)
+        self.read_token = ""  # made at start, with the webhook token
         self.processes: list[Process] = []
         self.http = httpx.Client(timeout=5.0)
 
@@ -203,9 +204,10 @@ class Stack:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(24)
-        (self.workdir / "webhook-token").write_text(token + "\n")
-        (self.workdir / "webhook-token").chmod(0o600)
+        for name in ("webhook-token", "read-token"):
+            (self.workdir / name).write_text(secrets.token_urlsafe(32) + "\n")
+            (self.workdir / name).chmod(0o600)
+        self.read_token = (self.workdir / "read-token").read_text().strip()
         fast_remediation_rules(self.rules_dir, self.workdir / "rules", admin_url=f"{self.sample_url}/admin")
         (self.workdir / "alerting").mkdir(exist_ok=True)
         rules = self.workdir / "alerting" / "demo.rules.yaml"
@@ -252,6 +254,7 @@ class Stack:
         env = _env_without_controlplane() | {
             "CONTROLPLANE_DATABASE_URL": f"sqlite:///{self.workdir / 'controlplane.db'}",
             "CONTROLPLANE_WEBHOOK_TOKEN_FILE": str(self.workdir / "webhook-token"),
+            "CONTROLPLANE_READ_TOKEN_FILE": str(self.workdir / "read-token"),
             "CONTROLPLANE_RULES_DIR": str(self.workdir / "rules"),
             "CONTROLPLANE_PROMETHEUS_URL": self.prometheus_url,
             "CONTROLPLANE_ALERTMANAGER_URL": self.alertmanager_urls[0],
@@ -375,8 +378,8 @@ class Stack:
 
     # -- the APIs, as the demo and the tests read them -------------------------------------------
 
-    def get(self, base: str, path: str, **params: Any) -> Any:
-        response = self.http.get(f"{base}{path}", params=params)
+    def get(self, base: str, path: str, headers: dict[str, str] | None = None, **params: Any) -> Any:
+        response = self.http.get(f"{base}{path}", params=params, headers=headers)
         response.raise_for_status()
         return response.json()
 
@@ -389,8 +392,8 @@ class Stack:
         return [a for a in alerts if a["labels"].get("alertname") == alertname]
 
     def api(self, path: str, **params: Any) -> Any:
-        """A control-plane JSON API call (the read API needs no token)."""
-        return self.get(self.controlplane_url, path, **params)
+        """A control-plane JSON API call, with the read token."""
+        return self.get(self.controlplane_url, path, {"Authorization": f"Bearer {self.read_token}"}, **params)
 
     def incident_for(self, alertname: str) -> dict[str, Any] | None:
         """The newest incident of `alertname`, or None."""
@@ -460,7 +463,7 @@ class Narrator:
         incident = s.incident_for(ALERT)
         executions: list[dict[str, Any]] = []
         if incident is not None:
-            url = f"{s.controlplane_url}/api/v1/incidents/{incident['id']}"
+            url = f"{s.controlplane_url}/incidents/{incident['id']}"
             self.say(f"incident-{incident['id']}", f"control plane: incident #{incident['id']} opened: {url}")
             if incident["status"] == "resolved":  # before the execution's end: verify.resolved waits for this
                 self.say(f"incident-{incident['id']}-resolved", f"control plane: incident #{incident['id']} resolved")
@@ -527,7 +530,7 @@ def _print_urls(stack: Stack, out: TextIO) -> None:
     cp = stack.controlplane_url
     lines = [
         f"console         {cp}/  (user {stack.console_user}, password {stack.console_password})",
-        f"incidents API   {cp}/api/v1/incidents",
+        f"incidents API   {cp}/api/v1/incidents  (Bearer token in {stack.workdir / 'read-token'}, or log in first)",
         f"executions API  {cp}/api/v1/executions",
         f"API docs        {cp}/docs",
         f"Prometheus      {stack.prometheus_url}/alerts",

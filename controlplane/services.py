@@ -183,6 +183,7 @@ class Services:
         if before != self.head_revision:
             log.info("database.migrated", from_revision=before, to_revision=self.head_revision)
         self.rules.load()
+        _warn_if_open(self.settings)
         self.elector.start()
         self.writer.start()
         self.worker.start()
@@ -218,6 +219,21 @@ class Services:
         except Exception as exc:  # a scrape must not fail because the database is down
             log.warning("metrics.open_incidents_unavailable", error=str(exc).splitlines()[0])
             return None
+
+
+def _warn_if_open(settings: Settings) -> None:
+    """Development may run without tokens; say so loudly, once, at start-up (production refuses to start)."""
+    open_parts = []
+    if settings.webhook_token is None:
+        open_parts.append("webhook (POST /api/v1/alerts/alertmanager): anyone can post alerts")
+    if settings.read_token is None and settings.admin_token is None:
+        open_parts.append("read API (/api/v1): anyone can read incidents, alerts, executions and rules")
+    if open_parts:
+        log.warning(
+            "security.open",
+            open=open_parts,
+            fix="set CONTROLPLANE_WEBHOOK_TOKEN and CONTROLPLANE_READ_TOKEN (or their _FILE variants)",
+        )
 
 
 def _expire_silences(pool: Any, engine: Engine, settings: Settings, incident_ids: list[int]) -> None:

@@ -35,6 +35,7 @@ IN_CI = os.environ.get("CI") == "true"
 WEBHOOK = "/api/v1/alerts/alertmanager"
 TOKEN = "test-webhook-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # the webhook and read token of make_settings()
 RULES = Path(__file__).parent.parent / "rules"
 
 
@@ -107,10 +108,15 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    """Test settings: no rules unless a test names a rules_dir (the shipped rules act on what they match)."""
+    """Test settings: no rules unless a test names a rules_dir (the shipped rules act on what they match).
+
+    The webhook and read tokens are one value here, so one client header posts alerts and reads them
+    back; tests/integration/test_api_auth.py checks them apart.
+    """
     values: dict[str, Any] = {
         "database_url": database_url,
         "webhook_token": TOKEN,
+        "read_token": TOKEN,
         "admin_token": ADMIN_TOKEN,
         "rules_dir": Path(tempfile.mkdtemp(prefix="cp-no-rules-")),
         **overrides,
@@ -125,7 +131,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         yield client
 
 

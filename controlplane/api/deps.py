@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from pydantic import SecretStr
 from sqlalchemy import Connection
 
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.services import Services
+from controlplane.web.auth import console_user
 
 # Row ids are 64-bit (PostgreSQL bigint, SQLite INTEGER): a larger number is refused (422) instead of
 # reaching the driver, where SQLite raises OverflowError (a 500).
@@ -43,13 +45,48 @@ def get_write_conn(services: ServicesDep) -> Iterator[Connection]:
 WriteConnDep = Annotated[Connection, Depends(get_write_conn)]
 
 
+def _bearer(request: Request) -> bytes | None:
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    return given.strip().encode() if scheme.lower() == "bearer" else None
+
+
+def _matches(given: bytes | None, *tokens: SecretStr | None) -> bool:
+    # Every configured token is compared, so the time taken does not say which one nearly matched.
+    found = False
+    for token in tokens:
+        if token is not None and given is not None:
+            found |= hmac.compare_digest(given, token.get_secret_value().encode())
+    return found
+
+
+def require_reader(request: Request, services: ServicesDep) -> str:
+    """Every /api/v1 read: the read token, the admin token, or a logged-in console session.
+
+    Open only in development with neither token set (the service warns at start-up).
+    """
+    settings = services.settings
+    if settings.read_token is None and settings.admin_token is None and settings.environment == "development":
+        return "anonymous"
+    if _matches(_bearer(request), settings.read_token, settings.admin_token):
+        return "token"
+    user = console_user(request)
+    if user is not None:
+        return f"user:{user.name}"
+    raise Unauthorized(
+        "a credential is required: Authorization: Bearer <CONTROLPLANE_READ_TOKEN or CONTROLPLANE_ADMIN_TOKEN>,"
+        " or a console login"
+    )
+
+
+ReaderDep = Depends(require_reader)
+
+
 def require_admin(request: Request, services: ServicesDep) -> str:
     """The admin API (until the console's logins exist): `Authorization: Bearer <CONTROLPLANE_ADMIN_TOKEN>`."""
     token = services.settings.admin_token
     if token is None:
         raise Forbidden("the admin API is disabled: set CONTROLPLANE_ADMIN_TOKEN")
-    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+    if not _matches(_bearer(request), token):
         raise Unauthorized("admin token required: Authorization: Bearer <CONTROLPLANE_ADMIN_TOKEN>")
     return "admin"
 

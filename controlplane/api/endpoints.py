@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.api.deps import AdminDep, ServicesDep
+from controlplane.api.deps import AdminDep, ReaderDep, ServicesDep
 from controlplane.api.errors import error_responses
 from controlplane.failover.manager import ActiveEndpointView, FailoverEventView, GroupStatus, SwitchResult
 
-router = APIRouter(prefix="/api/v1", tags=["failover"], responses=error_responses(503))
+router = APIRouter(prefix="/api/v1", tags=["failover"], responses=error_responses(401, 503), dependencies=[ReaderDep])
 
 
 class SwitchRequest(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from controlplane.api.deps import MAX_ID, AdminDep, ConnDep, IdPath, ServicesDep, WriteConnDep
+from controlplane.api.deps import MAX_ID, AdminDep, ConnDep, IdPath, ReaderDep, ServicesDep, WriteConnDep
 from controlplane.api.errors import error_responses
 from controlplane.playbooks import service
 from controlplane.playbooks.schemas import (
@@ -19,7 +19,7 @@ from controlplane.playbooks.schemas import (
     ExecutionPage,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["executions"], responses=error_responses(503))
+router = APIRouter(prefix="/api/v1", tags=["executions"], responses=error_responses(401, 503), dependencies=[ReaderDep])
 # Deciding on an execution: a body that is not JSON, no admin token, no such execution, already decided.
 DECISION_ERRORS = error_responses(400, 401, 403, 404, 409)
 SWITCH_ERRORS = error_responses(400, 401, 403)

@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from controlplane.api.deps import MAX_ID, ConnDep, IdPath
+from controlplane.api.deps import MAX_ID, ConnDep, IdPath, ReaderDep
 from controlplane.api.errors import error_responses
 from controlplane.incidents import service
 from controlplane.incidents.schemas import AlertPage, IncidentDetail, IncidentPage, IncidentStatus, TimelinePage
 
-router = APIRouter(prefix="/api/v1", tags=["incidents"], responses=error_responses(503))
+router = APIRouter(prefix="/api/v1", tags=["incidents"], responses=error_responses(401, 503), dependencies=[ReaderDep])
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 Before = Annotated[

@@ -12,10 +12,11 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from controlplane import grafana
-from controlplane.api.deps import ServicesDep
+from controlplane.api.deps import ReaderDep, ServicesDep
+from controlplane.api.errors import error_responses
 from controlplane.errors import NotFound
 
-router = APIRouter(prefix="/api/v1", tags=["monitoring"])
+router = APIRouter(prefix="/api/v1", tags=["monitoring"], responses=error_responses(401), dependencies=[ReaderDep])
 
 
 class DashboardSummary(BaseModel):

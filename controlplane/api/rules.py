@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from controlplane.api.deps import AdminDep, ServicesDep
+from controlplane.api.deps import AdminDep, ReaderDep, ServicesDep
 from controlplane.api.errors import error_responses
 from controlplane.errors import InvalidInput
 from controlplane.rules.loader import RuleLoadError
 
-router = APIRouter(prefix="/api/v1", tags=["rules"])
+router = APIRouter(prefix="/api/v1", tags=["rules"], responses=error_responses(401), dependencies=[ReaderDep])
 
 
 class RulesOut(BaseModel):

@@ -21,12 +21,14 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import get_args
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
 
 from controlplane.config import ConsoleRole, ConsoleUser, Settings
 
@@ -113,7 +115,7 @@ class Authenticator:
             return None
         return Session(csrf=data["c"], user=data.get("u"), pw=data.get("p"))
 
-    def user_of(self, session: Session, headers: dict[str, str]) -> User | None:
+    def user_of(self, session: Session, headers: Mapping[str, str]) -> User | None:
         """The proxy's user when configured and present, else the session's (if still valid)."""
         if self.auth_header and (name := headers.get(self.auth_header.lower(), "").strip()):
             configured = self.users.get(name)
@@ -132,6 +134,16 @@ class Authenticator:
     def logout(self) -> Session:
         """A fresh anonymous session: the old cookie is replaced, its CSRF token dropped."""
         return Session.fresh()
+
+
+def console_user(request: Request) -> User | None:
+    """The console user a request is logged in as (session cookie or auth proxy), e.g. for the JSON API."""
+    console = getattr(request.app.state, "console", None)
+    if console is None:
+        return None
+    auth: Authenticator = console.auth
+    session = auth.decode(request.cookies.get(COOKIE))
+    return auth.user_of(session or Session.fresh(), request.headers)
 
 
 class LoginThrottle:

@@ -66,7 +66,8 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
         # Something to read: small ids then name a real incident, its alerts and their executions.
         seeded = client.post(WEBHOOK, json=load_payload("alertmanager_firing.json"), headers=_auth(WEBHOOK))
         assert seeded.status_code == 200, seeded.text
-        assert client.get("/api/v1/executions").json()["items"], "the seeded alerts started no execution"
+        executions = client.get("/api/v1/executions", headers=_auth("/api/v1/executions")).json()
+        assert executions["items"], "the seeded alerts started no execution"
         yield client
 
 

@@ -25,9 +25,8 @@ from sqlalchemy.engine import make_url
 
 from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
-from tests.conftest import TOKEN, WEBHOOK, load_payload
+from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LOOPBACK = "127.0.0.1"
 
 
@@ -172,6 +171,7 @@ class ServerProcess:
             {
                 "CONTROLPLANE_DATABASE_URL": database_url,
                 "CONTROLPLANE_WEBHOOK_TOKEN": TOKEN,
+                "CONTROLPLANE_READ_TOKEN": TOKEN,  # one header posts alerts and reads them back
                 "CONTROLPLANE_LOG_LEVEL": "warning",
                 "CONTROLPLANE_LISTEN_HOST": LOOPBACK,
                 "CONTROLPLANE_LISTEN_PORT": str(self.port),

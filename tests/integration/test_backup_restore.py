@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL, make_url
 
 from controlplane.app import create_app
-from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
+from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
 from tests.integration.serverproc import ServerProcess, truncate_all
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -116,7 +116,7 @@ def test_a_schema_dump_restored_into_a_fresh_database_serves_the_same_incidents_
     (rules / "rules.yaml").write_text(RULES)
 
     settings = make_settings(postgres_url, rules_dir=rules, worker_poll_seconds=0.05)
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         for payload in (notification("BackupAuto"), notification("BackupApproval"), notification("Unmatched")):
             assert client.post(WEBHOOK, json=payload).status_code == 200
         wait_for("the automatic execution succeeds", lambda: _with_status(client, "succeeded"))
@@ -152,7 +152,7 @@ def test_a_schema_dump_restored_into_a_fresh_database_serves_the_same_incidents_
                 lambda: client.get(f"/api/v1/executions/{waiting['id']}").json()["status"] == "succeeded",
             )
     # The source schema is untouched by all this.
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         assert snapshot(client) == before
 
 

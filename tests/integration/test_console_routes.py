@@ -30,7 +30,7 @@ from controlplane.web import views
 from controlplane.web.auth import LoginThrottle
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload, make_settings
 
 # Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
 HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("correct horse")
@@ -73,7 +73,7 @@ def app(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
         console_login_max_failures=3,
         worker_poll_seconds=0.05,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         yield client
 
 
@@ -121,7 +121,7 @@ def post_alerts(client: TestClient, *alerts: dict[str, Any]) -> list[int]:
         }
         for a in alerts
     ]
-    response = client.post(WEBHOOK, content=json.dumps(payload), headers={"Authorization": f"Bearer {TOKEN}"})
+    response = client.post(WEBHOOK, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200, response.text
     return response.json()["incident_ids"]  # type: ignore[no-any-return]
 
@@ -223,14 +223,14 @@ def test_throttle_window_slides() -> None:
 
 def test_a_changed_password_ends_old_sessions(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, console_users=USERS, session_secret=SECRET)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         token = csrf(client, "/login")
         client.post("/login", data={"csrf_token": token, "username": "admin", "password": "correct horse"})
         cookie = client.cookies.get("cp_session")
     new_hash = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("new")
     users = [*USERS[:2], {"name": "admin", "role": "admin", "password_hash": new_hash}]
     settings = make_settings(database_url, console_users=users, session_secret=SECRET)
-    with TestClient(create_app(settings), cookies={"cp_session": cookie or ""}) as client:
+    with TestClient(create_app(settings), headers=AUTH, cookies={"cp_session": cookie or ""}) as client:
         assert client.get("/incidents", follow_redirects=False).status_code == 303
 
 
@@ -241,7 +241,7 @@ def test_an_auth_proxy_header_names_the_user_and_role(database_url: str) -> None
         console_auth_header="X-Forwarded-User",
         console_role_header="X-Forwarded-Role",
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         assert client.get("/incidents", follow_redirects=False).status_code == 303
         headers = {"X-Forwarded-User": "carol", "X-Forwarded-Role": "admin"}
         page = client.get("/rules", headers=headers)
@@ -396,7 +396,7 @@ def test_silence_in_the_real_alertmanager(
     settings = make_settings(
         database_url, console_users=USERS, session_secret=SECRET, alertmanager_url=alertmanager.url
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         (incident_id,) = post_alerts(client, {"fingerprint": "fp-s", "labels": {"namespace": "silenced"}})
         token = csrf(client, "/login")
         client.post("/login", data={"csrf_token": token, "username": "operator", "password": "correct horse"})
@@ -422,7 +422,7 @@ def test_silence_when_alertmanager_is_down_says_so(database_url: str) -> None:
     settings = make_settings(
         database_url, console_users=USERS, session_secret=SECRET, alertmanager_url="http://127.0.0.1:9"
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         (incident_id,) = post_alerts(client, {"fingerprint": "fp-d"})
         token = csrf(client, "/login")
         client.post("/login", data={"csrf_token": token, "username": "operator", "password": "correct horse"})
@@ -598,14 +598,18 @@ def test_users_from_a_file_and_production_secrets(tmp_path: Path) -> None:
         load_settings(console_users_file=users)
     with pytest.raises(SettingsError, match="missing"):
         load_settings(console_users_file=tmp_path / "missing.yaml")
-    production = {"environment": "production", "webhook_token": "w" * 32, "console_users_file": users}
+    production = {
+        "environment": "production",
+        "webhook_token": "3c9e0b7a1f5d2e8c4a6b0d9f7e1c3a5b",
+        "console_users_file": users,
+    }
     users.write_text(json.dumps([{"name": "bob", "password_hash": HASH}]))
     with pytest.raises(SettingsError, match="session_secret"):
         load_settings(**production)
     with pytest.raises(SettingsError, match="placeholder"):
         load_settings(**production, session_secret="changeme")
     secret = tmp_path / "secret"
-    secret.write_text("s" * 40)
+    secret.write_text("e4b1c7d09a3f5e2b8c6d1a0f9e7b3c5d2a4f6e8b")
     assert load_settings(**production, session_secret_file=secret).session_secret is not None
 
 
@@ -645,6 +649,6 @@ def test_cookies_are_secure_behind_https(database_url: str) -> None:
     settings = make_settings(
         database_url, console_users=USERS, session_secret=SECRET, public_url="https://controlplane.example"
     )
-    with TestClient(create_app(settings), base_url="https://testserver") as client:
+    with TestClient(create_app(settings), headers=AUTH, base_url="https://testserver") as client:
         response = client.get("/login")
         assert "secure" in response.headers["set-cookie"].lower()

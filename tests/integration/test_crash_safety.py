@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from controlplane.db.engine import make_engine
+from tests.conftest import AUTH
 from tests.integration.serverproc import (
     ServerProcess,
     WebhookLoad,
@@ -84,7 +85,7 @@ def test_every_acknowledged_alert_survives_kill_9(server_db: str, tmp_path: Path
         assert_stored_once(server_db, acked, "alerts acknowledged before kill -9")
         assert half_stored(server_db) == []
         # What an operator sees through the API, for a sample of them.
-        with httpx.Client(base_url=restarted.url, timeout=10) as client:
+        with httpx.Client(base_url=restarted.url, headers=AUTH, timeout=10) as client:
             for fingerprint in sorted(acked)[:25]:
                 response = client.get("/api/v1/alerts", params={"fingerprint": fingerprint})
                 assert response.status_code == 200, response.text

@@ -203,7 +203,7 @@ playbooks:
     )
     app = create_app(settings)
     try:
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             scheduler = app.state.services.scheduler
 
             [firing] = scheduler.evaluate_now()

@@ -164,11 +164,12 @@ def test_deployment_env_is_accepted_by_the_settings(tmp_path: Path, monkeypatch:
     """Every CONTROLPLANE_ variable the Deployment sets is a real setting with a valid value."""
     [container] = deployment().spec.template.spec.containers
     token = tmp_path / "webhook-token"
-    token.write_text("a" * 32)
+    token.write_text("9f2c4e1ab7d3085c6e2f9a41d7b3c05e")
     from_cluster = {  # what the kubelet fills in from the Secret, the mounts and the pod
         "CONTROLPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/cp.db",
         "CONTROLPLANE_WEBHOOK_TOKEN_FILE": str(token),
-        "CONTROLPLANE_ADMIN_TOKEN": "b" * 32,
+        "CONTROLPLANE_ADMIN_TOKEN": "0d7e3a9c51f2b846e0c3d7a19f5b2e64",
+        "CONTROLPLANE_READ_TOKEN": "5b1e8c3f07a2d94e6c1b0f8a3d5e7c29",
         "CONTROLPLANE_INSTANCE_ID": "controlplane-7d9f-abcde",
     }
     for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:

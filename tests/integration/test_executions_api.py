@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controlplane.app import create_app
-from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, load_payload, make_settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -57,7 +57,7 @@ def post_alert(client: TestClient, **labels: str) -> dict[str, Any]:
     payload["alerts"] = payload["alerts"][:1]
     payload["alerts"][0]["labels"].update(labels)
     payload["alerts"][0]["fingerprint"] = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
-    response = client.post(WEBHOOK, content=json.dumps(payload))
+    response = client.post(WEBHOOK, json=payload)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -132,6 +132,6 @@ def test_actions_breakers_and_admin_refusal(app_client: TestClient, database_url
     assert {"notify.log", "wait", "verify.resolved", "incident.annotate", "http.request", "prometheus.top"} <= names
     assert isinstance(app_client.get("/api/v1/circuit-breakers").json(), list)
     without_admin = make_settings(database_url, rules_dir=rules_dir, admin_token=None)
-    with TestClient(create_app(without_admin)) as client:
+    with TestClient(create_app(without_admin), headers=AUTH) as client:
         refused = client.post("/api/v1/automation/pause")
         assert refused.status_code == 403 and "CONTROLPLANE_ADMIN_TOKEN" in refused.json()["error"]

@@ -24,7 +24,7 @@ from controlplane.failover.manager import CheckOutcome, FailoverManager
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
-from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, load_payload, make_settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -372,7 +372,7 @@ def wait_for_first_checks(services: Services) -> None:
 def test_endpoints_api(database_url: str, tmp_path: Path, servers: Callable[..., HealthServer]) -> None:
     primary, backup = servers(), servers()
     app = create_app(make_settings(database_url, rules_dir=rules_dir(tmp_path, primary.url, backup.url)))
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         services: Services = app.state.services
         wait_for_first_checks(services)
         active = client.get("/api/v1/endpoints/active", params={"service": "chat"}).json()
@@ -430,7 +430,7 @@ def test_failover_switch_action_in_a_playbook(
         database_url, rules_dir=rules_dir(tmp_path, primary.url, backup.url), worker_poll_seconds=0.05
     )
     app = create_app(settings)
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with TestClient(app, headers=AUTH) as client:
         wait_for_first_checks(app.state.services)
         payload = load_payload("alertmanager_firing.json")
         payload["alerts"] = payload["alerts"][:1]

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from controlplane.app import create_app
 from controlplane.services import Services
-from tests.conftest import make_settings
+from tests.conftest import AUTH, make_settings
 from tests.prometheus_server import PrometheusServer
 
 
@@ -40,7 +40,7 @@ playbooks:
         metric_rule_interval_seconds=3600,  # evaluated on demand below
     )
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         services: Services = app.state.services
         [evaluation] = services.scheduler.evaluate_now()
         assert evaluation.state == "firing"

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from controlplane import grafana
 from controlplane.app import create_app
 from controlplane.cli import main
-from tests.conftest import make_settings, require_binary
+from tests.conftest import AUTH, make_settings, require_binary
 from tests.prometheus_server import free_port
 from tests.standins.grafana import GrafanaStandIn
 
@@ -101,7 +101,7 @@ def rules_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def client(rules_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
     settings = make_settings(f"sqlite:///{tmp_path}/cp.db", rules_dir=rules_dir)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         yield client
 
 
@@ -141,7 +141,7 @@ def test_without_dashboards_or_alerting_the_lists_are_empty(tmp_path: Path, monk
     monkeypatch.setattr(grafana, "REPO_ROOT", tmp_path / "no-repository")
     (tmp_path / "rules").mkdir()
     settings = make_settings(f"sqlite:///{tmp_path}/cp.db", rules_dir=tmp_path / "rules")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         assert client.get("/api/v1/dashboards").json() == []
         assert client.get("/api/v1/dashboards/langgraph-fleet").status_code == 404
         rules = client.get("/api/v1/alerting/rules")

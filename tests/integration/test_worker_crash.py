@@ -112,7 +112,7 @@ playbooks:
         second.wait_ready()
 
         def done() -> dict[str, Any] | None:
-            detail = httpx.get(f"{second.url}/api/v1/executions/{execution['id']}", timeout=5).json()
+            detail = httpx.get(f"{second.url}/api/v1/executions/{execution['id']}", headers=AUTH, timeout=5).json()
             return detail if detail["status"] not in ("running", "pending") else None
 
         detail = wait_until(done, 20, "the execution to finish after the restart")

@@ -35,12 +35,32 @@ def test_group_by_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().incident_group_by == ["alertname", "cluster"]
 
 
+STRONG = "7d3f9a1c5e0b8d2f4a6c1e9b3d7f5a0c"
+
+
 def test_production_refuses_missing_or_placeholder_token() -> None:
     with pytest.raises(SettingsError, match="required in production"):
         load_settings(environment="production")
     with pytest.raises(SettingsError, match="placeholder"):
         load_settings(environment="production", webhook_token="changeme")
-    assert load_settings(environment="production", webhook_token="x" * 32).webhook_token is not None
+    assert load_settings(environment="production", webhook_token=STRONG).webhook_token is not None
+
+
+@pytest.mark.parametrize("name", ["webhook_token", "admin_token", "read_token"])
+@pytest.mark.parametrize("weak", ["x" * 64, STRONG[:31], "token", "  " + "a" * 40 + "  "])
+def test_production_refuses_short_or_repeated_tokens(name: str, weak: str) -> None:
+    tokens = {"webhook_token": STRONG, name: weak}
+    with pytest.raises(SettingsError, match=f"{name} looks like a placeholder"):
+        load_settings(environment="production", **tokens)
+    assert load_settings(environment="development", **tokens)  # development takes what it is given
+
+
+def test_empty_token_files_are_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for name in ("webhook_token_file", "admin_token_file", "read_token_file", "session_secret_file"):
+        with pytest.raises(SettingsError, match="is empty"):
+            load_settings(**{name: empty})
 
 
 def test_token_from_a_file(tmp_path: Path) -> None:
