@@ -53,7 +53,7 @@ def http_request(ctx: ActionContext, params: HttpRequestParams) -> ActionResult:
             params.url,
             json=params.json_body,
             headers=headers,
-            timeout=params.timeout,
+            timeout=ctx.time_left(params.timeout),
             follow_redirects=False,
         )
     except httpx.TransportError as exc:

@@ -312,11 +312,12 @@ def send_webhook(ctx: ActionContext, params: WebhookParams) -> dict[str, Any]:
     headers = {"Idempotency-Key": ctx.idempotency_key}
 
     def post() -> httpx.Response:
+        timeout = ctx.time_left(params.timeout)  # each try ends by the step's deadline; none starts after it
         if isinstance(params.body, str):
             content_headers = {**headers, "Content-Type": "text/plain; charset=utf-8"}
-            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=params.timeout)
+            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=timeout)
         else:
-            response = httpx.post(params.url, json=params.body, headers=headers, timeout=params.timeout)
+            response = httpx.post(params.url, json=params.body, headers=headers, timeout=timeout)
         if not response.is_success:
             status = response.status_code
             raise ActionError(f"webhook on {host} answered {status}", retriable=status >= 500 or status == 429)
