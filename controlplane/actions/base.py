@@ -4,7 +4,8 @@ An action is a plain synchronous function `(ctx, params) -> ActionResult`, regis
 `@action("family.verb", params=Model)`. Its parameter model is what rule files are checked
 against at load time; `inverse` names the action that undoes it (the default rollback);
 `blast_radius` may refuse a call that would act too widely; `target` names what it acts on,
-which keys the circuit breaker and the bulkhead (resilience/).
+which keys the circuit breaker and the bulkhead (resilience/), or is None when the call names
+nothing the rule files or settings define.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class ActionSpec(Generic[P]):
     inverse: str | None = None
     blast_radius: Callable[[ActionContext, P], str | None] | None = None  # a reason to refuse, or None
     blast_radius_doc: str = ""
-    target: Callable[[ActionContext, P], str] | None = None  # what it acts on: keys its circuit breaker and bulkhead
+    # What it acts on: keys its circuit breaker and bulkhead. It returns None for a name the rule
+    # files or settings do not define (the action refuses it), so labels cannot add breakers.
+    target: Callable[[ActionContext, P], str | None] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -148,8 +151,12 @@ class ActionSpec(Generic[P]):
             "blast_radius": self.blast_radius_doc or None,
         }
 
-    def target_of(self, ctx: ActionContext, params: P) -> str:
-        return f"{self.name}:{self.target(ctx, params)}" if self.target else self.name
+    def target_of(self, ctx: ActionContext, params: P) -> str | None:
+        """`<action>:<target>`; the action's name when it has no targets; None for an undefined target."""
+        if self.target is None:
+            return self.name
+        target = self.target(ctx, params)
+        return None if target is None else f"{self.name}:{target}"
 
 
 class UnknownAction(KeyError):
@@ -191,7 +198,7 @@ def action(
     inverse: str | None = None,
     blast_radius: Callable[[ActionContext, P], str | None] | None = None,
     blast_radius_doc: str = "",
-    target: Callable[[ActionContext, P], str] | None = None,
+    target: Callable[[ActionContext, P], str | None] | None = None,
     into: ActionRegistry | None = None,
 ) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
     """Register `func` as action `name`; its docstring's first line is its description."""

@@ -15,17 +15,18 @@ replicas racing cannot both pass.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Params, action
+from controlplane.actions.http import request_failed
 from controlplane.integrations import kubernetes as kube
 from controlplane.rules.schema import Target
 
 # A graph name is a URL path segment and a ConfigMap list item: no '/', ',' or spaces, whatever
-# an alert label (untrusted) carries.
+# an alert label (untrusted) carries, and not made of dots only ('.' and '..' change the path).
 GRAPH_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 DISABLED_KEY = "disabled_graphs"
 TIMEOUT_SECONDS = 10.0  # at most; a step's deadline makes it shorter (ctx.time_left)
@@ -33,9 +34,18 @@ CONNECT_TIMEOUT_SECONDS = 3.0
 BOUNDS_DOC = "at most the target's max_disabled_graphs disabled at once, and never its last enabled graph"
 
 
+def _not_dots(value: str) -> str:
+    if not value.strip("."):
+        raise ValueError(f"{value!r} is not a graph name: a name of dots only would change the request path")
+    return value
+
+
+GraphName = Annotated[str, Field(pattern=GRAPH_NAME), AfterValidator(_not_dots)]
+
+
 class GraphParams(Params):
     target: str = "default"
-    graph: str = Field(pattern=GRAPH_NAME)
+    graph: GraphName
 
 
 # -- the admin API of http targets (storage.* uses it too) -------------------------------------
@@ -73,8 +83,8 @@ def admin_request(
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
             follow_redirects=False,
         )
-    except httpx.TransportError as exc:
-        raise ActionError(f"{where}: {type(exc).__name__}: {exc}", retriable=True) from None
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise request_failed(where, exc) from None
     try:
         body: Any = response.json()
     except ValueError:
@@ -118,9 +128,9 @@ def _message(body: Any, text: str) -> str:
     return text[:500] or "(empty answer)"
 
 
-def target_name(_ctx: ActionContext, params: Any) -> str:
-    """Keys the circuit breaker: one per target and action."""
-    return str(params.target)
+def target_name(ctx: ActionContext, params: Any) -> str | None:
+    """Keys the circuit breaker: one per target and action; None for a name no rule file defines (refused)."""
+    return str(params.target) if params.target in ctx.targets else None
 
 
 def kube_target(target: Target) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -231,7 +231,8 @@ class Executor:
                 self._audit(run, "step.refused", {"step": index, "action": action_name, "reason": refusal})
                 return self._fail_step(run, phase, index, step, existing, inputs, f"blast radius: {refusal}")
         target = spec.target_of(ctx, params)
-        breaker = self._breakers.get(target)
+        # No breaker for a target nothing defines (the action refuses it): labels cannot add breakers.
+        breaker = self._breakers.get(target) if target is not None else None
         attempts = existing.attempts
         began = time.perf_counter()
 
@@ -245,7 +246,7 @@ class Executor:
             for attempt in retrying(step.retry or NO_RETRY, sleep=self._sleep, on_retry=on_retry):
                 with attempt:
                     attempts += 1
-                    result = self._call(spec.func, ctx, params, timeout, target, breaker)
+                    result = self._call(spec.func, ctx, params, timeout, target or action_name, breaker)
         except CircuitOpenError as exc:
             self._audit(run, "step.refused", {"step": index, "action": action_name, "reason": str(exc)})
             failure = exc
@@ -288,12 +289,12 @@ class Executor:
         params: Any,
         timeout: float,
         target: str,
-        breaker: CircuitBreaker,
+        breaker: CircuitBreaker | None,
     ) -> ActionResult:
         """One attempt, through the target's circuit breaker and bulkhead; `timeout` covers the wait for a slot too."""
         deadline = time.monotonic() + timeout
         attempt_ctx = replace(ctx, deadline=deadline)
-        with breaker.attempt(is_failure=_target_failed):
+        with breaker.attempt(is_failure=_target_failed) if breaker is not None else nullcontext():
             try:
                 result = self._bulkheads.call(target, lambda: func(attempt_ctx, params), deadline=deadline)
             except SlotTimeout:
