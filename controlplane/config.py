@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "CONTROLPLANE_"
+_ALLOWED_HOST = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "token", "password", "example"}
 
 
@@ -82,7 +84,7 @@ class Settings(BaseSettings):
     worker_threads: int = Field(default=2, ge=1, le=64)
     max_claims: int = Field(default=3, ge=1)  # an execution whose worker died this often is failed
     metric_rule_interval_seconds: float = Field(default=30.0, gt=0)
-    # Hosts http.request may call (exact host names); empty: none.
+    # Hosts http.request and notify.webhook may call: `host` (any port) or `host:port`; empty: none.
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Bearer tokens of the JSON API: the admin token may change things (reload rules, approve, pause) and
     # read; the read token may only read. A logged-in console session may read too. With neither token
@@ -132,6 +134,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("http_allowed_hosts")
+    @classmethod
+    def _host_or_host_port(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            match = _ALLOWED_HOST.fullmatch(entry)
+            if match is None or not 0 < int(match["port"] or 1) < 65536:
+                raise ValueError(f"{entry!r} is not `host` or `host:port` (an IPv6 address in brackets)")
+        return [entry.lower() for entry in value]
 
     @model_validator(mode="after")
     def _resolve_secret_files(self) -> Settings:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
@@ -28,7 +28,8 @@ from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.approvals import ApprovalTimeouts
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
-from controlplane.playbooks.worker import Worker, pool_for
+from controlplane.playbooks.worker import Worker
+from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
 from controlplane.rules.holder import RulesHolder
 from controlplane.telemetry import Metrics
@@ -48,7 +49,7 @@ class Services:
     worker: Worker
     scheduler: MetricRuleScheduler
     head_revision: str | None
-    _pool: Any
+    _silence_expiry: ThreadPoolExecutor
     failover: FailoverManager
     health_checker: HealthChecker
     elector: LeaderElector
@@ -63,14 +64,15 @@ class Services:
         registry = load_builtin_actions()
         rules = RulesHolder(settings.rules_dir, registry)
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
-        pool = pool_for(settings.worker_threads)
+        # Its own thread: expiring silences must not wait behind action calls, nor they behind it.
+        expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silence-expiry")
         executor = Executor(
             engine=engine,
             registry=registry,
             settings=settings,
             breakers=breakers,
             metrics=metrics,
-            pool=pool,
+            bulkheads=Bulkheads(),  # per-target call slots (the step timeout bounds the wait for one)
             rules=lambda: rules.current,
         )
         worker = Worker(
@@ -108,7 +110,7 @@ class Services:
             after_ingest=trigger,
             after_commit=lambda results, executions: (
                 triggered(executions),
-                _expire_silences(pool, engine, settings, [i for r in results for i in r.resolved_incident_ids]),
+                _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids]),
             ),
         )
 
@@ -166,7 +168,7 @@ class Services:
             worker,
             scheduler,
             migrate.head_revision(engine),
-            pool,
+            expiry,
             failover=failover,
             health_checker=health_checker,
             elector=elector,
@@ -200,7 +202,7 @@ class Services:
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._silence_expiry.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
 
     def reload_rules(self) -> None:
@@ -236,10 +238,13 @@ def _warn_if_open(settings: Settings) -> None:
         )
 
 
-def _expire_silences(pool: Any, engine: Engine, settings: Settings, incident_ids: list[int]) -> None:
-    """Silences we created for an incident end when it resolves; off the webhook's path (HTTP calls)."""
+def _expire_silences(expiry: ThreadPoolExecutor, engine: Engine, settings: Settings, incident_ids: list[int]) -> None:
+    """Silences we created for an incident end when it resolves; off the webhook's path (HTTP calls).
+
+    One thread, so at most one Alertmanager call at a time; each queued item is an incident id.
+    """
     for incident_id in incident_ids:
-        pool.submit(expire_silences_for_incident, engine, settings, incident_id, "controlplane:resolve")
+        expiry.submit(expire_silences_for_incident, engine, settings, incident_id, "controlplane:resolve")
 
 
 def _audit_breaker(engine: Engine, name: str, old: State, new: State) -> None:

@@ -4,11 +4,13 @@ An action is a plain synchronous function `(ctx, params) -> ActionResult`, regis
 `@action("family.verb", params=Model)`. Its parameter model is what rule files are checked
 against at load time; `inverse` names the action that undoes it (the default rollback);
 `blast_radius` may refuse a call that would act too widely; `target` names what it acts on,
-which keys the circuit breaker.
+which keys the circuit breaker and the bulkhead (resilience/), or is None when the call names
+nothing the rule files or settings define.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,6 +87,20 @@ class ActionContext:
     log: Any = field(default_factory=lambda: structlog.get_logger("controlplane.action"))
     targets: Mapping[str, Target] = field(default_factory=dict)  # from the rule files in force
     failover: Mapping[str, FailoverGroup] = field(default_factory=dict)
+    deadline: float | None = None  # time.monotonic() by which this attempt must be done; None: none set
+
+    def time_left(self, cap: float) -> float:
+        """Seconds an outside call may take: `cap`, or less when the step's deadline is nearer.
+
+        Raises once the deadline has passed: a call started then would reach its target after
+        the step was recorded failed.
+        """
+        if self.deadline is None:
+            return cap
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ActionError("the step's deadline has passed; no further call is started")
+        return min(cap, left)
 
     def target(self, name: str, kind: str | None = None) -> Target:
         """The named target, or an ActionError an on-call person can act on."""
@@ -122,7 +138,9 @@ class ActionSpec(Generic[P]):
     inverse: str | None = None
     blast_radius: Callable[[ActionContext, P], str | None] | None = None  # a reason to refuse, or None
     blast_radius_doc: str = ""
-    target: Callable[[ActionContext, P], str] | None = None  # what it acts on: keys its circuit breaker
+    # What it acts on: keys its circuit breaker and bulkhead. It returns None for a name the rule
+    # files or settings do not define (the action refuses it), so labels cannot add breakers.
+    target: Callable[[ActionContext, P], str | None] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -133,8 +151,12 @@ class ActionSpec(Generic[P]):
             "blast_radius": self.blast_radius_doc or None,
         }
 
-    def target_of(self, ctx: ActionContext, params: P) -> str:
-        return f"{self.name}:{self.target(ctx, params)}" if self.target else self.name
+    def target_of(self, ctx: ActionContext, params: P) -> str | None:
+        """`<action>:<target>`; the action's name when it has no targets; None for an undefined target."""
+        if self.target is None:
+            return self.name
+        target = self.target(ctx, params)
+        return None if target is None else f"{self.name}:{target}"
 
 
 class UnknownAction(KeyError):
@@ -176,7 +198,7 @@ def action(
     inverse: str | None = None,
     blast_radius: Callable[[ActionContext, P], str | None] | None = None,
     blast_radius_doc: str = "",
-    target: Callable[[ActionContext, P], str] | None = None,
+    target: Callable[[ActionContext, P], str | None] | None = None,
     into: ActionRegistry | None = None,
 ) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
     """Register `func` as action `name`; its docstring's first line is its description."""

@@ -15,8 +15,8 @@ class SwitchParams(Params):
     to: str | None = None  # default: the most preferred healthy endpoint other than the active one
 
 
-def _target(_ctx: ActionContext, params: SwitchParams) -> str:
-    return params.service
+def _target(ctx: ActionContext, params: SwitchParams) -> str | None:
+    return params.service if params.service in ctx.failover else None  # an unknown service is refused
 
 
 def _refuse_unknown(ctx: ActionContext, params: SwitchParams) -> str | None:

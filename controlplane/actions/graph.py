@@ -15,35 +15,54 @@ replicas racing cannot both pass.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Params, action
+from controlplane.actions.http import request_failed
 from controlplane.integrations import kubernetes as kube
 from controlplane.rules.schema import Target
 
 # A graph name is a URL path segment and a ConfigMap list item: no '/', ',' or spaces, whatever
-# an alert label (untrusted) carries.
+# an alert label (untrusted) carries, and not made of dots only ('.' and '..' change the path).
 GRAPH_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 DISABLED_KEY = "disabled_graphs"
-TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+TIMEOUT_SECONDS = 10.0  # at most; a step's deadline makes it shorter (ctx.time_left)
+CONNECT_TIMEOUT_SECONDS = 3.0
 BOUNDS_DOC = "at most the target's max_disabled_graphs disabled at once, and never its last enabled graph"
+
+
+def _not_dots(value: str) -> str:
+    if not value.strip("."):
+        raise ValueError(f"{value!r} is not a graph name: a name of dots only would change the request path")
+    return value
+
+
+GraphName = Annotated[str, Field(pattern=GRAPH_NAME), AfterValidator(_not_dots)]
 
 
 class GraphParams(Params):
     target: str = "default"
-    graph: str = Field(pattern=GRAPH_NAME)
+    graph: GraphName
 
 
 # -- the admin API of http targets (storage.* uses it too) -------------------------------------
 
 
 def admin_request(
-    target: Target, method: str, path: str, *, json: Any = None, idempotency_key: str | None = None
+    target: Target,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    idempotency_key: str | None = None,
+    timeout: float = TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
     """One call to an http target's admin API; its JSON answer, or an ActionError an on-call person can act on.
+
+    Callers pass `timeout=ctx.time_left(TIMEOUT_SECONDS)`, so the call ends by the step's deadline.
 
     Connection errors, timeouts, 5xx and 429 are retriable; other 4xx are not and carry the
     service's own message; a 409 the service marks `refused` is a BlastRadiusExceeded.
@@ -56,9 +75,16 @@ def admin_request(
         headers["Idempotency-Key"] = idempotency_key
     where = f"target {target.name!r}: {method} {url}"
     try:
-        response = httpx.request(method, url, json=json, headers=headers, timeout=TIMEOUT, follow_redirects=False)
-    except httpx.TransportError as exc:
-        raise ActionError(f"{where}: {type(exc).__name__}: {exc}", retriable=True) from None
+        response = httpx.request(
+            method,
+            url,
+            json=json,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
+            follow_redirects=False,
+        )
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise request_failed(where, exc) from None
     try:
         body: Any = response.json()
     except ValueError:
@@ -102,9 +128,9 @@ def _message(body: Any, text: str) -> str:
     return text[:500] or "(empty answer)"
 
 
-def target_name(_ctx: ActionContext, params: Any) -> str:
-    """Keys the circuit breaker: one per target and action."""
-    return str(params.target)
+def target_name(ctx: ActionContext, params: Any) -> str | None:
+    """Keys the circuit breaker: one per target and action; None for a name no rule file defines (refused)."""
+    return str(params.target) if params.target in ctx.targets else None
 
 
 def kube_target(target: Target) -> tuple[str, str]:
@@ -146,7 +172,7 @@ def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
     try:
         target = ctx.target(params.target)
         if target.kind == "http":
-            state = admin_request(target, "GET", "/graphs")
+            state = admin_request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
             return disable_refusal(target, params.graph, list(state["disabled"]), list(state["enabled"]))
         namespace, configmap = kube_target(target)
         current = kube.read_configmap_key(ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY)
@@ -185,7 +211,12 @@ def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionRes
         # The bounds travel with the request: the service applies them under its own lock.
         bounds = None if enabled else {"max_disabled": target.max_disabled_graphs, "keep_one_enabled": True}
         answer = admin_request(
-            target, "POST", f"/graphs/{params.graph}/{verb}", json=bounds, idempotency_key=ctx.idempotency_key
+            target,
+            "POST",
+            f"/graphs/{params.graph}/{verb}",
+            json=bounds,
+            idempotency_key=ctx.idempotency_key,
+            timeout=ctx.time_left(TIMEOUT_SECONDS),
         )
         changed = bool(answer.get("changed"))
         disabled_after = list(answer.get("disabled", []))

@@ -46,12 +46,13 @@ class HpaParams(TargetParams):
         return self
 
 
-def _breaker_key(ctx: ActionContext, params: TargetParams) -> str:
+def _breaker_key(ctx: ActionContext, params: TargetParams) -> str | None:
     # Runs before the step's error handling, so it must not raise: an unknown target fails
-    # with a clear error once the action runs.
+    # with a clear error once the action runs, without a breaker of its own (labels could
+    # otherwise add one per name).
     found = ctx.targets.get(params.target)
     if found is None or found.kind != "kubernetes":
-        return params.target
+        return None
     return f"{found.namespace}/{found.deployment or found.name}"
 
 

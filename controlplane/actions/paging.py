@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 import tenacity
@@ -25,6 +24,7 @@ from pydantic import Field, SecretStr
 from sqlalchemy import select
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
+from controlplane.actions.http import allowed_target, check_url, host_of
 from controlplane.ingest.store import audit, audit_t, incidents_t
 from controlplane.integrations import pagerduty, slack
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
@@ -297,26 +297,28 @@ def notify_pagerduty(ctx: ActionContext, params: PagerDutyParams) -> ActionResul
 
 
 class WebhookParams(Params):
-    url: str
+    url: str  # checked when sent: a notification never fails the playbook, a bad URL included
     body: dict[str, Any] | str = Field(default_factory=dict, description="JSON object, or text sent as text/plain")
     timeout: float = Field(default=10.0, gt=0, le=60)
 
 
 def send_webhook(ctx: ActionContext, params: WebhookParams) -> dict[str, Any]:
-    parts = urlsplit(params.url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https"):
-        raise NotDelivered(f"scheme {parts.scheme!r} is not allowed (http or https)")
-    if host not in ctx.settings.http_allowed_hosts:
-        raise NotDelivered(f"host {host!r} is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS")
+    try:
+        check_url(params.url)
+    except ValueError as exc:
+        raise NotDelivered(f"url: {exc}") from None
+    if allowed_target(params.url, ctx.settings.http_allowed_hosts) is None:
+        raise NotDelivered(f"host {host_of(params.url)!r} is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS")
+    host = httpx.URL(params.url).host
     headers = {"Idempotency-Key": ctx.idempotency_key}
 
     def post() -> httpx.Response:
+        timeout = ctx.time_left(params.timeout)  # each try ends by the step's deadline; none starts after it
         if isinstance(params.body, str):
             content_headers = {**headers, "Content-Type": "text/plain; charset=utf-8"}
-            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=params.timeout)
+            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=timeout)
         else:
-            response = httpx.post(params.url, json=params.body, headers=headers, timeout=params.timeout)
+            response = httpx.post(params.url, json=params.body, headers=headers, timeout=timeout)
         if not response.is_success:
             status = response.status_code
             raise ActionError(f"webhook on {host} answered {status}", retriable=status >= 500 or status == 429)
@@ -326,13 +328,14 @@ def send_webhook(ctx: ActionContext, params: WebhookParams) -> dict[str, Any]:
     return {"host": host, "status_code": with_retries(post).status_code}
 
 
-def _webhook_target(_ctx: ActionContext, params: WebhookParams) -> str:
-    return urlsplit(params.url).hostname or ""
+def _webhook_target(ctx: ActionContext, params: WebhookParams) -> str | None:
+    # None for a host off the allow-list: it is refused (not delivered) without a breaker of its own.
+    return allowed_target(params.url, ctx.settings.http_allowed_hosts)
 
 
 @action("notify.webhook", params=WebhookParams, target=_webhook_target)
 def notify_webhook(ctx: ActionContext, params: WebhookParams) -> ActionResult:
-    """POST a templated body to a URL on a host in CONTROLPLANE_HTTP_ALLOWED_HOSTS; never fails the playbook."""
+    """POST a templated body to a host or host:port in CONTROLPLANE_HTTP_ALLOWED_HOSTS; never fails the playbook."""
     return deliver(ctx, "webhook", lambda: send_webhook(ctx, params))
 
 

@@ -133,7 +133,8 @@ def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
 
 
 class ExpireParams(Params):
-    silence_id: str = Field(min_length=1, max_length=64)
+    # A path segment of DELETE /api/v2/silence/{id}; Alertmanager's ids are UUIDs.
+    silence_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _expire(engine: Engine, settings: Settings, silence_id: str, now: datetime) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.actions.graph import admin_request, kube_target, target_name
+from controlplane.actions.graph import TIMEOUT_SECONDS, admin_request, kube_target, target_name
 from controlplane.integrations import kubernetes as kube
 from controlplane.rules.schema import Target
 
@@ -54,7 +54,7 @@ def _health(state: dict[str, Any]) -> dict[str, bool]:
 def check(ctx: ActionContext, params: StorageParams) -> ActionResult:
     """Report each checkpoint backend's health and which one is active; the value is the active backend."""
     target = _http_target(ctx, params, "storage.check")
-    state = admin_request(target, "GET", "/storage")
+    state = admin_request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
     health = _health(state)
     return ActionResult(
         value=state.get("active"),
@@ -78,7 +78,7 @@ def _refuse_unhealthy(ctx: ActionContext, params: SwitchParams) -> str | None:
         target = ctx.target(params.target)
         if target.kind != "http":
             return None  # health is not visible through the cluster API
-        state = admin_request(target, "GET", "/storage")
+        state = admin_request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
     except Exception as exc:
         ctx.log.info("storage.health_unread", target=params.target, error=str(exc))
         return None
@@ -104,7 +104,12 @@ def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
         # No read-then-decide here: a retried step replays the first answer under its idempotency
         # key, so `previous` stays the backend it really left.
         answer = admin_request(
-            target, "POST", "/storage/switch", json={"backend": params.backend}, idempotency_key=ctx.idempotency_key
+            target,
+            "POST",
+            "/storage/switch",
+            json={"backend": params.backend},
+            idempotency_key=ctx.idempotency_key,
+            timeout=ctx.time_left(TIMEOUT_SECONDS),
         )
         previous, changed, backends = answer.get("previous"), bool(answer.get("changed")), answer.get("backends")
     else:
@@ -125,7 +130,14 @@ def cleanup_corrupted(ctx: ActionContext, params: CleanupParams) -> ActionResult
     """Remove the checkpoints corrupted while storage was failing; the value is how many were removed."""
     target = _http_target(ctx, params, "storage.cleanup_corrupted")
     body = {"backend": params.backend} if params.backend else None
-    answer = admin_request(target, "POST", "/storage/cleanup", json=body, idempotency_key=ctx.idempotency_key)
+    answer = admin_request(
+        target,
+        "POST",
+        "/storage/cleanup",
+        json=body,
+        idempotency_key=ctx.idempotency_key,
+        timeout=ctx.time_left(TIMEOUT_SECONDS),
+    )
     removed = int(answer.get("removed", 0))
     return ActionResult(
         value=removed, output={"target": target.name, "removed": removed, "by_backend": answer.get("by_backend", {})}

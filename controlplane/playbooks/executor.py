@@ -6,11 +6,10 @@ paused, another replica took over, or the execution was cancelled) cannot record
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from controlplane.db.models import ExecutionStep
 from controlplane.ingest.store import audit, dialect_insert
 from controlplane.playbooks.render import RenderError, evaluate_condition, render_value
 from controlplane.playbooks.state import executions_t, transition
+from controlplane.resilience.bulkhead import Bulkheads, CallTimeout, SlotTimeout
 from controlplane.resilience.circuit_breaker import CircuitBreaker, CircuitBreakers, CircuitOpenError
 from controlplane.resilience.retry import is_retriable, retrying
 from controlplane.rules.schema import Playbook, RetryPolicy, Step
@@ -93,7 +93,7 @@ class Executor:
         settings: Settings,
         breakers: CircuitBreakers,
         metrics: Metrics,
-        pool: concurrent.futures.ThreadPoolExecutor,
+        bulkheads: Bulkheads | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         rules: Callable[[], Any] | None = None,
@@ -103,7 +103,7 @@ class Executor:
         self._settings = settings
         self._breakers = breakers
         self._metrics = metrics
-        self._pool = pool
+        self._bulkheads = bulkheads or Bulkheads()
         self._clock = clock
         self._sleep = sleep
         self._rules = rules  # the RuleSet in force: targets and failover groups for actions
@@ -217,7 +217,11 @@ class Executor:
         existing = self._record(
             run, phase, index, step, existing, status="running", inputs=inputs, output={}, action=action_name
         )
-        ctx = self._context(run, index if phase == "forward" else 1000 + index, started_at)
+        timeout = (step.timeout or DEFAULT_STEP_TIMEOUT).total_seconds()
+        # The bounds check may call the target too: the step's timeout bounds it (each attempt gets its own).
+        ctx = self._context(
+            run, index if phase == "forward" else 1000 + index, started_at, deadline=time.monotonic() + timeout
+        )
         if spec.blast_radius is not None:
             try:
                 refusal = spec.blast_radius(ctx, params)
@@ -226,9 +230,10 @@ class Executor:
             if refusal:
                 self._audit(run, "step.refused", {"step": index, "action": action_name, "reason": refusal})
                 return self._fail_step(run, phase, index, step, existing, inputs, f"blast radius: {refusal}")
-        breaker = self._breakers.get(spec.target_of(ctx, params))
+        target = spec.target_of(ctx, params)
+        # No breaker for a target nothing defines (the action refuses it): labels cannot add breakers.
+        breaker = self._breakers.get(target) if target is not None else None
         attempts = existing.attempts
-        timeout = (step.timeout or DEFAULT_STEP_TIMEOUT).total_seconds()
         began = time.perf_counter()
 
         def on_retry(attempt: int, exc: BaseException) -> None:
@@ -241,7 +246,7 @@ class Executor:
             for attempt in retrying(step.retry or NO_RETRY, sleep=self._sleep, on_retry=on_retry):
                 with attempt:
                     attempts += 1
-                    result = self._call(spec.func, ctx, params, timeout, breaker)
+                    result = self._call(spec.func, ctx, params, timeout, target or action_name, breaker)
         except CircuitOpenError as exc:
             self._audit(run, "step.refused", {"step": index, "action": action_name, "reason": str(exc)})
             failure = exc
@@ -283,14 +288,20 @@ class Executor:
         ctx: ActionContext,
         params: Any,
         timeout: float,
-        breaker: CircuitBreaker,
+        target: str,
+        breaker: CircuitBreaker | None,
     ) -> ActionResult:
-        """One attempt, through the target's circuit breaker, bounded by the step's timeout."""
-        with breaker.attempt(is_failure=_target_failed):
-            future = self._pool.submit(func, ctx, params)
+        """One attempt, through the target's circuit breaker and bulkhead; `timeout` covers the wait for a slot too."""
+        deadline = time.monotonic() + timeout
+        attempt_ctx = replace(ctx, deadline=deadline)
+        with breaker.attempt(is_failure=_target_failed) if breaker is not None else nullcontext():
             try:
-                result = future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
+                result = self._bulkheads.call(target, lambda: func(attempt_ctx, params), deadline=deadline)
+            except SlotTimeout:
+                raise ActionError(
+                    f"timed out after {timeout:g}s waiting for a free slot on {target}", retriable=True
+                ) from None
+            except CallTimeout:
                 raise ActionError(f"timed out after {timeout:g}s", retriable=True) from None
         if not isinstance(result, ActionResult):
             raise ActionError(f"action returned {type(result).__name__}, not ActionResult")
@@ -553,7 +564,7 @@ class Executor:
             if not ok:
                 raise LeaseLost()
 
-    def _context(self, run: _Run, index: int, started_at: datetime) -> ActionContext:
+    def _context(self, run: _Run, index: int, started_at: datetime, deadline: float | None = None) -> ActionContext:
         rules = self._rules() if self._rules is not None else None
         incident = run.context.get("incident")
         alert = run.context.get("alert")
@@ -572,6 +583,7 @@ class Executor:
             log=log.bind(execution_id=run.id, step=index),
             targets=rules.targets if rules is not None else {},
             failover=rules.failover if rules is not None else {},
+            deadline=deadline,
         )
 
     def _audit(self, run: _Run, action: str, detail: dict[str, Any]) -> None:

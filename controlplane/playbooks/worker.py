@@ -9,7 +9,6 @@ On PostgreSQL, claims use FOR UPDATE SKIP LOCKED so replicas never claim the sam
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
 import uuid
 from collections.abc import Callable
@@ -178,8 +177,3 @@ class Worker:
                         )
             except Exception as exc:
                 log.warning("worker.heartbeat_failed", error=str(exc).splitlines()[0])
-
-
-def pool_for(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that run action calls, so a step can time out without blocking its worker forever."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=threads * 2, thread_name_prefix="action")

@@ -49,7 +49,9 @@ def is_retriable(exc: BaseException) -> bool:
         return _retriable_status(exc.response.status_code)
     if isinstance(exc, requests.HTTPError):
         return exc.response is not None and _retriable_status(exc.response.status_code)
-    if isinstance(exc, httpx.UnsupportedProtocol):  # a bad URL in the configuration, not the network
+    # A request httpx refused to send (a bad URL, CR/LF in a header): it would fail the same way
+    # again, and says nothing about the target.
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.InvalidURL):
         return False
     if isinstance(
         exc,

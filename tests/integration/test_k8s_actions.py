@@ -23,7 +23,7 @@ from controlplane.playbooks import service
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import trigger_for_alerts
-from controlplane.playbooks.worker import Worker, pool_for
+from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.rules.schema import Target
@@ -368,7 +368,6 @@ def run_playbook(tmp_path: Path, settings: Settings) -> ExecutionDetail:
     ruleset: RuleSet = load_rules(rules_dir, registry)
     engine = make_engine(f"sqlite:///{tmp_path}/controlplane.db")
     migrate.upgrade(engine)
-    pool = pool_for(2)
     try:
         executor = Executor(
             engine=engine,
@@ -376,7 +375,6 @@ def run_playbook(tmp_path: Path, settings: Settings) -> ExecutionDetail:
             settings=settings,
             breakers=CircuitBreakers(failure_threshold=5, open_timeout=60),
             metrics=Metrics(CollectorRegistry()),
-            pool=pool,
             sleep=lambda _s: None,
             rules=lambda: ruleset,
         )
@@ -404,7 +402,6 @@ def run_playbook(tmp_path: Path, settings: Settings) -> ExecutionDetail:
         with engine.connect() as conn:
             return service.get_execution(conn=conn, execution_id=triggered.execution_id)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
         engine.dispose()
 
 

@@ -22,7 +22,7 @@ from controlplane.ingest.store import audit_t, incidents_t
 from controlplane.notify_routing import route
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.state import executions_t
-from controlplane.playbooks.worker import Worker, pool_for
+from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 from tests.conftest import make_settings
@@ -39,14 +39,12 @@ def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = Non
     clock = clock or Clock()
     calls: list[tuple[str, str]] = []
     breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
-    pool = pool_for(2)
     executor = Executor(
         engine=engine,
         registry=make_registry(calls),
         settings=settings,
         breakers=breakers,
         metrics=Metrics(CollectorRegistry()),
-        pool=pool,
         clock=clock,
         sleep=lambda _s: None,
     )
@@ -54,10 +52,7 @@ def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = Non
         engine=engine, executor=executor, instance_id="test", threads=1, lease_seconds=30, poll_seconds=0.05,
         max_claims=3, clock=clock,
     )  # fmt: skip
-    try:
-        yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls)
 
 
 def context_of(h: Harness, execution_id: int, settings: Settings, key: str = "direct:1") -> ActionContext:

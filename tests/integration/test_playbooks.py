@@ -32,7 +32,7 @@ from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.state import executions_t
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
-from controlplane.playbooks.worker import Worker, claim_next, pool_for
+from controlplane.playbooks.worker import Worker, claim_next
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Playbook, Rule, RuleFile
 from controlplane.telemetry import Metrics
@@ -71,6 +71,11 @@ class Recorder(Params):
     sleep: float = 0.0
 
 
+class Blocker(Params):
+    target: str
+    text: str = ""
+
+
 @dataclass
 class Harness:
     engine: Engine
@@ -80,6 +85,8 @@ class Harness:
     calls: list[tuple[str, str]] = field(default_factory=list)
     rules: Rules | None = None
     counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    gate: threading.Event = field(default_factory=threading.Event)  # opens the `hung` target of test.block
+    started: list[str] = field(default_factory=list)  # test.block calls made, by their text
 
     def fire(self, labels: dict[str, str] | None = None, fingerprint: str | None = None) -> list[Triggered]:
         payload = load_payload("alertmanager_firing.json")
@@ -110,8 +117,12 @@ class Harness:
             return service.get_execution(conn=conn, execution_id=execution_id)
 
 
-def make_registry(h_calls: list[tuple[str, str]]) -> ActionRegistry:
+def make_registry(
+    h_calls: list[tuple[str, str]], gate: threading.Event | None = None, started: list[str] | None = None
+) -> ActionRegistry:
     registry = ActionRegistry()
+    gate = gate or threading.Event()
+    started = started if started is not None else []
     for spec in load_builtin_actions().specs():
         registry.register(spec)
     failures: dict[str, int] = {}
@@ -131,6 +142,15 @@ def make_registry(h_calls: list[tuple[str, str]]) -> ActionRegistry:
 
     for name in ("test.do", "test.undo", "test.other"):
         make(name)
+
+    @action("test.block", params=Blocker, target=lambda _ctx, params: params.target, into=registry)
+    def block(ctx: ActionContext, params: Blocker) -> ActionResult:
+        """Record that the call was made; on target `hung`, then wait for the harness's gate."""
+        started.append(params.text)
+        if params.target == "hung":
+            gate.wait(60)
+        return ActionResult(value=params.text)
+
     return registry
 
 
@@ -139,16 +159,15 @@ def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
     settings = make_settings(database_url, worker_lease_seconds=30, max_claims=3)
     clock = Clock()
     calls: list[tuple[str, str]] = []
+    gate, started = threading.Event(), []
     metrics = Metrics(CollectorRegistry())
     breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
-    pool = pool_for(2)
     executor = Executor(
         engine=engine,
-        registry=make_registry(calls),
+        registry=make_registry(calls, gate, started),
         settings=settings,
         breakers=breakers,
         metrics=metrics,
-        pool=pool,
         clock=clock,
         sleep=lambda _s: None,
     )
@@ -162,8 +181,8 @@ def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
         max_claims=3,
         clock=clock,
     )
-    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls)
-    pool.shutdown(wait=False, cancel_futures=True)
+    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls, gate=gate, started=started)
+    gate.set()
 
 
 def rules(steps: str, guards: str = "{}", extra_rule: str = "") -> Rules:
@@ -476,6 +495,34 @@ def test_step_timeout(harness: Harness) -> None:
     assert time.monotonic() - began < 1.5
     detail = harness.execution(t.execution_id)
     assert detail.status == "failed" and "timed out after 0.2s" in (detail.steps[0].error or "")
+
+
+def test_a_hung_target_uses_up_its_own_slots_only_and_a_failed_step_never_calls(harness: Harness) -> None:
+    harness.rules = rules("""
+      - action: test.block
+        with: {target: "{{ alert.labels.target }}", text: "{{ alert.labels.namespace }}"}
+        timeout: 0.5
+""")
+    harness.breakers.get("test.block:hung", failure_threshold=10)  # keep it closed: this test is about slots
+    hung = [harness.fire({"namespace": f"hung{i}", "target": "hung"})[0] for i in range(5)]
+    assert harness.run_all() == 5
+    errors = [harness.execution(t.execution_id).steps[0].error or "" for t in hung]
+    assert all(e.startswith("timed out after 0.5s") for e in errors), errors
+    # Four calls hold the hung target's four slots; the fifth found none free and was never made.
+    assert errors[4] == "timed out after 0.5s waiting for a free slot on test.block:hung"
+
+    [healthy] = harness.fire({"namespace": "healthy", "target": "healthy"})
+    harness.run_all()
+    # Within its 0.5 s timeout: not held up behind the hung target's calls.
+    assert harness.execution(healthy.execution_id).status == "succeeded"
+
+    harness.gate.set()  # the hung target answers: its abandoned calls return and free their slots
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("action:") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(harness.started) == ["healthy", "hung0", "hung1", "hung2", "hung3"]
+    assert harness.breakers.get("test.block:hung").snapshot()["failed"] == 5
+    assert harness.breakers.get("test.block:healthy").snapshot()["failed"] == 0
 
 
 def test_an_open_circuit_refuses_calls_with_an_audited_reason(harness: Harness) -> None:
