@@ -112,8 +112,9 @@ class Settings(BaseSettings):
     console_role_header: str | None = None  # e.g. X-Forwarded-Role; else the user's configured role, else the default
     console_default_role: ConsoleRole = "viewer"
     console_refresh_seconds: float = Field(default=5.0, gt=0)  # how often open pages poll for changes
-    console_login_max_failures: int = Field(default=5, ge=1)  # per user and client address ...
-    console_login_window_seconds: float = Field(default=300.0, gt=0)  # ... in this sliding window
+    # Login attempts per user name and client address (4x this per user name from any address) ...
+    console_login_max_failures: int = Field(default=5, ge=1)
+    console_login_window_seconds: float = Field(default=300.0, gt=0)  # ... in a window of this length
     # Signs the console's session cookie; unset in development: a random one per process.
     session_secret: SecretStr | None = None
     session_secret_file: Path | None = None

@@ -9,7 +9,6 @@ plain form POST with a redirect, so everything works without JavaScript too.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,14 +31,14 @@ from controlplane.actions.silence import silences_t
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.config import ConsoleRole
-from controlplane.errors import DomainError, Forbidden, InvalidInput
+from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.ingest.store import audit
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
 from controlplane.web import csrf, incident_actions, silences, views
-from controlplane.web.auth import COOKIE, Authenticator, LoginThrottle, Session, User
+from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
 
 log = structlog.get_logger("controlplane.console")
@@ -297,8 +296,7 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: FormDe
     csrf.check(visit.session, request, form)
     name = form.get("username", "").strip()[:128]
     next_url = safe_next(form.get("next"))
-    address = request.client.host if request.client else "unknown"
-    key = (name.lower(), address)
+    address = request.client.host if request.client else "unknown"  # from X-Forwarded-For of a trusted proxy
 
     def refuse(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
         response = page(
@@ -311,28 +309,33 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: FormDe
         response.headers.update(headers or {})
         return response
 
-    wait = console.throttle.retry_after(key)
+    # Counted (and committed) before the password is checked: concurrent guesses each see the others.
+    with write_tx(services.engine) as conn:
+        wait = console.throttle.attempt(conn, name=name, address=address, now=_now())
     if wait is not None:
         # Not audited: under a guessing attack that would write a row per request; the log has it.
         log.warning("console.login_throttled", user=name, address=address)
-        return refuse(
-            f"Too many failed attempts: try again in {math.ceil(wait)} s.", 429, {"Retry-After": str(math.ceil(wait))}
-        )
-    user = console.auth.check_password(name, form.get("password", "")[:1024])
+        return refuse(f"Too many failed attempts: try again in {wait} s.", 429, {"Retry-After": str(wait)})
+    try:
+        user = console.auth.check_password(name, form.get("password", "")[:1024])
+    except Unavailable as exc:
+        log.warning("console.login_busy", user=name, address=address)
+        return refuse(exc.message, 503, {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
     with write_tx(services.engine) as conn:
+        now = _now()
         audit(
             conn,
             actor=_actor(user) if user else "console",
             action="console.login" if user else "console.login_failed",
             incident_id=None,
             detail={"user": name, "address": address},
-            now=_now(),
+            now=now,
         )
+        if user is not None:
+            console.throttle.succeeded(conn, name=name, address=address)
+            visit.session, visit.user, visit.save = console.auth.login(user), user, True
     if user is None:
-        console.throttle.failed(key)
         return refuse("Wrong user name or password.", 401)
-    console.throttle.succeeded(key)
-    visit.session, visit.user, visit.save = console.auth.login(user), user, True
     return RedirectResponse(next_url, status_code=303)
 
 

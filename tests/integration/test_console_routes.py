@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from controlplane.actions.base import load_builtin_actions
 from controlplane.app import create_app
 from controlplane.cli import main
 from controlplane.config import SettingsError, load_settings
 from controlplane.db import migrate
-from controlplane.db.engine import make_engine
+from controlplane.db.engine import make_engine, write_transaction
 from controlplane.ingest.store import audit_t, incidents_t
 from controlplane.playbooks.state import executions_t
 from controlplane.rules.loader import RuleSet, load_rules
@@ -30,7 +30,7 @@ from controlplane.web import views
 from controlplane.web.auth import LoginThrottle
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import TOKEN, WEBHOOK, count_rows, load_payload, make_settings
 
 # Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
 HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("correct horse")
@@ -210,15 +210,28 @@ def test_failed_logins_are_throttled_per_user_and_address(app: TestClient) -> No
     assert other.status_code == 303
 
 
-def test_throttle_window_slides() -> None:
+def test_the_throttle_counts_in_the_database_and_stays_bounded(engine: Engine) -> None:
     throttle = LoginThrottle(max_failures=2, window_seconds=60)
-    key = ("alice", "10.0.0.1")
-    throttle.failed(key, now=0)
-    throttle.failed(key, now=10)
-    assert throttle.retry_after(key, now=20) == pytest.approx(40)
-    assert throttle.retry_after(key, now=61) is None  # the first failure left the window
-    throttle.succeeded(key)
-    assert throttle.retry_after(key, now=62) is None
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def attempt(name: str, address: str, at: float) -> int | None:
+        with write_transaction(engine) as conn:
+            return throttle.attempt(conn, name=name, address=address, now=start + timedelta(seconds=at))
+
+    assert attempt("alice", "10.0.0.1", 0) is None
+    assert attempt("Alice", "10.0.0.1", 10) is None  # one name, however it is spelled
+    assert attempt("alice", "10.0.0.1", 20) == 40  # over the limit until the window that began at 0 ends
+    assert attempt("alice", "10.0.0.2", 20) is None  # another address counts on its own
+    assert attempt("alice", "10.0.0.1", 61) is None  # the window ended
+    with write_transaction(engine) as conn:
+        throttle.succeeded(conn, name="alice", address="10.0.0.1")
+    # Rotating addresses: the name's own count stops them at 4x the limit.
+    rotating = [attempt("bob", f"10.1.0.{i}", 100) for i in range(12)]
+    assert rotating == [None] * 8 + [60] * 4
+    # Rows of ended windows are pruned: the table holds only what can still refuse someone.
+    assert count_rows(engine, "login_attempts") > 2
+    attempt("carol", "10.2.0.1", 300)
+    assert count_rows(engine, "login_attempts") == 2
 
 
 def test_a_changed_password_ends_old_sessions(database_url: str, tmp_path: Path) -> None:
