@@ -119,10 +119,13 @@ class Settings(BaseSettings):
     session_secret: SecretStr | None = None
     session_secret_file: Path | None = None
     session_max_age_seconds: int = Field(default=12 * 3600, ge=60)
+    # Proxies (IP addresses or networks, "*" for any) whose X-Forwarded-Proto and X-Forwarded-For are
+    # believed: the console's cookie is Secure behind an HTTPS proxy, and logins are throttled per real client.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("incident_group_by", "http_allowed_hosts", mode="before")
+    @field_validator("incident_group_by", "http_allowed_hosts", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Owns who may use the console: users and roles, password checks, the signed session, login throttling.
+"""Owns who may use the console: users and roles, password checks, sessions, login throttling.
 
 Users come from settings (`console_users` or `console_users_file`) with argon2 hashes. Make a
 hash with `controlplane hash-password`, or without the CLI:
@@ -8,10 +8,11 @@ hash with `controlplane hash-password`, or without the CLI:
 Or a trusted auth proxy names the user in `console_auth_header` (and the role in
 `console_role_header`); the proxy must drop those headers from what clients send.
 
-The session is a cookie signed with `session_secret` (itsdangerous), so any replica can read
-it and nothing is stored server-side; the price is that logout only clears the cookie: a
-stolen cookie stays valid until it expires (`session_max_age_seconds`) or the user's password
-changes (the session carries a fingerprint of the hash it was made with).
+The cookie is signed with `session_secret` (itsdangerous) and holds the CSRF token, and once
+logged in a random session id. The database holds a digest of that id with the user, the
+fingerprint of the password hash and the expiry: logout deletes the row, so a copied cookie
+dies with the session on every replica, and a changed password ends the user's sessions.
+Sessions before login stay in the cookie only, so strangers cannot fill the table.
 
 Logins are counted in the database before the password is checked, in one atomic statement
 per key, so the throttle holds across threads, processes and (on PostgreSQL) replicas.
@@ -30,13 +31,14 @@ from typing import get_args
 from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Column, ColumnElement, Connection, Table, case, delete, select
+from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, case, delete, select
 
 from controlplane.config import ConsoleRole, ConsoleUser, Settings
-from controlplane.db.models import LoginAttempts
+from controlplane.db.models import ConsoleSession, LoginAttempts
 from controlplane.errors import Unavailable
 from controlplane.ingest.store import dialect_insert
 
+sessions_t: Table = ConsoleSession.__table__  # type: ignore[assignment]
 attempts_t: Table = LoginAttempts.__table__  # type: ignore[assignment]
 
 ROLES: tuple[ConsoleRole, ...] = get_args(ConsoleRole)
@@ -79,11 +81,10 @@ class User:
 
 @dataclass(frozen=True)
 class Session:
-    """What the cookie holds: a CSRF token always (also before login), the user once logged in."""
+    """What the cookie holds: a CSRF token always (also before login), the session id once logged in."""
 
     csrf: str
-    user: str | None = None
-    pw: str | None = None  # fingerprint of the password hash the user logged in with
+    sid: str | None = None  # the database holds its digest (console_sessions.id_hash)
 
     @classmethod
     def fresh(cls) -> Session:
@@ -110,8 +111,9 @@ def _dummy_hasher(users: list[ConsoleUser]) -> PasswordHasher:
 class Authenticator:
     """Checks passwords and reads and writes sessions, against the users configured at start-up."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
         self.users = {user.name: user for user in settings.console_users}
+        self.engine = engine
         secret = settings.session_secret.get_secret_value() if settings.session_secret else secrets.token_urlsafe(48)
         self._serializer = URLSafeTimedSerializer(secret, salt="controlplane.console.session")
         self.max_age = settings.session_max_age_seconds
@@ -144,12 +146,29 @@ class Authenticator:
             self._slots.release()
         return User(user.name, user.role) if user else None
 
-    def login(self, user: User) -> Session:
-        """A new session for `user`, with a new CSRF token (a token seen before login is not reused)."""
-        return Session(csrf=secrets.token_urlsafe(32), user=user.name, pw=_fingerprint(self.users[user.name]))
+    def login(self, conn: Connection, *, user: User, now: datetime) -> Session:
+        """A new session for `user`, stored; with a new CSRF token (a token seen before login is not reused)."""
+        # Expired sessions are pruned here: only logins (which are throttled) add rows.
+        _prune(conn, sessions_t.c.id_hash, sessions_t.c.expires_at <= now)
+        sid = secrets.token_urlsafe(32)
+        conn.execute(
+            sessions_t.insert().values(
+                id_hash=_digest(sid),
+                user_name=user.name,
+                password_fingerprint=_fingerprint(self.users[user.name]),
+                created_at=now,
+                expires_at=now + timedelta(seconds=self.max_age),
+            )
+        )
+        return Session(csrf=secrets.token_urlsafe(32), sid=sid)
+
+    def logout(self, conn: Connection, *, session: Session) -> None:
+        """End the session on every replica: a copy of its cookie logs no one in any more."""
+        if session.sid is not None:
+            conn.execute(delete(sessions_t).where(sessions_t.c.id_hash == _digest(session.sid)))
 
     def encode(self, session: Session) -> str:
-        return self._serializer.dumps({"c": session.csrf, "u": session.user, "p": session.pw})
+        return self._serializer.dumps({"c": session.csrf, "s": session.sid})
 
     def decode(self, cookie: str | None) -> Session | None:
         if not cookie:
@@ -160,27 +179,33 @@ class Authenticator:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("c"), str):
             return None
-        return Session(csrf=data["c"], user=data.get("u"), pw=data.get("p"))
+        sid = data.get("s")
+        return Session(csrf=data["c"], sid=sid if isinstance(sid, str) else None)
 
-    def user_of(self, session: Session, headers: dict[str, str]) -> User | None:
-        """The proxy's user when configured and present, else the session's (if still valid)."""
-        if self.auth_header and (name := headers.get(self.auth_header.lower(), "").strip()):
-            configured = self.users.get(name)
-            given = headers.get(self.role_header.lower(), "").strip().lower() if self.role_header else ""
-            role: ConsoleRole = (
-                given if given in _RANK else configured.role if configured else self.default_role  # type: ignore[assignment]
-            )
-            return User(name, role)
-        if session.user is None:
+    def proxy_user(self, headers: dict[str, str]) -> User | None:
+        """The user the trusted auth proxy names, when one is configured and the header is present."""
+        if not self.auth_header or not (name := headers.get(self.auth_header.lower(), "").strip()):
             return None
-        user = self.users.get(session.user)
-        if user is None or session.pw != _fingerprint(user):
-            return None  # removed, or the password changed since this session began
-        return User(user.name, user.role)
+        configured = self.users.get(name)
+        given = headers.get(self.role_header.lower(), "").strip().lower() if self.role_header else ""
+        role: ConsoleRole = (
+            given if given in _RANK else configured.role if configured else self.default_role  # type: ignore[assignment]
+        )
+        return User(name, role)
 
-    def logout(self) -> Session:
-        """A fresh anonymous session: the old cookie is replaced, its CSRF token dropped."""
-        return Session.fresh()
+    def session_user(self, session: Session, *, now: datetime) -> User | None:
+        """The user of a live session: one lookup by primary key; None when logged out, expired or re-passworded."""
+        if session.sid is None:
+            return None
+        query = select(sessions_t.c.user_name, sessions_t.c.password_fingerprint).where(
+            sessions_t.c.id_hash == _digest(session.sid), sessions_t.c.expires_at > now
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        user = self.users.get(row.user_name) if row else None
+        if row is None or user is None or row.password_fingerprint != _fingerprint(user):
+            return None  # ended, expired, the user removed, or the password changed since this session began
+        return User(user.name, user.role)
 
 
 class LoginThrottle:

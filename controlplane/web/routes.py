@@ -63,7 +63,7 @@ class Console:
     auth: Authenticator
     throttle: LoginThrottle
     templates: Templates
-    secure_cookies: bool
+    secure_cookies: bool  # always Secure (the public URL is https), else whenever the request came over HTTPS
     refresh_seconds: float
 
 
@@ -87,12 +87,31 @@ def get_console(request: Request) -> Console:
 ConsoleDep = Annotated[Console, Depends(get_console)]
 
 
+def _read_visit(request: Request, console: Console) -> Visit:
+    auth = console.auth
+    session = auth.decode(request.cookies.get(COOKIE))
+    if session is None:
+        return Visit(Session.fresh(), auth.proxy_user(request.headers), save=True)
+    user = auth.proxy_user(request.headers) or auth.session_user(session, now=_now())
+    if user is None and session.sid is not None:  # logged out, expired, or the password changed
+        return Visit(Session.fresh(), None, save=True)  # drop the dead id from the cookie
+    return Visit(session, user, save=False)
+
+
 def get_visit(request: Request, console: ConsoleDep) -> Visit:
-    session = console.auth.decode(request.cookies.get(COOKIE))
-    visit = Visit(session or Session.fresh(), None, save=session is None)
-    visit.user = console.auth.user_of(visit.session, request.headers)
+    visit = _read_visit(request, console)
     request.state.visit = visit
     return visit
+
+
+def console_user(request: Request) -> User | None:
+    """The console user a request carries (a live session cookie, or the trusted auth proxy's header).
+
+    For the JSON API, which accepts a console session as a read credential. A session is no
+    proof of intent: anything that changes state must also check the CSRF token (see `acting_as`).
+    """
+    visit = getattr(request.state, "visit", None)
+    return (visit if visit is not None else _read_visit(request, get_console(request))).user
 
 
 VisitDep = Annotated[Visit, Depends(get_visit)]
@@ -241,6 +260,8 @@ def _finish(request: Request, response: Response) -> None:
     response.headers["Vary"] = "HX-Request, Cookie"
     visit = getattr(request.state, "visit", None)
     if visit is not None and visit.save:
+        # The scheme is https when the request came over HTTPS, or (uvicorn's proxy headers) from a
+        # proxy in `forwarded_allow_ips` that says so in X-Forwarded-Proto.
         response.set_cookie(
             COOKIE,
             console.auth.encode(visit.session),
@@ -248,7 +269,7 @@ def _finish(request: Request, response: Response) -> None:
             path="/",
             httponly=True,
             samesite="lax",
-            secure=console.secure_cookies,
+            secure=console.secure_cookies or request.url.scheme == "https",
         )
 
 
@@ -333,7 +354,7 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: FormDe
         )
         if user is not None:
             console.throttle.succeeded(conn, name=name, address=address)
-            visit.session, visit.user, visit.save = console.auth.login(user), user, True
+            visit.session, visit.user, visit.save = console.auth.login(conn, user=user, now=now), user, True
     if user is None:
         return refuse("Wrong user name or password.", 401)
     return RedirectResponse(next_url, status_code=303)
@@ -345,7 +366,9 @@ def logout(request: Request, services: ServicesDep, visit: VisitDep, form: FormD
     if visit.user is not None:
         with write_tx(services.engine) as conn:
             audit(conn, actor=_actor(visit.user), action="console.logout", incident_id=None, detail={}, now=_now())
-    visit.session, visit.user, visit.save = get_console(request).auth.logout(), None, True
+            get_console(request).auth.logout(conn, session=visit.session)
+    # A fresh anonymous session replaces the cookie: its CSRF token is dropped too.
+    visit.session, visit.user, visit.save = Session.fresh(), None, True
     return RedirectResponse("/login", status_code=303)
 
 
@@ -540,7 +563,7 @@ def install(app: FastAPI) -> None:
     """Mount the console (pages at /, assets at /static/console) on an app whose services are on app.state."""
     settings = app.state.services.settings
     app.state.console = Console(
-        auth=Authenticator(settings),
+        auth=Authenticator(settings, app.state.services.engine),
         throttle=LoginThrottle(settings.console_login_max_failures, settings.console_login_window_seconds),
         templates=Templates(),
         secure_cookies=(settings.public_url or "").lower().startswith("https://"),

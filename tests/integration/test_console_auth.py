@@ -166,3 +166,25 @@ def test_an_unknown_user_costs_as_long_as_a_wrong_password(database_url: str, re
     ratio = wrong_name / wrong_password
     print(f"\nwrong password {wrong_password:.3f} s, unknown user {wrong_name:.3f} s, ratio {ratio:.2f}")
     assert 0.5 <= ratio <= 2.0, f"unknown user {wrong_name:.3f} s vs wrong password {wrong_password:.3f} s"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "secure"),
+    [("127.0.0.1", True), ("10.255.0.1", False)],
+    ids=["from-a-trusted-proxy", "from-an-untrusted-address"],
+)
+def test_x_forwarded_proto_makes_the_cookie_secure_only_from_a_trusted_proxy(
+    tmp_path: Path, real_hash: str, trusted: str, secure: bool
+) -> None:
+    with ServerProcess(
+        f"sqlite:///{tmp_path}/controlplane.db",
+        tmp_path / "server.log",
+        console_users=users_json(real_hash, ["alice"]),
+        session_secret=SECRET,
+        forwarded_allow_ips=trusted,
+    ) as server:
+        server.wait_ready()
+        plain = httpx.get(f"{server.url}/login")
+        forwarded = httpx.get(f"{server.url}/login", headers={"X-Forwarded-Proto": "https"})
+    assert "; secure" not in plain.headers["set-cookie"].lower()
+    assert ("; secure" in forwarded.headers["set-cookie"].lower()) is secure, forwarded.headers["set-cookie"]

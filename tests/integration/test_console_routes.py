@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
+from fastapi import Request
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from controlplane.actions.base import load_builtin_actions
 from controlplane.app import create_app
@@ -28,7 +29,7 @@ from controlplane.playbooks.state import executions_t
 from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.web import views
 from controlplane.web.auth import LoginThrottle
-from controlplane.web.routes import safe_next
+from controlplane.web.routes import console_user, safe_next
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import TOKEN, WEBHOOK, count_rows, load_payload, make_settings
 
@@ -188,6 +189,55 @@ def test_login_and_logout_are_audited_and_the_cookie_is_locked_down(app: TestCli
     assert app.post("/logout", data={"csrf_token": csrf(app, "/incidents")}, follow_redirects=False).status_code == 303
     assert app.get("/incidents", follow_redirects=False).status_code == 303
     assert [r.actor for r in audits(database_url, "console.logout")] == ["user:operator"]
+
+
+def test_a_cookie_copied_before_logout_is_refused_after_it(app: TestClient, login: Login) -> None:
+    """Logout ends the session on the server: a stolen copy of the cookie dies with it."""
+    copied = login("operator").cookies["cp_session"]
+    assert app.get("/incidents").status_code == 200
+    assert app.post("/logout", data={"csrf_token": csrf(app, "/incidents")}, follow_redirects=False).status_code == 303
+    app.cookies.clear()
+    app.cookies.set("cp_session", copied)
+    replay = app.get("/incidents", follow_redirects=False)
+    assert replay.status_code == 303 and replay.headers["location"].startswith("/login")
+    assert app.get("/incidents", headers=HX).status_code == 401
+    token = csrf(app, "/login")  # the login page of a stranger, whose token does not act as the operator
+    refused = app.post("/incidents/1/acknowledge", data={"csrf_token": token}, follow_redirects=False)
+    assert refused.status_code == 303 and refused.headers["location"] == "/login"
+
+
+def test_console_user_gives_the_api_the_user_of_a_live_session(database_url: str) -> None:
+    app = create_app(make_settings(database_url, console_users=USERS, session_secret=SECRET))
+
+    @app.get("/test/whoami")
+    def whoami(request: Request) -> dict[str, str | None]:  # how the JSON API asks
+        user = console_user(request)
+        return {"user": user.name if user else None}
+
+    with TestClient(app) as client:
+        assert client.get("/test/whoami").json() == {"user": None}
+        token = csrf(client, "/login")
+        client.post("/login", data={"csrf_token": token, "username": "admin", "password": "correct horse"})
+        copied = client.cookies["cp_session"]
+        assert client.get("/test/whoami").json() == {"user": "admin"}
+        client.post("/logout", data={"csrf_token": csrf(client, "/incidents")})
+        client.cookies.clear()
+        client.cookies.set("cp_session", copied)
+        assert client.get("/test/whoami").json() == {"user": None}
+
+
+def test_an_expired_session_is_refused(app: TestClient, login: Login, database_url: str) -> None:
+    """Expiry is the server's: a session past `session_max_age_seconds` is refused whatever the cookie says."""
+    login("viewer")
+    assert app.get("/incidents").status_code == 200
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE console_sessions SET expires_at = :past"), {"past": datetime(2000, 1, 1)})
+    finally:
+        engine.dispose()
+    assert app.get("/incidents", follow_redirects=False).status_code == 303
+    assert app.get("/incidents", headers=HX).status_code == 401
 
 
 def test_login_needs_the_csrf_token_of_its_session(app: TestClient) -> None:
@@ -652,6 +702,14 @@ def test_a_storm_incident_page_stays_bounded(app: TestClient, login: Login) -> N
     page = client.get(f"/incidents/{incident_id}").text
     assert page.count('<article class="alert alert-firing">') == 200
     assert "10 more alerts are not shown" in page and "210 of 210" in page
+
+
+def test_cookies_are_secure_over_https_without_a_public_url(database_url: str) -> None:
+    settings = make_settings(database_url, console_users=USERS, session_secret=SECRET)
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        assert "; secure" in client.get("/login").headers["set-cookie"].lower()
+    with TestClient(create_app(settings), base_url="http://testserver") as client:
+        assert "; secure" not in client.get("/login").headers["set-cookie"].lower()
 
 
 def test_cookies_are_secure_behind_https(database_url: str) -> None:
