@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        forwarded_allow_ips=settings.forwarded_allow_ips,  # whose X-Forwarded-Proto/-For set scheme and client
     )
     return 0
 

@@ -119,16 +119,20 @@ class Settings(BaseSettings):
     console_role_header: str | None = None  # e.g. X-Forwarded-Role; else the user's configured role, else the default
     console_default_role: ConsoleRole = "viewer"
     console_refresh_seconds: float = Field(default=5.0, gt=0)  # how often open pages poll for changes
-    console_login_max_failures: int = Field(default=5, ge=1)  # per user and client address ...
-    console_login_window_seconds: float = Field(default=300.0, gt=0)  # ... in this sliding window
+    # Login attempts per user name and client address (4x this per user name from any address) ...
+    console_login_max_failures: int = Field(default=5, ge=1)
+    console_login_window_seconds: float = Field(default=300.0, gt=0)  # ... in a window of this length
     # Signs the console's session cookie; unset in development: a random one per process.
     session_secret: SecretStr | None = None
     session_secret_file: Path | None = None
     session_max_age_seconds: int = Field(default=12 * 3600, ge=60)
+    # Proxies (IP addresses or networks, "*" for any) whose X-Forwarded-Proto and X-Forwarded-For are
+    # believed: the console's cookie is Secure behind an HTTPS proxy, and logins are throttled per real client.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("incident_group_by", "http_allowed_hosts", mode="before")
+    @field_validator("incident_group_by", "http_allowed_hosts", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_labels(cls, value: object) -> object:
         if isinstance(value, str):

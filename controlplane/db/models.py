@@ -315,3 +315,35 @@ class LeaderLease(Base):
     acquired_at: Mapped[datetime]
     renewed_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class LoginAttempts(Base):
+    """Console login attempts of one throttle key in its current window, counted before the password is checked.
+
+    A key is a digest of the user name with or without the client address, so the table holds no
+    names and any name (NUL bytes too) fits. Rows whose window ended are pruned.
+    """
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_window_start", "window_start"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer)
+
+
+class ConsoleSession(Base):
+    """A logged-in console session: the cookie carries its id, this table only a digest of it.
+
+    Logout deletes the row, so a copied cookie ends with the session; a row past `expires_at`
+    or made with another password hash (its fingerprint) logs no one in.
+    """
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_expires_at", "expires_at"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(128))
+    password_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

@@ -9,7 +9,6 @@ plain form POST with a redirect, so everything works without JavaScript too.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,14 +32,14 @@ from controlplane.actions.silence import silences_t
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.config import ConsoleRole
-from controlplane.errors import DomainError, Forbidden, InvalidInput
+from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.ingest.store import audit
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
 from controlplane.web import csrf, incident_actions, silences, views
-from controlplane.web.auth import COOKIE, Authenticator, LoginThrottle, Session, User
+from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
 
 log = structlog.get_logger("controlplane.console")
@@ -65,7 +64,7 @@ class Console:
     auth: Authenticator
     throttle: LoginThrottle
     templates: Templates
-    secure_cookies: bool
+    secure_cookies: bool  # always Secure (the public URL is https), else whenever the request came over HTTPS
     refresh_seconds: float
 
 
@@ -89,10 +88,19 @@ def get_console(request: Request) -> Console:
 ConsoleDep = Annotated[Console, Depends(get_console)]
 
 
+def _read_visit(request: Request, console: Console) -> Visit:
+    auth = console.auth
+    session = auth.decode(request.cookies.get(COOKIE))
+    if session is None:
+        return Visit(Session.fresh(), auth.proxy_user(request.headers), save=True)
+    user = auth.proxy_user(request.headers) or auth.session_user(session, now=_now())
+    if user is None and session.sid is not None:  # logged out, expired, or the password changed
+        return Visit(Session.fresh(), None, save=True)  # drop the dead id from the cookie
+    return Visit(session, user, save=False)
+
+
 def get_visit(request: Request, console: ConsoleDep) -> Visit:
-    session = console.auth.decode(request.cookies.get(COOKIE))
-    visit = Visit(session or Session.fresh(), None, save=session is None)
-    visit.user = console.auth.user_of(visit.session, request.headers)
+    visit = _read_visit(request, console)
     request.state.visit = visit
     return visit
 
@@ -243,6 +251,8 @@ def _finish(request: Request, response: Response) -> None:
     response.headers["Vary"] = "HX-Request, Cookie"
     visit = getattr(request.state, "visit", None)
     if visit is not None and visit.save:
+        # The scheme is https when the request came over HTTPS, or (uvicorn's proxy headers) from a
+        # proxy in `forwarded_allow_ips` that says so in X-Forwarded-Proto.
         response.set_cookie(
             COOKIE,
             console.auth.encode(visit.session),
@@ -250,7 +260,7 @@ def _finish(request: Request, response: Response) -> None:
             path="/",
             httponly=True,
             samesite="lax",
-            secure=console.secure_cookies,
+            secure=console.secure_cookies or request.url.scheme == "https",
         )
 
 
@@ -300,8 +310,7 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: FormDe
     csrf.check(visit.session, request, form)
     name = form.get("username", "").strip()[:128]
     next_url = safe_next(form.get("next"))
-    address = request.client.host if request.client else "unknown"
-    key = (name.lower(), address)
+    address = request.client.host if request.client else "unknown"  # from X-Forwarded-For of a trusted proxy
 
     def refuse(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
         response = page(
@@ -314,28 +323,33 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: FormDe
         response.headers.update(headers or {})
         return response
 
-    wait = console.throttle.retry_after(key)
+    # Counted (and committed) before the password is checked: concurrent guesses each see the others.
+    with write_tx(services.engine) as conn:
+        wait = console.throttle.attempt(conn, name=name, address=address, now=_now())
     if wait is not None:
         # Not audited: under a guessing attack that would write a row per request; the log has it.
         log.warning("console.login_throttled", user=name, address=address)
-        return refuse(
-            f"Too many failed attempts: try again in {math.ceil(wait)} s.", 429, {"Retry-After": str(math.ceil(wait))}
-        )
-    user = console.auth.check_password(name, form.get("password", "")[:1024])
+        return refuse(f"Too many failed attempts: try again in {wait} s.", 429, {"Retry-After": str(wait)})
+    try:
+        user = console.auth.check_password(name, form.get("password", "")[:1024])
+    except Unavailable as exc:
+        log.warning("console.login_busy", user=name, address=address)
+        return refuse(exc.message, 503, {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
     with write_tx(services.engine) as conn:
+        now = _now()
         audit(
             conn,
             actor=_actor(user) if user else "console",
             action="console.login" if user else "console.login_failed",
             incident_id=None,
             detail={"user": name, "address": address},
-            now=_now(),
+            now=now,
         )
+        if user is not None:
+            console.throttle.succeeded(conn, name=name, address=address)
+            visit.session, visit.user, visit.save = console.auth.login(conn, user=user, now=now), user, True
     if user is None:
-        console.throttle.failed(key)
         return refuse("Wrong user name or password.", 401)
-    console.throttle.succeeded(key)
-    visit.session, visit.user, visit.save = console.auth.login(user), user, True
     return RedirectResponse(next_url, status_code=303)
 
 
@@ -345,7 +359,9 @@ def logout(request: Request, services: ServicesDep, visit: VisitDep, form: FormD
     if visit.user is not None:
         with write_tx(services.engine) as conn:
             audit(conn, actor=_actor(visit.user), action="console.logout", incident_id=None, detail={}, now=_now())
-    visit.session, visit.user, visit.save = get_console(request).auth.logout(), None, True
+            get_console(request).auth.logout(conn, session=visit.session)
+    # A fresh anonymous session replaces the cookie: its CSRF token is dropped too.
+    visit.session, visit.user, visit.save = Session.fresh(), None, True
     return RedirectResponse("/login", status_code=303)
 
 
@@ -540,7 +556,7 @@ def install(app: FastAPI) -> None:
     """Mount the console (pages at /, assets at /static/console) on an app whose services are on app.state."""
     settings = app.state.services.settings
     app.state.console = Console(
-        auth=Authenticator(settings),
+        auth=Authenticator(settings, app.state.services.engine),
         throttle=LoginThrottle(settings.console_login_max_failures, settings.console_login_window_seconds),
         templates=Templates(),
         secure_cookies=(settings.public_url or "").lower().startswith("https://"),

@@ -14,23 +14,24 @@ from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
+from fastapi import Request
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select, text
 
 from controlplane.actions.base import load_builtin_actions
 from controlplane.app import create_app
 from controlplane.cli import main
 from controlplane.config import SettingsError, load_settings
 from controlplane.db import migrate
-from controlplane.db.engine import make_engine
+from controlplane.db.engine import make_engine, write_transaction
 from controlplane.ingest.store import audit_t, incidents_t
 from controlplane.playbooks.state import executions_t
 from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.web import views
-from controlplane.web.auth import LoginThrottle
+from controlplane.web.auth import LoginThrottle, console_user
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import AUTH, TOKEN, WEBHOOK, count_rows, load_payload, make_settings
 
 # Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
 HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("correct horse")
@@ -190,6 +191,55 @@ def test_login_and_logout_are_audited_and_the_cookie_is_locked_down(app: TestCli
     assert [r.actor for r in audits(database_url, "console.logout")] == ["user:operator"]
 
 
+def test_a_cookie_copied_before_logout_is_refused_after_it(app: TestClient, login: Login) -> None:
+    """Logout ends the session on the server: a stolen copy of the cookie dies with it."""
+    copied = login("operator").cookies["cp_session"]
+    assert app.get("/incidents").status_code == 200
+    assert app.post("/logout", data={"csrf_token": csrf(app, "/incidents")}, follow_redirects=False).status_code == 303
+    app.cookies.clear()
+    app.cookies.set("cp_session", copied)
+    replay = app.get("/incidents", follow_redirects=False)
+    assert replay.status_code == 303 and replay.headers["location"].startswith("/login")
+    assert app.get("/incidents", headers=HX).status_code == 401
+    token = csrf(app, "/login")  # the login page of a stranger, whose token does not act as the operator
+    refused = app.post("/incidents/1/acknowledge", data={"csrf_token": token}, follow_redirects=False)
+    assert refused.status_code == 303 and refused.headers["location"] == "/login"
+
+
+def test_console_user_gives_the_api_the_user_of_a_live_session(database_url: str) -> None:
+    app = create_app(make_settings(database_url, console_users=USERS, session_secret=SECRET))
+
+    @app.get("/test/whoami")
+    def whoami(request: Request) -> dict[str, str | None]:  # how the JSON API asks
+        user = console_user(request)
+        return {"user": user.name if user else None}
+
+    with TestClient(app) as client:
+        assert client.get("/test/whoami").json() == {"user": None}
+        token = csrf(client, "/login")
+        client.post("/login", data={"csrf_token": token, "username": "admin", "password": "correct horse"})
+        copied = client.cookies["cp_session"]
+        assert client.get("/test/whoami").json() == {"user": "admin"}
+        client.post("/logout", data={"csrf_token": csrf(client, "/incidents")})
+        client.cookies.clear()
+        client.cookies.set("cp_session", copied)
+        assert client.get("/test/whoami").json() == {"user": None}
+
+
+def test_an_expired_session_is_refused(app: TestClient, login: Login, database_url: str) -> None:
+    """Expiry is the server's: a session past `session_max_age_seconds` is refused whatever the cookie says."""
+    login("viewer")
+    assert app.get("/incidents").status_code == 200
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE console_sessions SET expires_at = :past"), {"past": datetime(2000, 1, 1)})
+    finally:
+        engine.dispose()
+    assert app.get("/incidents", follow_redirects=False).status_code == 303
+    assert app.get("/incidents", headers=HX).status_code == 401
+
+
 def test_login_needs_the_csrf_token_of_its_session(app: TestClient) -> None:
     csrf(app, "/login")
     response = app.post("/login", data={"username": "admin", "password": "correct horse"}, follow_redirects=False)
@@ -210,15 +260,28 @@ def test_failed_logins_are_throttled_per_user_and_address(app: TestClient) -> No
     assert other.status_code == 303
 
 
-def test_throttle_window_slides() -> None:
+def test_the_throttle_counts_in_the_database_and_stays_bounded(engine: Engine) -> None:
     throttle = LoginThrottle(max_failures=2, window_seconds=60)
-    key = ("alice", "10.0.0.1")
-    throttle.failed(key, now=0)
-    throttle.failed(key, now=10)
-    assert throttle.retry_after(key, now=20) == pytest.approx(40)
-    assert throttle.retry_after(key, now=61) is None  # the first failure left the window
-    throttle.succeeded(key)
-    assert throttle.retry_after(key, now=62) is None
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def attempt(name: str, address: str, at: float) -> int | None:
+        with write_transaction(engine) as conn:
+            return throttle.attempt(conn, name=name, address=address, now=start + timedelta(seconds=at))
+
+    assert attempt("alice", "10.0.0.1", 0) is None
+    assert attempt("Alice", "10.0.0.1", 10) is None  # one name, however it is spelled
+    assert attempt("alice", "10.0.0.1", 20) == 40  # over the limit until the window that began at 0 ends
+    assert attempt("alice", "10.0.0.2", 20) is None  # another address counts on its own
+    assert attempt("alice", "10.0.0.1", 61) is None  # the window ended
+    with write_transaction(engine) as conn:
+        throttle.succeeded(conn, name="alice", address="10.0.0.1")
+    # Rotating addresses: the name's own count stops them at 4x the limit.
+    rotating = [attempt("bob", f"10.1.0.{i}", 100) for i in range(12)]
+    assert rotating == [None] * 8 + [60] * 4
+    # Rows of ended windows are pruned: the table holds only what can still refuse someone.
+    assert count_rows(engine, "login_attempts") > 2
+    attempt("carol", "10.2.0.1", 300)
+    assert count_rows(engine, "login_attempts") == 2
 
 
 def test_a_changed_password_ends_old_sessions(database_url: str, tmp_path: Path) -> None:
@@ -643,6 +706,14 @@ def test_a_storm_incident_page_stays_bounded(app: TestClient, login: Login) -> N
     page = client.get(f"/incidents/{incident_id}").text
     assert page.count('<article class="alert alert-firing">') == 200
     assert "10 more alerts are not shown" in page and "210 of 210" in page
+
+
+def test_cookies_are_secure_over_https_without_a_public_url(database_url: str) -> None:
+    settings = make_settings(database_url, console_users=USERS, session_secret=SECRET)
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        assert "; secure" in client.get("/login").headers["set-cookie"].lower()
+    with TestClient(create_app(settings), base_url="http://testserver") as client:
+        assert "; secure" not in client.get("/login").headers["set-cookie"].lower()
 
 
 def test_cookies_are_secure_behind_https(database_url: str) -> None:
