@@ -30,21 +30,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controlplane.app import create_app
+    from controlplane.connections import RESERVED_FDS, ConnectionLimits, fd_limit_too_low, protocol_for
     from controlplane.telemetry import configure_logging
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     url = f"http://{settings.listen_host}:{settings.listen_port}"
-    structlog.get_logger("controlplane").info(
-        "serving", url=url, webhook=f"{url}/api/v1/alerts/alertmanager", database=_redact(settings.database_url)
-    )
+    log = structlog.get_logger("controlplane")
+    log.info("serving", url=url, webhook=f"{url}/api/v1/alerts/alertmanager", database=_redact(settings.database_url))
+    fd_limit = fd_limit_too_low(settings.max_connections)
+    if fd_limit is not None:  # the cap could not keep connections from exhausting file descriptors
+        log.warning(
+            "serve.fd_limit_low",
+            fd_limit=fd_limit,
+            max_connections=settings.max_connections,
+            hint=f"raise ulimit -n to {settings.max_connections + RESERVED_FDS} or lower CONTROLPLANE_MAX_CONNECTIONS",
+        )
     # uvicorn re-raises SIGTERM after its graceful shutdown; exit 0 then, as a clean stop should.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout=settings.request_header_timeout_seconds,
+        body_timeout=settings.request_body_timeout_seconds,
+    )
     uvicorn.run(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
+        http=protocol_for(limits, lambda reason: app.state.services.metrics.connections_closed.labels(reason).inc()),
+        ws="none",  # no route speaks WebSocket; an upgrade request is served as plain HTTP
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -152,14 +153,19 @@ def with_host_port(url: str, host: str, port: int) -> str:
 # The service as a subprocess
 
 
+def _limit_fds(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 class ServerProcess:
     """`python -m controlplane serve` on a free loopback port; its output goes to `log_path`.
 
     `settings` are more CONTROLPLANE_* variables by field name; without `rules_dir` the server
     gets an empty rules directory, so it only ingests (no playbook acts on the test's alerts).
+    `fd_limit` lowers the server's RLIMIT_NOFILE (soft and hard), as a small `ulimit -n` would.
     """
 
-    def __init__(self, database_url: str, log_path: Path, **settings: str) -> None:
+    def __init__(self, database_url: str, log_path: Path, *, fd_limit: int | None = None, **settings: str) -> None:
         if "rules_dir" not in settings:
             no_rules = log_path.parent / "no-rules"
             no_rules.mkdir(exist_ok=True)
@@ -186,6 +192,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if fd_limit is None else lambda: _limit_fds(fd_limit),
             )
 
     def __enter__(self) -> ServerProcess:
