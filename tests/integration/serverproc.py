@@ -348,6 +348,23 @@ class WebhookLoad:
         return tally
 
 
+def deliver_like_alertmanager(base_url: str, payload: dict[str, object], within: float) -> tuple[int | None, list[str]]:
+    """POST the notification as Alertmanager does: retry 5xx and connection errors (with a short backoff,
+    here 0.2 s) until a 2xx or 4xx answer or the deadline. Returns the final status and every attempt's outcome."""
+    deadline = time.monotonic() + within
+    attempts: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.post(base_url + WEBHOOK, json=payload, headers=AUTH, timeout=5.0).status_code
+            attempts.append(str(status))
+            if status < 500:
+                return status, attempts
+        except httpx.HTTPError as exc:
+            attempts.append(type(exc).__name__)
+        time.sleep(0.2)
+    return None, attempts
+
+
 # ---------------------------------------------------------------------------------------------
 # Fault injection
 

@@ -23,7 +23,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOKEN, WEBHOOK
-from tests.integration.serverproc import AUTH, LOOPBACK, ServerProcess, fingerprint_counts, run_id, unique_notification
+from tests.integration.serverproc import (
+    LOOPBACK,
+    ServerProcess,
+    deliver_like_alertmanager,
+    fingerprint_counts,
+    run_id,
+    unique_notification,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -60,23 +67,6 @@ def half_open_connections(port: int, count: int) -> Iterator[list[socket.socket]
     finally:
         for sock in sockets:
             sock.close()
-
-
-def deliver_like_alertmanager(base_url: str, payload: dict[str, object], within: float) -> tuple[int | None, list[str]]:
-    """POST the notification as Alertmanager does: retry 5xx and connection errors (with a short backoff,
-    here 0.2 s) until a 2xx or 4xx answer or the deadline. Returns the final status and every attempt's outcome."""
-    deadline = time.monotonic() + within
-    attempts: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            status = httpx.post(base_url + WEBHOOK, json=payload, headers=AUTH, timeout=5.0).status_code
-            attempts.append(str(status))
-            if status < 500:
-                return status, attempts
-        except httpx.HTTPError as exc:
-            attempts.append(type(exc).__name__)
-        time.sleep(0.2)
-    return None, attempts
 
 
 def wait_closed_by_server(sockets: list[socket.socket], within: float) -> list[socket.socket]:
