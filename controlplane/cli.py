@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from controlplane import __version__
 from controlplane.checks import check_alert_rules, check_dashboards
@@ -34,10 +36,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from controlplane.telemetry import configure_logging
 
     settings = _settings(args)
+    # A fatal signal (SIGBUS from SQLite's mapped -shm file, SIGSEGV) prints every thread's Python
+    # traceback on stderr instead of killing the process without a word.
+    faulthandler.enable(all_threads=True)
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("controlplane")
+    _log_sqlite_files(log, settings.database_url)
     app = create_app(settings)
     url = f"http://{settings.listen_host}:{settings.listen_port}"
-    log = structlog.get_logger("controlplane")
     log.info("serving", url=url, webhook=f"{url}/api/v1/alerts/alertmanager", database=_redact(settings.database_url))
     fd_limit = fd_limit_too_low(settings.max_connections)
     if fd_limit is not None:  # the cap could not keep connections from exhausting file descriptors
@@ -65,6 +71,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _log_sqlite_files(log: Any, database_url: str) -> None:
+    """Say where SQLite keeps its files (a warning on a filesystem where its -shm mapping can SIGBUS)."""
+    from controlplane.db.sqlite_files import sqlite_files
+
+    files = sqlite_files(database_url)
+    if files is None:
+        return
+    (log.warning if files.risk else log.info)(
+        "sqlite.files",
+        database=str(files.database),
+        wal=str(files.wal),
+        shm=str(files.shm),
+        filesystem=files.filesystem,
+        free_bytes=files.free_bytes,
+        risk=files.risk,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
