@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from controlplane import __version__
 from controlplane.checks import check_alert_rules, check_dashboards
@@ -30,27 +32,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controlplane.app import create_app
+    from controlplane.connections import RESERVED_FDS, ConnectionLimits, fd_limit_too_low, protocol_for
     from controlplane.telemetry import configure_logging
 
     settings = _settings(args)
+    # A fatal signal (SIGBUS from SQLite's mapped -shm file, SIGSEGV) prints every thread's Python
+    # traceback on stderr instead of killing the process without a word.
+    faulthandler.enable(all_threads=True)
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("controlplane")
+    _log_sqlite_files(log, settings.database_url)
     app = create_app(settings)
     url = f"http://{settings.listen_host}:{settings.listen_port}"
-    structlog.get_logger("controlplane").info(
-        "serving", url=url, webhook=f"{url}/api/v1/alerts/alertmanager", database=_redact(settings.database_url)
-    )
+    log.info("serving", url=url, webhook=f"{url}/api/v1/alerts/alertmanager", database=_redact(settings.database_url))
+    fd_limit = fd_limit_too_low(settings.max_connections)
+    if fd_limit is not None:  # the cap could not keep connections from exhausting file descriptors
+        log.warning(
+            "serve.fd_limit_low",
+            fd_limit=fd_limit,
+            max_connections=settings.max_connections,
+            hint=f"raise ulimit -n to {settings.max_connections + RESERVED_FDS} or lower CONTROLPLANE_MAX_CONNECTIONS",
+        )
     # uvicorn re-raises SIGTERM after its graceful shutdown; exit 0 then, as a clean stop should.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout=settings.request_header_timeout_seconds,
+        body_timeout=settings.request_body_timeout_seconds,
+    )
     uvicorn.run(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
+        http=protocol_for(limits, lambda reason: app.state.services.metrics.connections_closed.labels(reason).inc()),
+        ws="none",  # no route speaks WebSocket; an upgrade request is served as plain HTTP
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
         forwarded_allow_ips=settings.forwarded_allow_ips,  # whose X-Forwarded-Proto/-For set scheme and client
     )
     return 0
+
+
+def _log_sqlite_files(log: Any, database_url: str) -> None:
+    """Say where SQLite keeps its files (a warning on a filesystem where its -shm mapping can SIGBUS)."""
+    from controlplane.db.sqlite_files import sqlite_files
+
+    files = sqlite_files(database_url)
+    if files is None:
+        return
+    (log.warning if files.risk else log.info)(
+        "sqlite.files",
+        database=str(files.database),
+        wal=str(files.wal),
+        shm=str(files.shm),
+        filesystem=files.filesystem,
+        free_bytes=files.free_bytes,
+        risk=files.risk,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

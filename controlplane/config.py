@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     prometheus_url: str = "http://127.0.0.1:9090"
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
+    # Client connections (controlplane.connections). The cap keeps open sockets well below a 1024
+    # file-descriptor limit, leaving room for the database pool, target calls and log files; a
+    # connection over it is answered 503 (Alertmanager retries). A connection that has not sent a
+    # whole request head within the header timeout, or whose body stalls that long, is closed.
+    max_connections: int = Field(default=256, ge=1, le=65536)
+    request_header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    request_body_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     public_url: str | None = None
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     # A comma-separated list in the environment: CONTROLPLANE_INCIDENT_GROUP_BY=alertname,namespace

@@ -114,6 +114,13 @@ class Metrics:
         self.escalations = Counter(
             "controlplane_escalations", "Executions escalated to people, by rule.", ["rule"], registry=self.registry
         )
+        self.connections_closed = Counter(
+            "controlplane_http_connections_closed",
+            "Client connections the server ended itself (controlplane.connections), by reason: "
+            "header_timeout, body_timeout, head_too_large, evicted, refused.",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def watch_open_incidents(self, count_open: Callable[[], int | None]) -> None:
         self.registry.register(_OpenIncidentsCollector(count_open))

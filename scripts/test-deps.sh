@@ -3,7 +3,7 @@
 # integration tests drive (when root), and start the local PostgreSQL cluster if none answers.
 set -euo pipefail
 
-declare -A binary_of=( [postgresql]=pg_ctlcluster [prometheus]=prometheus [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [kubectl]=kubectl )
+declare -A binary_of=( [postgresql]=pg_ctlcluster [prometheus]=prometheus [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [kubectl]=kubectl [btrfs-progs]=mkfs.btrfs )
 missing=()
 for pkg in "${!binary_of[@]}"; do
   command -v "${binary_of[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.requests import ClientDisconnect
 
 from controlplane.errors import (
     Conflict,
@@ -89,7 +90,14 @@ async def _database_down(_request: Request, _exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "database unavailable: retry later"}, status_code=503, headers={"Retry-After": "5"})
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    # The client left before its body was read, or the server ended a stalled or evicted one
+    # (controlplane.connections). Nobody is left to answer: no traceback, just nginx's 499 in the request log.
+    return Response(status_code=499)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -151,14 +152,19 @@ def with_host_port(url: str, host: str, port: int) -> str:
 # The service as a subprocess
 
 
+def _limit_fds(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 class ServerProcess:
     """`python -m controlplane serve` on a free loopback port; its output goes to `log_path`.
 
     `settings` are more CONTROLPLANE_* variables by field name; without `rules_dir` the server
     gets an empty rules directory, so it only ingests (no playbook acts on the test's alerts).
+    `fd_limit` lowers the server's RLIMIT_NOFILE (soft and hard), as a small `ulimit -n` would.
     """
 
-    def __init__(self, database_url: str, log_path: Path, **settings: str) -> None:
+    def __init__(self, database_url: str, log_path: Path, *, fd_limit: int | None = None, **settings: str) -> None:
         if "rules_dir" not in settings:
             no_rules = log_path.parent / "no-rules"
             no_rules.mkdir(exist_ok=True)
@@ -186,6 +192,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if fd_limit is None else lambda: _limit_fds(fd_limit),
             )
 
     def __enter__(self) -> ServerProcess:
@@ -339,6 +346,23 @@ class WebhookLoad:
             key = str(outcome.status) if outcome.status is not None else (outcome.error or "in flight")
             tally[key] = tally.get(key, 0) + 1
         return tally
+
+
+def deliver_like_alertmanager(base_url: str, payload: dict[str, object], within: float) -> tuple[int | None, list[str]]:
+    """POST the notification as Alertmanager does: retry 5xx and connection errors (with a short backoff,
+    here 0.2 s) until a 2xx or 4xx answer or the deadline. Returns the final status and every attempt's outcome."""
+    deadline = time.monotonic() + within
+    attempts: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.post(base_url + WEBHOOK, json=payload, headers=AUTH, timeout=5.0).status_code
+            attempts.append(str(status))
+            if status < 500:
+                return status, attempts
+        except httpx.HTTPError as exc:
+            attempts.append(type(exc).__name__)
+        time.sleep(0.2)
+    return None, attempts
 
 
 # ---------------------------------------------------------------------------------------------
