@@ -38,12 +38,12 @@ def silence_incident(
     if length is None:
         raise InvalidInput(f"duration must be one of {', '.join(DURATIONS)}")
     with engine.connect() as conn:
-        incident = incidents.get_incident(conn=conn, incident_id=incident_id)
-    labels = {name: value for name, value in incident.group_labels.items() if value}
+        incident = incidents.incident_row(conn=conn, incident_id=incident_id)
+    labels = {name: value for name, value in incident["group_labels"].items() if value}
     if not labels:
         # Matchers that all match the empty string would mute every alert Alertmanager has.
         raise InvalidInput("this incident has no group label values to silence on")
-    text = comment.strip() or f"Silenced from the controlplane console: incident #{incident_id} {incident.title}"
+    text = comment.strip() or f"Silenced from the controlplane console: incident #{incident_id} {incident['title']}"
     client = AlertmanagerClient(settings.alertmanager_url)
     ends_at = now + length
     # The network call runs outside any transaction: a slow Alertmanager holds no database lock.
