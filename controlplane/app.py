@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from controlplane import __version__
 from controlplane.api import endpoints, executions, health, incidents, monitoring, rules, webhook
 from controlplane.api.errors import install_error_handlers
-from controlplane.api.middleware import RequestContextMiddleware
+from controlplane.api.middleware import RefuseNulInUrl, RequestContextMiddleware
 from controlplane.config import Settings, get_settings
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.rules.loader import RuleLoadError
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=REQUEST_BODY_LIMIT,
     )
     app.state.services = services
+    app.add_middleware(RefuseNulInUrl)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     # The webhook bounds its own body (CONTROLPLANE_MAX_BODY_BYTES, streamed), so that its 413 says the
@@ -79,13 +80,17 @@ def _reload_on_sighup(services: Services) -> None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the webhook body, which the route reads raw (to bound its size) and validates itself."""
+    """FastAPI's schema plus the webhook body, which the route reads raw (to bound its size) and validates itself,
+    and the 400 every operation can answer."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         body = AlertmanagerNotification.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
         components["AlertmanagerNotification"] = body
+        for operations in schema["paths"].values():  # RefuseNulInUrl answers before any route
+            for operation in operations.values():
+                operation["responses"].setdefault("400", {"description": "A NUL (%00) in the path or query string"})
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controlplane.api.deps import AdminDep, ReaderDep, ServicesDep
 from controlplane.api.errors import error_responses
 from controlplane.failover.manager import ActiveEndpointView, FailoverEventView, GroupStatus, SwitchResult
+from controlplane.text import Text
 
 router = APIRouter(prefix="/api/v1", tags=["failover"], responses=error_responses(401, 503), dependencies=[ReaderDep])
 
@@ -17,8 +18,8 @@ router = APIRouter(prefix="/api/v1", tags=["failover"], responses=error_response
 class SwitchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    to: str | None = None  # default: the most preferred healthy endpoint other than the active one
-    reason: str = Field(default="", max_length=2000)
+    to: Text | None = None  # default: the most preferred healthy endpoint other than the active one
+    reason: Text = Field(default="", max_length=2000)
 
 
 @router.get(

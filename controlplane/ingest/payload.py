@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controlplane.errors import InvalidInput, MalformedInput
+from controlplane.text import Text
 
 AlertStatus = Literal["firing", "resolved"]
 
@@ -28,15 +29,6 @@ Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 MAX_ALERTNAME = 255  # alerts.alertname
 MAX_SEVERITY = 32  # incidents.severity
 MAX_RECEIVER = 200  # alerts.receiver, and audit_events.actor "alertmanager:<receiver>" (255)
-
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("NUL characters (\\u0000) are not allowed")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class AlertmanagerAlert(BaseModel):

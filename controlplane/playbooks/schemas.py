@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from controlplane.incidents.schemas import AuditEventOut
+from controlplane.text import Text
 
 
 class StepOut(BaseModel):
@@ -70,7 +71,7 @@ class AutomationOut(BaseModel):
 
 
 class AutomationChange(BaseModel):
-    reason: str = Field(default="", max_length=2000)
+    reason: Text = Field(default="", max_length=2000)
 
 
 class DryRunChange(AutomationChange):
@@ -78,4 +79,4 @@ class DryRunChange(AutomationChange):
 
 
 class Decision(BaseModel):
-    reason: str = Field(default="", max_length=2000)
+    reason: Text = Field(default="", max_length=2000)

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 
 from controlplane.errors import Forbidden, InvalidInput
+from controlplane.text import NUL, NUL_REFUSED, printable
 from controlplane.web.auth import Session
 
 FIELD = "csrf_token"
@@ -34,6 +35,15 @@ async def read_form(request: Request) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"unreadable form: {exc}") from None
     return dict(pairs)
+
+
+async def read_text_form(request: Request) -> dict[str, str]:
+    """`read_form`, refusing a NUL in any field (422): notes, reasons and comments end up in the database."""
+    form = await read_form(request)
+    for name, value in form.items():
+        if NUL in name or NUL in value:
+            raise InvalidInput(f"{printable(name)}: {NUL_REFUSED}")
+    return form
 
 
 def check(session: Session, request: Request, form: dict[str, str]) -> None:

@@ -38,6 +38,7 @@ from controlplane.ingest.store import audit
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
+from controlplane.text import printable
 from controlplane.web import csrf, incident_actions, silences, views
 from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
@@ -106,7 +107,9 @@ def get_visit(request: Request, console: ConsoleDep) -> Visit:
 
 
 VisitDep = Annotated[Visit, Depends(get_visit)]
-FormDep = Annotated[dict[str, str], Depends(csrf.read_form)]
+FormDep = Annotated[dict[str, str], Depends(csrf.read_text_form)]
+# Login reads NUL too: a name with one is still a failed attempt, counted and audited.
+LoginFormDep = Annotated[dict[str, str], Depends(csrf.read_form)]
 
 
 def logged_in(visit: VisitDep) -> User:
@@ -305,10 +308,10 @@ def login_form(request: Request, services: ServicesDep, visit: VisitDep, next: s
 
 
 @router.post("/login")
-def login(request: Request, services: ServicesDep, visit: VisitDep, form: FormDep) -> Response:
+def login(request: Request, services: ServicesDep, visit: VisitDep, form: LoginFormDep) -> Response:
     console = get_console(request)
     csrf.check(visit.session, request, form)
-    name = form.get("username", "").strip()[:128]
+    name = printable(form.get("username", "")).strip()[:128]
     next_url = safe_next(form.get("next"))
     address = request.client.host if request.client else "unknown"  # from X-Forwarded-For of a trusted proxy
 

@@ -1,6 +1,6 @@
 """schemathesis against the served OpenAPI: every JSON operation, generated valid and invalid inputs.
 
-The app runs in-process (ASGI, Starlette's TestClient, lifespan included) on SQLite with the
+The app runs in-process (ASGI, Starlette's TestClient, lifespan included) on SQLite and on PostgreSQL with the
 webhook and admin tokens set, so authenticated operations run past their auth check. Every
 answer must be documented for its operation (status code), match its declared schema, and
 never be a 5xx. `CONTROLPLANE_FUZZ_EXAMPLES` sets the examples per operation (`make fuzz`);
@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from controlplane.app import create_app
 from controlplane.config import Settings
 from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings
+from tests.integration.serverproc import truncate_all
 
 EXAMPLES = int(os.environ.get("CONTROLPLANE_FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = "CONTROLPLANE_FUZZ_EXAMPLES" not in os.environ
@@ -56,12 +57,18 @@ failover:
 """
 
 
-@pytest.fixture(scope="module")
-def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def fuzz_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app on SQLite, then on PostgreSQL (which refuses NUL in text: inputs must be refused before it)."""
     workdir = tmp_path_factory.mktemp("fuzz")
     (workdir / "rules").mkdir()
     (workdir / "rules" / "fuzz.yaml").write_text(RULES)
-    settings_ = make_settings(f"sqlite:///{workdir}/controlplane.db", rules_dir=workdir / "rules")
+    if request.param == "sqlite":
+        url = f"sqlite:///{workdir}/controlplane.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        truncate_all(url)
+    settings_ = make_settings(url, rules_dir=workdir / "rules")
     with TestClient(create_app(settings_), raise_server_exceptions=False) as client:
         # Something to read: small ids then name a real incident, its alerts and their executions.
         seeded = client.post(WEBHOOK, json=load_payload("alertmanager_firing.json"), headers=_auth(WEBHOOK))
