@@ -247,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate rules, alerting rules and dashboards; errors as file:line: message, exit 1 on any"
     )
     check.add_argument(
-        "directory", nargs="?", type=Path, help="rules directory (default: CONTROLPLANE_RULES_DIR or ./rules)"
+        "directory",
+        nargs="?",
+        type=Path,
+        help="rules directory (default: CONTROLPLANE_RULES_DIR, else the packaged defaults)",
     )
     check.set_defaults(func=cmd_check)
     sample = sub.add_parser("sample-app", help="run the sample LangGraph-style service (metrics, admin API, faults)")
