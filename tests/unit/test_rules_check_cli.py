@@ -68,6 +68,16 @@ def test_without_the_setting_the_packaged_defaults_are_checked(
     assert first.startswith(f"ok: {DEFAULTS_DIR / 'rules'}: ") and " 0 rules" not in first
 
 
-def test_missing_directory_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(tmp_path / "nope")]) == 1
-    assert capsys.readouterr().err == f"{tmp_path / 'nope'}: rules directory: no such directory\n"
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_check_refuses_an_unusable_rules_directory_in_one_line(
+    make: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rules"
+    if make == "file":
+        path.write_text("rules: []\n")
+    problem = "no such directory" if make == "missing" else "not a directory"
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err == f"controlplane: rules directory {path} (the command line): {problem}\n"
+    monkeypatch.setenv("CONTROLPLANE_RULES_DIR", str(path))
+    assert main(["check"]) == 2
+    assert capsys.readouterr().err == f"controlplane: rules directory {path} (CONTROLPLANE_RULES_DIR): {problem}\n"
