@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, check, demo."""
+"""The `controlplane` command: serve, migrate, check, init, demo."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info(
             "rules.defaults",
             directory=str(settings.rules_dir),
-            hint=f"the packaged default rules: set {RULES_SETTING} to a directory of your own",
+            hint=f"set {RULES_SETTING} to rules of your own (`controlplane init DIR` writes a starter)",
         )
     _log_sqlite_files(log, settings.database_url)
     app = create_app(settings)
@@ -208,6 +208,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from controlplane.defaults import StarterExists, write_starter
+
+    directory: Path = args.directory
+    try:
+        written = write_starter(directory, version=__version__, force=args.force)
+    except StarterExists as exc:
+        first, more = exc.existing[0], len(exc.existing) - 1
+        also = f" and {_count(more, 'more file')} exist" if more else " exists"
+        print(
+            f"controlplane: init {directory}: {first}{also}; nothing written (--force replaces them)",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(directory) else ""
+        print(f"controlplane: init {directory}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    parts = "rules/, alerting/ (tests/, RUNBOOKS.md), dashboards/, README.md"
+    print(f"wrote {_count(len(written), 'file')} in {directory}: {parts}")
+    print(f"check them: controlplane check {directory / 'rules'}")
+    print(f"use them:   CONTROLPLANE_RULES_DIR={directory / 'rules'} controlplane serve")
+    return 0
+
+
 def cmd_provision_grafana(args: argparse.Namespace) -> int:
     from controlplane import grafana
 
@@ -285,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rules directory (default: CONTROLPLANE_RULES_DIR, else the packaged defaults)",
     )
     check.set_defaults(func=cmd_check)
+    init = sub.add_parser(
+        "init",
+        help="write a starter configuration directory (rules, alerting rules, dashboards) to edit and keep in git",
+    )
+    init.add_argument("directory", type=Path, help="where to write it (created if missing)")
+    init.add_argument("--force", action="store_true", help="replace files the starter would write that exist")
+    init.set_defaults(func=cmd_init)
     sample = sub.add_parser("sample-app", help="run the sample LangGraph-style service (metrics, admin API, faults)")
     sample.add_argument("--port", type=int, required=True, help="listen port")
     sample.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
