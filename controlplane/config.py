@@ -23,6 +23,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
+
 ENV_PREFIX = "CONTROLPLANE_"
 _ALLOWED_HOST = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "token", "password", "example"}
@@ -63,7 +65,8 @@ class Settings(BaseSettings):
     # or as the password of basic auth. Unset means the webhook is open (development only).
     webhook_token: SecretStr | None = None
     webhook_token_file: Path | None = None
-    rules_dir: Path = Path("rules")
+    # Unset: the default rules shipped in the package (with its dashboards/ and alerting/ beside them).
+    rules_dir: Path = DEFAULT_RULES_DIR
     prometheus_url: str = "http://127.0.0.1:9090"
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)

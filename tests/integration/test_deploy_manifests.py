@@ -22,6 +22,7 @@ from controlplane.config import ENV_PREFIX, Settings, load_settings
 from tests.conftest import require_binary
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULTS = REPO / "controlplane" / "defaults"  # the packaged rules, dashboards and alerting rules
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
 NAMESPACE = "controlplane"
@@ -247,9 +248,9 @@ def test_kustomization_lists_every_manifest_and_every_shipped_file() -> None:
         p.name for p in manifest_files() if p.name != "secret.example.yaml"
     )
     shipped = {
-        "controlplane-rules": sorted((REPO / "rules").glob("*.yaml")),
-        "controlplane-dashboards": sorted((REPO / "dashboards").glob("*.json")),
-        "controlplane-alerting": sorted((REPO / "alerting").glob("*.y*ml")),
+        "controlplane-rules": sorted((DEFAULTS / "rules").glob("*.yaml")),
+        "controlplane-dashboards": sorted((DEFAULTS / "dashboards").glob("*.json")),
+        "controlplane-alerting": sorted((DEFAULTS / "alerting").glob("*.y*ml")),
     }
     for name, files in shipped.items():
         # A file missing here would be in the repository but never deployed.
@@ -272,7 +273,7 @@ def test_kustomize_builds_objects_the_models_accept() -> None:
         load_model(document)
     configmaps = {d["metadata"]["name"]: d for d in objects if d["kind"] == "ConfigMap"}
     [rules] = [cm for name, cm in configmaps.items() if name.startswith("controlplane-rules-")]
-    assert rules["data"] == {p.name: p.read_text() for p in sorted((REPO / "rules").glob("*.yaml"))}
+    assert rules["data"] == {p.name: p.read_text() for p in sorted((DEFAULTS / "rules").glob("*.yaml"))}
     for name, configmap in configmaps.items():
         # `kubectl apply` copies the object into an annotation limited to 256 KiB.
         assert sum(len(v.encode()) for v in configmap["data"].values()) < 256 * 1024, name
@@ -347,7 +348,7 @@ def test_grafana_provisions_the_datasource_the_dashboards_pick() -> None:
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
     # File provisioning does not resolve ${DS_...} inputs: the shipped dashboards must pick their
     # datasource through a `datasource` variable over Prometheus datasources instead.
-    for path in sorted((REPO / "dashboards").glob("*.json")):
+    for path in sorted((DEFAULTS / "dashboards").glob("*.json")):
         text = path.read_text()
         assert "${DS_" not in text, path.name
         variables = json.loads(text).get("templating", {}).get("list", [])
