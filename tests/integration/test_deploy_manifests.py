@@ -28,6 +28,7 @@ import yaml
 from kubernetes.client import ApiClient, V1Container, V1Deployment, V1PodSpec
 
 from controlplane import __version__
+from controlplane.cli import main
 from controlplane.config import ENV_PREFIX, SettingsError, load_settings
 from controlplane.prometheus_operator import prometheus_rule
 from tests.conftest import require, require_binary
@@ -569,6 +570,20 @@ def test_prometheus_rule_is_generated_from_the_alerting_rules() -> None:
     committed = OPERATOR / "prometheusrule.yaml"
     regenerate = f"controlplane render prometheusrule > {committed.relative_to(REPO)}"
     assert committed.read_text() == prometheus_rule(directory=shipped("alerting")), f"stale: run `{regenerate}`"
+
+
+def test_render_prometheusrule_prints_it_and_refuses_a_directory_without_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "prometheusrule", "--dir", str(shipped("alerting"))]) == 0
+    assert capsys.readouterr().out == (OPERATOR / "prometheusrule.yaml").read_text()
+    # An empty PrometheusRule is almost always a wrong directory: exit 1, nothing on stdout.
+    assert main(["render", "prometheusrule", "--dir", str(tmp_path)]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"no alerting rule groups in {tmp_path}" in printed.err
+    (tmp_path / "broken.yaml").write_text("groups: {")
+    assert main(["render", "prometheusrule", "--dir", str(tmp_path)]) == 1
+    assert "alerting/broken.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
