@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, check, init, demo."""
+"""The `controlplane` command: serve, migrate, check, init, demo, render."""
 
 from __future__ import annotations
 
@@ -262,6 +262,19 @@ def cmd_provision_grafana(args: argparse.Namespace) -> int:
     return 1 if found.errors or not all(r.ok for r in results) else 0
 
 
+def cmd_render_prometheusrule(args: argparse.Namespace) -> int:
+    from controlplane import grafana
+    from controlplane.prometheus_operator import prometheus_rule
+
+    directory: Path = args.dir if args.dir is not None else grafana.shipped_dir(_settings(args).rules_dir, "alerting")
+    try:
+        sys.stdout.write(prometheus_rule(directory=directory, name=args.name, namespace=args.namespace))
+    except grafana.MonitoringFileError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -339,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, help="dashboards directory (default: dashboards/ beside CONTROLPLANE_RULES_DIR)"
     )
     graf.set_defaults(func=cmd_provision_grafana)
+    render = sub.add_parser("render", help="print shipped configuration as objects for other tools")
+    kinds = render.add_subparsers(dest="kind", required=True)
+    rule = kinds.add_parser(
+        "prometheusrule", help="the alerting rules as a prometheus-operator PrometheusRule (YAML on stdout)"
+    )
+    rule.add_argument(
+        "--dir", type=Path, help="alerting rules directory (default: alerting/ beside CONTROLPLANE_RULES_DIR)"
+    )
+    rule.add_argument("--name", default="controlplane", help="metadata.name (default controlplane)")
+    rule.add_argument("--namespace", default="controlplane", help="metadata.namespace (default controlplane)")
+    rule.set_defaults(func=cmd_render_prometheusrule)
     demo = sub.add_parser(
         "demo",
         help="run the whole loop on loopback (sample service, Prometheus, Alertmanager, control plane) and narrate it",
