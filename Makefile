@@ -31,7 +31,16 @@ run: install
 test-deps:
 	bash scripts/test-deps.sh
 
-test: install-dev test-deps
+# checkov scans the deploy manifests in the tests. Its pins (packaging<24, python-dateutil<3) clash
+# with the newest pytest and kubernetes client, so it gets a venv of its own, where the tests look.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(VENV)/checkov/.installed-$(CHECKOV_VERSION)
+$(CHECKOV): | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+test: install-dev test-deps $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

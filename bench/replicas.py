@@ -5,7 +5,7 @@
 
 For each scenario and replica count N: a fresh schema in the local PostgreSQL (database `test`, dropped
 afterwards), N replicas of `python -m controlplane serve` on it (own instance ids and loopback ports,
-the shipped rules/), ready on /ready, and one load process per replica (wrk + bench/ingest.lua, else
+the shipped default rules), ready on /ready, and one load process per replica (wrk + bench/ingest.lua, else
 bench/loadgen.py), the connections split between them. Every alert is a new episode (new fingerprint
 and startsAt). A notification holds --alerts-per-notification alerts as Alertmanager groups them: one
 namespace and service, distinct fingerprints and instances. Successive notifications cycle over
@@ -206,7 +206,7 @@ def serving(
     name: str,
     run_dir: Path,
     *,
-    rules_dir: Path = ROOT / "rules",
+    rules_dir: Path = ROOT / "controlplane" / "defaults" / "rules",
     env: Mapping[str, str] | None = None,
 ) -> Iterator[list[Replica]]:
     """n replicas on one database, ready; stopped when the block ends (also on error or Ctrl-C).

@@ -2,11 +2,11 @@
 
 Checked are `alerting/` and `dashboards/` beside the rules directory, i.e. in its parent: where the
 API serves them from and `controlplane provision grafana` pushes them from. With the default rules
-directory (`rules`) that parent is the working directory. A deployment without them has nothing
-to check there, and the check says nothing (the API then falls back to the repository's copies,
-which this repository's own `controlplane check` covers). Errors read `file:line: message` like
-the rule checker's, `file: message` where no line is known. promtool, when on PATH, checks the
-rule files and the PromQL of every dashboard query.
+directory (the package's controlplane/defaults/rules) they are the packaged defaults. A deployment
+without them has nothing to check there, and the check says nothing (the API then falls back to the
+packaged defaults, which `controlplane check` with the default rules directory covers). Errors read
+`file:line: message` like the rule checker's, `file: message` where no line is known. promtool, when
+on PATH, checks the rule files and the PromQL of every dashboard query.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, check, demo."""
+"""The `controlplane` command: serve, migrate, check, init, demo, render."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from typing import Any
 
 from controlplane import __version__
 from controlplane.checks import check_alert_rules, check_dashboards
-from controlplane.config import Settings, SettingsError, load_settings
+from controlplane.config import ENV_PREFIX, Settings, SettingsError, load_settings
+from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
+from controlplane.rules.loader import RuleLoadError, RuleSet
+
+RULES_SETTING = f"{ENV_PREFIX}RULES_DIR"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -36,11 +40,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from controlplane.telemetry import configure_logging
 
     settings = _settings(args)
+    # Checked before anything starts: a bad rules directory is a few plain lines on stderr, not a
+    # traceback from the application's start-up (which loads them again, to serve them).
+    try:
+        _load_rules(settings.rules_dir, RULES_SETTING)
+    except RuleLoadError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        where = f"rules directory {settings.rules_dir.absolute()} ({RULES_SETTING})"
+        print(f"controlplane: {where}: {_count(len(exc.errors), 'error')}; not serving", file=sys.stderr)
+        return 2
     # A fatal signal (SIGBUS from SQLite's mapped -shm file, SIGSEGV) prints every thread's Python
     # traceback on stderr instead of killing the process without a word.
     faulthandler.enable(all_threads=True)
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("controlplane")
+    if settings.rules_dir == DEFAULT_RULES_DIR:
+        log.info(
+            "rules.defaults",
+            directory=str(settings.rules_dir),
+            hint=f"set {RULES_SETTING} to rules of your own (`controlplane init DIR` writes a starter)",
+        )
     _log_sqlite_files(log, settings.database_url)
     app = create_app(settings)
     url = f"http://{settings.listen_host}:{settings.listen_port}"
@@ -137,13 +157,25 @@ class CheckResult:
     summary: str = ""
 
 
-def check_rules(args: argparse.Namespace) -> CheckResult:
+def _load_rules(directory: Path, named_by: str) -> RuleSet:
+    """The rules in `directory`. One that cannot be read is a SettingsError naming it and what named it (main
+    prints it on one line, exit 2); errors in its files pass through as RuleLoadError (`file:line: message`)."""
     from controlplane.actions.base import load_builtin_actions
-    from controlplane.rules.loader import RuleLoadError, load_rules
+    from controlplane.rules.loader import RulesDirectoryError, load_rules
 
-    directory: Path = args.directory if args.directory is not None else _settings(args).rules_dir
     try:
-        rules = load_rules(directory, load_builtin_actions())
+        return load_rules(directory, load_builtin_actions())
+    except RulesDirectoryError as exc:
+        raise SettingsError(f"rules directory {directory.absolute()} ({named_by}): {exc.problem}") from None
+
+
+def check_rules(args: argparse.Namespace) -> CheckResult:
+    if args.directory is not None:
+        directory, named_by = args.directory, "the command line"
+    else:
+        directory, named_by = _settings(args).rules_dir, RULES_SETTING
+    try:
+        rules = _load_rules(directory, named_by)
     except RuleLoadError as exc:
         return CheckResult(errors=[str(e) for e in exc.errors])
     counts = [
@@ -176,6 +208,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from controlplane.defaults import StarterExists, write_starter
+
+    directory: Path = args.directory
+    try:
+        written = write_starter(directory, version=__version__, force=args.force)
+    except StarterExists as exc:
+        first, more = exc.existing[0], len(exc.existing) - 1
+        also = f" and {_count(more, 'more file')} exist" if more else " exists"
+        print(
+            f"controlplane: init {directory}: {first}{also}; nothing written (--force replaces them)",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(directory) else ""
+        print(f"controlplane: init {directory}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    parts = "rules/, alerting/ (tests/, RUNBOOKS.md), dashboards/, README.md"
+    print(f"wrote {_count(len(written), 'file')} in {directory}: {parts}")
+    print(f"check them: controlplane check {directory / 'rules'}")
+    print(f"use them:   CONTROLPLANE_RULES_DIR={directory / 'rules'} controlplane serve")
+    return 0
+
+
 def cmd_provision_grafana(args: argparse.Namespace) -> int:
     from controlplane import grafana
 
@@ -203,6 +260,19 @@ def cmd_provision_grafana(args: argparse.Namespace) -> int:
         else:
             print(f"FAILED {result.file} ({result.uid}): {result.detail}", file=sys.stderr)
     return 1 if found.errors or not all(r.ok for r in results) else 0
+
+
+def cmd_render_prometheusrule(args: argparse.Namespace) -> int:
+    from controlplane import grafana
+    from controlplane.prometheus_operator import prometheus_rule
+
+    directory: Path = args.dir if args.dir is not None else grafana.shipped_dir(_settings(args).rules_dir, "alerting")
+    try:
+        sys.stdout.write(prometheus_rule(directory=directory, name=args.name, namespace=args.namespace))
+    except grafana.MonitoringFileError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _redact(url: str) -> str:
@@ -247,9 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate rules, alerting rules and dashboards; errors as file:line: message, exit 1 on any"
     )
     check.add_argument(
-        "directory", nargs="?", type=Path, help="rules directory (default: CONTROLPLANE_RULES_DIR or ./rules)"
+        "directory",
+        nargs="?",
+        type=Path,
+        help="rules directory (default: CONTROLPLANE_RULES_DIR, else the packaged defaults)",
     )
     check.set_defaults(func=cmd_check)
+    init = sub.add_parser(
+        "init",
+        help="write a starter configuration directory (rules, alerting rules, dashboards) to edit and keep in git",
+    )
+    init.add_argument("directory", type=Path, help="where to write it (created if missing)")
+    init.add_argument("--force", action="store_true", help="replace files the starter would write that exist")
+    init.set_defaults(func=cmd_init)
     sample = sub.add_parser("sample-app", help="run the sample LangGraph-style service (metrics, admin API, faults)")
     sample.add_argument("--port", type=int, required=True, help="listen port")
     sample.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -272,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, help="dashboards directory (default: dashboards/ beside CONTROLPLANE_RULES_DIR)"
     )
     graf.set_defaults(func=cmd_provision_grafana)
+    render = sub.add_parser("render", help="print shipped configuration as objects for other tools")
+    kinds = render.add_subparsers(dest="kind", required=True)
+    rule = kinds.add_parser(
+        "prometheusrule", help="the alerting rules as a prometheus-operator PrometheusRule (YAML on stdout)"
+    )
+    rule.add_argument(
+        "--dir", type=Path, help="alerting rules directory (default: alerting/ beside CONTROLPLANE_RULES_DIR)"
+    )
+    rule.add_argument("--name", default="controlplane", help="metadata.name (default controlplane)")
+    rule.add_argument("--namespace", default="controlplane", help="metadata.namespace (default controlplane)")
+    rule.set_defaults(func=cmd_render_prometheusrule)
     demo = sub.add_parser(
         "demo",
         help="run the whole loop on loopback (sample service, Prometheus, Alertmanager, control plane) and narrate it",

@@ -8,6 +8,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -22,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
 
 ENV_PREFIX = "CONTROLPLANE_"
 _ALLOWED_HOST = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
@@ -63,7 +66,8 @@ class Settings(BaseSettings):
     # or as the password of basic auth. Unset means the webhook is open (development only).
     webhook_token: SecretStr | None = None
     webhook_token_file: Path | None = None
-    rules_dir: Path = Path("rules")
+    # Unset: the default rules shipped in the package (with its dashboards/ and alerting/ beside them).
+    rules_dir: Path = DEFAULT_RULES_DIR
     prometheus_url: str = "http://127.0.0.1:9090"
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
@@ -180,6 +184,10 @@ class Settings(BaseSettings):
             raise ValueError("webhook_token (or webhook_token_file) is required in production")
         for name in ("webhook_token", "admin_token", "read_token"):
             _refuse_weak(name, getattr(self, name))
+        password = urlsplit(self.database_url).password
+        if password is not None and unquote(password).lower() in _PLACEHOLDER_SECRETS:
+            # The Secret template's URL, applied unedited: say so instead of failing to connect.
+            raise ValueError("database_url: the password looks like a placeholder: use the database user's real one")
         return self
 
     @model_validator(mode="after")
@@ -204,11 +212,19 @@ class Settings(BaseSettings):
         names = [user.name for user in self.console_users]
         if len(set(names)) != len(names):
             raise ValueError("console_users: user names must be unique")
-        if self.environment == "production" and (self.console_users or self.console_auth_header):
-            # A guessable secret lets anyone forge an admin session cookie.
-            if self.session_secret is None:
-                raise ValueError("session_secret (or session_secret_file) is required in production for the console")
-            _refuse_weak("session_secret", self.session_secret)
+        if self.environment != "production":
+            return self
+        if self.session_secret is None and not self.is_sqlite:
+            # Several replicas can share this database; each would sign cookies with its own random
+            # secret, and a user would be logged out whenever a request reached another replica.
+            raise ValueError(
+                "session_secret (or session_secret_file) is required in production on PostgreSQL: replicas share"
+                " the database, and a random secret per replica logs users out at every request that reaches another"
+            )
+        if self.session_secret is None and (self.console_users or self.console_auth_header):
+            raise ValueError("session_secret (or session_secret_file) is required in production for the console")
+        # A guessable secret lets anyone forge an admin session cookie.
+        _refuse_weak("session_secret", self.session_secret)
         return self
 
     @property

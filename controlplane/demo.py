@@ -32,8 +32,9 @@ from typing import Any, TextIO
 import httpx
 import yaml
 
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.durations import format_duration, parse_duration
-from controlplane.grafana import merged_alerting_rules, shipped_dir
+from controlplane.grafana import merged_alerting_rules
 
 LOOPBACK = "127.0.0.1"
 BINARIES = ("prometheus", "prometheus-alertmanager")  # Debian's names
@@ -172,9 +173,9 @@ class Stack:
         self.binaries = find_binaries()
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
-        # ./rules when run from a checkout or a deployment's directory, else the package's repository copy.
-        self.rules_dir = rules_dir or shipped_dir(Path.cwd() / "rules", "rules")
-        self.alerting_dir = alerting_dir or shipped_dir(self.rules_dir, "alerting")
+        # The packaged defaults: their alertnames and targets are the ones the sample service speaks.
+        self.rules_dir = rules_dir or DEFAULTS_DIR / "rules"
+        self.alerting_dir = alerting_dir or DEFAULTS_DIR / "alerting"
         self.time_scale = time_scale
         self.tick = tick
         self.peer_timeout = peer_timeout  # Alertmanager's --cluster.peer-timeout (its default: 15s)

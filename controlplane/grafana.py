@@ -2,8 +2,8 @@
 pushing the dashboards into a running Grafana through its HTTP API.
 
 Where they are: `dashboards/` and `alerting/` next to the rules directory (in the Kubernetes
-Deployment, ConfigMaps under /etc/controlplane/), else the repository's own copies. A file that
-cannot be read is reported by name; it never hides the good ones.
+Deployment, ConfigMaps under /etc/controlplane/), else the copies shipped in the package
+(controlplane/defaults). A file that cannot be read is reported by name; it never hides the good ones.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import httpx
 import structlog
 import yaml
 
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.errors import DomainError
 from controlplane.resilience.retry import retrying
 from controlplane.rules.schema import RetryPolicy
 
-# An editable install (the only kind that has a repository) puts the package inside it.
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PROVISION_MESSAGE = "provisioned by controlplane"
 
 log = structlog.get_logger("controlplane.grafana")
@@ -39,7 +38,7 @@ class MonitoringFileError(DomainError):
 
 
 def shipped_dir(rules_dir: Path, name: str) -> Path:
-    """`name` (dashboards, alerting) beside `rules_dir`; the repository's copy when there is none there.
+    """`name` (dashboards, alerting) beside `rules_dir`; the package's default copy when there is none there.
 
     When neither exists the sibling path is returned: missing means empty, not an error, so a
     deployment without dashboards still serves the rest.
@@ -47,8 +46,8 @@ def shipped_dir(rules_dir: Path, name: str) -> Path:
     beside = rules_dir.parent / name
     if beside.is_dir():
         return beside
-    repo = REPO_ROOT / name
-    return repo if repo.is_dir() else beside
+    packaged = DEFAULTS_DIR / name
+    return packaged if packaged.is_dir() else beside
 
 
 # -- dashboards --------------------------------------------------------------------------------

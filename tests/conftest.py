@@ -25,6 +25,7 @@ from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 
 # Fixtures of the real binaries and the sample service: `prometheus`, `alertmanager`, `sample_app`.
 pytest_plugins = ["tests.prometheus_server", "tests.alertmanager_server", "tests.sample_fixture"]
@@ -36,7 +37,7 @@ WEBHOOK = "/api/v1/alerts/alertmanager"
 TOKEN = "test-webhook-token-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}  # the webhook and read token of make_settings()
-RULES = Path(__file__).parent.parent / "rules"
+RULES = DEFAULTS_DIR / "rules"  # the default rules shipped in the package
 
 
 def require(condition: bool, reason: str) -> None:

@@ -3,7 +3,7 @@
 Both are read from disk on each request (a few small files), so a ConfigMap update shows
 without a restart. Directories: `dashboards/` and `alerting/` beside CONTROLPLANE_RULES_DIR
 (in Kubernetes /etc/controlplane/dashboards and /etc/controlplane/alerting), else the
-repository's own; missing directories serve nothing rather than fail.
+package's defaults (controlplane/defaults); missing directories serve nothing rather than fail.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class DashboardSummary(BaseModel):
 
 @router.get("/dashboards", summary="Grafana dashboards shipped with the control plane")
 def list_dashboards(services: ServicesDep) -> list[DashboardSummary]:
-    """Dashboards from `dashboards/*.json` beside the rules directory (else the repository's `dashboards/`).
+    """Dashboards from `dashboards/*.json` beside the rules directory (else the package's default `dashboards/`).
 
     A file that is not a dashboard (bad JSON, no uid or title, a uid used twice) is left out
     and logged; `controlplane check` names it.
@@ -61,7 +61,7 @@ def get_dashboard(services: ServicesDep, uid: str) -> Response:
     responses={200: {"content": {"application/yaml": {}}}},
 )
 def alerting_rules(services: ServicesDep) -> Response:
-    """`alerting/*.yaml` beside the rules directory (else the repository's `alerting/`) merged into one
+    """`alerting/*.yaml` beside the rules directory (else the package's default `alerting/`) merged into one
     document for Prometheus' `rule_files` (promtool test files skipped). A file that cannot be merged
     answers 500 naming it: serving a partial rule set would silently drop alerts."""
     directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")

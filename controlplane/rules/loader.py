@@ -55,6 +55,16 @@ class RuleLoadError(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
+class RulesDirectoryError(RuleLoadError):
+    """The rules directory itself cannot be read (missing, not a directory, unreadable): a setting to fix,
+    not a rule. `problem` says which, without the path."""
+
+    def __init__(self, directory: Path, problem: str) -> None:
+        self.directory = directory
+        self.problem = problem
+        super().__init__([RuleFileError(directory, 0, f"rules directory: {problem}")])
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """Validated rules and playbooks. `rules` holds every rule in file order, disabled ones too."""
@@ -82,10 +92,13 @@ class RuleSet:
 def load_rules(directory: Path, registry: ActionRegistry) -> RuleSet:
     """Load and check every *.yaml / *.yml file directly in `directory`; raise RuleLoadError listing all errors."""
     if not directory.is_dir():
-        problem = "not a directory" if directory.exists() else "no such directory"
-        raise RuleLoadError([RuleFileError(directory, 0, f"rules directory: {problem}")])
+        raise RulesDirectoryError(directory, "not a directory" if directory.exists() else "no such directory")
+    try:
+        entries = list(directory.iterdir())
+    except OSError as exc:  # e.g. a mount the service's user may not list
+        raise RulesDirectoryError(directory, exc.strerror or type(exc).__name__) from None
     paths = sorted(
-        (p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file() and not p.name.startswith(".")),
+        (p for p in entries if p.suffix in SUFFIXES and p.is_file() and not p.name.startswith(".")),
         key=lambda p: p.name,
     )
     errors: list[RuleFileError] = []

@@ -17,7 +17,8 @@ from jinja2_fragments import render_block
 
 from controlplane.durations import format_duration
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+# Templates and static files are package data beside this module (pyproject.toml).
+WEB_DIR = Path(__file__).resolve().parent
 
 SEVERITY_CLASS = {
     "critical": "sev-critical",

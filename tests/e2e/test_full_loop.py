@@ -21,12 +21,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.demo import BINARIES, Stack
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).parents[2]
 ERROR_ALERT = "LangGraphHighErrorRate"
 CHECKPOINT_ALERT = "LangGraphCheckpointFailures"
 GRAPH = "chat"
@@ -38,7 +38,7 @@ T = TypeVar("T")
 def start_stack(workdir: Path, **options: Any) -> Stack:
     for binary in BINARIES:
         require_binary(binary)
-    return Stack(workdir, rules_dir=ROOT / "rules", alerting_dir=ROOT / "alerting", **options)
+    return Stack(workdir, rules_dir=DEFAULTS_DIR / "rules", alerting_dir=DEFAULTS_DIR / "alerting", **options)
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ def test_the_default_remediation_rules_match_the_langgraph_alerts() -> None:
 def test_controlplane_check_passes_on_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(RULES)]) == 0
     out = capsys.readouterr().out
-    assert "ok: alerting: 13 alerts in 2 files" in out
-    assert "ok: dashboards: " in out
+    assert "ok: controlplane/defaults/alerting: 13 alerts in 2 files" in out
+    assert "ok: controlplane/defaults/dashboards: " in out
 
 
 def write(directory: Path, name: str, text: str) -> Path:

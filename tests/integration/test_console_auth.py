@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 PASSWORD = "correct horse"
 SECRET = "test-session-secret-0123456789abcdef"
 MAX_FAILURES = 5
-MEMORY_LIMIT_KIB = 512 * 1024  # deploy/kubernetes/deployment.yaml: limits.memory 512Mi
+MEMORY_LIMIT_KIB = 512 * 1024  # deploy/kubernetes/base/deployment.yaml: limits.memory 512Mi
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,12 @@ import uvicorn
 
 from controlplane.app import create_app
 from controlplane.checks import check_dashboards, dashboard_queries, substitute_variables
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
 from tests.prometheus_server import LOOPBACK, MetricsTarget, free_port
 from tests.sample_fixture import SampleApp, run_sample_app
 
-ROOT = Path(__file__).parents[2]
-QUERIES = [q for path in sorted((ROOT / "dashboards").glob("*.json")) for q in dashboard_queries(path)]
+QUERIES = [q for path in sorted((DEFAULTS_DIR / "dashboards").glob("*.json")) for q in dashboard_queries(path)]
 # The sample service models no database; this stand-in serves its pool at 90% (45 of 50).
 DB_POOL = {"langgraph_db_connections_active": 45.0, "langgraph_db_connections_max": 50.0}
 WAIT = 20.0
@@ -79,7 +79,7 @@ class Prometheus:
         ]
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in sorted((ROOT / "alerting").glob("*.rules.yaml"))],
+            "rule_files": [str(p) for p in sorted((DEFAULTS_DIR / "alerting").glob("*.rules.yaml"))],
             "scrape_configs": scrape,
         }
         (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -225,7 +225,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_both_dashboards_are_found_and_pass_the_check() -> None:
     assert {q.file.name for q in QUERIES} == {"langgraph.json", "controlplane.json"}
-    result = check_dashboards(argparse.Namespace(directory=ROOT / "rules"))
+    result = check_dashboards(argparse.Namespace(directory=DEFAULTS_DIR / "rules"))
     assert result.errors == []
 
 
@@ -285,7 +285,7 @@ def test_check_reports_each_dashboard_problem_at_its_line(tmp_path: Path, monkey
     require_binary("promtool")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dashboards").mkdir()
-    board = json.loads((ROOT / "dashboards" / "langgraph.json").read_text())
+    board = json.loads((DEFAULTS_DIR / "dashboards" / "langgraph.json").read_text())
     panels = board["panels"]
     panels[0]["targets"][0]["expr"] = "sum(rate(langgraph_executions_total[$__rate_interval])"
     panels[1]["datasource"] = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}

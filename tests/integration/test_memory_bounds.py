@@ -1,6 +1,6 @@
 """A request's memory is bounded before it is read: huge incidents and huge form bodies against the real server.
 
-The deployment gives a replica 512 MiB (deploy/kubernetes/deployment.yaml). These tests run
+The deployment gives a replica 512 MiB (deploy/kubernetes/base/deployment.yaml). These tests run
 `controlplane serve` as a subprocess and read its peak resident set (VmHWM in /proc) around
 the load: six concurrent reads of an incident with 20,000 alerts, and a 200 MB chunked form
 post (no Content-Length, so the size is only known by reading).

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from controlplane import grafana
 from controlplane.app import create_app
 from controlplane.cli import main
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from tests.conftest import AUTH, make_settings, require_binary
 from tests.prometheus_server import free_port
 from tests.standins.grafana import GrafanaStandIn
@@ -137,8 +138,8 @@ def test_an_unknown_dashboard_is_404(client: TestClient) -> None:
 
 
 def test_without_dashboards_or_alerting_the_lists_are_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Nothing beside the rules dir and no repository copy: nothing to serve, and no error.
-    monkeypatch.setattr(grafana, "REPO_ROOT", tmp_path / "no-repository")
+    # Nothing beside the rules dir and no packaged copy: nothing to serve, and no error.
+    monkeypatch.setattr(grafana, "DEFAULTS_DIR", tmp_path / "no-defaults")
     (tmp_path / "rules").mkdir()
     settings = make_settings(f"sqlite:///{tmp_path}/cp.db", rules_dir=tmp_path / "rules")
     with TestClient(create_app(settings), headers=AUTH) as client:
@@ -149,12 +150,9 @@ def test_without_dashboards_or_alerting_the_lists_are_empty(tmp_path: Path, monk
         assert yaml.safe_load(rules.text) == {"groups": []}
 
 
-def test_the_repository_copy_is_the_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = tmp_path / "repo"
-    (repo / "dashboards").mkdir(parents=True)
-    monkeypatch.setattr(grafana, "REPO_ROOT", repo)
+def test_the_packaged_copy_is_the_fallback(tmp_path: Path) -> None:
     rules = tmp_path / "etc" / "rules"
-    assert grafana.shipped_dir(rules, "dashboards") == repo / "dashboards"
+    assert grafana.shipped_dir(rules, "dashboards") == DEFAULTS_DIR / "dashboards"
     (rules.parent / "dashboards").mkdir(parents=True)
     assert grafana.shipped_dir(rules, "dashboards") == rules.parent / "dashboards"  # beside the rules wins
 

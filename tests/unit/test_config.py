@@ -80,3 +80,37 @@ def test_cli_reports_bad_settings_and_exits_2(
     monkeypatch.setenv("CONTROLPLANE_LOG_LEVEL", "loud")
     assert main(["migrate"]) == 2
     assert "CONTROLPLANE_LOG_LEVEL" in capsys.readouterr().err
+
+
+POSTGRES = "postgresql://controlplane:9b4e2d7a1c@db.example:5432/controlplane"
+
+
+def test_production_on_postgresql_refuses_to_start_without_a_shared_session_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replicas share a PostgreSQL database; a random secret per process would log users out on each one."""
+    production = {"environment": "production", "database_url": POSTGRES, "webhook_token": STRONG}
+    with pytest.raises(SettingsError, match=r"session_secret .* is required in production on PostgreSQL") as refused:
+        load_settings(**production)
+    assert "replica" in str(refused.value)
+    assert load_settings(**production, session_secret=STRONG[::-1]).session_secret is not None
+    with pytest.raises(SettingsError, match="session_secret looks like a placeholder"):
+        load_settings(**production, session_secret="changeme")
+    # SQLite is one process: there is no other replica to disagree with, so no secret is needed.
+    assert load_settings(**{**production, "database_url": "sqlite:///cp.db"}).session_secret is None
+    assert load_settings(**{**production, "environment": "development"}).session_secret is None
+    # What an operator sees: one line naming the setting, exit 2, no traceback.
+    for name, value in {"ENVIRONMENT": "production", "DATABASE_URL": POSTGRES, "WEBHOOK_TOKEN": STRONG}.items():
+        monkeypatch.setenv(f"CONTROLPLANE_{name}", value)
+    assert main(["migrate"]) == 2
+    assert "session_secret (or session_secret_file) is required in production on PostgreSQL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("password", ["changeme", "password", "secret"])
+def test_production_refuses_a_placeholder_database_password(password: str) -> None:
+    production = {"environment": "production", "webhook_token": STRONG, "session_secret": STRONG[::-1]}
+    url = POSTGRES.replace("9b4e2d7a1c", password)
+    with pytest.raises(SettingsError, match="database_url: the password looks like a placeholder"):
+        load_settings(**production, database_url=url)
+    assert load_settings(**production, database_url=POSTGRES).database_url == POSTGRES
+    assert load_settings(environment="development", database_url=url).database_url == url

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.cli import main
+from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from tests.unit.test_rules_loader import VALID, make_registry, write
 
 
@@ -51,10 +52,32 @@ def test_default_directory_is_the_rules_setting(
 ) -> None:
     write(tmp_path / "rules", {"a.yaml": "rules: []\nplaybooks: []\n"})
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONTROLPLANE_RULES_DIR", "rules")
     assert main(["check"]) == 0  # with the built-in actions
     assert capsys.readouterr().out == "ok: rules: 0 rules, 0 playbooks, 1 file\n"
 
 
-def test_missing_directory_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", str(tmp_path / "nope")]) == 1
-    assert capsys.readouterr().err == f"{tmp_path / 'nope'}: rules directory: no such directory\n"
+def test_without_the_setting_the_packaged_defaults_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "rules", {"a.yaml": "rules: ["})  # ./rules is no longer the default: never read
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONTROLPLANE_RULES_DIR", raising=False)
+    assert main(["check"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"ok: {DEFAULTS_DIR / 'rules'}: ") and " 0 rules" not in first
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_check_refuses_an_unusable_rules_directory_in_one_line(
+    make: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rules"
+    if make == "file":
+        path.write_text("rules: []\n")
+    problem = "no such directory" if make == "missing" else "not a directory"
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err == f"controlplane: rules directory {path} (the command line): {problem}\n"
+    monkeypatch.setenv("CONTROLPLANE_RULES_DIR", str(path))
+    assert main(["check"]) == 2
+    assert capsys.readouterr().err == f"controlplane: rules directory {path} (CONTROLPLANE_RULES_DIR): {problem}\n"

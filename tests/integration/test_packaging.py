@@ -1,0 +1,302 @@
+"""The package is whole: a wheel built from this tree and installed into a fresh virtualenv outside it runs
+from an unrelated working directory with nothing but what the wheel carries.
+
+`controlplane check`, `migrate` and `serve` from a temporary directory with no CONTROLPLANE_* variable but
+the test's: the console's templates and static files, the Alembic migrations, the default rules, the
+dashboards and alerting rules, and the API docs' assets all come from the installed package (or its
+dependencies), never from this source tree. One wheel, one virtualenv, one server start: the
+dependencies come from the package index through pip's cache, so later runs are quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from controlplane.db import migrate
+from controlplane.db.engine import make_engine
+from tests.conftest import DATA, WEBHOOK
+from tests.integration.serverproc import LOOPBACK, free_port
+
+pytestmark = pytest.mark.slow
+
+SOURCE = Path(__file__).resolve().parents[2]
+# What a source distribution of the project holds: the build needs nothing else from the tree.
+BUILD_INPUTS = ("pyproject.toml", "README.md", "controlplane")
+BUILD_TIMEOUT = 300.0
+INSTALL_TIMEOUT = 420.0
+COMMAND_TIMEOUT = 120.0
+WEBHOOK_TOKEN = "packaging-webhook-token-0123456789"
+READ_TOKEN = "packaging-read-token-0123456789"
+PASSWORD = "a console password for the packaging test"
+# Environment that would make the venv's python see something else than the installed package.
+LEAKY = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+
+
+@dataclass(frozen=True)
+class Installed:
+    venv: Path
+    workdir: Path  # an unrelated working directory, outside the source tree
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def controlplane(self) -> Path:
+        return self.venv / "bin" / "controlplane"
+
+    def env(self, **settings: str) -> dict[str, str]:
+        """This process's environment without CONTROLPLANE_* or Python path variables, plus `settings`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_") and k not in LEAKY}
+        return {**env, **{f"CONTROLPLANE_{name.upper()}": value for name, value in settings.items()}}
+
+    def run(self, *args: str, stdin: str | None = None, **settings: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.controlplane), *args],
+            cwd=self.workdir,
+            env=self.env(**settings),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+
+
+def _run(command: list[str], *, timeout: float, cwd: Path, env: Mapping[str, str]) -> None:
+    started = time.monotonic()
+    try:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(command)}: still running after {timeout:g}s\n{exc.stdout}\n{exc.stderr}")
+    assert result.returncode == 0, f"{' '.join(command)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+    print(f"{' '.join(command[:4])}: {time.monotonic() - started:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel of a copy of the tree (a build writes build/ and *.egg-info where it runs), installed into a
+    new virtualenv; everything in a temporary directory outside the source tree."""
+    root = tmp_path_factory.mktemp("packaging")
+    assert not root.resolve().is_relative_to(SOURCE)
+    source = root / "source"
+    source.mkdir()
+    for name in BUILD_INPUTS:
+        path = SOURCE / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(path, source / name)
+    installed = Installed(venv=root / "venv", workdir=root / "work")
+    installed.workdir.mkdir()
+    env = installed.env(PIP_NO_INPUT="1")
+    wheels = root / "wheels"
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)],
+        timeout=BUILD_TIMEOUT,
+        cwd=root,
+        env=env,
+    )
+    [wheel] = wheels.glob("controlplane-*.whl")
+    _run([sys.executable, "-m", "venv", str(installed.venv)], timeout=COMMAND_TIMEOUT, cwd=root, env=env)
+    _run(
+        [str(installed.python), "-m", "pip", "install", "--no-input", str(wheel)],
+        timeout=INSTALL_TIMEOUT,
+        cwd=root,
+        env=env,
+    )
+    return installed
+
+
+@pytest.fixture(scope="module")
+def server(installed: Installed) -> Iterator[str]:
+    """`controlplane serve` of the installed package with the packaged default rules (CONTROLPLANE_RULES_DIR
+    unset). Prometheus, Alertmanager and paging point nowhere: the default playbooks fail at their first step."""
+    hashed = installed.run("hash-password", stdin=f"{PASSWORD}\n")
+    assert hashed.returncode == 0, hashed.stderr
+    port = free_port()
+    nowhere = f"http://{LOOPBACK}:{free_port()}"
+    settings = {
+        "database_url": f"sqlite:///{installed.workdir}/controlplane.db",
+        "listen_host": LOOPBACK,
+        "listen_port": str(port),
+        "webhook_token": WEBHOOK_TOKEN,
+        "read_token": READ_TOKEN,
+        "console_users": json.dumps([{"name": "sre", "role": "operator", "password_hash": hashed.stdout.strip()}]),
+        "prometheus_url": nowhere,
+        "alertmanager_url": nowhere,
+        "notify_routes": json.dumps({"*": "log"}),
+    }
+    log_path = installed.workdir / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(installed.controlplane), "serve"],
+            cwd=installed.workdir,
+            env=installed.env(**settings),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        _wait_ready(url, proc, log_path, timeout=60.0)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            answer = httpx.get(f"{url}/ready", timeout=2.0)
+            if answer.status_code == 200:
+                return
+            last = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.1)
+    pytest.fail(f"serve not ready within {timeout:g}s (last: {last}):\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def _log_events(installed: Installed) -> list[dict[str, Any]]:
+    lines = (installed.workdir / "serve.log").read_text(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def _inside(path: str, directory: Path) -> bool:
+    return Path(path).resolve().is_relative_to(directory.resolve())
+
+
+def test_the_installed_package_is_what_runs(installed: Installed) -> None:
+    where = subprocess.run(
+        [str(installed.python), "-c", "import controlplane; print(controlplane.__file__)"],
+        cwd=installed.workdir,
+        env=installed.env(),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=True,
+    ).stdout.strip()
+    assert _inside(where, installed.venv), where
+    assert not _inside(where, SOURCE), where
+
+
+def test_check_and_migrate_from_an_unrelated_directory(installed: Installed) -> None:
+    check = installed.run("check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    # The packaged defaults: rules, and the alerting rules and dashboards beside them.
+    summaries = check.stdout.splitlines()
+    assert len(summaries) == 3, check.stdout
+    assert all(_inside(line.removeprefix("ok: ").split(":")[0], installed.venv) for line in summaries), check.stdout
+
+    database = installed.workdir / "migrated.db"
+    migrated = installed.run("migrate", database_url=f"sqlite:///{database}")
+    assert migrated.returncode == 0, migrated.stderr
+    engine = make_engine("sqlite://")  # not connected: only for the source tree's newest revision
+    try:
+        head = migrate.head_revision(engine)
+    finally:
+        engine.dispose()
+    assert f"database at revision {head}" in migrated.stdout  # every migration of the tree was shipped
+
+
+def test_serve_says_it_uses_the_packaged_default_rules(installed: Installed, server: str) -> None:
+    [event] = [e for e in _log_events(installed) if e.get("event") == "rules.defaults"]
+    assert _inside(event["directory"], installed.venv), event
+    [loaded] = [e for e in _log_events(installed) if e.get("event") == "rules.loaded"]
+    assert loaded["rules"] > 0, loaded
+
+
+def test_console_login_and_an_incident_page_render(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10.0) as browser:
+        login = browser.get("/login")
+        assert login.status_code == 200
+        assert re.search(r'<form[^>]*method="post"', login.text) and 'name="password"' in login.text
+        for asset in re.findall(r'(?:href|src)="(/static/console/[^"?]+)', login.text):
+            assert browser.get(asset).status_code == 200, asset
+        posted = httpx.post(
+            f"{server}{WEBHOOK}",
+            content=(DATA / "alertmanager_firing.json").read_bytes(),
+            headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}", "Content-Type": "application/json"},
+            timeout=10.0,
+        )
+        assert posted.status_code == 200, posted.text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+        assert token is not None
+        signed_in = browser.post(
+            "/login", data={"csrf_token": token[1], "username": "sre", "password": PASSWORD}, follow_redirects=False
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        incidents = httpx.get(
+            f"{server}/api/v1/incidents", headers={"Authorization": f"Bearer {READ_TOKEN}"}, timeout=10.0
+        ).json()
+        [incident] = incidents["items"]
+        page = browser.get(f"/incidents/{incident['id']}")
+        assert page.status_code == 200
+        assert "LangGraphHighErrorRate" in page.text and "support_bot" in page.text
+
+
+def test_dashboards_and_alerting_rules_download(server: str) -> None:
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {READ_TOKEN}"}, timeout=10.0) as api:
+        dashboards = api.get("/api/v1/dashboards")
+        assert dashboards.status_code == 200
+        uids = [d["uid"] for d in dashboards.json()]
+        assert len(uids) >= 2, uids
+        for uid in uids:
+            board = api.get(f"/api/v1/dashboards/{uid}")
+            assert board.status_code == 200
+            assert board.json()["uid"] == uid
+        rules = api.get("/api/v1/alerting/rules")
+        assert rules.status_code == 200
+        alerts = {r["alert"] for g in yaml.safe_load(rules.text)["groups"] for r in g["rules"] if "alert" in r}
+        assert "LangGraphHighErrorRate" in alerts
+
+
+def test_the_api_docs_load_with_their_assets(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=10.0) as browser:
+        docs = browser.get("/docs")
+        assert docs.status_code == 200
+        assets = re.findall(r'(?:href|src)="(/static/swagger/[^"]+)"', docs.text)
+        assert {Path(a).suffix for a in assets} >= {".js", ".css"}, docs.text
+        for asset in assets:
+            assert browser.get(asset).status_code == 200, asset
+        assert browser.get("/openapi.json").status_code == 200
+
+
+def test_init_writes_a_starter_directory_that_checks(installed: Installed) -> None:
+    written = installed.run("init", "starter")
+    assert written.returncode == 0, written.stderr
+    starter = installed.workdir / "starter"
+    for part in ("rules", "alerting", "alerting/tests", "dashboards"):
+        assert any((starter / part).iterdir()), part
+    assert (starter / "alerting" / "RUNBOOKS.md").is_file()
+    assert "CONTROLPLANE_RULES_DIR=starter/rules" in (starter / "README.md").read_text()
+    check = installed.run("check", "starter/rules")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert all(line.startswith("ok: starter/") for line in check.stdout.splitlines()), check.stdout
+    again = installed.run("init", "starter")
+    assert again.returncode == 2
+    assert "--force" in again.stderr
