@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: run test fuzz bench lint install install-dev test-deps clean
+.PHONY: run test fuzz bench lint install install-dev test-deps image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,28 @@ bench: install-dev
 	$(BIN)/python bench/leader_failover.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/storm.py
+
+# The container image (Containerfile), tagged controlplane:<version>, with podman (else docker).
+# BASE=IMAGE replaces the default base python:3.11-slim. WHEELS=DIR builds without network in the
+# build: the wheels of the project and its dependencies are made here first (the image's Python
+# version must be this venv's), then installed offline. On the test machine:
+#   make image BASE=localhost/controlplane-base:bookworm WHEELS=build/wheels CONTAINERS_CONF=scripts/containers.conf
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+ENGINE  ?= $(shell command -v podman || command -v docker)
+IMAGE   ?= controlplane:$(VERSION)
+BASE    ?=
+WHEELS  ?=
+image: $(if $(WHEELS),$(BIN)/python)
+# build/lib goes first: setuptools would pack files an earlier build left there. SOURCE_DATE_EPOCH makes
+# the wheel the same bytes for the same source, so an unchanged tree rebuilds from the layer cache.
+ifneq ($(WHEELS),)
+	rm -rf build/lib $(WHEELS)/controlplane-*.whl
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) $(BIN)/python -m pip wheel --quiet --wheel-dir $(WHEELS) .
+endif
+	$(ENGINE) build --file Containerfile --tag $(IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null) \
+	  --build-arg SOURCE=$(shell git remote get-url origin 2>/dev/null) \
+	  $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(WHEELS),--build-arg WHEELS=. $(WHEELS),.)
 
 lint: install-dev
 	$(BIN)/ruff check .
