@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 
 from controlplane.durations import parse_duration
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import require_binary
+from tests.conftest import RULES, require_binary
 
 REPO = Path(__file__).resolve().parents[2]
-ALERTING = REPO / "alerting"
+ALERTING = RULES.parent / "alerting"  # as test_alerting_rules.py finds the shipped alerting rules
 CONTROLPLANE_RULES = ALERTING / "controlplane.rules.yaml"
 LANGGRAPH_RULES = ALERTING / "langgraph.rules.yaml"
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
