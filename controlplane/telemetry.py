@@ -67,6 +67,9 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        # Exported at 0 from the start: `increase()` sees no increase in a series born at 1, so the
+        # first webhook of a fresh replica would not count against ControlPlaneWebhookSilent.
+        self.webhook_requests.labels("accepted")
         self.alerts_received = Counter(
             "controlplane_alerts_received",
             "Alerts received in webhook notifications, by their status (duplicates included).",
