@@ -1,9 +1,10 @@
 """Who watches the watcher: what the rules that page when the control plane is dead, missing or deaf rely on.
 
-The rules' firing and quiet cases are promtool unit tests (alerting/tests/controlplane_test.yaml of the
-packaged defaults, run by test_alerting_rules.py). Here, with Debian's real binaries: the metrics they compare exist as the rules
-spell them, Alertmanager's routing (`amtool config routes test` runs its own routing code) sends each
-alert where it must go, and Prometheus scrapes the jobs the rules assume.
+The rules' firing and quiet cases are promtool unit tests (alerting/tests/controlplane_test.yaml of
+the packaged defaults, run by test_alerting_rules.py). Here, with Debian's real binaries: the metrics
+they compare exist as the rules spell them, Alertmanager's routing (`amtool config routes test` runs
+its own routing code) sends each alert where it must go, and Prometheus scrapes the jobs the rules
+assume.
 """
 
 from __future__ import annotations
