@@ -119,7 +119,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = make_engine(settings.database_url)
     migrate.upgrade(engine)
-    print(f"database at revision {migrate.current_revision(engine)} ({_redact(settings.database_url)})")
+    current = migrate.current_revision(engine)
+    newer = " (a newer release's: left as it is)" if migrate.is_newer(engine, current) else ""
+    print(f"database at revision {current}{newer} ({_redact(settings.database_url)})")
     return 0
 
 

@@ -31,13 +31,11 @@ def ready(services: ServicesDep) -> JSONResponse:
         with services.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
-        current = migrate.current_revision(services.engine)
-        checks["migrations"] = (
-            "current" if current == services.head_revision else f"at {current}, want {services.head_revision}"
-        )
+        schema_ok, checks["migrations"] = migrate.schema_status(services.engine, services.head_revision)
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
-    ok = checks.get("database") == "ok" and checks.get("migrations") == "current"
+        schema_ok = False
+    ok = checks.get("database") == "ok" and schema_ok
     elector = services.elector
     leader = elector.leader
     body = {

@@ -1,4 +1,4 @@
-"""Replicas starting together on a fresh PostgreSQL database migrate it once, without failing."""
+"""Replicas starting together migrate a fresh database once; a release rolled back serves a newer schema."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import threading
 import uuid
 
 import pytest
+import structlog
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from controlplane.app import create_app
+from controlplane.cli import main
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
-from tests.conftest import PG_URL, pg_schema_url
+from tests.conftest import AUTH, PG_URL, WEBHOOK, load_payload, make_settings, pg_schema_url
 
 
 @pytest.mark.postgres
@@ -44,3 +48,36 @@ def test_concurrent_upgrades_take_turns(postgres_url: str) -> None:  # postgres_
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+NEWER = "9999_from_a_newer_release"
+
+
+def test_a_rolled_back_release_serves_a_database_a_newer_one_migrated(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Migrations only add, so the previous release runs on the newer schema: a rollback must start and be ready."""
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    head = migrate.head_revision(engine)
+    with engine.begin() as conn:  # what a newer release's migration did: a column added, the revision moved on
+        conn.execute(text("ALTER TABLE incidents ADD COLUMN added_by_newer_release VARCHAR(32)"))
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": NEWER})
+    try:
+        settings = make_settings(database_url)
+        with structlog.testing.capture_logs() as logs, TestClient(create_app(settings), headers=AUTH) as client:
+            ready = client.get("/ready")
+            assert ready.status_code == 200, ready.text
+            assert NEWER in ready.json()["checks"]["migrations"] and "newer" in ready.json()["checks"]["migrations"]
+            assert client.post(WEBHOOK, json=load_payload("alertmanager_firing.json")).status_code == 200
+            assert len(client.get("/api/v1/incidents").json()["items"]) == 1
+        [ahead] = [entry for entry in logs if entry["event"] == "database.ahead"]
+        assert ahead["log_level"] == "warning" and ahead["revision"] == NEWER
+        assert main(["migrate", "--database-url", database_url]) == 0
+        assert NEWER in capsys.readouterr().out
+        assert migrate.current_revision(engine) == NEWER  # left as the newer release left it
+    finally:  # the PostgreSQL schema is shared by the session's tests
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE incidents DROP COLUMN added_by_newer_release"))
+            conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
+        engine.dispose()
