@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, select, update
 
-from controlplane.db.models import LeaderLease
-from controlplane.ingest.store import audit, dialect_insert
+from controlplane.db.tables import dialect_insert, leases_t
+from controlplane.ingest.store import audit
 
-leases_t: Table = LeaderLease.__table__  # type: ignore[assignment]
 # Short enough that a new leader acts within ~10 s of the old one dying (it renews every 2 s).
 LEADER_LEASE_SECONDS = 6.0
 log = structlog.get_logger(__name__)

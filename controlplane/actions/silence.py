@@ -13,16 +13,15 @@ from typing import Any
 
 import structlog
 from pydantic import Field
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, select, update
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
 from controlplane.config import Settings
-from controlplane.db.models import Silence
+from controlplane.db.tables import dialect_insert, silences_t
 from controlplane.durations import Duration, format_duration
-from controlplane.ingest.store import audit, dialect_insert
+from controlplane.ingest.store import audit
 from controlplane.integrations.alertmanager import CREATED_BY, AlertmanagerClient, AlertmanagerError, equality_matchers
 
-silences_t: Table = Silence.__table__  # type: ignore[assignment]
 log = structlog.get_logger(__name__)
 
 MAX_SILENCE = timedelta(days=7)

@@ -20,8 +20,9 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.errors import Unavailable
+from controlplane.incidents.keys import incident_key
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, OpenIncidents, incident_key, ingest_notification
+from controlplane.ingest.store import IngestResult, OpenIncidents, ingest_notification
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)

@@ -15,12 +15,9 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, select
 
-from controlplane.db.models import NotificationThread
-from controlplane.ingest.store import dialect_insert
-
-threads_t: Table = NotificationThread.__table__  # type: ignore[assignment]
+from controlplane.db.tables import dialect_insert, notification_threads_t
 
 # Block Kit limits: a header's plain text, a section's text.
 _HEADER_MAX = 150
@@ -161,7 +158,9 @@ def _api_error(method: str, exc: SlackApiError) -> SlackError:
 def thread_of(conn: Connection, *, incident_id: int, channel: str) -> str | None:
     """The `ts` of the incident's root message in `channel`, if one was posted."""
     return conn.execute(
-        select(threads_t.c.ts).where(threads_t.c.incident_id == incident_id, threads_t.c.channel == channel)
+        select(notification_threads_t.c.ts).where(
+            notification_threads_t.c.incident_id == incident_id, notification_threads_t.c.channel == channel
+        )
     ).scalar()
 
 
@@ -172,7 +171,7 @@ def remember_thread(conn: Connection, *, incident_id: int, channel: str, ts: str
     and the other's message stays a lone root (rare, harmless, and visible in the channel).
     """
     conn.execute(
-        dialect_insert(conn, threads_t)
+        dialect_insert(conn, notification_threads_t)
         .values(incident_id=incident_id, channel=channel, ts=ts, created_at=now)
         .on_conflict_do_nothing(index_elements=["incident_id", "channel"])
     )

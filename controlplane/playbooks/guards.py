@@ -11,15 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, bindparam, func, literal_column, select, text
+from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 
-from controlplane.db.models import AutomationState
+from controlplane.db.tables import automation_t, dialect_insert, executions_t
 from controlplane.durations import format_duration
-from controlplane.ingest.store import audit, dialect_insert
-from controlplane.playbooks.state import ACTIVE, executions_t
+from controlplane.ingest.store import audit
+from controlplane.playbooks.state import ACTIVE
 from controlplane.rules.schema import Rule
-
-automation_t: Table = AutomationState.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

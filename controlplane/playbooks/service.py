@@ -8,13 +8,12 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from controlplane.db.tables import audit_t, executions_t, steps_t
 from controlplane.errors import Conflict, NotFound
 from controlplane.incidents.schemas import AuditEventOut
-from controlplane.ingest.store import audit_t
 from controlplane.playbooks import guards
-from controlplane.playbooks.executor import steps_t
 from controlplane.playbooks.schemas import AutomationOut, ExecutionDetail, ExecutionOut, ExecutionPage, StepOut
-from controlplane.playbooks.state import ACTIVE, executions_t, transition
+from controlplane.playbooks.state import ACTIVE, transition
 
 _COLUMNS = [executions_t.c[name] for name in ExecutionOut.model_fields]
 

@@ -11,9 +11,9 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.actions.base import AlertView, IncidentView
-from controlplane.ingest.store import PendingRows, alerts_t, audit, incident_key, incidents_t, links_t
+from controlplane.db.tables import alerts_t, executions_t, incidents_t, links_t
+from controlplane.ingest.store import PendingRows, audit, incident_key
 from controlplane.playbooks.guards import Automation, Decision, GuardSession, automation
-from controlplane.playbooks.state import executions_t
 from controlplane.rules.schema import Playbook, Rule
 
 

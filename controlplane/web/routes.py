@@ -28,10 +28,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import grafana
-from controlplane.actions.silence import silences_t
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.config import ConsoleRole
+from controlplane.db.tables import silences_t
 from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.ingest.store import audit
