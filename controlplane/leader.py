@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy import Connection, Engine, select, update
 
+from controlplane.audit import audit
 from controlplane.db.tables import dialect_insert, leases_t
-from controlplane.ingest.store import audit
 
 # Short enough that a new leader acts within ~10 s of the old one dying (it renews every 2 s).
 LEADER_LEASE_SECONDS = 6.0

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 
 from controlplane.actions.base import ActionRegistry, load_builtin_actions
 from controlplane.actions.silence import expire_silences_for_incident
+from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
@@ -19,7 +20,7 @@ from controlplane.failover.checker import HealthChecker
 from controlplane.failover.manager import FailoverManager
 from controlplane.incidents.service import count_open_incidents
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, audit
+from controlplane.ingest.store import IngestResult
 from controlplane.ingest.writer import IngestWriter
 from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector

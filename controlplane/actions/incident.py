@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.ingest.store import audit
+from controlplane.audit import audit
 
 
 class AnnotateParams(Params):

@@ -25,8 +25,8 @@ from sqlalchemy import select
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
 from controlplane.actions.http import allowed_target, check_url, host_of
+from controlplane.audit import audit
 from controlplane.db.tables import audit_t, incidents_t
-from controlplane.ingest.store import audit
 from controlplane.integrations import pagerduty, slack
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
 from controlplane.integrations.slack import IncidentCard, SlackClient, SlackError

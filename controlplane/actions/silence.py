@@ -16,10 +16,10 @@ from pydantic import Field
 from sqlalchemy import Engine, select, update
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db.tables import dialect_insert, silences_t
 from controlplane.durations import Duration, format_duration
-from controlplane.ingest.store import audit
 from controlplane.integrations.alertmanager import CREATED_BY, AlertmanagerClient, AlertmanagerError, equality_matchers
 
 log = structlog.get_logger(__name__)

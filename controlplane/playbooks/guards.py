@@ -13,9 +13,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 
+from controlplane.audit import audit
 from controlplane.db.tables import automation_t, dialect_insert, executions_t
 from controlplane.durations import format_duration
-from controlplane.ingest.store import audit
 from controlplane.playbooks.state import ACTIVE
 from controlplane.rules.schema import Rule
 

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, update
 
+from controlplane.audit import audit
 from controlplane.db.tables import executions_t
-from controlplane.ingest.store import audit
 
 Status = Literal[
     "suppressed",

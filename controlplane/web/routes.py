@@ -30,11 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from controlplane import grafana
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
+from controlplane.audit import audit
 from controlplane.config import ConsoleRole
 from controlplane.db.tables import silences_t
 from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
 from controlplane.incidents.schemas import IncidentStatus
-from controlplane.ingest.store import audit
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services

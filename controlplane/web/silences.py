@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
+from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db.tables import dialect_insert, silences_t
 from controlplane.durations import format_duration
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incidents
-from controlplane.ingest.store import audit
 from controlplane.integrations.alertmanager import AlertmanagerClient, AlertmanagerError, equality_matchers
 
 # What the console offers (within alertmanager.silence's 7 days); anything else is refused, not rounded.
