@@ -26,6 +26,7 @@ from sqlalchemy import select
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
 from controlplane.actions.http import allowed_target, check_url, host_of
 from controlplane.audit import audit
+from controlplane.db.engine import write_transaction
 from controlplane.db.tables import audit_t, incidents_t
 from controlplane.integrations import pagerduty, slack
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
@@ -75,7 +76,7 @@ def with_retries(call: Callable[[], T]) -> T:
 
 def _audit(ctx: ActionContext, what: str, detail: dict[str, Any]) -> None:
     try:
-        with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with write_transaction(ctx.engine) as conn:
             audit(
                 conn,
                 actor=f"rule:{ctx.rule}",
@@ -196,7 +197,7 @@ def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
         message = with_retries(
             lambda: client.post(channel=channel, text=slack.incident_text(card), blocks=slack.incident_blocks(card))
         )
-        with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with write_transaction(ctx.engine) as conn:
             slack.remember_thread(conn, incident_id=incident.id, channel=channel, ts=message.ts, now=ctx.now())
         return {
             "channel": channel,

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from controlplane.db.engine import write_transaction
 from controlplane.db.tables import alerts_t, metric_states_t
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult, ingest_notification
@@ -153,7 +154,7 @@ def evaluate_rule(
         log.warning("metric_rule.query_failed", rule=rule.name, error=error)
 
     # The query ran outside the transaction: no database lock is held across a network call.
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         if fence is not None:
             fence(conn)  # leader-only write: a leader whose term ended (paused, replaced) records nothing
         state = _lock_state(conn, rule.name)
