@@ -35,8 +35,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.util.retry import Retry
 
-from controlplane.actions.base import ActionError
 from controlplane.config import Settings
+from controlplane.errors import ActionError
 
 WorkloadKind = Literal["Deployment", "StatefulSet"]
 T = TypeVar("T")
