@@ -102,6 +102,10 @@ class Services:
             if any(t.status == "pending" for t in executions):
                 worker.notify()
 
+        def after_commit(results: list[IngestResult], executions: list[Triggered]) -> None:
+            triggered(executions)
+            _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids])
+
         writer = IngestWriter(
             engine,
             group_by=settings.incident_group_by,
@@ -109,10 +113,7 @@ class Services:
             max_batch=settings.ingest_max_batch,
             commit_timeout=settings.ingest_timeout_seconds,
             after_ingest=trigger,
-            after_commit=lambda results, executions: (
-                triggered(executions),
-                _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids]),
-            ),
+            after_commit=after_commit,
         )
 
         def metric_rule_fired(conn: Connection, notification: AlertmanagerNotification, result: IngestResult) -> None:

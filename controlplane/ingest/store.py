@@ -296,11 +296,11 @@ def _open_incident(
     severity = alert.labels.get("severity", "none")
     cached = cache.get(key)
     if cached is not None:
-        incident_id, known_severity = cached
+        cached_id, known_severity = cached
         if severity_rank(severity) > severity_rank(known_severity):
-            conn.execute(update(incidents_t).where(incidents_t.c.id == incident_id).values(severity=severity))
-            cache[key] = (incident_id, severity)
-        return incident_id, False
+            conn.execute(update(incidents_t).where(incidents_t.c.id == cached_id).values(severity=severity))
+            cache[key] = (cached_id, severity)
+        return cached_id, False
     for _ in range(3):
         # FOR UPDATE (PostgreSQL) serialises with a concurrent resolve of the same incident.
         row = conn.execute(
