@@ -27,7 +27,6 @@ from controlplane.actions.base import (
     IncidentView,
     UnknownAction,
 )
-from controlplane.actions.paging import page_escalation
 from controlplane.config import Settings
 from controlplane.db.engine import write_transaction
 from controlplane.db.models import ExecutionStep
@@ -43,6 +42,7 @@ from controlplane.telemetry import Metrics
 steps_t: Table = ExecutionStep.__table__  # type: ignore[assignment]
 log = structlog.get_logger(__name__)
 
+ESCALATE = "notify.escalate"  # the action that tells on-call a playbook gave up (actions/paging.py)
 DEFAULT_STEP_TIMEOUT = timedelta(seconds=300)  # seed 004: node timeout 300 s
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -98,6 +98,8 @@ class Executor:
         sleep: Callable[[float], None] = time.sleep,
         rules: Callable[[], Any] | None = None,
     ) -> None:
+        if ESCALATE not in registry:
+            raise ValueError(f"the action registry has no {ESCALATE!r}: an escalation could not page anyone")
         self._engine = engine
         self._registry = registry
         self._settings = settings
@@ -319,7 +321,7 @@ class Executor:
         if escalate and not run.dry_run:
             # Before the commit: a crash here pages again on resume, and the page's idempotency
             # key (2000 + step) lets it find the earlier page and skip it; after, a page could be lost.
-            page_escalation(self._context(run, 2000 + failed_index, self._clock()), reason)
+            self._page(run, failed_index, reason)
         with self._write() as conn:
             self._fenced_transition(
                 conn, run, final, reason=reason, detail={"rolled_back_steps": rolled, "escalate": escalate}
@@ -339,6 +341,12 @@ class Executor:
             log.error("execution.escalated", execution_id=run.id, rule=run.rule, reason=reason)
         self._metrics.executions.labels(run.rule, final).inc()
         return final
+
+    def _page(self, run: _Run, failed_index: int, reason: str) -> None:
+        """Tell on-call through the escalation action (it never raises: a page that fails is audited)."""
+        spec = self._registry.get(ESCALATE)
+        params = spec.params.model_validate({"reason": reason})
+        spec.func(self._context(run, 2000 + failed_index, self._clock()), params)
 
     def _rollback(self, run: _Run, failed_index: int) -> tuple[int, list[str]]:
         """Undo the steps before `failed_index` that succeeded and declare a rollback, newest first."""
