@@ -1,4 +1,5 @@
-"""Owns paging actions: `notify.slack`, `notify.pagerduty`, `notify.webhook`, and `notify.oncall` (routes by severity).
+"""Owns paging actions: `notify.slack`, `notify.pagerduty`, `notify.webhook`, `notify.oncall` (routes by
+severity) and `notify.escalate` (the executor's page when a playbook gives up, routed like notify.oncall).
 
 A failed notification never fails the remediation: each call is retried (3 tries, backoff under
 a few seconds, Slack's and PagerDuty's Retry-After honoured up to a cap), and when it still
@@ -392,7 +393,12 @@ def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
     return result
 
 
-def page_escalation(ctx: ActionContext, reason: str) -> ActionResult:
-    """Tell on-call that a playbook gave up (after `execution.escalated`), routed like notify.oncall. Never raises."""
-    text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {reason}"
+class EscalateParams(Params):
+    reason: str = Field(min_length=1, description="Why the playbook gave up")
+
+
+@action("notify.escalate", params=EscalateParams)
+def notify_escalate(ctx: ActionContext, params: EscalateParams) -> ActionResult:
+    """Tell on-call that a playbook gave up, routed like notify.oncall; run on a step's `on_failure: escalate`."""
+    text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {params.reason}"
     return notify_oncall(ctx, OncallParams(text=text[:40_000]))

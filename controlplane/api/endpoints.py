@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.api.deps import AdminDep, ReaderDep, ServicesDep
 from controlplane.api.errors import error_responses
-from controlplane.failover.manager import ActiveEndpointView, FailoverEventView, GroupStatus, SwitchResult
+from controlplane.failover.schemas import ActiveEndpointView, FailoverEventView, GroupStatus, SwitchResult
 from controlplane.text import Text
 
 router = APIRouter(prefix="/api/v1", tags=["failover"], responses=error_responses(401, 503), dependencies=[ReaderDep])

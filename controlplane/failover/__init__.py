@@ -1,1 +1,1 @@
-"""Failover: which endpoint of each service is active (manager), and the health checks that move it (checker)."""
+"""Failover: which endpoint of each service is active (manager; rules in thresholds), and the checks that move it."""

@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import structlog
 
-from controlplane.failover.manager import CheckOutcome, FailoverManager
+from controlplane.failover.manager import FailoverManager
+from controlplane.failover.schemas import CheckOutcome
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup

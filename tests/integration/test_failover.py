@@ -20,7 +20,8 @@ from controlplane.db.engine import make_engine
 from controlplane.db.models import AuditEvent
 from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.failover.checker import HealthChecker
-from controlplane.failover.manager import CheckOutcome, FailoverManager
+from controlplane.failover.manager import FailoverManager
+from controlplane.failover.schemas import CheckOutcome
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services

@@ -15,7 +15,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select, update
 
-from controlplane.actions.base import ActionContext, AlertView, IncidentView, registry
+from controlplane.actions.base import (
+    ActionContext,
+    ActionRegistry,
+    AlertView,
+    IncidentView,
+    load_builtin_actions,
+    registry,
+)
 from controlplane.config import Settings
 from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
@@ -474,3 +481,49 @@ def test_escalation_pages_oncall_by_severity(
     assert event["payload"]["summary"].startswith(
         f"Remediation escalated to a human: rule fix-errors, execution #{t.execution_id}: step 0 (test.do) failed"
     )
+
+
+def test_an_escalation_resumed_after_a_crash_before_its_commit_pages_once(
+    engine: Engine, paging_settings: Settings, pagerduty_api: PagerDutyStandIn
+) -> None:
+    """The page goes out before the execution's end is committed; a worker that dies in between leaves it
+    running, and the worker that takes it over pages again: the page's idempotency key finds the first one."""
+    with engine_harness(engine, paging_settings) as h:
+        h.rules = rules("""
+      - action: test.do
+        with: {text: a, fail_times: 1, retriable: false}
+        on_failure: escalate
+""")
+        [t] = h.fire()
+        h.run_all()
+        assert len(pagerduty_api.events) == 1
+        # What the commit would have found had the worker died after the page: still running, its lease running out.
+        with engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(
+                update(executions_t)
+                .where(executions_t.c.id == t.execution_id)
+                .values(status="running", lease_owner="died", lease_expires_at=h.clock(), finished_at=None)
+            )
+        h.clock.advance(60)
+        assert h.run_all() == 1
+        detail = h.execution(t.execution_id)
+    assert detail.status == "failed" and detail.reason.startswith("step 0 (test.do) failed")
+    assert len(pagerduty_api.events) == 1
+    assert [a["idempotency_key"] for a in audits(engine, "notify.sent")] == [f"{t.execution_id}:2000"]
+
+
+def test_an_executor_needs_the_escalation_action(engine: Engine, database_url: str) -> None:
+    """Escalation pages through the action registry: a registry without `notify.escalate` is refused up front,
+    not found missing when a playbook gives up."""
+    without = ActionRegistry()
+    for spec in load_builtin_actions().specs():
+        if spec.name != "notify.escalate":
+            without.register(spec)
+    with pytest.raises(ValueError, match=r"notify\.escalate"):
+        Executor(
+            engine=engine,
+            registry=without,
+            settings=make_settings(database_url),
+            breakers=CircuitBreakers(),
+            metrics=Metrics(CollectorRegistry()),
+        )

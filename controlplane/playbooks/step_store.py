@@ -1,0 +1,289 @@
+"""Owns the writes of a claimed execution: its step rows, its progress and its transitions, each fenced by the claim.
+
+Every write first checks, in its own transaction, that the execution is still `running` and
+claimed by this worker (`lease_owner`): a worker that lost its lease (it was paused, another
+replica took over, or the execution was cancelled) raises LeaseLost and records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import Connection, Engine, Row, Table, select, update
+
+from controlplane.db.engine import write_transaction
+from controlplane.db.models import ExecutionStep
+from controlplane.ingest.store import audit, dialect_insert
+from controlplane.playbooks.state import Status, executions_t, transition
+from controlplane.rules.schema import Playbook, Step
+
+steps_t: Table = ExecutionStep.__table__  # type: ignore[assignment]
+
+Phase = Literal["forward", "rollback"]
+FINISHED = frozenset({"succeeded", "failed", "skipped"})
+
+
+class LeaseLost(Exception):
+    """Another worker owns the execution now, or it was cancelled: stop without writing."""
+
+
+@dataclass
+class Run:
+    """What the executor knows about the execution it runs."""
+
+    id: int
+    owner: str
+    rule: str
+    incident_id: int | None
+    dry_run: bool
+    playbook: Playbook
+    params: dict[str, Any]
+    context: dict[str, Any]
+    current_step: int
+    steps: dict[str, dict[str, Any]]  # step id -> {value, output, status}, for templates
+
+    @property
+    def actor(self) -> str:
+        return f"rule:{self.rule}"
+
+    def template_context(self) -> dict[str, Any]:
+        return {**self.context, "params": self.params, "steps": self.steps}
+
+
+class StepPlace(Protocol):
+    """A step at its place in a run, as its row records it (steps.StepAttempt is one)."""
+
+    @property
+    def run(self) -> Run: ...
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def step(self) -> Step: ...
+    @property
+    def row(self) -> Row[Any] | None: ...  # as last read; None before the step's first record
+    @property
+    def inputs(self) -> dict[str, Any]: ...
+
+
+class StepStore:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime], lease_seconds: float) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._lease = timedelta(seconds=lease_seconds)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def load(self, execution_id: int, owner: str) -> Run:
+        """The claimed execution and what its finished forward steps left for templates."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(executions_t).where(executions_t.c.id == execution_id)).one()
+            done = conn.execute(
+                select(steps_t.c.step_id, steps_t.c.output, steps_t.c.status).where(
+                    steps_t.c.execution_id == execution_id, steps_t.c.phase == "forward"
+                )
+            ).all()
+        if row.lease_owner != owner or row.status != "running":
+            raise LeaseLost()
+        steps = {
+            r.step_id: {"value": r.output.get("value"), "output": r.output, "status": r.status}
+            for r in done
+            if r.step_id and r.status in FINISHED
+        }
+        return Run(
+            id=row.id,
+            owner=owner,
+            rule=row.rule_name,
+            incident_id=row.incident_id,
+            dry_run=row.dry_run,
+            playbook=Playbook.model_validate(row.playbook),
+            params=row.params,
+            context=row.context,
+            current_step=row.current_step,
+            steps=steps,
+        )
+
+    def step_row(self, run: Run, phase: Phase, index: int) -> Row[Any] | None:
+        with self._engine.connect() as conn:
+            return conn.execute(
+                select(steps_t).where(
+                    steps_t.c.execution_id == run.id, steps_t.c.phase == phase, steps_t.c.index == index
+                )
+            ).first()
+
+    # -- the execution -------------------------------------------------------------------
+
+    def advance(self, run: Run, index: int) -> None:
+        """Move the run on to step `index`, renewing the lease."""
+        with self._write() as conn:
+            self._fence(conn, run, current_step=index, lease_expires_at=self._lease_until())
+
+    def transition(
+        self,
+        run: Run,
+        to: Status,
+        *,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+        also_audit: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Move the run to `to` while the claim holds; `also_audit` is written in the same transaction."""
+        with self._write() as conn:
+            ok = transition(
+                conn,
+                run.id,
+                to,
+                actor=run.actor,
+                now=self._clock(),
+                reason=reason,
+                owner=run.owner,
+                incident_id=run.incident_id,
+                detail=detail,
+            )
+            if not ok:
+                raise LeaseLost()
+            if also_audit is not None:
+                action, audit_detail = also_audit
+                self._audit(conn, run, action, audit_detail)
+
+    def audit(self, run: Run, action: str, detail: dict[str, Any]) -> None:
+        with self._write() as conn:
+            self._audit(conn, run, action, detail)
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def save_step(
+        self,
+        place: StepPlace,
+        status: str,
+        *,
+        action: str,
+        output: dict[str, Any],
+        error: str | None = None,
+        attempts: int | None = None,
+        duration: float | None = None,
+    ) -> Row[Any]:
+        """Insert or update the step's row, renewing the lease; audited as `step.<status>` when it
+        starts or ends. Returns the row as it now is."""
+        now = self._clock()
+        done = status in FINISHED
+        values: dict[str, Any] = {
+            "status": status,
+            "inputs": _jsonable(place.inputs),
+            "output": _jsonable(output),
+            "error": error,
+            "action": action,
+            "finished_at": now if done else None,
+        }
+        if attempts is not None:
+            values["attempts"] = attempts
+        if duration is not None:
+            values["duration_ms"] = round(duration * 1000, 3)
+        run, existing = place.run, place.row
+        with self._write() as conn:
+            self._fence(conn, run, lease_expires_at=self._lease_until())
+            if existing is None:
+                conn.execute(
+                    dialect_insert(conn, steps_t).values(
+                        execution_id=run.id,
+                        phase=place.phase,
+                        index=place.index,
+                        step_id=place.step.id,
+                        started_at=now,
+                        idempotency_key=f"{run.id}:{place.phase}:{place.index}",
+                        **{"attempts": 0, **values},
+                    )
+                )
+            else:
+                conn.execute(update(steps_t).where(steps_t.c.id == existing.id).values(**values))
+            if done or (status == "running" and existing is None):
+                detail = {
+                    "phase": place.phase,
+                    "index": place.index,
+                    "step": place.step.id,
+                    "action": action,
+                    "error": error,
+                }
+                self._audit(conn, run, f"step.{status}", detail, now=now)
+        row = self.step_row(run, place.phase, place.index)
+        assert row is not None  # written above, and step rows are never deleted
+        return row
+
+    def wait(self, place: StepPlace, *, output: dict[str, Any], attempts: int, until: datetime) -> None:
+        """Release the execution until `until`: no worker sleeps through a wait."""
+        run, row = place.run, place.row
+        assert row is not None  # a step waits only after its call, which it recorded as running
+        now = self._clock()
+        with self._write() as conn:
+            self._fence(conn, run)
+            conn.execute(
+                update(steps_t)
+                .where(steps_t.c.id == row.id)
+                .values(status="waiting", inputs=_jsonable(place.inputs), output=_jsonable(output), attempts=attempts)
+            )
+            ok = transition(
+                conn,
+                run.id,
+                "waiting",
+                actor=run.actor,
+                now=now,
+                owner=run.owner,
+                values={"wake_at": until, "lease_owner": None, "lease_expires_at": None},
+                incident_id=run.incident_id,
+                audit_it=row.status != "waiting",
+                reason=f"step {place.index} ({place.step.id or place.step.action}) waits until {until.isoformat()}",
+            )
+            if not ok:
+                raise LeaseLost()
+
+    # -- the fence -----------------------------------------------------------------------
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        # Execution progress skips the fsync on SQLite: a step lost to a power cut is re-run
+        # with the same idempotency key, like any step whose worker died.
+        return write_transaction(self._engine, sync="normal")
+
+    def _fence(self, conn: Connection, run: Run, **values: Any) -> None:
+        res = conn.execute(
+            update(executions_t)
+            .where(
+                executions_t.c.id == run.id, executions_t.c.lease_owner == run.owner, executions_t.c.status == "running"
+            )
+            .values(updated_at=self._clock(), **values)
+        )
+        if res.rowcount != 1:
+            raise LeaseLost()
+
+    def _lease_until(self) -> datetime:
+        return self._clock() + self._lease
+
+    def _audit(
+        self, conn: Connection, run: Run, action: str, detail: dict[str, Any], *, now: datetime | None = None
+    ) -> None:
+        audit(
+            conn,
+            actor=run.actor,
+            action=action,
+            incident_id=run.incident_id,
+            execution_id=run.id,
+            detail=detail,
+            now=now or self._clock(),
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """Step inputs and outputs are stored as JSON; anything else is stored as its text."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
