@@ -23,7 +23,6 @@ from controlplane.api import endpoints, executions, health, incidents, monitorin
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.middleware import RefuseNulInUrl, RequestContextMiddleware
 from controlplane.config import Settings, get_settings
-from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.rules.loader import RuleLoadError
 from controlplane.services import Services
 from controlplane.web import routes as console
@@ -84,10 +83,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     and the 400 every operation can answer."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        body = AlertmanagerNotification.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(body.pop("$defs", {}))
-        components["AlertmanagerNotification"] = body
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(webhook.body_schemas())
         for operations in schema["paths"].values():  # RefuseNulInUrl answers before any route
             for operation in operations.values():
                 operation["responses"].setdefault("400", {"description": "A NUL (%00) in the path or query string"})

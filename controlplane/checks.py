@@ -1,4 +1,4 @@
-"""Owns `controlplane check`'s checks of the Prometheus alerting rules and the Grafana dashboards.
+"""Owns `controlplane check`'s checks of the Prometheus alerting rules and the Grafana dashboards, and CheckResult.
 
 Checked are `alerting/` and `dashboards/` beside the rules directory, i.e. in its parent: where the
 API serves them from and `controlplane provision grafana` pushes them from. With the default rules
@@ -18,17 +18,14 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controlplane.rules.loader import RuleFileError
-
-if TYPE_CHECKING:
-    from controlplane.cli import CheckResult
 
 ALERTING_DIR = "alerting"
 DASHBOARDS_DIR = "dashboards"
@@ -47,10 +44,16 @@ PROMTOOL_TIMEOUT = 60.0
 _VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)")
 
 
+@dataclass
+class CheckResult:
+    """What one checker found: errors as `file:line: message`, and a one-line summary when there are none."""
+
+    errors: list[str] = field(default_factory=list)
+    summary: str = ""
+
+
 def check_alert_rules(args: argparse.Namespace) -> CheckResult:
     """Every alert has expr, labels.severity and the summary/description/runbook_url annotations."""
-    from controlplane.cli import CheckResult
-
     directory = _locate(args, ALERTING_DIR)
     if directory is None:
         return CheckResult()
@@ -75,8 +78,6 @@ def check_alert_rules(args: argparse.Namespace) -> CheckResult:
 
 def check_dashboards(args: argparse.Namespace) -> CheckResult:
     """Valid JSON with uid and title; every panel queries `${datasource}` with PromQL."""
-    from controlplane.cli import CheckResult
-
     directory = _locate(args, DASHBOARDS_DIR)
     if directory is None:
         return CheckResult()
@@ -342,8 +343,6 @@ def _locate(args: argparse.Namespace, name: str) -> Path | None:
 
 
 def _result(errors: list[RuleFileError], summary: str) -> CheckResult:
-    from controlplane.cli import CheckResult
-
     errors = sorted(errors, key=lambda e: (str(e.file), e.line))
     return CheckResult(errors=[str(e) for e in errors], summary="" if errors else summary)
 

@@ -7,12 +7,11 @@ import faulthandler
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controlplane import __version__
-from controlplane.checks import check_alert_rules, check_dashboards
+from controlplane.checks import CheckResult, check_alert_rules, check_dashboards
 from controlplane.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
 from controlplane.rules.loader import RuleLoadError, RuleSet
@@ -149,14 +148,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from controlplane.demo import run_demo
 
     return run_demo(graph=args.graph, timeout=args.timeout, keep=args.keep)
-
-
-@dataclass
-class CheckResult:
-    """What one checker found: errors as `file:line: message`, and a one-line summary when there are none."""
-
-    errors: list[str] = field(default_factory=list)
-    summary: str = ""
 
 
 def _load_rules(directory: Path, named_by: str) -> RuleSet:

@@ -1,6 +1,21 @@
-"""Owns the domain errors; `controlplane.api.errors` is the one place that maps them to HTTP."""
+"""Owns the errors modules share: domain errors, which `controlplane.api.errors` alone maps to HTTP, and ActionError."""
 
 from __future__ import annotations
+
+from typing import Any
+
+
+class ActionError(Exception):
+    """A step failed. `retriable` errors (timeouts, connection errors, 5xx) are retried by the step's policy.
+
+    Raised by actions and by the integration clients they call (kubernetes), which is why it
+    lives here: integrations/ must not import actions/.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False, output: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.output = output or {}
 
 
 class DomainError(Exception):

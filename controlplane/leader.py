@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, select, update
 
-from controlplane.db.models import LeaderLease
-from controlplane.ingest.store import audit, dialect_insert
+from controlplane.audit import audit
+from controlplane.db.engine import write_transaction
+from controlplane.db.tables import dialect_insert, leases_t
 
-leases_t: Table = LeaderLease.__table__  # type: ignore[assignment]
 # Short enough that a new leader acts within ~10 s of the old one dying (it renews every 2 s).
 LEADER_LEASE_SECONDS = 6.0
 log = structlog.get_logger(__name__)
@@ -129,7 +129,7 @@ class LeaderElector:
         was = self.is_leader
         started = self._clock()
         try:
-            with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+            with write_transaction(self._engine) as conn:
                 state = acquire_or_renew(conn, name=self.name, me=self.instance_id, now=started, lease=self._lease)
                 if state.is_me and not (was and self._state and self._state.term == state.term):
                     audit(
@@ -173,7 +173,7 @@ class LeaderElector:
             self._thread = None
         if release and self.is_leader and self._state is not None:
             try:
-                with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+                with write_transaction(self._engine) as conn:
                     conn.execute(
                         update(leases_t)
                         .where(

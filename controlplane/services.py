@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 
 from controlplane.actions.base import ActionRegistry, load_builtin_actions
 from controlplane.actions.silence import expire_silences_for_incident
+from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
@@ -19,7 +20,7 @@ from controlplane.failover.checker import HealthChecker
 from controlplane.failover.manager import FailoverManager
 from controlplane.incidents.service import count_open_incidents
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, audit
+from controlplane.ingest.store import IngestResult
 from controlplane.ingest.writer import IngestWriter
 from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
@@ -101,6 +102,10 @@ class Services:
             if any(t.status == "pending" for t in executions):
                 worker.notify()
 
+        def after_commit(results: list[IngestResult], executions: list[Triggered]) -> None:
+            triggered(executions)
+            _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids])
+
         writer = IngestWriter(
             engine,
             group_by=settings.incident_group_by,
@@ -108,10 +113,7 @@ class Services:
             max_batch=settings.ingest_max_batch,
             commit_timeout=settings.ingest_timeout_seconds,
             after_ingest=trigger,
-            after_commit=lambda results, executions: (
-                triggered(executions),
-                _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids]),
-            ),
+            after_commit=after_commit,
         )
 
         def metric_rule_fired(conn: Connection, notification: AlertmanagerNotification, result: IngestResult) -> None:

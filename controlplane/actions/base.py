@@ -21,18 +21,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine
 
 from controlplane.config import Settings
+from controlplane.errors import ActionError
 from controlplane.rules.schema import FailoverGroup, Target
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class ActionError(Exception):
-    """A step failed. `retriable` errors (timeouts, connection errors, 5xx) are retried by the step's policy."""
-
-    def __init__(self, message: str, *, retriable: bool = False, output: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.retriable = retriable
-        self.output = output or {}
 
 
 class BlastRadiusExceeded(ActionError):

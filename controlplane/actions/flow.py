@@ -8,8 +8,8 @@ from pydantic import Field
 from sqlalchemy import select
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.db.tables import incidents_t
 from controlplane.durations import Duration, format_duration
-from controlplane.ingest.store import incidents_t
 
 
 class WaitParams(Params):

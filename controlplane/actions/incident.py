@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.ingest.store import audit
+from controlplane.audit import audit
+from controlplane.db.engine import write_transaction
 
 
 class AnnotateParams(Params):
@@ -17,7 +18,7 @@ def annotate(ctx: ActionContext, params: AnnotateParams) -> ActionResult:
     """Add a note to the incident's timeline (what the playbook found, for the on-call person)."""
     if ctx.incident is None:
         raise ActionError("incident.annotate needs an incident; this execution has none")
-    with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(ctx.engine) as conn:
         audit(
             conn,
             actor=f"rule:{ctx.rule}",

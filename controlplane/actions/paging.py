@@ -5,7 +5,8 @@ A failed notification never fails the remediation: each call is retried (3 tries
 a few seconds, Slack's and PagerDuty's Retry-After honoured up to a cap), and when it still
 fails, or the channel is not configured, the step succeeds with value False and output
 `{"delivered": false, "error": ...}`, audited as `notify.failed` on the incident's timeline.
-Deliveries are audited as `notify.sent`.
+Deliveries are audited as `notify.sent`. The Slack thread of each incident (notification_threads)
+is kept here too: integrations/slack.py only talks to Slack.
 
 Idempotency: the executor never re-runs a step it recorded as succeeded, so a duplicate needs
 a crash between the send and that record. Before sending, a step looks for its own
@@ -17,16 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
 import tenacity
 from pydantic import Field, SecretStr
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
 from controlplane.actions.http import allowed_target, check_url, host_of
-from controlplane.ingest.store import audit, audit_t, incidents_t
+from controlplane.audit import audit
+from controlplane.db.engine import write_transaction
+from controlplane.db.tables import audit_t, dialect_insert, incidents_t, notification_threads_t
 from controlplane.integrations import pagerduty, slack
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
 from controlplane.integrations.slack import IncidentCard, SlackClient, SlackError
@@ -75,7 +79,7 @@ def with_retries(call: Callable[[], T]) -> T:
 
 def _audit(ctx: ActionContext, what: str, detail: dict[str, Any]) -> None:
     try:
-        with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with write_transaction(ctx.engine) as conn:
             audit(
                 conn,
                 actor=f"rule:{ctx.rule}",
@@ -175,6 +179,27 @@ def _root_shown(ctx: ActionContext, incident_id: int, channel: str) -> _Root | N
     return _Root(channel_id=str(root["channel_id"]), status=str(shown["shown_status"]), summary=str(root["summary"]))
 
 
+def _thread_of(conn: Connection, *, incident_id: int, channel: str) -> str | None:
+    """The `ts` of the incident's root message in `channel`, if one was posted."""
+    threads = notification_threads_t.c
+    query = select(threads.ts).where(threads.incident_id == incident_id, threads.channel == channel)
+    return conn.execute(query).scalar()
+
+
+def _remember_thread(conn: Connection, *, incident_id: int, channel: str, ts: str, now: datetime) -> str:
+    """Keep `ts` as the incident's thread in `channel`; returns the thread in force.
+
+    Two executions of one incident may post a root message at once; the first recorded wins
+    and the other's message stays a lone root (rare, harmless, and visible in the channel).
+    """
+    conn.execute(
+        dialect_insert(conn, notification_threads_t)
+        .values(incident_id=incident_id, channel=channel, ts=ts, created_at=now)
+        .on_conflict_do_nothing(index_elements=["incident_id", "channel"])
+    )
+    return str(_thread_of(conn, incident_id=incident_id, channel=channel))
+
+
 def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
     """Post `text`: the incident's first message in `channel` is its root, later ones are thread replies."""
     client = SlackClient(_secret(ctx.settings.slack_token, "Slack", "SLACK_TOKEN"), base_url=ctx.settings.slack_api_url)
@@ -191,13 +216,13 @@ def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
         url=incident_url(ctx, incident.id),
     )
     with ctx.engine.connect() as conn:
-        root_ts = slack.thread_of(conn, incident_id=incident.id, channel=channel)
+        root_ts = _thread_of(conn, incident_id=incident.id, channel=channel)
     if root_ts is None:
         message = with_retries(
             lambda: client.post(channel=channel, text=slack.incident_text(card), blocks=slack.incident_blocks(card))
         )
-        with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
-            slack.remember_thread(conn, incident_id=incident.id, channel=channel, ts=message.ts, now=ctx.now())
+        with write_transaction(ctx.engine) as conn:
+            _remember_thread(conn, incident_id=incident.id, channel=channel, ts=message.ts, now=ctx.now())
         return {
             "channel": channel,
             "channel_id": message.channel,

@@ -13,16 +13,16 @@ from typing import Any
 
 import structlog
 from pydantic import Field
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, select, update
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.audit import audit
 from controlplane.config import Settings
-from controlplane.db.models import Silence
+from controlplane.db.engine import write_transaction
+from controlplane.db.tables import dialect_insert, silences_t
 from controlplane.durations import Duration, format_duration
-from controlplane.ingest.store import audit, dialect_insert
 from controlplane.integrations.alertmanager import CREATED_BY, AlertmanagerClient, AlertmanagerError, equality_matchers
 
-silences_t: Table = Silence.__table__  # type: ignore[assignment]
 log = structlog.get_logger(__name__)
 
 MAX_SILENCE = timedelta(days=7)
@@ -105,7 +105,7 @@ def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
         )
     except AlertmanagerError as exc:
         raise _action_error(exc) from None
-    with ctx.engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(ctx.engine) as conn:
         conn.execute(
             dialect_insert(conn, silences_t)
             .values(
@@ -142,7 +142,7 @@ def _expire(engine: Engine, settings: Settings, silence_id: str, now: datetime) 
     with engine.connect() as conn:
         url = conn.execute(select(silences_t.c.alertmanager_url).where(silences_t.c.silence_id == silence_id)).scalar()
     known = AlertmanagerClient(url or settings.alertmanager_url).expire(silence_id)
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         conn.execute(
             update(silences_t)
             .where(silences_t.c.silence_id == silence_id, silences_t.c.expired_at.is_(None))
@@ -194,7 +194,7 @@ def expire_silences_for_incident(
             what = "silence.expire_failed"
             detail["error"] = str(exc)
             log.error("silence.expire_failed", incident_id=incident_id, silence_id=row.silence_id, error=str(exc))
-        with engine.connect().execution_options(write=True) as conn, conn.begin():
+        with write_transaction(engine) as conn:
             audit(
                 conn,
                 actor=actor,

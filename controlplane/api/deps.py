@@ -10,6 +10,7 @@ from fastapi import Depends, Path, Request
 from pydantic import SecretStr
 from sqlalchemy import Connection
 
+from controlplane.db.engine import write_transaction
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.services import Services
 from controlplane.web.auth import console_user
@@ -38,7 +39,7 @@ ConnDep = Annotated[Connection, Depends(get_conn)]
 
 def get_write_conn(services: ServicesDep) -> Iterator[Connection]:
     """A write transaction, committed when the route returns without error."""
-    with services.engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(services.engine) as conn:
         yield conn
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -10,7 +12,7 @@ from controlplane.api.deps import ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
 from controlplane.ingest.auth import check_webhook_credentials
-from controlplane.ingest.payload import parse_notification
+from controlplane.ingest.payload import AlertmanagerNotification, parse_notification
 
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
@@ -25,6 +27,12 @@ class WebhookAccepted(BaseModel):
     resolved: int
     duplicates: int
     incident_ids: list[int]
+
+
+def body_schemas() -> dict[str, Any]:
+    """The OpenAPI schemas of the body (the route reads it raw, to bound its size, and validates it itself)."""
+    body = AlertmanagerNotification.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**body.pop("$defs", {}), "AlertmanagerNotification": body}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, Table, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
+from controlplane.audit import audit
 from controlplane.db.engine import write_transaction
-from controlplane.db.models import ActiveEndpoint, EndpointState, FailoverEvent
+from controlplane.db.tables import active_endpoints_t, dialect_insert, endpoint_states_t, failover_events_t
 from controlplane.failover.schemas import ActiveEndpointView, FailoverEventView, SwitchResult
 from controlplane.failover.thresholds import (
     ACTOR,
@@ -26,13 +27,8 @@ from controlplane.failover.thresholds import (
     endpoint_named,
     initial_active,
 )
-from controlplane.ingest.store import audit, dialect_insert
 from controlplane.leader import Fence
 from controlplane.rules.schema import FailoverGroup
-
-states_t: Table = EndpointState.__table__  # type: ignore[assignment]
-active_t: Table = ActiveEndpoint.__table__  # type: ignore[assignment]
-events_t: Table = FailoverEvent.__table__  # type: ignore[assignment]
 
 
 @contextmanager
@@ -48,7 +44,7 @@ def locked(
         if fence is not None:
             fence(conn)
         conn.execute(
-            dialect_insert(conn, states_t)
+            dialect_insert(conn, endpoint_states_t)
             .values(
                 [
                     {"service": group.service, "endpoint": e.name, "healthy": True, "updated_at": now}
@@ -57,10 +53,11 @@ def locked(
             )
             .on_conflict_do_nothing(index_elements=["service", "endpoint"])
         )
-        if conn.execute(select(active_t.c.service).where(active_t.c.service == group.service)).first() is None:
+        has_active = select(active_endpoints_t.c.service).where(active_endpoints_t.c.service == group.service)
+        if conn.execute(has_active).first() is None:
             first = initial_active(group, read_health(conn, group))
             conn.execute(
-                dialect_insert(conn, active_t)
+                dialect_insert(conn, active_endpoints_t)
                 .values(service=group.service, endpoint=first.name, since=now, changed_by=ACTOR)
                 .on_conflict_do_nothing(index_elements=["service"])
             )
@@ -68,14 +65,14 @@ def locked(
         # and switches of one service, from any thread or replica, apply one after the other.
         # Health is read only once the lock is held: before, another writer may still change it.
         active = conn.execute(
-            select(active_t.c.endpoint).where(active_t.c.service == group.service).with_for_update()
+            select(active_endpoints_t.c.endpoint).where(active_endpoints_t.c.service == group.service).with_for_update()
         ).scalar_one()
         yield conn, GroupState(group, active, read_health(conn, group))
 
 
 def read_health(conn: Connection, group: FailoverGroup) -> dict[str, Health]:
     """Every endpoint of the group; one without a row yet is healthy (never checked)."""
-    rows = conn.execute(select(states_t).where(states_t.c.service == group.service))
+    rows = conn.execute(select(endpoint_states_t).where(endpoint_states_t.c.service == group.service))
     found = {
         r.endpoint: Health(r.healthy, r.consecutive_failures, r.consecutive_successes, r.last_checked_at, r.last_error)
         for r in rows
@@ -85,8 +82,8 @@ def read_health(conn: Connection, group: FailoverGroup) -> dict[str, Health]:
 
 def save_health(conn: Connection, service: str, endpoint: str, health: Health, now: datetime) -> None:
     conn.execute(
-        update(states_t)
-        .where(states_t.c.service == service, states_t.c.endpoint == endpoint)
+        update(endpoint_states_t)
+        .where(endpoint_states_t.c.service == service, endpoint_states_t.c.endpoint == endpoint)
         .values(
             healthy=health.healthy,
             consecutive_failures=health.failures,
@@ -100,8 +97,8 @@ def save_health(conn: Connection, service: str, endpoint: str, health: Health, n
 
 def set_active(conn: Connection, service: str, endpoint: str, *, since: datetime, changed_by: str) -> None:
     conn.execute(
-        update(active_t)
-        .where(active_t.c.service == service)
+        update(active_endpoints_t)
+        .where(active_endpoints_t.c.service == service)
         .values(endpoint=endpoint, since=since, changed_by=changed_by)
     )
 
@@ -125,7 +122,7 @@ def record_event(
         "from_region": event.from_region,
         "to_region": event.to_region,
     }
-    conn.execute(events_t.insert().values(at=now, detail={"actor": event.actor, **event.detail}, **row))
+    conn.execute(failover_events_t.insert().values(at=now, detail={"actor": event.actor, **event.detail}, **row))
     audit(
         conn,
         actor=event.actor,
@@ -141,9 +138,9 @@ def switched_with(conn: Connection, service: str, idempotency_key: str) -> Switc
     """The switch an earlier call with this idempotency key made, if any."""
     # Recent completions only: a retry comes within minutes, and the key lives in the JSON detail.
     rows = conn.execute(
-        select(events_t)
-        .where(events_t.c.service == service, events_t.c.event == FAILOVER_COMPLETED)
-        .order_by(events_t.c.id.desc())
+        select(failover_events_t)
+        .where(failover_events_t.c.service == service, failover_events_t.c.event == FAILOVER_COMPLETED)
+        .order_by(failover_events_t.c.id.desc())
         .limit(100)
     )
     for row in rows:
@@ -161,7 +158,7 @@ def switched_with(conn: Connection, service: str, idempotency_key: str) -> Switc
 
 
 def active_view(conn: Connection, group: FailoverGroup) -> ActiveEndpointView:
-    row = conn.execute(select(active_t).where(active_t.c.service == group.service)).first()
+    row = conn.execute(select(active_endpoints_t).where(active_endpoints_t.c.service == group.service)).first()
     spec = endpoint_named(group, row.endpoint) if row is not None else None
     if row is None or spec is None:
         # Nothing recorded yet (or a removed endpoint): what the manager will choose on its next write.
@@ -181,17 +178,17 @@ def active_view(conn: Connection, group: FailoverGroup) -> ActiveEndpointView:
 
 def list_events(conn: Connection, service: str | None, limit: int) -> list[FailoverEventView]:
     """Newest first; events of services no longer in the rule files are kept and listed too."""
-    query = select(events_t).order_by(events_t.c.id.desc()).limit(limit)
+    query = select(failover_events_t).order_by(failover_events_t.c.id.desc()).limit(limit)
     if service is not None:
-        query = query.where(events_t.c.service == service)
+        query = query.where(failover_events_t.c.service == service)
     return [FailoverEventView.model_validate(row, from_attributes=True) for row in conn.execute(query)]
 
 
 def switch_counts(conn: Connection) -> list[tuple[str | None, str | None, int]]:
     """Completed switches by (from_region, to_region), of every service ever recorded."""
     rows = conn.execute(
-        select(events_t.c.from_region, events_t.c.to_region, func.count())
-        .where(events_t.c.event == FAILOVER_COMPLETED)
-        .group_by(events_t.c.from_region, events_t.c.to_region)
+        select(failover_events_t.c.from_region, failover_events_t.c.to_region, func.count())
+        .where(failover_events_t.c.event == FAILOVER_COMPLETED)
+        .group_by(failover_events_t.c.from_region, failover_events_t.c.to_region)
     )
     return [(from_region, to_region, count) for from_region, to_region, count in rows]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, RowMapping, case, func, select
 
+from controlplane.db.tables import alerts_t, audit_t, incidents_t, links_t
 from controlplane.errors import NotFound
 from controlplane.incidents.schemas import (
     AlertOut,
@@ -17,7 +18,6 @@ from controlplane.incidents.schemas import (
     IncidentPage,
     TimelinePage,
 )
-from controlplane.ingest.store import alerts_t, audit_t, incidents_t, links_t
 
 _ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]

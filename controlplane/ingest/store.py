@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from controlplane.db.models import Alert, AuditEvent, Incident, IncidentAlert
+from controlplane.audit import PendingAudits, audit
+from controlplane.db.tables import alerts_t, dialect_insert, incidents_t, links_t
+from controlplane.incidents.keys import incident_key
 from controlplane.ingest.payload import AlertmanagerAlert, AlertmanagerNotification
-
-alerts_t: Table = Alert.__table__  # type: ignore[assignment]
-incidents_t: Table = Incident.__table__  # type: ignore[assignment]
-links_t: Table = IncidentAlert.__table__  # type: ignore[assignment]
-audit_t: Table = AuditEvent.__table__  # type: ignore[assignment]
 
 SEVERITY_RANK = {"none": 0, "info": 1, "warning": 2, "error": 3, "high": 3, "critical": 4, "page": 4}
 
@@ -44,37 +39,13 @@ class IngestResult:
         return bool(self.new_alert_ids or self.resolved_alert_ids)
 
 
-KEY_MAX = 1024  # incidents.key and .open_key, executions.guard_key
-
-
-def incident_key(labels: dict[str, str], group_by: Sequence[str]) -> str:
-    """The grouping key in Alertmanager's label-set notation, e.g. {alertname="X",namespace="y"}.
-
-    A key longer than its columns (long label values; non-ASCII ones are escaped, 6-12 characters
-    each) keeps a readable prefix and ends in a digest of the whole, so equal labels still make
-    equal keys instead of failing the transaction on PostgreSQL.
-    """
-    key = "{" + ",".join(f"{name}={json.dumps(labels.get(name, ''))}" for name in group_by) + "}"
-    if len(key) <= KEY_MAX:
-        return key
-    suffix = "...sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    return key[: KEY_MAX - len(suffix)] + suffix
-
-
 def unquote_receiver(receiver: str) -> str:
     """Alertmanager sends the receiver name regex-quoted (`auto\\.fix`)."""
     return re.sub(r"\\(.)", r"\1", receiver)
 
 
-def dialect_insert(conn: Connection, table: Table) -> Any:
-    """An INSERT with on_conflict_* for the connection's dialect (SQLite and PostgreSQL share the API)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 # Statements of the ingest hot path, built once: building a statement (not running it) was
 # most of the time of a new alert. Values go in as parameters at execute time.
-_INSERT_AUDIT = audit_t.insert()
 _INSERT_LINK = links_t.insert()
 _KNOWN_ALERTS = select(alerts_t.c.id, alerts_t.c.fingerprint, alerts_t.c.starts_at, alerts_t.c.status).where(
     alerts_t.c.fingerprint.in_(bindparam("fingerprints", expanding=True))
@@ -87,50 +58,21 @@ _INSERT_ALERTS = {  # many at once: which went in is told by (fingerprint, start
 }
 
 
-def audit(
-    conn: Connection,
-    *,
-    actor: str,
-    action: str,
-    incident_id: int | None,
-    detail: dict[str, Any],
-    now: datetime,
-    execution_id: int | None = None,
-    pending: PendingRows | None = None,
-) -> None:
-    """Write an audit row, or queue it in `pending` to be written with others in one statement."""
-    row = {
-        "at": now,
-        "actor": actor,
-        "action": action,
-        "incident_id": incident_id,
-        "execution_id": execution_id,
-        "detail": detail,
-    }
-    if pending is not None:
-        pending.audits.append(row)
-    else:
-        conn.execute(_INSERT_AUDIT, row)
-
-
 @dataclass
-class PendingRows:
-    """Rows nothing reads before the transaction ends, written in bulk: one statement a table, not one a row.
+class PendingRows(PendingAudits):
+    """Links and audit rows nothing reads before the transaction ends, written in bulk: one statement a table.
 
     A storm's new alert costs a link and one or two audit rows; each its own round trip was
     a third of the time. Flush before reading what they hold (resolving counts the links).
     """
 
     links: list[dict[str, Any]] = field(default_factory=list)
-    audits: list[dict[str, Any]] = field(default_factory=list)
 
     def flush(self, conn: Connection) -> None:
         if self.links:
             conn.execute(_INSERT_LINK, self.links)
             self.links = []
-        if self.audits:
-            conn.execute(_INSERT_AUDIT, self.audits)
-            self.audits = []
+        super().flush(conn)
 
 
 class OpenIncidents(dict[str, tuple[int, str]]):
@@ -354,11 +296,11 @@ def _open_incident(
     severity = alert.labels.get("severity", "none")
     cached = cache.get(key)
     if cached is not None:
-        incident_id, known_severity = cached
+        cached_id, known_severity = cached
         if severity_rank(severity) > severity_rank(known_severity):
-            conn.execute(update(incidents_t).where(incidents_t.c.id == incident_id).values(severity=severity))
-            cache[key] = (incident_id, severity)
-        return incident_id, False
+            conn.execute(update(incidents_t).where(incidents_t.c.id == cached_id).values(severity=severity))
+            cache[key] = (cached_id, severity)
+        return cached_id, False
     for _ in range(3):
         # FOR UPDATE (PostgreSQL) serialises with a concurrent resolve of the same incident.
         row = conn.execute(

@@ -19,9 +19,11 @@ import structlog
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from controlplane.db.engine import write_transaction
 from controlplane.errors import Unavailable
+from controlplane.incidents.keys import incident_key
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, OpenIncidents, incident_key, ingest_notification
+from controlplane.ingest.store import IngestResult, OpenIncidents, ingest_notification
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -162,7 +164,7 @@ class IngestWriter:
             try:
                 followups: list[Any] = []
                 results: list[IngestResult] = []
-                with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+                with write_transaction(self._engine) as conn:
                     if conn.dialect.name == "postgresql":
                         keys = incident_lock_ids([job.notification for job in batch], self._group_by)
                         conn.execute(_LOCK_IN_ORDER, {"keys": keys})

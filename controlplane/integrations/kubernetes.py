@@ -35,8 +35,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.util.retry import Retry
 
-from controlplane.actions.base import ActionError
 from controlplane.config import Settings
+from controlplane.errors import ActionError
 
 WorkloadKind = Literal["Deployment", "StatefulSet"]
 T = TypeVar("T")
@@ -129,7 +129,8 @@ def _explicit(url: str, token_file: Path | None) -> k8s.Configuration:
             # Projected ServiceAccount tokens rotate; a small file read is cheaper than a 401.
             c.api_key["authorization"] = _read_token(token_file)
 
-        configuration.refresh_api_key_hook = refresh
+        # The client's __init__ sets the hook to None, which its py.typed package leaves as the attribute's type.
+        configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
     return configuration
 
 

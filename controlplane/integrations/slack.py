@@ -1,4 +1,4 @@
-"""Owns talking to Slack's Web API: an incident's Block Kit message, its thread, and where that thread is kept.
+"""Owns talking to Slack's Web API: an incident's Block Kit message and the replies in its thread.
 
 Calls go through the real `slack_sdk.WebClient` pointed at `settings.slack_api_url`. Its own
 retry handlers are turned off: the notify actions retry with one bounded policy of their own,
@@ -10,17 +10,10 @@ answers: rate limits, 5xx and network errors may pass on another try; `invalid_a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import Connection, Table, select
-
-from controlplane.db.models import NotificationThread
-from controlplane.ingest.store import dialect_insert
-
-threads_t: Table = NotificationThread.__table__  # type: ignore[assignment]
 
 # Block Kit limits: a header's plain text, a section's text.
 _HEADER_MAX = 150
@@ -153,27 +146,3 @@ def _api_error(method: str, exc: SlackApiError) -> SlackError:
         status=status,
         retry_after=retry_after,
     )
-
-
-# -- the thread of an incident -------------------------------------------------------------
-
-
-def thread_of(conn: Connection, *, incident_id: int, channel: str) -> str | None:
-    """The `ts` of the incident's root message in `channel`, if one was posted."""
-    return conn.execute(
-        select(threads_t.c.ts).where(threads_t.c.incident_id == incident_id, threads_t.c.channel == channel)
-    ).scalar()
-
-
-def remember_thread(conn: Connection, *, incident_id: int, channel: str, ts: str, now: datetime) -> str:
-    """Keep `ts` as the incident's thread in `channel`; returns the thread in force.
-
-    Two executions of one incident may post a root message at once; the first recorded wins
-    and the other's message stays a lone root (rare, harmless, and visible in the channel).
-    """
-    conn.execute(
-        dialect_insert(conn, threads_t)
-        .values(incident_id=incident_id, channel=channel, ts=ts, created_at=now)
-        .on_conflict_do_nothing(index_elements=["incident_id", "channel"])
-    )
-    return str(thread_of(conn, incident_id=incident_id, channel=channel))

@@ -23,19 +23,18 @@ from typing import Any, Literal, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from controlplane.db.models import MetricRuleState
+from controlplane.db.engine import write_transaction
+from controlplane.db.tables import alerts_t, metric_states_t
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, alerts_t, ingest_notification
+from controlplane.ingest.store import IngestResult, ingest_notification
 from controlplane.integrations.prometheus import Reduce
 from controlplane.leader import Fence
 from controlplane.rules.schema import Rule
 
 log = structlog.get_logger("controlplane.metricrules")
-
-states_t: Table = MetricRuleState.__table__  # type: ignore[assignment]
 
 INACTIVE, PENDING, FIRING = "inactive", "pending", "firing"
 RECEIVER = "metric-rule"
@@ -155,7 +154,7 @@ def evaluate_rule(
         log.warning("metric_rule.query_failed", rule=rule.name, error=error)
 
     # The query ran outside the transaction: no database lock is held across a network call.
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         if fence is not None:
             fence(conn)  # leader-only write: a leader whose term ended (paused, replaced) records nothing
         state = _lock_state(conn, rule.name)
@@ -179,13 +178,13 @@ def evaluate_rule(
 def _lock_state(conn: Connection, rule_name: str) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     conn.execute(
-        dialect.insert(states_t)
+        dialect.insert(metric_states_t)
         .values(rule_name=rule_name, state=INACTIVE, consecutive_errors=0)
         .on_conflict_do_nothing(index_elements=["rule_name"])
     )
     # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers): two
     # evaluations of one rule, e.g. during a leader handover, apply one after the other.
-    return conn.execute(select(states_t).where(states_t.c.rule_name == rule_name).with_for_update()).one()
+    return conn.execute(select(metric_states_t).where(metric_states_t.c.rule_name == rule_name).with_for_update()).one()
 
 
 def _holds(rule: Rule, value: float | None) -> bool:
@@ -231,8 +230,8 @@ def _record_value(
             conn, FAILED_ALERTNAME, lambda labels: labels.get("rule") == rule.name, group_by, now, on_ingest
         )
     conn.execute(
-        update(states_t)
-        .where(states_t.c.rule_name == rule.name)
+        update(metric_states_t)
+        .where(metric_states_t.c.rule_name == rule.name)
         .values(
             state=new_state,
             active_since=active_since,
@@ -272,8 +271,8 @@ def _record_error(
         alert = _alert("firing", failure_alert_labels(rule), summary[:1000], starts_at=now)
         opened += _ingest(conn, alert, group_by, now, on_ingest).opened_incident_ids
     conn.execute(
-        update(states_t)
-        .where(states_t.c.rule_name == rule.name)
+        update(metric_states_t)
+        .where(metric_states_t.c.rule_name == rule.name)
         .values(last_evaluated_at=now, last_error=error, consecutive_errors=errors)
     )
     return Evaluation(

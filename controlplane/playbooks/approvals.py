@@ -14,10 +14,11 @@ import structlog
 from sqlalchemy import Connection, Engine, select
 
 from controlplane.db.engine import write_transaction
+from controlplane.db.tables import executions_t
 from controlplane.durations import format_duration
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
-from controlplane.playbooks.state import executions_t, transition
+from controlplane.playbooks.state import transition
 from controlplane.rules.schema import DEFAULT_APPROVAL_TIMEOUT, Rule
 
 log = structlog.get_logger(__name__)

@@ -20,7 +20,6 @@ from controlplane.playbooks.contexts import ActionContexts
 from controlplane.playbooks.render import RenderError, render_value
 from controlplane.playbooks.state import Status
 from controlplane.playbooks.step_store import LeaseLost, Run, StepStore
-from controlplane.playbooks.step_store import steps_t as steps_t  # imported from here by web/ and service.py
 from controlplane.playbooks.steps import StepAttempt, StepServices
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers

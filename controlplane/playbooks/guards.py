@@ -11,15 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, bindparam, func, literal_column, select, text
+from sqlalchemy import BindParameter, Connection, bindparam, func, literal_column, select, text
 
-from controlplane.db.models import AutomationState
+from controlplane.audit import audit
+from controlplane.db.tables import automation_t, dialect_insert, executions_t
 from controlplane.durations import format_duration
-from controlplane.ingest.store import audit, dialect_insert
-from controlplane.playbooks.state import ACTIVE, executions_t
+from controlplane.playbooks.state import ACTIVE
 from controlplane.rules.schema import Rule
-
-automation_t: Table = AutomationState.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,8 @@ class GuardSession:
 # Everything the guards read, in one round trip (a storm decides thousands of times a minute).
 # The indexes behind each part are in db/models.py (Execution); suppressed rows never count.
 _e = executions_t.c
-_RULE, _KEY = bindparam("rule"), bindparam("key")
+_RULE: BindParameter[str] = bindparam("rule")
+_KEY: BindParameter[str] = bindparam("key")
 # Status constants are rendered into the SQL, not bound: a prepared statement's generic plan
 # (psycopg prepares after five runs) can use the partial indexes only if it sees the literal.
 _COUNTED = _e.status != literal_column("'suppressed'")

@@ -8,13 +8,12 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from controlplane.db.tables import audit_t, executions_t, steps_t
 from controlplane.errors import Conflict, NotFound
 from controlplane.incidents.schemas import AuditEventOut
-from controlplane.ingest.store import audit_t
 from controlplane.playbooks import guards
-from controlplane.playbooks.executor import steps_t
 from controlplane.playbooks.schemas import AutomationOut, ExecutionDetail, ExecutionOut, ExecutionPage, StepOut
-from controlplane.playbooks.state import ACTIVE, executions_t, transition
+from controlplane.playbooks.state import ACTIVE, Status, transition
 
 _COLUMNS = [executions_t.c[name] for name in ExecutionOut.model_fields]
 
@@ -76,7 +75,7 @@ def get_execution(*, conn: Connection, execution_id: int) -> ExecutionDetail:
 def _decide(
     conn: Connection,
     execution_id: int,
-    to: str,
+    to: Status,
     from_states: set[str],
     *,
     actor: str,
@@ -99,7 +98,7 @@ def _decide(
         from_states=from_states,
         incident_id=current.incident_id,
         values={"decided_by": actor, "decided_at": now},
-    )  # type: ignore[arg-type]
+    )
     if not ok:
         raise Conflict(f"execution {execution_id} is {current.status}: it cannot be {verb}")
     return get_execution(conn=conn, execution_id=execution_id)

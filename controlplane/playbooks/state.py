@@ -6,12 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Table, update
+from sqlalchemy import Connection, update
 
-from controlplane.db.models import Execution
-from controlplane.ingest.store import audit
-
-executions_t: Table = Execution.__table__  # type: ignore[assignment]
+from controlplane.audit import audit
+from controlplane.db.tables import executions_t
 
 Status = Literal[
     "suppressed",

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, Engine, Row, Table, select, update
+from sqlalchemy import Connection, Engine, Row, select, update
 
+from controlplane.audit import audit
 from controlplane.db.engine import write_transaction
-from controlplane.db.models import ExecutionStep
-from controlplane.ingest.store import audit, dialect_insert
-from controlplane.playbooks.state import Status, executions_t, transition
+from controlplane.db.tables import dialect_insert, executions_t, steps_t
+from controlplane.playbooks.state import Status, transition
 from controlplane.rules.schema import Playbook, Step
-
-steps_t: Table = ExecutionStep.__table__  # type: ignore[assignment]
 
 Phase = Literal["forward", "rollback"]
 FINISHED = frozenset({"succeeded", "failed", "skipped"})

@@ -11,9 +11,10 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.actions.base import AlertView, IncidentView
-from controlplane.ingest.store import PendingRows, alerts_t, audit, incident_key, incidents_t, links_t
+from controlplane.audit import PendingAudits, audit
+from controlplane.db.tables import alerts_t, executions_t, incidents_t, links_t
+from controlplane.incidents.keys import incident_key
 from controlplane.playbooks.guards import Automation, Decision, GuardSession, automation
-from controlplane.playbooks.state import executions_t
 from controlplane.rules.schema import Playbook, Rule
 
 
@@ -35,7 +36,7 @@ class RuleSource(Protocol):
     def match(self, labels: Mapping[str, str]) -> list[Rule]: ...
 
 
-# Built once (see ingest.store): the per-alert cost of a storm is mostly statement building.
+# Built once (see ingest/store.py): the per-alert cost of a storm is mostly statement building.
 _NEW_FIRING_ALERTS = (
     select(
         alerts_t,
@@ -128,7 +129,7 @@ class _Executions:
         self.conn = conn
         self.now = now
         self.guarding = GuardSession(conn)
-        self._pending = PendingRows()
+        self._pending = PendingAudits()
         self._suppressed: list[tuple[int, dict[str, Any], Decision]] = []
         self._made: list[tuple[int, Triggered]] = []  # (order of add(), what was made)
 

@@ -19,8 +19,9 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
+from controlplane.db.tables import executions_t
 from controlplane.playbooks.executor import Executor
-from controlplane.playbooks.state import executions_t, transition
+from controlplane.playbooks.state import transition
 
 log = structlog.get_logger(__name__)
 

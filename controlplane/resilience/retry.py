@@ -16,7 +16,7 @@ import httpx
 import requests
 import tenacity
 
-from controlplane.actions.base import ActionError
+from controlplane.errors import ActionError
 from controlplane.rules.schema import RetryPolicy
 
 # OSErrors without a subclass of their own that still mean "the network, not the request".

@@ -32,16 +32,12 @@ from typing import get_args
 from argon2 import Parameters, PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, case, delete, select
+from sqlalchemy import Column, ColumnElement, Connection, Engine, case, delete, select
 from starlette.requests import Request
 
 from controlplane.config import ConsoleRole, ConsoleUser, Settings
-from controlplane.db.models import ConsoleSession, LoginAttempts
+from controlplane.db.tables import console_sessions_t, dialect_insert, login_attempts_t
 from controlplane.errors import Unavailable
-from controlplane.ingest.store import dialect_insert
-
-sessions_t: Table = ConsoleSession.__table__  # type: ignore[assignment]
-attempts_t: Table = LoginAttempts.__table__  # type: ignore[assignment]
 
 ROLES: tuple[ConsoleRole, ...] = get_args(ConsoleRole)
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -151,10 +147,10 @@ class Authenticator:
     def login(self, conn: Connection, *, user: User, now: datetime) -> Session:
         """A new session for `user`, stored; with a new CSRF token (a token seen before login is not reused)."""
         # Expired sessions are pruned here: only logins (which are throttled) add rows.
-        _prune(conn, sessions_t.c.id_hash, sessions_t.c.expires_at <= now)
+        _prune(conn, console_sessions_t.c.id_hash, console_sessions_t.c.expires_at <= now)
         sid = secrets.token_urlsafe(32)
         conn.execute(
-            sessions_t.insert().values(
+            console_sessions_t.insert().values(
                 id_hash=_digest(sid),
                 user_name=user.name,
                 password_fingerprint=_fingerprint(self.users[user.name]),
@@ -167,7 +163,7 @@ class Authenticator:
     def logout(self, conn: Connection, *, session: Session) -> None:
         """End the session on every replica: a copy of its cookie logs no one in any more."""
         if session.sid is not None:
-            conn.execute(delete(sessions_t).where(sessions_t.c.id_hash == _digest(session.sid)))
+            conn.execute(delete(console_sessions_t).where(console_sessions_t.c.id_hash == _digest(session.sid)))
 
     def encode(self, session: Session) -> str:
         return self._serializer.dumps({"c": session.csrf, "s": session.sid})
@@ -199,8 +195,8 @@ class Authenticator:
         """The user of a live session: one lookup by primary key; None when logged out, expired or re-passworded."""
         if session.sid is None:
             return None
-        query = select(sessions_t.c.user_name, sessions_t.c.password_fingerprint).where(
-            sessions_t.c.id_hash == _digest(session.sid), sessions_t.c.expires_at > now
+        query = select(console_sessions_t.c.user_name, console_sessions_t.c.password_fingerprint).where(
+            console_sessions_t.c.id_hash == _digest(session.sid), console_sessions_t.c.expires_at > now
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
@@ -259,23 +255,23 @@ class LoginThrottle:
             wait = self._count(conn, by_name, self.max_failures * self.PER_NAME_FACTOR, now)
         if self._next_prune is None or now >= self._next_prune:
             self._next_prune = now + self._PRUNE_EVERY
-            _prune(conn, attempts_t.c.key, attempts_t.c.window_start <= now - self.window)
+            _prune(conn, login_attempts_t.c.key, login_attempts_t.c.window_start <= now - self.window)
         return wait
 
     def succeeded(self, conn: Connection, *, name: str, address: str) -> None:
         for key in self._keys(name, address):  # one at a time, in the order `attempt` locks them: no deadlock
-            conn.execute(delete(attempts_t).where(attempts_t.c.key == key))
+            conn.execute(delete(login_attempts_t).where(login_attempts_t.c.key == key))
 
     def _count(self, conn: Connection, key: str, limit: int, now: datetime) -> int | None:
-        ended = attempts_t.c.window_start <= now - self.window
-        stmt = dialect_insert(conn, attempts_t).values(key=key, window_start=now, attempts=1)
+        ended = login_attempts_t.c.window_start <= now - self.window
+        stmt = dialect_insert(conn, login_attempts_t).values(key=key, window_start=now, attempts=1)
         stmt = stmt.on_conflict_do_update(
             index_elements=["key"],
             set_={
-                "attempts": case((ended, 1), else_=attempts_t.c.attempts + 1),
-                "window_start": case((ended, stmt.excluded.window_start), else_=attempts_t.c.window_start),
+                "attempts": case((ended, 1), else_=login_attempts_t.c.attempts + 1),
+                "window_start": case((ended, stmt.excluded.window_start), else_=login_attempts_t.c.window_start),
             },
-        ).returning(attempts_t.c.attempts, attempts_t.c.window_start)
+        ).returning(login_attempts_t.c.attempts, login_attempts_t.c.window_start)
         attempts, window_start = conn.execute(stmt).one()
         if attempts <= limit:
             return None

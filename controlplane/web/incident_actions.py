@@ -11,8 +11,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from controlplane.audit import audit
+from controlplane.db.tables import incidents_t
 from controlplane.errors import Conflict, InvalidInput, NotFound
-from controlplane.ingest.store import audit, incidents_t
 
 NOTE_MAX_CHARS = 4000
 

@@ -9,8 +9,8 @@ plain form POST with a redirect, so everything works without JavaScript too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -28,13 +28,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import grafana
-from controlplane.actions.silence import silences_t
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
+from controlplane.audit import audit
 from controlplane.config import ConsoleRole
+from controlplane.db.engine import write_transaction
+from controlplane.db.tables import silences_t
 from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
 from controlplane.incidents.schemas import IncidentStatus
-from controlplane.ingest.store import audit
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
@@ -158,11 +159,9 @@ def _actor(user: User) -> str:
     return f"user:{user.name}"
 
 
-@contextmanager
-def write_tx(engine: Engine) -> Iterator[Connection]:
+def write_tx(engine: Engine) -> AbstractContextManager[Connection]:
     """Committed before the response is built, so the redirect or refresh that follows sees the change."""
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
-        yield conn
+    return write_transaction(engine)
 
 
 # -- rendering ---------------------------------------------------------------------------------

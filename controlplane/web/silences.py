@@ -11,12 +11,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from controlplane.actions.silence import silences_t
+from controlplane.audit import audit
 from controlplane.config import Settings
+from controlplane.db.engine import write_transaction
+from controlplane.db.tables import dialect_insert, silences_t
 from controlplane.durations import format_duration
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incidents
-from controlplane.ingest.store import audit, dialect_insert
 from controlplane.integrations.alertmanager import AlertmanagerClient, AlertmanagerError, equality_matchers
 
 # What the console offers (within alertmanager.silence's 7 days); anything else is refused, not rounded.
@@ -55,7 +56,7 @@ def silence_incident(
         if exc.retriable:
             raise Unavailable(f"Alertmanager did not take the silence: {exc}") from None
         raise InvalidInput(f"Alertmanager refused the silence: {exc}") from None
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         conn.execute(
             dialect_insert(conn, silences_t)
             .values(

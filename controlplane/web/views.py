@@ -17,19 +17,15 @@ from urllib.parse import urlencode
 
 from sqlalchemy import Connection, Table, and_, case, func, or_, select
 
-from controlplane.db.models import MetricRuleState
+from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, metric_states_t, steps_t
 from controlplane.errors import NotFound
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
 from controlplane.incidents.service import alert_counts
-from controlplane.ingest.store import alerts_t, audit_t, incidents_t, links_t
 from controlplane.playbooks import service as executions
-from controlplane.playbooks.executor import steps_t
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
-from controlplane.playbooks.state import ACTIVE, executions_t
+from controlplane.playbooks.state import ACTIVE
 from controlplane.rules.loader import RuleSet
 from controlplane.rules.schema import Playbook, Rule
-
-metric_states_t: Table = MetricRuleState.__table__  # type: ignore[assignment]
 
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 SEVERITIES = ("critical", "error", "warning", "info", "none")

@@ -25,7 +25,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import func, select
 
 from controlplane.app import create_app
-from controlplane.ingest.store import alerts_t, links_t
+from controlplane.db.tables import alerts_t, links_t
 from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
 
 EXAMPLES = int(os.environ.get("CONTROLPLANE_FUZZ_EXAMPLES", "25")) * 8  # cheap: about 15 ms each

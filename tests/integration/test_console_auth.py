@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from controlplane.app import create_app
 from controlplane.db.engine import make_engine
-from controlplane.ingest.store import audit_t
+from controlplane.db.tables import audit_t
 from tests.conftest import make_settings
 from tests.integration.serverproc import ServerProcess
 

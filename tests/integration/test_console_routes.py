@@ -24,8 +24,7 @@ from controlplane.cli import main
 from controlplane.config import SettingsError, load_settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
-from controlplane.ingest.store import audit_t, incidents_t
-from controlplane.playbooks.state import executions_t
+from controlplane.db.tables import audit_t, executions_t, incidents_t
 from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.web import views
 from controlplane.web.auth import LoginThrottle, console_user

@@ -29,8 +29,7 @@ from sqlalchemy import select
 
 from controlplane.app import create_app
 from controlplane.db.engine import make_engine
-from controlplane.ingest.store import audit_t
-from controlplane.playbooks.state import executions_t
+from controlplane.db.tables import audit_t, executions_t
 from tests.conftest import WEBHOOK, make_settings
 from tests.integration.serverproc import (
     AUTH,

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from controlplane.db.tables import alerts_t, audit_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, alerts_t, audit_t, incidents_t, ingest_notification
+from controlplane.ingest.store import IngestResult, ingest_notification
 from tests.conftest import count_rows, load_payload
 
 GROUP_BY = ["alertname", "namespace"]

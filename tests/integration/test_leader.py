@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
-from controlplane.ingest.store import audit_t
+from controlplane.db.tables import audit_t
 from controlplane.leader import LeaderElector, StaleLeader
 
 
@@ -107,7 +107,7 @@ def test_a_stale_leader_evaluates_no_metric_rule(engine: Engine) -> None:
     """Leader-only writes carry the term: a replaced leader's evaluation records nothing."""
     import yaml
 
-    from controlplane.db.models import MetricRuleState
+    from controlplane.db.tables import metric_states_t
     from controlplane.metricrules.evaluator import evaluate_rule
     from controlplane.rules.schema import Rule
 
@@ -123,7 +123,7 @@ def test_a_stale_leader_evaluates_no_metric_rule(engine: Engine) -> None:
     old.tick()
     rule = Rule.model_validate(yaml.safe_load("{name: deep, when: {query: q, above: 1}, playbook: p}"))
     evaluate_rule(rule, client=Prometheus(), engine=engine, now=clock(), fence=old.fence)  # type: ignore[arg-type]
-    states = MetricRuleState.__table__
+    states = metric_states_t
     with engine.connect() as conn:
         assert conn.execute(select(states.c.state)).scalar() == "firing"
     clock.advance(20)

@@ -14,8 +14,10 @@ from sqlalchemy import Connection, Engine, select
 
 from controlplane.db.engine import make_engine
 from controlplane.db.models import MetricRuleState
+from controlplane.db.tables import alerts_t, incidents_t
+from controlplane.incidents.keys import incident_key
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, alerts_t, incident_key, incidents_t
+from controlplane.ingest.store import IngestResult
 from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.metricrules.evaluator import (
     FAILED_ALERTNAME,

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from controlplane.app import create_app
-from controlplane.ingest.store import audit_t
+from controlplane.db.tables import audit_t
 from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, load_payload, make_settings
 
 NUL = "a\x00b"

@@ -24,11 +24,9 @@ from controlplane.actions.base import (
     registry,
 )
 from controlplane.config import Settings
-from controlplane.db.models import NotificationThread
-from controlplane.ingest.store import audit_t, incidents_t
+from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
 from controlplane.playbooks.executor import Executor
-from controlplane.playbooks.state import executions_t
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
@@ -204,7 +202,7 @@ def test_slack_posts_the_incident_then_replies_in_its_thread_and_updates_its_sta
         assert reply.thread_ts == root.ts and reply.text == "Graph disabled"
         assert slack_api.calls("chat.update") == []  # the status did not change
         with engine.connect() as conn:
-            thread = conn.execute(select(NotificationThread.__table__)).one()  # type: ignore[call-overload]
+            thread = conn.execute(select(notification_threads_t)).one()
         assert (thread.incident_id, thread.channel, thread.ts) == (incident_id, "#oncall", root.ts)
         outputs = [s.output for s in detail.steps]
         assert [o["delivered"] for o in outputs] == [True, True]

@@ -25,12 +25,12 @@ from controlplane.actions.base import (
     action,
     load_builtin_actions,
 )
+from controlplane.db.tables import executions_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import incidents_t, ingest_notification
+from controlplane.ingest.store import ingest_notification
 from controlplane.playbooks import service
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.schemas import ExecutionDetail
-from controlplane.playbooks.state import executions_t
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.playbooks.worker import Worker, claim_next
 from controlplane.resilience.circuit_breaker import CircuitBreakers

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from controlplane.actions.base import ActionError, registry
-from controlplane.actions.silence import SilenceParams, expire_silences_for_incident, silences_t
+from controlplane.actions.silence import SilenceParams, expire_silences_for_incident
 from controlplane.config import Settings
+from controlplane.db.tables import silences_t
 from controlplane.integrations.alertmanager import AlertmanagerClient
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import make_settings

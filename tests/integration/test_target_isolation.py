@@ -21,14 +21,12 @@ from sqlalchemy import Engine, select
 
 from controlplane.actions.base import ActionContext, ActionError, load_builtin_actions
 from controlplane.app import create_app
-from controlplane.db.models import ExecutionStep
-from controlplane.playbooks.state import executions_t
+from controlplane.db.tables import executions_t, steps_t
 from controlplane.rules.schema import Target
 from tests.conftest import WEBHOOK, make_settings
 from tests.integration.serverproc import AUTH, run_id, unique_notification
 from tests.standins.http_target import Arrival, HttpTarget
 
-steps_t = ExecutionStep.__table__
 HUNG_STEPS = 4  # as many as the old shared action pool had threads (worker_threads 2 x 2)
 HUNG_STEP_TIMEOUT = 1.0
 HEALTHY_STEP_TIMEOUT = 3.0

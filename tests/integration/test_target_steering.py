@@ -27,13 +27,11 @@ from controlplane.actions.http import HttpRequestParams
 from controlplane.app import create_app
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
-from controlplane.db.models import ExecutionStep
-from controlplane.playbooks.state import executions_t
+from controlplane.db.tables import executions_t, steps_t
 from tests.conftest import WEBHOOK, make_settings
 from tests.integration.serverproc import AUTH, run_id, unique_notification
 from tests.standins.http_target import HttpTarget
 
-steps_t = ExecutionStep.__table__
 registry = load_builtin_actions()
 FAILURE_THRESHOLD = 5  # CircuitBreakers' default
 

@@ -128,7 +128,7 @@ def _executions(url: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     from controlplane.db.engine import make_engine
-    from controlplane.playbooks.state import executions_t
+    from controlplane.db.tables import executions_t
 
     engine = make_engine(url)
     try:
