@@ -42,6 +42,7 @@ $(CHECKOV): | $(BIN)/python
 
 test: install-dev test-deps $(CHECKOV)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The fuzz tests (schemathesis on the API, hypothesis on the webhook) with many more examples than
@@ -83,6 +84,7 @@ endif
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/ruff format --check .
 
 clean:

@@ -36,6 +36,8 @@ class SettingsError(Exception):
 
 
 ConsoleRole = Literal["viewer", "operator", "admin"]
+NotifyRoute = Literal["pagerduty", "slack", "log"]
+_DEFAULT_NOTIFY_ROUTES: dict[str, NotifyRoute] = {"critical": "pagerduty", "warning": "slack", "*": "log"}
 
 
 class ConsoleUser(BaseModel):
@@ -118,9 +120,7 @@ class Settings(BaseSettings):
     pagerduty_routing_key_file: Path | None = None
     pagerduty_url: str = "https://events.pagerduty.com"
     # Severity routing (seed 002): where notify.oncall sends, by incident severity.
-    notify_routes: dict[str, Literal["pagerduty", "slack", "log"]] = Field(
-        default_factory=lambda: {"critical": "pagerduty", "warning": "slack", "*": "log"}
-    )
+    notify_routes: dict[str, NotifyRoute] = Field(default_factory=lambda: _DEFAULT_NOTIFY_ROUTES.copy())
     alertmanager_url: str = "http://127.0.0.1:9093"
     # Web console. Users come from this list (JSON in the environment) or a YAML/JSON file, or a
     # trusted auth proxy names the user in a header (the proxy must drop that header from clients).

@@ -168,7 +168,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._forget()
         if self.transport.is_closing():  # already ending (uvicorn's own 400, keep-alive timeout, shutdown)
             return
-        self.count_closed(reason)
+        type(self).count_closed(reason)  # a staticmethod (protocol_for): no self
         if response is not None:
             self.transport.write(response)
         self.transport.close()

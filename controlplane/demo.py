@@ -14,6 +14,7 @@ window divided by `time_scale` (30: 2m -> 4s, 5m -> 10s), and the rules copy pol
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -222,7 +223,7 @@ class Stack:
         self._wait("sample service", lambda: self._ok(f"{self.sample_url}/health"))
         self._wait("control plane", lambda: self._ok(f"{self.controlplane_url}/ready"))
         for url in self.alertmanager_urls:
-            self._wait(f"alertmanager {url}", lambda url=url: self._cluster_ready(url))
+            self._wait(f"alertmanager {url}", functools.partial(self._cluster_ready, url))
         self._wait("prometheus", self._prometheus_ready)
 
     def stop(self) -> None:

@@ -23,7 +23,7 @@ IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 async def get_services(request: Request) -> Services:
     # async: a sync dependency would cost every webhook a hop through the thread pool.
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -10,6 +10,7 @@ import ast
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,7 +62,7 @@ class PrometheusClient:
             # Hand back the last 5xx instead of raising RetryError, so its error text reaches us.
             raise_on_status=False,
         )
-        self._conn = PrometheusConnect(url=self.url, disable_ssl=True, retry=retry, timeout=timeout)  # type: ignore[arg-type]
+        self._conn = PrometheusConnect(url=self.url, disable_ssl=True, retry=retry, timeout=timeout)
 
     def query_vector(self, promql: str) -> list[Sample]:
         """Run an instant query; a scalar result comes back as one sample without labels."""
@@ -97,7 +98,8 @@ class PrometheusClient:
                     retriable=False,
                 )
             return values[0]
-        return {"sum": math.fsum, "max": max, "min": min}[reduce](values)
+        reductions: dict[str, Callable[[list[float]], float]] = {"sum": math.fsum, "max": max, "min": min}
+        return reductions[reduce](values)
 
     def _query(self, promql: str) -> list[Any]:
         try:

@@ -375,9 +375,10 @@ class CircuitBreakers:
             with self._lock:
                 breaker = self._breakers.get(name)
                 if breaker is None:
+                    merged: BreakerSettings = {**self._defaults, **settings}
                     breaker = CircuitBreaker(
                         name,
-                        **{**self._defaults, **settings},
+                        **merged,
                         clock=self._clock,
                         on_state_change=self._on_state_change,
                     )

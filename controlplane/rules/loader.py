@@ -133,8 +133,8 @@ class _YAMLProblem(yaml.MarkedYAMLError):
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys: PyYAML keeps the last one silently, hiding half a rule."""
 
-    def compose_mapping_node(self, anchor: str | None) -> MappingNode:
-        node: MappingNode = super().compose_mapping_node(anchor)  # type: ignore[no-untyped-call]
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
+        node: MappingNode = super().compose_mapping_node(anchor)
         seen: dict[tuple[str, str], int] = {}
         for key, _ in node.value:
             if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
@@ -266,7 +266,7 @@ def _read(path: Path, errors: list[RuleFileError]) -> _Source | None:
         errors.append(RuleFileError(path, 1, "invalid YAML: nested too deeply"))
     finally:
         if loader is not None:
-            loader.dispose()  # type: ignore[no-untyped-call]
+            loader.dispose()
     return None
 
 
@@ -362,7 +362,8 @@ def _broken_playbook(source: _Source, index: int, raw: dict[Any, Any]) -> _Item[
     name = raw.get("name")
     playbook = Playbook.model_construct(name=name if isinstance(name, str) else "", steps=[])
     item = _Item(source, index, playbook)
-    for j, step in enumerate(raw.get("steps") if isinstance(raw.get("steps"), list) else []):
+    steps = raw.get("steps")
+    for j, step in enumerate(steps if isinstance(steps, list) else []):
         step_id = step.get("id") if isinstance(step, dict) and isinstance(step.get("id"), str) else None
         try:
             item.steps.append((j, Step.model_validate(step), step_id))

@@ -82,6 +82,7 @@ def referenced_steps(text: str, *, is_expression: bool = False) -> set[str]:
         tree = env.parse(text)
     found: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)  # what find_all was asked for
         if not (isinstance(node.node, nodes.Name) and node.node.name == "steps"):
             continue
         if isinstance(node, nodes.Getattr):

@@ -187,7 +187,7 @@ class Authenticator:
         configured = self.users.get(name)
         given = headers.get(self.role_header.lower(), "").strip().lower() if self.role_header else ""
         role: ConsoleRole = (
-            given if given in _RANK else configured.role if configured else self.default_role  # type: ignore[assignment]
+            given if given in _RANK else configured.role if configured else self.default_role
         )
         return User(name, role)
 

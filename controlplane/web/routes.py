@@ -84,7 +84,7 @@ class LoginRequired(Exception):
 
 
 def get_console(request: Request) -> Console:
-    return request.app.state.console  # type: ignore[no-any-return]
+    return request.app.state.console
 
 
 ConsoleDep = Annotated[Console, Depends(get_console)]
