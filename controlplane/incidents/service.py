@@ -1,14 +1,22 @@
-"""Owns reading incidents and alerts: newest first, keyset-paginated, no HTTP here."""
+"""Owns the incident service functions: reading incidents and alerts (keyset-paginated), and what people do
+to an incident by hand (acknowledge, resolve, add a note). Audited; no HTTP here.
+
+Status changes go through incidents/state.py's `transition()`: two people (or a person and a
+resolving webhook) racing on one incident leave exactly one winner, and the loser gets a
+Conflict that says what happened.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import Connection, RowMapping, case, func, select
+from sqlalchemy import Connection, RowMapping, case, func, select, update
 
+from controlplane.audit import audit
 from controlplane.db.tables import alerts_t, audit_t, incidents_t, links_t
-from controlplane.errors import NotFound
+from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.incidents.schemas import (
     AlertOut,
     AlertPage,
@@ -18,6 +26,7 @@ from controlplane.incidents.schemas import (
     IncidentPage,
     TimelinePage,
 )
+from controlplane.incidents.state import transition
 
 _ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
@@ -156,3 +165,39 @@ def list_alerts(
 
 def count_open_incidents(*, conn: Connection) -> int:
     return conn.execute(select(func.count(incidents_t.c.open_key))).scalar_one()
+
+
+# -- by hand -------------------------------------------------------------------------------------
+
+NOTE_MAX_CHARS = 4000
+
+
+def _status(conn: Connection, incident_id: int) -> str:
+    status = conn.execute(select(incidents_t.c.status).where(incidents_t.c.id == incident_id)).scalar()
+    if status is None:
+        raise NotFound(f"incident {incident_id} not found")
+    return str(status)
+
+
+def acknowledge(*, conn: Connection, incident_id: int, actor: str, now: datetime) -> None:
+    """open -> acknowledged: someone is on it. Alerts keep flowing in; the incident stays unresolved."""
+    if not transition(conn, incident_id, "acknowledged", actor=actor, now=now):
+        raise Conflict(f"incident {incident_id} is {_status(conn, incident_id)}: only an open one can be acknowledged")
+
+
+def resolve(*, conn: Connection, incident_id: int, actor: str, now: datetime, reason: str = "") -> None:
+    """Resolve by hand. The key is freed, so an alert that fires again for it opens a new incident."""
+    if not transition(conn, incident_id, "resolved", actor=actor, now=now, detail={"manual": True, "reason": reason}):
+        _status(conn, incident_id)  # NotFound when it does not exist
+        raise Conflict(f"incident {incident_id} is already resolved")
+
+
+def add_note(*, conn: Connection, incident_id: int, actor: str, text: str, now: datetime) -> None:
+    text = text.strip()
+    if not text:
+        raise InvalidInput("a note needs some text")
+    if len(text) > NOTE_MAX_CHARS:
+        raise InvalidInput(f"a note has at most {NOTE_MAX_CHARS} characters")
+    _status(conn, incident_id)
+    conn.execute(update(incidents_t).where(incidents_t.c.id == incident_id).values(updated_at=now))
+    audit(conn, actor=actor, action="incident.note", incident_id=incident_id, detail={"text": text}, now=now)

@@ -21,9 +21,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
 from controlplane.errors import Unavailable
+from controlplane.incidents.grouping import OpenIncidents
 from controlplane.incidents.keys import incident_key
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, OpenIncidents, ingest_notification
+from controlplane.ingest.store import IngestResult, ingest_notification
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)

@@ -35,12 +35,13 @@ from controlplane.config import ConsoleRole
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import silences_t
 from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
+from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
 from controlplane.text import printable
-from controlplane.web import csrf, incident_actions, silences, views
+from controlplane.web import csrf, silences, views
 from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
 
@@ -415,7 +416,7 @@ def acknowledge(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
 ) -> Response:
     with write_tx(services.engine) as conn:
-        incident_actions.acknowledge(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now())
+        incident_service.acknowledge(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now())
     return done(request, f"Incident #{incident_id} acknowledged.", form, f"/incidents/{incident_id}")
 
 
@@ -423,7 +424,7 @@ def acknowledge(
 def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     reason = form.get("reason", "")[:2000]
     with write_tx(services.engine) as conn:
-        incident_actions.resolve(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now(), reason=reason)
+        incident_service.resolve(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now(), reason=reason)
     return done(request, f"Incident #{incident_id} resolved.", form, f"/incidents/{incident_id}")
 
 
@@ -432,7 +433,7 @@ def add_note(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
 ) -> Response:
     with write_tx(services.engine) as conn:
-        incident_actions.add_note(
+        incident_service.add_note(
             conn=conn, incident_id=incident_id, actor=_actor(user), text=form.get("text", ""), now=_now()
         )
     return done(request, "Note added.", form, f"/incidents/{incident_id}")
