@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -11,7 +10,6 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from sqlalchemy import Connection, Engine
 
 from controlplane.actions.base import ActionRegistry, load_builtin_actions
-from controlplane.actions.silence import expire_silences_for_incident
 from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db import migrate
@@ -33,6 +31,7 @@ from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
 from controlplane.rules.holder import RulesHolder
+from controlplane.silences.service import ExpiryOnResolve
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -50,7 +49,7 @@ class Services:
     worker: Worker
     scheduler: MetricRuleScheduler
     head_revision: str | None
-    _silence_expiry: ThreadPoolExecutor
+    silence_expiry: ExpiryOnResolve
     failover: FailoverManager
     health_checker: HealthChecker
     elector: LeaderElector
@@ -65,8 +64,7 @@ class Services:
         registry = load_builtin_actions()
         rules = RulesHolder(settings.rules_dir, registry)
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
-        # Its own thread: expiring silences must not wait behind action calls, nor they behind it.
-        expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silence-expiry")
+        expiry = ExpiryOnResolve(engine, settings)
         executor = Executor(
             engine=engine,
             registry=registry,
@@ -104,7 +102,8 @@ class Services:
 
         def after_commit(results: list[IngestResult], executions: list[Triggered]) -> None:
             triggered(executions)
-            _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids])
+            for incident_id in (i for r in results for i in r.resolved_incident_ids):
+                expiry.submit(incident_id)
 
         writer = IngestWriter(
             engine,
@@ -204,7 +203,7 @@ class Services:
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
-        self._silence_expiry.shutdown(wait=False, cancel_futures=True)
+        self.silence_expiry.shutdown()
         self.engine.dispose()
 
     def reload_rules(self) -> None:
@@ -238,15 +237,6 @@ def _warn_if_open(settings: Settings) -> None:
             open=open_parts,
             fix="set CONTROLPLANE_WEBHOOK_TOKEN and CONTROLPLANE_READ_TOKEN (or their _FILE variants)",
         )
-
-
-def _expire_silences(expiry: ThreadPoolExecutor, engine: Engine, settings: Settings, incident_ids: list[int]) -> None:
-    """Silences we created for an incident end when it resolves; off the webhook's path (HTTP calls).
-
-    One thread, so at most one Alertmanager call at a time; each queued item is an incident id.
-    """
-    for incident_id in incident_ids:
-        expiry.submit(expire_silences_for_incident, engine, settings, incident_id, "controlplane:resolve")
 
 
 def _audit_breaker(engine: Engine, name: str, old: State, new: State) -> None:

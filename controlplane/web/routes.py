@@ -40,8 +40,9 @@ from controlplane.incidents.schemas import IncidentStatus
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
+from controlplane.silences import service as silences
 from controlplane.text import printable
-from controlplane.web import csrf, silences, views
+from controlplane.web import csrf, views
 from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
 
@@ -443,7 +444,7 @@ def add_note(
 def silence(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     silence_id = silences.silence_incident(
         engine=services.engine,
-        settings=services.settings,
+        alertmanager_url=services.settings.alertmanager_url,
         incident_id=incident_id,
         duration=form.get("duration", ""),
         comment=form.get("comment", ""),
