@@ -33,7 +33,6 @@ from controlplane.api.errors import status_for
 from controlplane.audit import audit
 from controlplane.config import ConsoleRole
 from controlplane.db.engine import write_transaction
-from controlplane.db.tables import silences_t
 from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
 from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
@@ -407,7 +406,7 @@ def incident_page(
         version = views.incident_version(conn=conn, incident_id=incident_id)
         if v == version and is_htmx(request):
             return Response(status_code=204)  # unchanged: keep what the reader has open
-        view = views.incident_view(conn=conn, incident_id=incident_id, silences_table=silences_t)
+        view = views.incident_view(conn=conn, incident_id=incident_id)
     context = {"view": view, "version": version, "durations": list(silences.DURATIONS)}
     return page(request, services, "incident.html", context, block="live")
 
