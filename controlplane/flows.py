@@ -1,4 +1,4 @@
-"""Owns the sequences that cross domains: what follows new alerts and a fired metric rule.
+"""Owns the sequences that cross domains: what follows new alerts, a fired metric rule, an approval.
 
 Each domain does its own part (ingest stores alerts, incidents groups them, playbooks makes and
 runs executions, silences expires what muted a resolved incident); the functions here say in which
@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
+from controlplane.db.engine import write_transaction
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult
+from controlplane.playbooks import service as executions
+from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.holder import RulesHolder
 from controlplane.rules.loader import RuleSet
@@ -83,6 +87,20 @@ def on_metric_rule_fired(
         conn, alert_ids=result.new_alert_ids, rules=rules, default_group_by=default_group_by, only=rule
     )
     executions_created(triggered, metrics=metrics, wake=wake)
+
+
+def approve_execution(
+    *, engine: Engine, execution_id: int, actor: str, reason: str, now: datetime, wake: Wake
+) -> ExecutionDetail:
+    """Approve an execution awaiting approval, commit, then wake the workers so it runs now, not at the next poll.
+
+    The wake comes after the commit: a worker woken earlier might look before the approval is
+    visible and go back to sleep for a whole poll.
+    """
+    with write_transaction(engine) as conn:
+        detail = executions.approve(conn=conn, execution_id=execution_id, actor=actor, reason=reason, now=now)
+    wake()
+    return detail
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controlplane import grafana
+from controlplane import flows, grafana
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.audit import audit
@@ -463,7 +463,7 @@ def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) ->
     return page(request, services, "approvals.html", {"waiting": waiting}, block="list")
 
 
-_DECISIONS = {"approve": executions.approve, "reject": executions.reject, "cancel": executions.cancel}
+_DECISIONS = {"reject": executions.reject, "cancel": executions.cancel}  # approving is a flow: it wakes the workers
 _DONE = {"approve": "approved", "reject": "rejected", "cancel": "cancelled"}
 
 
@@ -471,13 +471,21 @@ _DONE = {"approve": "approved", "reject": "rejected", "cancel": "cancelled"}
 def decide(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, execution_id: IdPath, decision: str
 ) -> Response:
-    act = _DECISIONS.get(decision)
-    if act is None:
+    if decision not in _DONE:
         raise InvalidInput(f"unknown decision {decision!r}: approve, reject or cancel")
-    with write_tx(services.engine) as conn:
-        act(conn=conn, execution_id=execution_id, actor=_actor(user), reason=form.get("reason", "")[:2000], now=_now())
+    reason = form.get("reason", "")[:2000]
     if decision == "approve":
-        services.wake_workers()
+        flows.approve_execution(
+            engine=services.engine,
+            execution_id=execution_id,
+            actor=_actor(user),
+            reason=reason,
+            now=_now(),
+            wake=services.wake_workers,
+        )
+    else:
+        with write_tx(services.engine) as conn:
+            _DECISIONS[decision](conn=conn, execution_id=execution_id, actor=_actor(user), reason=reason, now=_now())
     return done(request, f"Execution #{execution_id} {_DONE[decision]}.", form, "/approvals")
 
 
