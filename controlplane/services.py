@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from controlplane.actions.base import ActionRegistry, load_builtin_actions
-from controlplane.actions.silence import expire_silences_for_incident
 from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.failover.checker import HealthChecker
 from controlplane.failover.manager import FailoverManager
+from controlplane.flows import AlertFlows
 from controlplane.incidents.service import count_open_incidents
-from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult
 from controlplane.ingest.writer import IngestWriter
 from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
@@ -28,11 +25,11 @@ from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.approvals import ApprovalTimeouts
 from controlplane.playbooks.executor import Executor
-from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
 from controlplane.rules.holder import RulesHolder
+from controlplane.silences.service import ExpiryOnResolve
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -50,7 +47,7 @@ class Services:
     worker: Worker
     scheduler: MetricRuleScheduler
     head_revision: str | None
-    _silence_expiry: ThreadPoolExecutor
+    silence_expiry: ExpiryOnResolve
     failover: FailoverManager
     health_checker: HealthChecker
     elector: LeaderElector
@@ -65,8 +62,7 @@ class Services:
         registry = load_builtin_actions()
         rules = RulesHolder(settings.rules_dir, registry)
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
-        # Its own thread: expiring silences must not wait behind action calls, nor they behind it.
-        expiry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silence-expiry")
+        expiry = ExpiryOnResolve(engine, settings)
         executor = Executor(
             engine=engine,
             registry=registry,
@@ -85,53 +81,22 @@ class Services:
             poll_seconds=settings.worker_poll_seconds,
             max_claims=settings.max_claims,
         )
-
-        def trigger(conn: Connection, result: IngestResult) -> list[Triggered]:
-            if not len(rules.current.index):  # no alert rules: spare the hot path a query
-                return []
-            return trigger_for_alerts(
-                conn, alert_ids=result.new_alert_ids, rules=rules.current, default_group_by=settings.incident_group_by
-            )
-
         elector = LeaderElector(engine, instance_id=settings.instance_id, lease_seconds=LEADER_LEASE_SECONDS)
-
-        def triggered(executions: list[Triggered]) -> None:
-            for t in executions:
-                if t.guard:
-                    metrics.guard_suppressions.labels(t.rule, t.guard).inc()
-            if any(t.status == "pending" for t in executions):
-                worker.notify()
-
-        def after_commit(results: list[IngestResult], executions: list[Triggered]) -> None:
-            triggered(executions)
-            _expire_silences(expiry, engine, settings, [i for r in results for i in r.resolved_incident_ids])
-
+        flows = AlertFlows(
+            rules=rules,
+            default_group_by=settings.incident_group_by,
+            metrics=metrics,
+            wake=worker.notify,
+            expire_silences=expiry.submit,
+        )
         writer = IngestWriter(
             engine,
             group_by=settings.incident_group_by,
             metrics=metrics,
             max_batch=settings.ingest_max_batch,
             commit_timeout=settings.ingest_timeout_seconds,
-            after_ingest=trigger,
-            after_commit=after_commit,
+            hook=flows,
         )
-
-        def metric_rule_fired(conn: Connection, notification: AlertmanagerNotification, result: IngestResult) -> None:
-            # Inside the evaluation's transaction: the incident and its executions commit together.
-            # The synthetic alert is named after its rule; MetricRuleEvaluationFailed has no rule.
-            rule = rules.current.rule(notification.alerts[0].alertname)
-            if rule is None or rule.when is None or not result.new_alert_ids:
-                return
-            triggered(
-                trigger_for_alerts(
-                    conn,
-                    alert_ids=result.new_alert_ids,
-                    rules=rules.current,
-                    default_group_by=settings.incident_group_by,
-                    only=rule,
-                )
-            )
-
         # Metric rules and health checks are leader work: on other replicas their providers
         # are empty, so their jobs are removed; a change of leader resyncs them.
         scheduler = MetricRuleScheduler(
@@ -141,7 +106,7 @@ class Services:
             metrics=MetricRuleMetrics(metrics.registry),
             interval_seconds=settings.metric_rule_interval_seconds,
             group_by=settings.incident_group_by,
-            on_ingest=metric_rule_fired,
+            on_ingest=flows.metric_rule_fired,
             fence=elector.fence,
         )
         failover = FailoverManager(
@@ -153,12 +118,6 @@ class Services:
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
         )
-
-        def leadership_changed(_leader: bool, _term: int) -> None:
-            scheduler.resync()
-            health_checker.resync()
-
-        elector.on_change = leadership_changed
         services = cls(
             settings,
             engine,
@@ -176,6 +135,7 @@ class Services:
             elector=elector,
             approval_timeouts=approval_timeouts,
         )
+        elector.on_change = services.leadership_changed
         metrics.watch_open_incidents(services.open_incidents_or_none)
         metrics.watch_automation(engine)
         return services
@@ -204,12 +164,17 @@ class Services:
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
-        self._silence_expiry.shutdown(wait=False, cancel_futures=True)
+        self.silence_expiry.shutdown()
         self.engine.dispose()
 
     def reload_rules(self) -> None:
         """Load the rule files again (raises RuleLoadError and keeps the rules in force on errors)."""
         self.rules.load()
+        self.scheduler.resync()
+        self.health_checker.resync()
+
+    def leadership_changed(self, _leader: bool, _term: int) -> None:
+        """The leader's work (metric rules, health checks) follows the lease: its jobs are added or dropped."""
         self.scheduler.resync()
         self.health_checker.resync()
 
@@ -238,15 +203,6 @@ def _warn_if_open(settings: Settings) -> None:
             open=open_parts,
             fix="set CONTROLPLANE_WEBHOOK_TOKEN and CONTROLPLANE_READ_TOKEN (or their _FILE variants)",
         )
-
-
-def _expire_silences(expiry: ThreadPoolExecutor, engine: Engine, settings: Settings, incident_ids: list[int]) -> None:
-    """Silences we created for an incident end when it resolves; off the webhook's path (HTTP calls).
-
-    One thread, so at most one Alertmanager call at a time; each queued item is an incident id.
-    """
-    for incident_id in incident_ids:
-        expiry.submit(expire_silences_for_incident, engine, settings, incident_id, "controlplane:resolve")
 
 
 def _audit_breaker(engine: Engine, name: str, old: State, new: State) -> None:

@@ -1,31 +1,20 @@
-"""Owns silences the control plane creates in Alertmanager: `alertmanager.silence`, its inverse, and expiry on resolve.
+"""Owns the silence actions: `alertmanager.silence` and its inverse, thin over the silences domain (silences/).
 
-Every silence is recorded in the `silences` table with the Alertmanager it went to, so a
-rollback or the incident's resolution can expire it there even after the settings change.
 A rule rolls a silence back with
 `rollback: {action: alertmanager.expire_silence, with: {silence_id: "{{ steps.<id>.value }}"}}`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, timedelta
 
-import structlog
 from pydantic import Field
-from sqlalchemy import Engine, select, update
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.audit import audit
-from controlplane.config import Settings
-from controlplane.db.engine import write_transaction
-from controlplane.db.tables import dialect_insert, silences_t
 from controlplane.durations import Duration, format_duration
-from controlplane.integrations.alertmanager import CREATED_BY, AlertmanagerClient, AlertmanagerError, equality_matchers
-
-log = structlog.get_logger(__name__)
-
-MAX_SILENCE = timedelta(days=7)
+from controlplane.integrations.alertmanager import AlertmanagerError
+from controlplane.silences import service as silences
+from controlplane.silences.service import MAX_SILENCE
 
 
 class SilenceParams(Params):
@@ -87,40 +76,23 @@ def _action_error(exc: AlertmanagerError) -> ActionError:
 def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
     """Silence the incident's alerts (or the given matchers) in Alertmanager for a while; value: the silence id."""
     labels = _matchers(ctx, params)
-    client = AlertmanagerClient(ctx.settings.alertmanager_url)
     now = ctx.now()
     ends_at = now + params.duration
     try:
-        earlier = [
-            s
-            for s in client.list_silences()
-            if s.created_by == CREATED_BY and _marker(ctx) in s.comment and s.state != "expired"
-        ]
-        silence_id = (
-            earlier[0].id
-            if earlier
-            else client.create_silence(
-                matchers=equality_matchers(labels), starts_at=now, ends_at=ends_at, comment=_comment(ctx, params)
-            )
+        silence_id = silences.silence_for_step(
+            engine=ctx.engine,
+            alertmanager_url=ctx.settings.alertmanager_url,
+            matchers=labels,
+            now=now,
+            ends_at=ends_at,
+            comment=_comment(ctx, params),
+            marker=_marker(ctx),
+            rule=ctx.rule,
+            incident_id=ctx.incident.id if ctx.incident else None,
+            execution_id=ctx.execution_id,
         )
     except AlertmanagerError as exc:
         raise _action_error(exc) from None
-    with write_transaction(ctx.engine) as conn:
-        conn.execute(
-            dialect_insert(conn, silences_t)
-            .values(
-                silence_id=silence_id,
-                incident_id=ctx.incident.id if ctx.incident else None,
-                execution_id=ctx.execution_id,
-                alertmanager_url=client.url,
-                matchers=labels,
-                created_by=f"rule:{ctx.rule}",
-                created_at=now,
-                ends_at=ends_at,
-                expired_at=None,
-            )
-            .on_conflict_do_nothing(index_elements=["silence_id"])
-        )
     return ActionResult(
         value=silence_id,
         output={
@@ -137,20 +109,6 @@ class ExpireParams(Params):
     silence_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _expire(engine: Engine, settings: Settings, silence_id: str, now: datetime) -> bool:
-    """Expire one silence where it was created; True if Alertmanager still knew it."""
-    with engine.connect() as conn:
-        url = conn.execute(select(silences_t.c.alertmanager_url).where(silences_t.c.silence_id == silence_id)).scalar()
-    known = AlertmanagerClient(url or settings.alertmanager_url).expire(silence_id)
-    with write_transaction(engine) as conn:
-        conn.execute(
-            update(silences_t)
-            .where(silences_t.c.silence_id == silence_id, silences_t.c.expired_at.is_(None))
-            .values(expired_at=now)
-        )
-    return known
-
-
 @action(
     "alertmanager.expire_silence",
     params=ExpireParams,
@@ -159,49 +117,9 @@ def _expire(engine: Engine, settings: Settings, silence_id: str, now: datetime) 
 def expire_silence(ctx: ActionContext, params: ExpireParams) -> ActionResult:
     """Expire a silence (the rollback of alertmanager.silence); one already expired or gone counts as done."""
     try:
-        known = _expire(ctx.engine, ctx.settings, params.silence_id, ctx.now())
+        known = silences.expire(
+            engine=ctx.engine, default_url=ctx.settings.alertmanager_url, silence_id=params.silence_id, now=ctx.now()
+        )
     except AlertmanagerError as exc:
         raise _action_error(exc) from None
     return ActionResult(value=params.silence_id, output={"silence_id": params.silence_id, "known": known})
-
-
-def expire_silences_for_incident(
-    engine: Engine, settings: Settings, incident_id: int, actor: str, *, now: datetime | None = None
-) -> int:
-    """Expire every silence the control plane created for the incident that may still mute; returns how many.
-
-    For when the incident resolves: its silences must not hide the next episode. Makes network
-    calls, so run it after the resolving transaction commits, off the webhook's request path.
-    Never raises for one silence: a failure is audited (`silence.expire_failed`) and the rest go on.
-    """
-    now = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(silences_t.c.silence_id, silences_t.c.execution_id).where(
-                silences_t.c.incident_id == incident_id,
-                silences_t.c.expired_at.is_(None),
-                silences_t.c.ends_at > now,
-            )
-        ).all()
-    expired = 0
-    for row in rows:
-        detail: dict[str, Any] = {"silence_id": row.silence_id, "reason": "incident resolved"}
-        try:
-            _expire(engine, settings, row.silence_id, now)
-            what = "silence.expired"
-            expired += 1
-        except AlertmanagerError as exc:
-            what = "silence.expire_failed"
-            detail["error"] = str(exc)
-            log.error("silence.expire_failed", incident_id=incident_id, silence_id=row.silence_id, error=str(exc))
-        with write_transaction(engine) as conn:
-            audit(
-                conn,
-                actor=actor,
-                action=what,
-                incident_id=incident_id,
-                execution_id=row.execution_id,
-                detail=detail,
-                now=now,
-            )
-    return expired

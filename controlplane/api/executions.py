@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from controlplane import flows
 from controlplane.api.deps import MAX_ID, AdminDep, ConnDep, IdPath, ReaderDep, ServicesDep, WriteConnDep
 from controlplane.api.errors import error_responses
 from controlplane.playbooks import service
@@ -50,13 +51,16 @@ def get_execution(conn: ConnDep, execution_id: IdPath) -> ExecutionDetail:
     "/executions/{execution_id}/approve", summary="Approve an execution awaiting approval", responses=DECISION_ERRORS
 )
 def approve(
-    conn: WriteConnDep, actor: AdminDep, services: ServicesDep, execution_id: IdPath, body: Decision | None = None
+    actor: AdminDep, services: ServicesDep, execution_id: IdPath, body: Decision | None = None
 ) -> ExecutionDetail:
-    detail = service.approve(
-        conn=conn, execution_id=execution_id, actor=actor, reason=body.reason if body else "", now=datetime.now(UTC)
+    return flows.approve_execution(
+        engine=services.engine,
+        execution_id=execution_id,
+        actor=actor,
+        reason=body.reason if body else "",
+        now=datetime.now(UTC),
+        wake=services.wake_workers,
     )
-    services.wake_workers()
-    return detail
 
 
 @router.post(

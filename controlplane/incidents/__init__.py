@@ -1,1 +1,1 @@
-"""Incidents: reading incidents, their alerts and timelines."""
+"""Incidents: grouping alerts into incidents, their state machine, and reading them with their alerts and timelines."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 KEY_MAX = 1024  # incidents.key and .open_key, executions.guard_key
 
 
-def incident_key(labels: dict[str, str], group_by: Sequence[str]) -> str:
+def incident_key(labels: Mapping[str, str], group_by: Sequence[str]) -> str:
     """The grouping key in Alertmanager's label-set notation, e.g. {alertname="X",namespace="y"}.
 
     A key longer than its columns (long label values; non-ASCII ones are escaped, 6-12 characters

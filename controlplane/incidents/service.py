@@ -1,14 +1,24 @@
-"""Owns reading incidents and alerts: newest first, keyset-paginated, no HTTP here."""
+"""Owns the incident service functions: reading incidents and alerts (keyset-paginated), and what people do
+to an incident by hand (acknowledge, resolve, add a note). Audited; no HTTP here.
+
+Status changes go through incidents/state.py's `transition()`: two people (or a person and a
+resolving webhook) racing on one incident leave exactly one winner, and the loser gets a
+Conflict that says what happened.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
 
-from sqlalchemy import Connection, RowMapping, case, func, select
+from sqlalchemy import Connection, RowMapping, case, func, select, update
 
+from controlplane.audit import audit
 from controlplane.db.tables import alerts_t, audit_t, incidents_t, links_t
-from controlplane.errors import NotFound
+from controlplane.errors import Conflict, InvalidInput, NotFound
 from controlplane.incidents.schemas import (
     AlertOut,
     AlertPage,
@@ -18,6 +28,7 @@ from controlplane.incidents.schemas import (
     IncidentPage,
     TimelinePage,
 )
+from controlplane.incidents.state import transition
 
 _ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
@@ -73,35 +84,76 @@ def list_incidents(
 DETAIL_ALERTS = 100
 DETAIL_EVENTS = 200
 
+# "oldest": oldest first, paged by `after`. "firing_first": firing ones first, newest first, what an
+# on-call person looks at (the console); one page only, so no cursor.
+AlertOrder = Literal["oldest", "firing_first"]
+# Which page of the audit trail, shown oldest first either way: the oldest events (paged by `after`,
+# the API's) or the newest ones (the console's live timeline).
+EventWindow = Literal["oldest", "newest"]
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    """One incident with a page of its alerts and a page of its audit trail: what the API and the console show."""
+
+    incident: IncidentOut
+    alerts: AlertPage
+    timeline: TimelinePage  # oldest first; next_cursor only in the "oldest" window
+    events_before: int  # "newest" window: how many older events the page leaves out
+    execution_of: dict[int, int]  # audit event id -> the execution that wrote it
+
 
 def incident_alerts(
-    *, conn: Connection, incident_id: int, limit: int = DETAIL_ALERTS, after: int | None = None
+    *,
+    conn: Connection,
+    incident_id: int,
+    limit: int = DETAIL_ALERTS,
+    after: int | None = None,
+    order: AlertOrder = "oldest",
 ) -> AlertPage:
-    """The incident's alerts, oldest first; `next_cursor` is the `after` of the next page."""
+    """The incident's alerts in `order`; `next_cursor` is the `after` of the next page ("oldest" only)."""
     query = (
         select(*_ALERT_COLUMNS)
         .join(links_t, links_t.c.alert_id == alerts_t.c.id)
         .where(links_t.c.incident_id == incident_id)
-        .order_by(alerts_t.c.id)
         .limit(limit + 1)
     )
+    if order == "firing_first":
+        query = query.order_by(case((alerts_t.c.status == "firing", 0), else_=1), alerts_t.c.id.desc())
+    else:
+        query = query.order_by(alerts_t.c.id)
     if after is not None:
         query = query.where(alerts_t.c.id > after)
     rows = conn.execute(query).mappings().all()
     items = [AlertOut(**r) for r in rows[:limit]]
-    return AlertPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+    more = len(rows) > limit and order == "oldest"
+    return AlertPage(items=items, next_cursor=items[-1].id if more else None)
+
+
+def _events(
+    conn: Connection, incident_id: int, *, limit: int, after: int | None = None, newest: bool = False
+) -> tuple[list[RowMapping], bool]:
+    """A page of the incident's audit rows, oldest first (the newest `limit` of them with `newest`); and
+    whether there are more beyond it."""
+    query = select(audit_t).where(audit_t.c.incident_id == incident_id).limit(limit + 1)
+    query = query.order_by(audit_t.c.id.desc() if newest else audit_t.c.id)
+    if after is not None:
+        query = query.where(audit_t.c.id > after)
+    rows = list(conn.execute(query).mappings())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if newest:
+        rows.reverse()
+    return rows, more
 
 
 def incident_timeline(
     *, conn: Connection, incident_id: int, limit: int = DETAIL_EVENTS, after: int | None = None
 ) -> TimelinePage:
     """The incident's audit events, oldest first; `next_cursor` is the `after` of the next page."""
-    query = select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(audit_t.c.id > after)
-    rows = conn.execute(query).mappings().all()
-    items = [AuditEventOut(**r) for r in rows[:limit]]
-    return TimelinePage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+    rows, more = _events(conn, incident_id, limit=limit, after=after)
+    items = [AuditEventOut(**r) for r in rows]
+    return TimelinePage(items=items, next_cursor=items[-1].id if more else None)
 
 
 def incident_row(*, conn: Connection, incident_id: int) -> RowMapping:
@@ -112,22 +164,46 @@ def incident_row(*, conn: Connection, incident_id: int) -> RowMapping:
     return row
 
 
+def incident_detail(
+    *,
+    conn: Connection,
+    incident_id: int,
+    alerts_limit: int = DETAIL_ALERTS,
+    events_limit: int = DETAIL_EVENTS,
+    alerts_order: AlertOrder = "oldest",
+    events_window: EventWindow = "oldest",
+) -> IncidentRecord:
+    """The incident with its alert counts, a page of its alerts and a page of its timeline, or NotFound."""
+    row = incident_row(conn=conn, incident_id=incident_id)
+    firing, total = alert_counts(conn, [incident_id])[incident_id]
+    alerts = incident_alerts(conn=conn, incident_id=incident_id, limit=alerts_limit, order=alerts_order)
+    newest = events_window == "newest"
+    rows, more = _events(conn, incident_id, limit=events_limit, newest=newest)
+    items = [AuditEventOut(**r) for r in rows]
+    before = 0
+    if newest and more:
+        count = select(func.count()).select_from(audit_t).where(audit_t.c.incident_id == incident_id)
+        before = conn.execute(count).scalar_one() - events_limit
+    return IncidentRecord(
+        incident=IncidentOut(**row, alerts_firing=firing, alerts_total=total),
+        alerts=alerts,
+        timeline=TimelinePage(items=items, next_cursor=items[-1].id if more and not newest else None),
+        events_before=before,
+        execution_of={r["id"]: r["execution_id"] for r in rows if r["execution_id"] is not None},
+    )
+
+
 def get_incident(
     *, conn: Connection, incident_id: int, alerts_limit: int = DETAIL_ALERTS, events_limit: int = DETAIL_EVENTS
 ) -> IncidentDetail:
-    """The incident with the first page of its alerts and of its timeline."""
-    row = incident_row(conn=conn, incident_id=incident_id)
-    firing, total = alert_counts(conn, [incident_id])[incident_id]
-    alerts = incident_alerts(conn=conn, incident_id=incident_id, limit=alerts_limit)
-    timeline = incident_timeline(conn=conn, incident_id=incident_id, limit=events_limit)
+    """The incident with the first page of its alerts and of its timeline (the API's shape)."""
+    record = incident_detail(conn=conn, incident_id=incident_id, alerts_limit=alerts_limit, events_limit=events_limit)
     return IncidentDetail(
-        **row,
-        alerts_firing=firing,
-        alerts_total=total,
-        alerts=alerts.items,
-        alerts_next_cursor=alerts.next_cursor,
-        timeline=timeline.items,
-        timeline_next_cursor=timeline.next_cursor,
+        **record.incident.model_dump(),
+        alerts=record.alerts.items,
+        alerts_next_cursor=record.alerts.next_cursor,
+        timeline=record.timeline.items,
+        timeline_next_cursor=record.timeline.next_cursor,
     )
 
 
@@ -156,3 +232,39 @@ def list_alerts(
 
 def count_open_incidents(*, conn: Connection) -> int:
     return conn.execute(select(func.count(incidents_t.c.open_key))).scalar_one()
+
+
+# -- by hand -------------------------------------------------------------------------------------
+
+NOTE_MAX_CHARS = 4000
+
+
+def _status(conn: Connection, incident_id: int) -> str:
+    status = conn.execute(select(incidents_t.c.status).where(incidents_t.c.id == incident_id)).scalar()
+    if status is None:
+        raise NotFound(f"incident {incident_id} not found")
+    return str(status)
+
+
+def acknowledge(*, conn: Connection, incident_id: int, actor: str, now: datetime) -> None:
+    """open -> acknowledged: someone is on it. Alerts keep flowing in; the incident stays unresolved."""
+    if not transition(conn, incident_id, "acknowledged", actor=actor, now=now):
+        raise Conflict(f"incident {incident_id} is {_status(conn, incident_id)}: only an open one can be acknowledged")
+
+
+def resolve(*, conn: Connection, incident_id: int, actor: str, now: datetime, reason: str = "") -> None:
+    """Resolve by hand. The key is freed, so an alert that fires again for it opens a new incident."""
+    if not transition(conn, incident_id, "resolved", actor=actor, now=now, detail={"manual": True, "reason": reason}):
+        _status(conn, incident_id)  # NotFound when it does not exist
+        raise Conflict(f"incident {incident_id} is already resolved")
+
+
+def add_note(*, conn: Connection, incident_id: int, actor: str, text: str, now: datetime) -> None:
+    text = text.strip()
+    if not text:
+        raise InvalidInput("a note needs some text")
+    if len(text) > NOTE_MAX_CHARS:
+        raise InvalidInput(f"a note has at most {NOTE_MAX_CHARS} characters")
+    _status(conn, incident_id)
+    conn.execute(update(incidents_t).where(incidents_t.c.id == incident_id).values(updated_at=now))
+    audit(conn, actor=actor, action="incident.note", incident_id=incident_id, detail={"text": text}, now=now)

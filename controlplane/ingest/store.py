@@ -1,4 +1,7 @@
-"""Owns what one notification does to the database: dedup alert episodes, group incidents, audit."""
+"""Owns what one notification does to the database: dedup alert episodes, audit them, and hand them to incidents.
+
+Grouping into incidents and resolving them is the incidents domain's (incidents/grouping.py).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from controlplane.audit import PendingAudits, audit
-from controlplane.db.tables import alerts_t, dialect_insert, incidents_t, links_t
-from controlplane.incidents.keys import incident_key
+from controlplane.db.tables import alerts_t, links_t
+from controlplane.incidents.grouping import OpenIncidents, incident_for_alert, resolve_if_clear
 from controlplane.ingest.payload import AlertmanagerAlert, AlertmanagerNotification
-
-SEVERITY_RANK = {"none": 0, "info": 1, "warning": 2, "error": 3, "high": 3, "critical": 4, "page": 4}
-
-
-def severity_rank(severity: str) -> int:
-    return SEVERITY_RANK.get(severity.lower(), 1)
 
 
 @dataclass
@@ -73,19 +70,6 @@ class PendingRows(PendingAudits):
             conn.execute(_INSERT_LINK, self.links)
             self.links = []
         super().flush(conn)
-
-
-class OpenIncidents(dict[str, tuple[int, str]]):
-    """Open incidents this transaction already locked, by key: (id, severity).
-
-    One group-commit transaction often holds many alerts of one incident; after the first,
-    the row is ours until commit, so reading and touching it again would only cost time.
-    Valid for one transaction only.
-    """
-
-    def forget(self, incident_id: int) -> None:
-        for key in [k for k, (i, _) in self.items() if i == incident_id]:
-            del self[key]
 
 
 def ingest_notification(
@@ -151,7 +135,7 @@ def ingest_notification(
                     now=now,
                 )
                 _add_unique(result.incident_ids, incident_id)
-                if _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
+                if resolve_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
                     result.resolved_incident_ids.append(incident_id)
         else:
             repeats.append({"alert_id": alert_id})
@@ -265,8 +249,15 @@ def _attach_new_alert(
     pending: PendingRows,
 ) -> None:
     result.new_alert_ids.append(alert_id)
-    incident_id, opened = _open_incident(
-        conn, alert, group_by=group_by, actor=actor, now=now, cache=cache, pending=pending
+    incident_id, opened = incident_for_alert(
+        conn,
+        labels=alert.labels,
+        title=alert.annotations.get("summary") or alert.alertname,
+        group_by=group_by,
+        actor=actor,
+        now=now,
+        cache=cache,
+        pending=pending,
     )
     if opened:
         result.opened_incident_ids.append(incident_id)
@@ -277,99 +268,5 @@ def _attach_new_alert(
     audit(conn, actor=actor, action=action, incident_id=incident_id, detail=detail, now=now, pending=pending)
     if alert.status == "resolved":
         pending.flush(conn)  # resolving counts the incident's links: all must be written
-        if _resolve_incident_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
+        if resolve_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
             result.resolved_incident_ids.append(incident_id)
-
-
-def _open_incident(
-    conn: Connection,
-    alert: AlertmanagerAlert,
-    *,
-    group_by: Sequence[str],
-    actor: str,
-    now: datetime,
-    cache: OpenIncidents,
-    pending: PendingRows,
-) -> tuple[int, bool]:
-    """The unresolved incident for the alert's key, created if there is none. Returns (id, created)."""
-    key = incident_key(alert.labels, group_by)
-    severity = alert.labels.get("severity", "none")
-    cached = cache.get(key)
-    if cached is not None:
-        cached_id, known_severity = cached
-        if severity_rank(severity) > severity_rank(known_severity):
-            conn.execute(update(incidents_t).where(incidents_t.c.id == cached_id).values(severity=severity))
-            cache[key] = (cached_id, severity)
-        return cached_id, False
-    for _ in range(3):
-        # FOR UPDATE (PostgreSQL) serialises with a concurrent resolve of the same incident.
-        row = conn.execute(
-            select(incidents_t.c.id, incidents_t.c.severity).where(incidents_t.c.open_key == key).with_for_update()
-        ).first()
-        if row is not None:
-            values: dict[str, Any] = {"updated_at": now}
-            if severity_rank(severity) > severity_rank(row.severity):
-                values["severity"] = severity
-            conn.execute(update(incidents_t).where(incidents_t.c.id == row.id).values(**values))
-            cache[key] = (row.id, values.get("severity", row.severity))
-            return row.id, False
-        group_labels = {name: alert.labels[name] for name in group_by if name in alert.labels}
-        title = alert.annotations.get("summary") or alert.alertname or key
-        incident_id = conn.execute(
-            dialect_insert(conn, incidents_t)
-            .values(
-                key=key,
-                open_key=key,
-                status="open",
-                severity=severity,
-                title=title,
-                group_labels=group_labels,
-                opened_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["open_key"])
-            .returning(incidents_t.c.id)
-        ).scalar()
-        if incident_id is not None:
-            audit(
-                conn,
-                actor=actor,
-                action="incident.opened",
-                incident_id=incident_id,
-                detail={"key": key, "severity": severity, "title": title},
-                now=now,
-                pending=pending,
-            )
-            cache[key] = (incident_id, severity)
-            return incident_id, True
-    raise RuntimeError(f"could not open or find the incident for key {key}")
-
-
-def _resolve_incident_if_clear(
-    conn: Connection, incident_id: int, *, actor: str, now: datetime, cache: OpenIncidents
-) -> bool:
-    conn.execute(select(incidents_t.c.id).where(incidents_t.c.id == incident_id).with_for_update()).first()
-    firing = conn.execute(
-        select(func.count())
-        .select_from(links_t.join(alerts_t, links_t.c.alert_id == alerts_t.c.id))
-        .where(links_t.c.incident_id == incident_id, alerts_t.c.status == "firing")
-    ).scalar_one()
-    if firing:
-        return False
-    res = conn.execute(
-        update(incidents_t)
-        .where(incidents_t.c.id == incident_id, incidents_t.c.status != "resolved")
-        .values(status="resolved", open_key=None, resolved_at=now, updated_at=now)
-    )
-    if res.rowcount != 1:
-        return False
-    cache.forget(incident_id)  # a new firing alert with its key opens a new incident
-    audit(
-        conn,
-        actor=actor,
-        action="incident.resolved",
-        incident_id=incident_id,
-        detail={"reason": "all alerts resolved"},
-        now=now,
-    )
-    return True

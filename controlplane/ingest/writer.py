@@ -11,9 +11,9 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine, text
@@ -21,9 +21,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
 from controlplane.errors import Unavailable
+from controlplane.incidents.grouping import OpenIncidents
 from controlplane.incidents.keys import incident_key
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, OpenIncidents, ingest_notification
+from controlplane.ingest.store import IngestResult, ingest_notification
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,22 @@ _INCIDENT_LOCK_BASE = 2**48
 # One statement takes them all, in the order given (unnest yields its array in order).
 _LOCK_IN_ORDER = text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 _CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: retry the transaction
+
+
+F = TypeVar("F")
+
+
+class IngestHook(Protocol[F]):
+    """What runs around each group-commit transaction (flows.AlertFlows is the service's)."""
+
+    def in_transaction(self, conn: Connection, new_alert_ids: list[int]) -> F:
+        """Once a batch that stored new alerts, inside its transaction, after every incident lock: it creates
+        their executions, so an acknowledged alert never lacks them (its own locks come last, in one order)."""
+        ...
+
+    def committed(self, results: Sequence[IngestResult], followups: F | None) -> None:
+        """Once the batch is committed, with what `in_transaction` returned (None when it did not run)."""
+        ...
 
 
 @dataclass
@@ -82,18 +99,14 @@ class IngestWriter:
         metrics: Metrics,
         max_batch: int = 256,
         commit_timeout: float = 5.0,
-        after_ingest: Callable[[Connection, IngestResult], list[Any]] | None = None,
-        after_commit: Callable[[list[IngestResult], list[Any]], None] | None = None,
+        hook: IngestHook[Any] | None = None,
     ) -> None:
-        """`after_ingest` runs inside each notification's transaction (it creates executions, so an
-        acknowledged alert never lacks them); `after_commit` gets what it returned, once committed."""
         self._engine = engine
         self._group_by = list(group_by)
         self._metrics = metrics
         self._max_batch = max_batch
         self._commit_timeout = commit_timeout
-        self._after_ingest = after_ingest
-        self._after_commit = after_commit
+        self._hook = hook
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accepting = False
@@ -162,7 +175,7 @@ class IngestWriter:
     def _commit(self, batch: list[_Job]) -> None:
         for attempt in range(3):
             try:
-                followups: list[Any] = []
+                followups: Any = None
                 results: list[IngestResult] = []
                 with write_transaction(self._engine) as conn:
                     if conn.dialect.name == "postgresql":
@@ -175,18 +188,18 @@ class IngestWriter:
                         )
                         results.append(result)
                     new_alert_ids = [i for r in results for i in r.new_alert_ids]
-                    if self._after_ingest is not None and new_alert_ids:
+                    if self._hook is not None and new_alert_ids:
                         # Once for the batch, after every incident lock: rule locks come last, in one order.
-                        followups = self._after_ingest(conn, IngestResult(new_alert_ids=new_alert_ids))
+                        followups = self._hook.in_transaction(conn, new_alert_ids)
             except Exception as exc:
                 if _is_conflict(exc) and attempt < 2:
                     continue
                 self._fail(batch, exc)
                 return
             self._metrics.ingest_batch_size.observe(len(batch))
-            if self._after_commit is not None and (followups or any(r.resolved_incident_ids for r in results)):
+            if self._hook is not None:
                 try:
-                    self._after_commit(results, followups)
+                    self._hook.committed(results, followups)
                 except Exception:  # the alerts are committed; a failing hook must not turn that into a 5xx
                     log.exception("ingest.after_commit_failed")
             for job, result in zip(batch, results, strict=True):

@@ -27,20 +27,21 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controlplane import grafana
+from controlplane import flows, grafana
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.api.errors import status_for
 from controlplane.audit import audit
 from controlplane.config import ConsoleRole
 from controlplane.db.engine import write_transaction
-from controlplane.db.tables import silences_t
 from controlplane.errors import DomainError, Forbidden, InvalidInput, Unavailable
+from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
 from controlplane.services import Services
+from controlplane.silences import service as silences
 from controlplane.text import printable
-from controlplane.web import csrf, incident_actions, silences, views
+from controlplane.web import csrf, views
 from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
 
@@ -405,7 +406,7 @@ def incident_page(
         version = views.incident_version(conn=conn, incident_id=incident_id)
         if v == version and is_htmx(request):
             return Response(status_code=204)  # unchanged: keep what the reader has open
-        view = views.incident_view(conn=conn, incident_id=incident_id, silences_table=silences_t)
+        view = views.incident_view(conn=conn, incident_id=incident_id)
     context = {"view": view, "version": version, "durations": list(silences.DURATIONS)}
     return page(request, services, "incident.html", context, block="live")
 
@@ -415,7 +416,7 @@ def acknowledge(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
 ) -> Response:
     with write_tx(services.engine) as conn:
-        incident_actions.acknowledge(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now())
+        incident_service.acknowledge(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now())
     return done(request, f"Incident #{incident_id} acknowledged.", form, f"/incidents/{incident_id}")
 
 
@@ -423,7 +424,7 @@ def acknowledge(
 def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     reason = form.get("reason", "")[:2000]
     with write_tx(services.engine) as conn:
-        incident_actions.resolve(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now(), reason=reason)
+        incident_service.resolve(conn=conn, incident_id=incident_id, actor=_actor(user), now=_now(), reason=reason)
     return done(request, f"Incident #{incident_id} resolved.", form, f"/incidents/{incident_id}")
 
 
@@ -432,7 +433,7 @@ def add_note(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
 ) -> Response:
     with write_tx(services.engine) as conn:
-        incident_actions.add_note(
+        incident_service.add_note(
             conn=conn, incident_id=incident_id, actor=_actor(user), text=form.get("text", ""), now=_now()
         )
     return done(request, "Note added.", form, f"/incidents/{incident_id}")
@@ -442,7 +443,7 @@ def add_note(
 def silence(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     silence_id = silences.silence_incident(
         engine=services.engine,
-        settings=services.settings,
+        alertmanager_url=services.settings.alertmanager_url,
         incident_id=incident_id,
         duration=form.get("duration", ""),
         comment=form.get("comment", ""),
@@ -462,7 +463,7 @@ def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) ->
     return page(request, services, "approvals.html", {"waiting": waiting}, block="list")
 
 
-_DECISIONS = {"approve": executions.approve, "reject": executions.reject, "cancel": executions.cancel}
+_DECISIONS = {"reject": executions.reject, "cancel": executions.cancel}  # approving is a flow: it wakes the workers
 _DONE = {"approve": "approved", "reject": "rejected", "cancel": "cancelled"}
 
 
@@ -470,13 +471,21 @@ _DONE = {"approve": "approved", "reject": "rejected", "cancel": "cancelled"}
 def decide(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, execution_id: IdPath, decision: str
 ) -> Response:
-    act = _DECISIONS.get(decision)
-    if act is None:
+    if decision not in _DONE:
         raise InvalidInput(f"unknown decision {decision!r}: approve, reject or cancel")
-    with write_tx(services.engine) as conn:
-        act(conn=conn, execution_id=execution_id, actor=_actor(user), reason=form.get("reason", "")[:2000], now=_now())
+    reason = form.get("reason", "")[:2000]
     if decision == "approve":
-        services.wake_workers()
+        flows.approve_execution(
+            engine=services.engine,
+            execution_id=execution_id,
+            actor=_actor(user),
+            reason=reason,
+            now=_now(),
+            wake=services.wake_workers,
+        )
+    else:
+        with write_tx(services.engine) as conn:
+            _DECISIONS[decision](conn=conn, execution_id=execution_id, actor=_actor(user), reason=reason, now=_now())
     return done(request, f"Execution #{execution_id} {_DONE[decision]}.", form, "/approvals")
 
 

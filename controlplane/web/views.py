@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Table, and_, case, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, metric_states_t, steps_t
 from controlplane.errors import NotFound
+from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
 from controlplane.incidents.service import alert_counts
 from controlplane.playbooks import service as executions
@@ -26,6 +27,7 @@ from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.state import ACTIVE
 from controlplane.rules.loader import RuleSet
 from controlplane.rules.schema import Playbook, Rule
+from controlplane.silences import service as silence_service
 
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 SEVERITIES = ("critical", "error", "warning", "info", "none")
@@ -36,7 +38,6 @@ EVENTS_SHOWN = 500
 EXECUTIONS_SHOWN = 100
 
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
-_ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields]
 
 
@@ -174,23 +175,17 @@ def incident_version(*, conn: Connection, incident_id: int) -> str:
     return hashlib.sha256(repr((tuple(row), int(time.time() // 60))).encode()).hexdigest()[:16]
 
 
-def incident_view(*, conn: Connection, incident_id: int, silences_table: Table | None = None) -> IncidentView:
-    row = conn.execute(select(*_INCIDENT_COLUMNS).where(incidents_t.c.id == incident_id)).mappings().first()
-    if row is None:
-        raise NotFound(f"incident {incident_id} not found")
-    firing, total = alert_counts(conn, [incident_id])[incident_id]
-    incident = IncidentOut(**row, alerts_firing=firing, alerts_total=total)
-    # Bounded: in a storm thousands of alerts share one incident. Firing ones first, newest first.
-    alerts = [
-        AlertOut(**r)
-        for r in conn.execute(
-            select(*_ALERT_COLUMNS)
-            .join(links_t, links_t.c.alert_id == alerts_t.c.id)
-            .where(links_t.c.incident_id == incident_id)
-            .order_by(case((alerts_t.c.status == "firing", 0), else_=1), alerts_t.c.id.desc())
-            .limit(ALERTS_SHOWN)
-        ).mappings()
-    ]
+def incident_view(*, conn: Connection, incident_id: int) -> IncidentView:
+    """The incidents domain's detail (firing alerts first, the newest events), with the incident's executions,
+    their steps and its silences around it."""
+    record = incidents.incident_detail(
+        conn=conn,
+        incident_id=incident_id,
+        alerts_limit=ALERTS_SHOWN,
+        events_limit=EVENTS_SHOWN,
+        alerts_order="firing_first",  # bounded: in a storm thousands of alerts share one incident
+        events_window="newest",
+    )
     runs = executions.list_executions(conn=conn, incident_id=incident_id, limit=EXECUTIONS_SHOWN).items
     ids = [run.id for run in runs]
     steps: defaultdict[int, list[StepOut]] = defaultdict(list)
@@ -199,37 +194,28 @@ def incident_view(*, conn: Connection, incident_id: int, silences_table: Table |
             select(steps_t.c.execution_id, *_STEP_COLUMNS).where(steps_t.c.execution_id.in_(ids)).order_by(steps_t.c.id)
         ).mappings():
             steps[r["execution_id"]].append(StepOut(**{k: v for k, v in r.items() if k != "execution_id"}))
-    # Read with execution_id (the API's timeline has none), to file each event under its execution.
+    # Each event an execution shown here wrote is filed under it; the rest are the incident's own lines.
     events: defaultdict[int | None, list[AuditEventOut]] = defaultdict(list)
     shown = set(ids)
-    newest = conn.execute(
-        select(audit_t).where(audit_t.c.incident_id == incident_id).order_by(audit_t.c.id.desc()).limit(EVENTS_SHOWN)
-    ).mappings()
-    for r in reversed(newest.all()):
-        owner = r["execution_id"] if r["execution_id"] in shown else None
-        events[owner].append(AuditEventOut(**{k: v for k, v in r.items() if k != "execution_id"}))
-    events_total = conn.execute(select(func.count()).where(audit_t.c.incident_id == incident_id)).scalar_one()
+    for event in record.timeline.items:
+        owner = record.execution_of.get(event.id)
+        events[owner if owner in shown else None].append(event)
     timeline = [TimelineEntry(at=e.at, event=e) for e in events[None]]
     timeline += [
         TimelineEntry(at=run.created_at, execution=ExecutionView(run, steps[run.id], events[run.id])) for run in runs
     ]
     timeline.sort(key=lambda entry: entry.at)
-    silences = []
-    if silences_table is not None:
-        silences = [
-            SilenceView(**{k: r[k] for k in SilenceView.__dataclass_fields__})
-            for r in conn.execute(
-                select(silences_table)
-                .where(silences_table.c.incident_id == incident_id)
-                .order_by(silences_table.c.id.desc())
-            ).mappings()
-        ]
+    silences = [
+        SilenceView(**{k: r[k] for k in SilenceView.__dataclass_fields__})
+        for r in silence_service.of_incident(conn=conn, incident_id=incident_id)
+    ]
+    alerts = record.alerts.items
     return IncidentView(
-        incident=incident,
+        incident=record.incident,
         alerts=alerts,
         timeline=timeline,
-        alerts_hidden=total - len(alerts),
-        events_hidden=max(0, events_total - EVENTS_SHOWN),
+        alerts_hidden=record.incident.alerts_total - len(alerts),
+        events_hidden=record.events_before,
         executions_hidden=len(runs) >= EXECUTIONS_SHOWN,
         silences=silences,
     )

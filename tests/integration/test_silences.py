@@ -11,10 +11,11 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from controlplane.actions.base import ActionError, registry
-from controlplane.actions.silence import SilenceParams, expire_silences_for_incident
+from controlplane.actions.silence import SilenceParams
 from controlplane.config import Settings
 from controlplane.db.tables import silences_t
 from controlplane.integrations.alertmanager import AlertmanagerClient
+from controlplane.silences.service import expire_silences_for_incident
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import make_settings
 from tests.integration.test_paging import audits, context_of, engine_harness

@@ -1,0 +1,134 @@
+"""Owns the sequences that cross domains: what follows new alerts, a fired metric rule, an approval.
+
+Each domain does its own part (ingest stores alerts, incidents groups them, playbooks makes and
+runs executions, silences expires what muted a resolved incident); the functions here say in which
+order, as plain functions of what they need. `AlertFlows` binds them to one running service: it is
+the ingest writer's hook and the metric-rule scheduler's.
+
+One alert, from the route to its first step:
+    api/webhook.py -> ingest/writer.py (group commit) -> ingest/store.py -> incidents/grouping.py
+    -> flows.trigger_executions -> playbooks/trigger.py (guards, execution row), all in one transaction;
+    after the commit flows.on_alerts_committed wakes the workers -> playbooks/worker.py claims it
+    -> playbooks/executor.py runs its first step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine
+
+from controlplane.db.engine import write_transaction
+from controlplane.ingest.payload import AlertmanagerNotification
+from controlplane.ingest.store import IngestResult
+from controlplane.playbooks import service as executions
+from controlplane.playbooks.schemas import ExecutionDetail
+from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
+from controlplane.rules.holder import RulesHolder
+from controlplane.rules.loader import RuleSet
+from controlplane.telemetry import Metrics
+
+Wake = Callable[[], None]  # wakes the workers: Worker.notify
+ExpireSilences = Callable[[int], None]  # queues the expiry of an incident's silences: ExpiryOnResolve.submit
+
+
+def trigger_executions(
+    conn: Connection, alert_ids: list[int], *, rules: RuleSet, default_group_by: Sequence[str]
+) -> list[Triggered]:
+    """Inside the ingest transaction: an execution for every alert rule that matches a new firing alert."""
+    if not len(rules.index):  # no alert rules: spare the hot path a query
+        return []
+    return trigger_for_alerts(conn, alert_ids=alert_ids, rules=rules, default_group_by=default_group_by)
+
+
+def executions_created(triggered: Sequence[Triggered], *, metrics: Metrics, wake: Wake) -> None:
+    """Count the guards' suppressions; wake the workers when one can run now."""
+    for t in triggered:
+        if t.guard:
+            metrics.guard_suppressions.labels(t.rule, t.guard).inc()
+    if any(t.status == "pending" for t in triggered):
+        wake()
+
+
+def on_alerts_committed(
+    results: Sequence[IngestResult],
+    triggered: Sequence[Triggered],
+    *,
+    metrics: Metrics,
+    wake: Wake,
+    expire_silences: ExpireSilences,
+) -> None:
+    """After a batch of notifications committed: run what they triggered, and lift the silences of the
+    incidents they resolved (ours must not hide the next episode)."""
+    executions_created(triggered, metrics=metrics, wake=wake)
+    for result in results:
+        for incident_id in result.resolved_incident_ids:
+            expire_silences(incident_id)
+
+
+def on_metric_rule_fired(
+    conn: Connection,
+    notification: AlertmanagerNotification,
+    result: IngestResult,
+    *,
+    rules: RuleSet,
+    default_group_by: Sequence[str],
+    metrics: Metrics,
+    wake: Wake,
+) -> None:
+    """Inside the evaluation's transaction, after its synthetic alert was ingested: the rule's own execution,
+    so the incident and its executions commit together. (MetricRuleEvaluationFailed has no rule.)"""
+    rule = rules.rule(notification.alerts[0].alertname)  # the synthetic alert is named after its rule
+    if rule is None or rule.when is None or not result.new_alert_ids:
+        return
+    triggered = trigger_for_alerts(
+        conn, alert_ids=result.new_alert_ids, rules=rules, default_group_by=default_group_by, only=rule
+    )
+    executions_created(triggered, metrics=metrics, wake=wake)
+
+
+def approve_execution(
+    *, engine: Engine, execution_id: int, actor: str, reason: str, now: datetime, wake: Wake
+) -> ExecutionDetail:
+    """Approve an execution awaiting approval, commit, then wake the workers so it runs now, not at the next poll.
+
+    The wake comes after the commit: a worker woken earlier might look before the approval is
+    visible and go back to sleep for a whole poll.
+    """
+    with write_transaction(engine) as conn:
+        detail = executions.approve(conn=conn, execution_id=execution_id, actor=actor, reason=reason, now=now)
+    wake()
+    return detail
+
+
+@dataclass(frozen=True)
+class AlertFlows:
+    """The flows of one running service: the ingest writer's hook (ingest.writer.IngestHook) and the metric
+    rules' (`metric_rule_fired`). The rules are read when each runs: a reload takes effect at once."""
+
+    rules: RulesHolder
+    default_group_by: Sequence[str]
+    metrics: Metrics
+    wake: Wake
+    expire_silences: ExpireSilences
+
+    def in_transaction(self, conn: Connection, new_alert_ids: list[int]) -> list[Triggered]:
+        return trigger_executions(conn, new_alert_ids, rules=self.rules.current, default_group_by=self.default_group_by)
+
+    def committed(self, results: Sequence[IngestResult], followups: list[Triggered] | None) -> None:
+        on_alerts_committed(
+            results, followups or [], metrics=self.metrics, wake=self.wake, expire_silences=self.expire_silences
+        )
+
+    def metric_rule_fired(self, conn: Connection, notification: AlertmanagerNotification, result: IngestResult) -> None:
+        on_metric_rule_fired(
+            conn,
+            notification,
+            result,
+            rules=self.rules.current,
+            default_group_by=self.default_group_by,
+            metrics=self.metrics,
+            wake=self.wake,
+        )
