@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from controlplane.db.engine import make_engine
 from controlplane.sample.service import SampleService
+from tests import helpers
 from tests.conftest import TOKEN, WEBHOOK, load_payload
 from tests.integration.serverproc import AUTH, LOOPBACK, ServerProcess, free_port
 
@@ -409,18 +410,9 @@ def query(database_url: str, sql: str, **params: Any) -> list[Any]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll until `predicate()` is truthy; on the deadline fail with its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value, error = predicate(), None
-        except Exception as exc:  # the database may still be coming back
-            value, error = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s (last error: {error!r})")
-        time.sleep(interval)
+    """Poll until `predicate()` is truthy; on the deadline fail with its last error."""
+    # Any error means "not yet": the database may still be coming back.
+    return helpers.wait_for(what, predicate, timeout, interval=interval, retry_on=(Exception,))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from controlplane.app import create_app
 from controlplane.checks import check_dashboards, dashboard_queries, substitute_variables
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
+from tests.helpers import wait_for
 from tests.prometheus_server import LOOPBACK, MetricsTarget, free_port
 from tests.sample_fixture import SampleApp, run_sample_app
 
@@ -115,16 +116,12 @@ class Prometheus:
         return {r["metric"]["job"] for r in body.get("data", {}).get("result", [])}
 
     def wait_until(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
+        def check() -> Any:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log_tail()}")
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:g}s\n{self.log_tail()}")
-            time.sleep(0.25)
+            return predicate()
+
+        return wait_for(what, check, timeout, interval=0.25, details=self.log_tail)
 
     def log_tail(self) -> str:
         self._log.flush()

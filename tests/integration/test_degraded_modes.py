@@ -31,6 +31,7 @@ from controlplane.app import create_app
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import audit_t, executions_t
 from tests.conftest import WEBHOOK, make_settings
+from tests.helpers import wait_for
 from tests.integration.serverproc import (
     AUTH,
     LOOPBACK,
@@ -60,17 +61,6 @@ def alert_named(alertname: str, index: int = 0) -> dict[str, Any]:
     _, payload = unique_notification(run_id(), index)
     payload["alerts"][0]["labels"]["alertname"] = alertname
     return payload
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:

@@ -24,6 +24,7 @@ from controlplane.app import create_app
 from controlplane.db.tables import executions_t, steps_t
 from controlplane.rules.schema import Target
 from tests.conftest import WEBHOOK, make_settings
+from tests.helpers import wait_for
 from tests.integration.serverproc import AUTH, run_id, unique_notification
 from tests.standins.http_target import Arrival, HttpTarget
 
@@ -33,15 +34,6 @@ HEALTHY_STEP_TIMEOUT = 3.0
 CLIENT_TIMEOUT = 60  # the request's own timeout: a hung call would hold its thread this long
 PROMPT_SECONDS = 2.0  # from the healthy alert's webhook to its request arriving, on a loaded machine
 CLOCK_GRANULARITY = timedelta(milliseconds=5)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.02)
-    return value
 
 
 def alert(alertname: str, index: int) -> dict[str, Any]:

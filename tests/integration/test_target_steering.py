@@ -10,8 +10,7 @@ Through the running service (webhook -> worker -> actions) against loopback stan
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import executions_t, steps_t
 from tests.conftest import WEBHOOK, make_settings
+from tests.helpers import wait_for
 from tests.integration.serverproc import AUTH, run_id, unique_notification
 from tests.standins.http_target import HttpTarget
 
@@ -110,15 +110,6 @@ playbooks:
             yield Service(client, engine)
     finally:
         engine.dispose()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.02)
-    return value
 
 
 def context(settings: Settings) -> ActionContext:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, WEBHOOK, load_payload
+from tests.helpers import wait_for
 from tests.integration.serverproc import AUTH, ServerProcess, truncate_all
 
 
@@ -55,16 +56,6 @@ def slow_target() -> Iterator[SlowTarget]:
     target.close()
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_killed_mid_step_then_resumed_on_restart(
@@ -103,7 +94,7 @@ playbooks:
     with ServerProcess(url, tmp_path / "first.log", **settings) as first:
         first.wait_ready()
         assert httpx.post(first.url + WEBHOOK, json=payload, headers=AUTH, timeout=10).status_code == 200
-        wait_until(lambda: slow_target.keys, 10, "the step to reach the target")
+        wait_for("the step reaches the target", lambda: slow_target.keys, 10)
         first.kill()  # the step is in flight: its result is never recorded by this replica
     [execution] = _executions(url)
     assert execution["status"] == "running"  # what a dead worker leaves behind
@@ -115,7 +106,7 @@ playbooks:
             detail = httpx.get(f"{second.url}/api/v1/executions/{execution['id']}", headers=AUTH, timeout=5).json()
             return detail if detail["status"] not in ("running", "pending") else None
 
-        detail = wait_until(done, 20, "the execution to finish after the restart")
+        detail = wait_for("the execution finishes after the restart", done, 20)
     assert detail["status"] == "succeeded", detail["reason"]
     assert detail["claims"] == 2
     assert any("taken over" in e["detail"].get("reason", "") for e in detail["timeline"])
