@@ -21,18 +21,11 @@ from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.services import Services
 from tests.conftest import load_payload, make_settings
+from tests.helpers import Clock
 
 GROUP_BY = ["alertname", "namespace"]
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 _fingerprints = itertools.count(1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def ruleset(tmp_path: Path, guards: str) -> RuleSet:

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,17 +26,10 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
 from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, load_payload, make_settings
+from tests.helpers import Clock
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=10)  # one health-check interval per reading
-        return self.now
+CHECK_INTERVAL = timedelta(seconds=10)  # the managers' clock moves one health-check interval per reading
 
 
 def chat(auto_failback: bool = True, threshold: int = 2) -> FailoverGroup:
@@ -55,7 +48,8 @@ def chat(auto_failback: bool = True, threshold: int = 2) -> FailoverGroup:
 
 
 def manager(engine: Engine, group: FailoverGroup, **kwargs: object) -> FailoverManager:
-    return FailoverManager(engine, groups=lambda: {group.service: group}, clock=Clock(), **kwargs)  # type: ignore[arg-type]
+    clock = Clock(step=CHECK_INTERVAL)
+    return FailoverManager(engine, groups=lambda: {group.service: group}, clock=clock, **kwargs)  # type: ignore[arg-type]
 
 
 def names(m: FailoverManager, service: str = "chat") -> list[str]:
@@ -205,7 +199,7 @@ def test_with_every_endpoint_down_the_first_to_recover_takes_over(engine: Engine
 
 def test_an_endpoint_removed_from_the_rules_is_left(engine: Engine) -> None:
     groups = {"chat": chat()}
-    m = FailoverManager(engine, groups=lambda: groups, clock=Clock())
+    m = FailoverManager(engine, groups=lambda: groups, clock=Clock(step=CHECK_INTERVAL))
     m.sync()
     assert m.active("chat").endpoint == "node-2"
     groups["chat"] = chat().model_copy(update={"endpoints": chat().endpoints[::2]})

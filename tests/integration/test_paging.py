@@ -31,7 +31,8 @@ from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 from tests.conftest import make_settings
-from tests.integration.test_playbooks import Clock, Harness, make_registry, rules
+from tests.helpers import Clock
+from tests.integration.test_playbooks import Harness, make_registry, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
 
@@ -43,7 +44,7 @@ def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = Non
     """The engine of tests/integration/test_playbooks.py with settings of the test's choosing."""
     clock = clock or Clock()
     calls: list[tuple[str, str]] = []
-    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
+    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=clock.monotonic)
     executor = Executor(
         engine=engine,
         registry=make_registry(calls),

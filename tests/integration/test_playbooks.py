@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -37,19 +37,9 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Playbook, Rule, RuleFile
 from controlplane.telemetry import Metrics
 from tests.conftest import load_payload, make_settings
+from tests.helpers import Clock
 
 GROUP_BY = ["alertname", "namespace"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Rules:
@@ -161,7 +151,7 @@ def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
     calls: list[tuple[str, str]] = []
     gate, started = threading.Event(), []
     metrics = Metrics(CollectorRegistry())
-    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
+    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=clock.monotonic)
     executor = Executor(
         engine=engine,
         registry=make_registry(calls, gate, started),

@@ -17,8 +17,9 @@ from controlplane.db.tables import silences_t
 from controlplane.integrations.alertmanager import AlertmanagerClient
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import make_settings
+from tests.helpers import Clock
 from tests.integration.test_paging import audits, context_of, engine_harness
-from tests.integration.test_playbooks import Clock, rules
+from tests.integration.test_playbooks import rules
 from tests.prometheus_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,9 +34,7 @@ def am_settings(database_url: str, alertmanager: AlertmanagerServer) -> Settings
 
 def real_clock() -> Clock:
     # Alertmanager judges startsAt/endsAt by its own (real) clock, so the engine's must agree.
-    clock = Clock()
-    clock.now = datetime.now(UTC)
-    return clock
+    return Clock(datetime.now(UTC))
 
 
 def silence_rows(engine: Engine) -> list[Any]:
