@@ -1,11 +1,15 @@
-"""Plain helpers the tests share: polling with a deadline and a clock the test moves by hand."""
+"""Plain helpers the tests share: polling with a deadline, a clock the test moves by hand, alert payloads."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.conftest import TOKEN, WEBHOOK, load_payload
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # where a test's clock starts unless it says otherwise
@@ -61,3 +65,37 @@ class Clock:
     def monotonic(self) -> float:
         """This clock in seconds, for what reads `time.monotonic()` (circuit breakers)."""
         return self.now.timestamp()
+
+
+def sample_notification(*alerts: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample notification (tests/data/alertmanager_firing.json) carrying `alerts` in place of its own.
+
+    Each alert is the sample's first with the given `labels` and `annotations` laid over the sample's,
+    and any other field given (fingerprint, status, endsAt, ...) in place of the sample's. No alerts:
+    the sample's first alone.
+    """
+    payload = load_payload("alertmanager_firing.json")
+    template = payload["alerts"][0]
+    payload["alerts"] = [
+        {
+            **template,
+            **alert,
+            "labels": {**template["labels"], **alert.get("labels", {})},
+            "annotations": {**template["annotations"], **alert.get("annotations", {})},
+        }
+        for alert in alerts or [{}]
+    ]
+    return payload
+
+
+def post_alerts(client: httpx.Client, *alerts: Mapping[str, Any]) -> list[int]:
+    """Post the sample notification carrying `alerts` (see sample_notification) to the webhook; the incident ids."""
+    response = client.post(WEBHOOK, json=sample_notification(*alerts), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text
+    return response.json()["incident_ids"]  # type: ignore[no-any-return]
+
+
+def post_alert(client: httpx.Client, **labels: str) -> list[int]:
+    """Post one alert with `labels` over the sample's, its fingerprint made of them; the incident ids."""
+    fingerprint = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
+    return post_alerts(client, {"labels": labels, "fingerprint": fingerprint})

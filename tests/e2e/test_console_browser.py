@@ -21,7 +21,8 @@ from argon2 import PasswordHasher
 
 from controlplane.app import create_app
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings, require_binary
+from tests.conftest import make_settings, require_binary
+from tests.helpers import post_alerts
 from tests.prometheus_server import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
@@ -60,15 +61,14 @@ class Served:
     url: str
 
     def post_alert(self, namespace: str, **labels: str) -> int:
-        payload = load_payload("alertmanager_firing.json")
-        alert = payload["alerts"][0]
-        alert["labels"].update({"alertname": "NeedsApproval", "namespace": namespace, **labels})
-        alert["annotations"]["summary"] = f"Graph support_bot keeps failing in {namespace}"
-        alert["fingerprint"] = f"fp-{namespace}"
-        payload["alerts"] = [alert]
-        response = httpx.post(self.url + WEBHOOK, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
-        response.raise_for_status()
-        return int(response.json()["incident_ids"][0])
+        alert = {
+            "labels": {"alertname": "NeedsApproval", "namespace": namespace, **labels},
+            "annotations": {"summary": f"Graph support_bot keeps failing in {namespace}"},
+            "fingerprint": f"fp-{namespace}",
+        }
+        with httpx.Client(base_url=self.url) as client:
+            [incident_id] = post_alerts(client, alert)
+        return incident_id
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,13 @@ def unique_notification(run: str, index: int) -> tuple[str, dict[str, Any]]:
     return fingerprint, payload
 
 
+def alert_named(alertname: str, index: int = 0, **labels: str) -> dict[str, Any]:
+    """A one-alert notification of its own fingerprint, whose alertname (and labels) a test's rule matches."""
+    _, payload = unique_notification(run_id(), index)
+    payload["alerts"][0]["labels"].update(alertname=alertname, **labels)
+    return payload
+
+
 def unique_notifications(count: int) -> dict[str, dict[str, Any]]:
     run = run_id()
     return dict(unique_notification(run, i) for i in range(count))

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL, make_url
 
 from controlplane.app import create_app
-from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
-from tests.helpers import wait_for
+from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, make_settings, require_binary
+from tests.helpers import sample_notification, wait_for
 from tests.integration.serverproc import ServerProcess, truncate_all
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -47,15 +47,9 @@ playbooks:
 
 
 def notification(alertname: str, status: str = "firing") -> dict[str, Any]:
-    payload = load_payload("alertmanager_firing.json")
-    alert = payload["alerts"][0]
-    alert["labels"]["alertname"] = alertname
-    alert["fingerprint"] = f"backup-{alertname}"
-    alert["status"] = status
-    if status == "resolved":
-        alert["endsAt"] = "2026-11-24T08:30:00Z"
-    payload.update(alerts=[alert], status=status)
-    return payload
+    ended = {"endsAt": "2026-11-24T08:30:00Z"} if status == "resolved" else {}
+    alert = {"labels": {"alertname": alertname}, "fingerprint": f"backup-{alertname}", "status": status, **ended}
+    return sample_notification(alert) | {"status": status}
 
 
 def snapshot(client: httpx.Client | TestClient) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from controlplane.web import views
 from controlplane.web.auth import LoginThrottle, console_user
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import AUTH, TOKEN, WEBHOOK, count_rows, load_payload, make_settings
+from tests.conftest import AUTH, count_rows, make_settings
+from tests.helpers import post_alerts
 
 # Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
 HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("correct horse")
@@ -107,23 +108,6 @@ def csrf(client: TestClient, path: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
     assert match, f"no CSRF token on {path}"
     return match.group(1)
-
-
-def post_alerts(client: TestClient, *alerts: dict[str, Any]) -> list[int]:
-    payload = load_payload("alertmanager_firing.json")
-    template = payload["alerts"][0]
-    payload["alerts"] = [
-        {
-            **template,
-            "labels": {**template["labels"], **a.get("labels", {})},
-            "annotations": {**template["annotations"], **a.get("annotations", {})},
-            "fingerprint": a["fingerprint"],
-        }
-        for a in alerts
-    ]
-    response = client.post(WEBHOOK, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 200, response.text
-    return response.json()["incident_ids"]  # type: ignore[no-any-return]
 
 
 def needs_approval(client: TestClient, namespace: str = "ns-approve") -> tuple[int, int]:

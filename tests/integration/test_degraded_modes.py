@@ -37,9 +37,8 @@ from tests.integration.serverproc import (
     LOOPBACK,
     FaultProxy,
     ServerProcess,
-    run_id,
+    alert_named,
     truncate_all,
-    unique_notification,
     with_host_port,
 )
 from tests.integration.test_database_outage import upstream_of
@@ -54,13 +53,6 @@ def write_rules(directory: Path, text: str) -> Path:
     directory.mkdir(exist_ok=True)
     (directory / "rules.yaml").write_text(text)
     return directory
-
-
-def alert_named(alertname: str, index: int = 0) -> dict[str, Any]:
-    """A one-alert notification of its own fingerprint, whose alertname a test's rule matches."""
-    _, payload = unique_notification(run_id(), index)
-    payload["alerts"][0]["labels"]["alertname"] = alertname
-    return payload
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controlplane.app import create_app
-from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, load_payload, make_settings
-from tests.helpers import wait_for
+from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, make_settings
+from tests.helpers import post_alert, wait_for
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -50,16 +50,6 @@ def app_client(database_url: str, rules_dir: Path) -> Iterator[TestClient]:
     settings = make_settings(database_url, rules_dir=rules_dir, worker_poll_seconds=0.05)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
-
-
-def post_alert(client: TestClient, **labels: str) -> dict[str, Any]:
-    payload = load_payload("alertmanager_firing.json")
-    payload["alerts"] = payload["alerts"][:1]
-    payload["alerts"][0]["labels"].update(labels)
-    payload["alerts"][0]["fingerprint"] = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
-    response = client.post(WEBHOOK, json=payload)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def execution_in(client: TestClient, status: str) -> dict[str, Any] | None:

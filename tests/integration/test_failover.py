@@ -25,8 +25,8 @@ from controlplane.failover.schemas import CheckOutcome
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
-from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, load_payload, make_settings
-from tests.helpers import Clock
+from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, make_settings
+from tests.helpers import Clock, sample_notification
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHECK_INTERVAL = timedelta(seconds=10)  # the managers' clock moves one health-check interval per reading
@@ -427,9 +427,7 @@ def test_failover_switch_action_in_a_playbook(
     app = create_app(settings)
     with TestClient(app, headers=AUTH) as client:
         wait_for_first_checks(app.state.services)
-        payload = load_payload("alertmanager_firing.json")
-        payload["alerts"] = payload["alerts"][:1]
-        payload["alerts"][0]["labels"]["alertname"] = "ChatDown"
+        payload = sample_notification({"labels": {"alertname": "ChatDown"}})
         assert client.post(WEBHOOK, json=payload).status_code == 200
         deadline = time.monotonic() + 10
         while not (items := client.get("/api/v1/executions", params={"status": "succeeded"}).json()["items"]):

@@ -32,7 +32,8 @@ from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.rules.loader import load_rules
 from controlplane.rules.schema import Target
-from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import TOKEN, make_settings
+from tests.helpers import post_alert
 from tests.prometheus_server import PrometheusServer
 from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 from tests.standins.kubernetes import KubernetesStandIn
@@ -327,15 +328,6 @@ def service(database_url: str, sample_app: SampleApp, tmp_path: Path) -> Iterato
     settings = make_settings(database_url, rules_dir=rules_dir, worker_poll_seconds=0.05)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
-
-
-def post_alert(client: TestClient, **labels: str) -> None:
-    payload = load_payload("alertmanager_firing.json")
-    payload["alerts"] = payload["alerts"][:1]
-    payload["alerts"][0]["labels"].update(labels)
-    payload["alerts"][0]["fingerprint"] = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
-    response = client.post(WEBHOOK, json=payload)
-    assert response.status_code == 200, response.text
 
 
 def finished(client: TestClient, timeout: float = 10.0) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Playbook, Rule, RuleFile
 from controlplane.telemetry import Metrics
 from tests.conftest import load_payload, make_settings
-from tests.helpers import Clock
+from tests.helpers import Clock, sample_notification
 
 GROUP_BY = ["alertname", "namespace"]
 
@@ -79,12 +79,8 @@ class Harness:
     started: list[str] = field(default_factory=list)  # test.block calls made, by their text
 
     def fire(self, labels: dict[str, str] | None = None, fingerprint: str | None = None) -> list[Triggered]:
-        payload = load_payload("alertmanager_firing.json")
-        payload["alerts"] = payload["alerts"][:1]
-        alert = payload["alerts"][0]
-        alert["labels"].update(labels or {})
-        alert["fingerprint"] = fingerprint or f"fp{next(self.counter)}"
-        return self.deliver(payload)
+        alert = {"labels": labels or {}, "fingerprint": fingerprint or f"fp{next(self.counter)}"}
+        return self.deliver(sample_notification(alert))
 
     def deliver(self, payload: dict[str, Any]) -> list[Triggered]:
         assert self.rules is not None
@@ -374,15 +370,9 @@ def test_max_concurrent(harness: Harness) -> None:
 
 def storm(namespaces: list[str]) -> dict[str, Any]:
     """One notification holding a new alert per namespace given (repeats make several per group key)."""
-    payload = load_payload("alertmanager_firing.json")
-    template = payload["alerts"][0]
-    payload["alerts"] = []
-    for i, namespace in enumerate(namespaces):
-        alert = copy.deepcopy(template)
-        alert["labels"]["namespace"] = namespace
-        alert["fingerprint"] = f"storm{i}"
-        payload["alerts"].append(alert)
-    return payload
+    return sample_notification(
+        *({"labels": {"namespace": namespace}, "fingerprint": f"storm{i}"} for i, namespace in enumerate(namespaces))
+    )
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from controlplane.db.tables import executions_t, steps_t
 from controlplane.rules.schema import Target
 from tests.conftest import WEBHOOK, make_settings
 from tests.helpers import wait_for
-from tests.integration.serverproc import AUTH, run_id, unique_notification
+from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import Arrival, HttpTarget
 
 HUNG_STEPS = 4  # as many as the old shared action pool had threads (worker_threads 2 x 2)
@@ -34,12 +34,6 @@ HEALTHY_STEP_TIMEOUT = 3.0
 CLIENT_TIMEOUT = 60  # the request's own timeout: a hung call would hold its thread this long
 PROMPT_SECONDS = 2.0  # from the healthy alert's webhook to its request arriving, on a loaded machine
 CLOCK_GRANULARITY = timedelta(milliseconds=5)
-
-
-def alert(alertname: str, index: int) -> dict[str, Any]:
-    _, payload = unique_notification(run_id(), index)
-    payload["alerts"][0]["labels"]["alertname"] = alertname
-    return payload
 
 
 def finished_steps(engine: Engine, rule: str) -> list[Any]:
@@ -102,7 +96,7 @@ playbooks:
     app = create_app(settings)
     with TestClient(app, headers=AUTH) as client:
         for index in range(HUNG_STEPS):
-            assert client.post(WEBHOOK, json=alert("CallHung", index)).status_code == 200
+            assert client.post(WEBHOOK, json=alert_named("CallHung", index)).status_code == 200
         hung_steps = wait_for(
             "every step against the hung target is recorded failed",
             lambda: (rows := finished_steps(engine, "call-hung")) and len(rows) == HUNG_STEPS and rows,
@@ -111,7 +105,7 @@ playbooks:
         assert all(s.status == "failed" and "timed out" in (s.error or "") for s in hung_steps)
 
         posted = datetime.now(UTC)
-        assert client.post(WEBHOOK, json=alert("CallHealthy", HUNG_STEPS)).status_code == 200
+        assert client.post(WEBHOOK, json=alert_named("CallHealthy", HUNG_STEPS)).status_code == 200
         [healthy_step] = wait_for(
             "the step against the healthy target is recorded", lambda: finished_steps(engine, "call-healthy"), 30
         )

@@ -29,7 +29,7 @@ from controlplane.db.engine import make_engine
 from controlplane.db.tables import executions_t, steps_t
 from tests.conftest import WEBHOOK, make_settings
 from tests.helpers import wait_for
-from tests.integration.serverproc import AUTH, run_id, unique_notification
+from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import HttpTarget
 
 registry = load_builtin_actions()
@@ -67,12 +67,10 @@ class Service:
 
     def fire(self, **labels: str) -> list[Any]:
         """Send one alert and wait until its execution ends; its steps, in order."""
-        _, payload = unique_notification(run_id(), self.sent)
+        payload = alert_named("Steer", self.sent, **labels)
         self.sent += 1
-        alert = payload["alerts"][0]
-        alert["labels"].update(alertname="Steer", **labels)
         assert self.client.post(WEBHOOK, json=payload).status_code == 200
-        fingerprint = alert["fingerprint"]
+        fingerprint = payload["alerts"][0]["fingerprint"]
         done = wait_for(f"the execution of {fingerprint} ends", lambda: self._ended(fingerprint), 30)
         with self.engine.connect() as conn:
             return conn.execute(select(steps_t).where(steps_t.c.execution_id == done).order_by(steps_t.c.index)).all()

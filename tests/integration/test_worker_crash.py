@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, WEBHOOK, load_payload
-from tests.helpers import wait_for
+from tests.conftest import ADMIN_TOKEN, WEBHOOK
+from tests.helpers import sample_notification, wait_for
 from tests.integration.serverproc import AUTH, ServerProcess, truncate_all
 
 
@@ -89,8 +89,7 @@ playbooks:
         "worker_poll_seconds": "0.2",
         "admin_token": ADMIN_TOKEN,
     }
-    payload = load_payload("alertmanager_firing.json")
-    payload["alerts"] = payload["alerts"][:1]
+    payload = sample_notification()
     with ServerProcess(url, tmp_path / "first.log", **settings) as first:
         first.wait_ready()
         assert httpx.post(first.url + WEBHOOK, json=payload, headers=AUTH, timeout=10).status_code == 200
