@@ -1,18 +1,28 @@
-"""Plain helpers the tests share: polling with a deadline, a clock the test moves by hand, alert payloads."""
+"""Plain helpers the tests share: polling with a deadline, a hand-moved clock, alert payloads, the console's login."""
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
 
-from tests.conftest import TOKEN, WEBHOOK, load_payload
+from controlplane.app import create_app
+from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload, make_settings
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # where a test's clock starts unless it says otherwise
+PASSWORD = "correct horse"  # of every console user of the tests
+# Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
+PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
 
 def wait_for(
@@ -99,3 +109,57 @@ def post_alert(client: httpx.Client, **labels: str) -> list[int]:
     """Post one alert with `labels` over the sample's, its fingerprint made of them; the incident ids."""
     fingerprint = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
     return post_alerts(client, {"labels": labels, "fingerprint": fingerprint})
+
+
+def console_users(**roles: str) -> list[dict[str, str]]:
+    """Console users by name (name=role), each logging in with PASSWORD."""
+    return [{"name": name, "role": role, "password_hash": PASSWORD_HASH} for name, role in roles.items()]
+
+
+@contextmanager
+def console_app(
+    database_url: str,
+    rules: str,
+    directory: Path,
+    *,
+    users: list[dict[str, str]],
+    seeded: bool = False,
+    raise_server_exceptions: bool = True,
+    **settings: Any,
+) -> Iterator[TestClient]:
+    """The app with its console: `rules` in a rules folder made in `directory`, `users`, `settings` over the tests'.
+
+    The client holds the webhook and read token; `seeded`: the sample notification is posted first.
+    """
+    rules_dir = directory / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "test.yaml").write_text(rules)
+    values = make_settings(
+        database_url,
+        rules_dir=rules_dir,
+        console_users=users,
+        session_secret=SESSION_SECRET,
+        **settings,
+    )
+    with TestClient(create_app(values), headers=AUTH, raise_server_exceptions=raise_server_exceptions) as client:
+        if seeded:
+            assert client.post(WEBHOOK, json=load_payload("alertmanager_firing.json")).status_code == 200
+        yield client
+
+
+def csrf(client: httpx.Client, path: str) -> str:
+    """The CSRF token of the console page at `path`, as the client's session sees it."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def log_in(client: httpx.Client, name: str) -> None:
+    """Log the client in afresh (its cookies cleared) as the console user `name`."""
+    client.cookies.clear()
+    response = client.post(
+        "/login",
+        data={"csrf_token": csrf(client, "/login"), "username": name, "password": PASSWORD},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
