@@ -1,4 +1,4 @@
-"""Plain helpers the tests share: polling with a deadline, a hand-moved clock, alert payloads, the console's login."""
+"""Plain helpers the tests share: polling, a hand-moved clock, alert payloads, action contexts, the console's login."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from typing import Any, TypeVar
 import httpx
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
+from controlplane.actions.base import ActionContext
 from controlplane.app import create_app
+from controlplane.config import Settings
+from controlplane.rules.schema import Target
 from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload, make_settings
 
 T = TypeVar("T")
@@ -109,6 +113,36 @@ def post_alert(client: httpx.Client, **labels: str) -> list[int]:
     """Post one alert with `labels` over the sample's, its fingerprint made of them; the incident ids."""
     fingerprint = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
     return post_alerts(client, {"labels": labels, "fingerprint": fingerprint})
+
+
+def action_context(
+    settings: Settings,
+    engine: Engine,
+    *targets: Target,
+    key: str = "1:0",
+    now: datetime | None = None,
+    deadline: float | None = None,
+) -> ActionContext:
+    """The context of an action called directly, as the executor would: step 0 of execution 1 of "test-rule".
+
+    No incident or alert; `targets` as the rule files would define them; the clock stands at `now`
+    (the present by default); `deadline` as the executor's (a time.monotonic() reading).
+    """
+    at = now or datetime.now(UTC)
+    return ActionContext(
+        execution_id=1,
+        step_index=0,
+        idempotency_key=key,
+        rule="test-rule",
+        incident=None,
+        alert=None,
+        settings=settings,
+        engine=engine,
+        now=lambda: at,
+        step_started_at=at,
+        targets={t.name: t for t in targets},
+        deadline=deadline,
+    )
 
 
 def console_users(**roles: str) -> list[dict[str, str]]:

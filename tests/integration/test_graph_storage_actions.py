@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,10 @@ from controlplane.actions.base import (
 )
 from controlplane.app import create_app
 from controlplane.config import Settings
-from controlplane.db.engine import make_engine
 from controlplane.rules.loader import load_rules
 from controlplane.rules.schema import Target
 from tests.conftest import TOKEN, make_settings
-from tests.helpers import post_alert
+from tests.helpers import action_context, post_alert
 from tests.prometheus_server import PrometheusServer
 from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 from tests.standins.kubernetes import KubernetesStandIn
@@ -41,31 +39,6 @@ from tests.standins.kubernetes import KubernetesStandIn
 registry = load_builtin_actions()
 NS = "agents"
 CONFIG = "langgraph-config"
-
-
-@pytest.fixture(scope="module")
-def unused_engine() -> Iterator[Engine]:
-    # The actions never touch the database; the context just needs one.
-    engine = make_engine("sqlite://")
-    yield engine
-    engine.dispose()
-
-
-def context(engine: Engine, *targets: Target, key: str = "1:0", settings: Settings | None = None) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key=key,
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=settings or Settings(),
-        engine=engine,
-        now=lambda: now,
-        step_started_at=now,
-        targets={t.name: t for t in targets},
-    )
 
 
 def http_target(sample: SampleApp, **fields: Any) -> Target:
@@ -88,7 +61,7 @@ class Runner:
         return spec.func(self._ctx(key), spec.params.model_validate(params))
 
     def _ctx(self, key: str) -> ActionContext:
-        return context(self.engine, *self.targets, key=key, settings=self.settings)
+        return action_context(self.settings or Settings(), self.engine, *self.targets, key=key)
 
 
 # -- graph.disable / graph.enable on an http target ----------------------------------------------

@@ -24,7 +24,7 @@ from controlplane.app import create_app
 from controlplane.db.tables import executions_t, steps_t
 from controlplane.rules.schema import Target
 from tests.conftest import WEBHOOK, make_settings
-from tests.helpers import wait_for
+from tests.helpers import action_context, wait_for
 from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import Arrival, HttpTarget
 
@@ -144,21 +144,9 @@ DEADLINE_SECONDS = 0.5
 
 
 def direct_context(engine: Engine, hung: HttpTarget, deadline: float) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key="1:0",
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=make_settings(str(engine.url), http_allowed_hosts=[hung.host]),
-        engine=engine,
-        now=lambda: now,
-        step_started_at=now,
-        targets={"default": Target(name="default", kind="http", url=f"{hung.url}/admin")},
-        deadline=deadline,
-    )
+    settings = make_settings(str(engine.url), http_allowed_hosts=[hung.host])
+    target = Target(name="default", kind="http", url=f"{hung.url}/admin")
+    return action_context(settings, engine, target, deadline=deadline)
 
 
 CALLS = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,14 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from controlplane.actions.base import ActionContext, ActionError, load_builtin_actions
+from controlplane.actions.base import ActionError, load_builtin_actions
 from controlplane.actions.http import HttpRequestParams
 from controlplane.app import create_app
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import executions_t, steps_t
 from tests.conftest import WEBHOOK, make_settings
-from tests.helpers import wait_for
+from tests.helpers import action_context, wait_for
 from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import HttpTarget
 
@@ -108,22 +107,6 @@ playbooks:
             yield Service(client, engine)
     finally:
         engine.dispose()
-
-
-def context(settings: Settings) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key="1:0",
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=settings,
-        engine=make_engine("sqlite://"),
-        now=lambda: now,
-        step_started_at=now,
-    )
 
 
 # -- request paths and object names ------------------------------------------------------------
@@ -234,7 +217,7 @@ def test_header_names_and_values_that_would_break_the_request_are_refused(
 def test_httpx_refusing_to_send_is_a_non_retriable_step_error(target: HttpTarget) -> None:
     """Past validation (a params model built without it), httpx's own refusal is not a target failure."""
     spec = registry.get("http.request")
-    ctx = context(Settings(http_allowed_hosts=["127.0.0.1"]))
+    ctx = action_context(Settings(http_allowed_hosts=["127.0.0.1"]), make_engine("sqlite://"))
     params = HttpRequestParams.model_construct(
         url=f"{target.url}/x", method="GET", json_body=None, headers={"X-Trace": "a\r\nb: c"}, timeout=5.0,
         expect_status=[200],
