@@ -27,24 +27,10 @@ from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
 from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, make_settings
 from tests.helpers import Clock, sample_notification
+from tests.unit.test_failover_thresholds import chat
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHECK_INTERVAL = timedelta(seconds=10)  # the managers' clock moves one health-check interval per reading
-
-
-def chat(auto_failback: bool = True, threshold: int = 2) -> FailoverGroup:
-    """Seed 002's three nodes; node-2 is preferred, node-1 and node-3 tie (node-1 wins by name)."""
-    return FailoverGroup(
-        service="chat",
-        endpoints=[
-            Endpoint(name="node-1", url="http://node-1:8000", region="eu-west", priority=1),
-            Endpoint(name="node-2", url="http://node-2:8000", region="us-east", priority=0),
-            Endpoint(name="node-3", url="http://node-3:8000", region="ap-south", priority=1),
-        ],
-        failure_threshold=threshold,
-        recovery_threshold=threshold,
-        auto_failback=auto_failback,
-    )
 
 
 def manager(engine: Engine, group: FailoverGroup, **kwargs: object) -> FailoverManager:
@@ -182,7 +168,7 @@ def test_state_survives_a_new_manager_on_the_same_database(engine: Engine, datab
 
 
 def test_with_every_endpoint_down_the_first_to_recover_takes_over(engine: Engine) -> None:
-    group = chat(auto_failback=False, threshold=1)
+    group = chat(auto_failback=False, failure_threshold=1, recovery_threshold=1)
     m = manager(engine, group)
     for node in ("node-1", "node-3", "node-2"):
         m.record_check(group, node, False, "down")

@@ -7,7 +7,6 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,38 +26,14 @@ from controlplane.config import Settings
 from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
 from controlplane.playbooks.executor import Executor
-from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 from tests.conftest import make_settings
-from tests.helpers import Clock
-from tests.integration.test_playbooks import Harness, make_registry, rules
+from tests.integration.test_playbooks import Harness, engine_harness, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
 
 PUBLIC_URL = "https://controlplane.example"
-
-
-@contextmanager
-def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = None) -> Iterator[Harness]:
-    """The engine of tests/integration/test_playbooks.py with settings of the test's choosing."""
-    clock = clock or Clock()
-    calls: list[tuple[str, str]] = []
-    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=clock.monotonic)
-    executor = Executor(
-        engine=engine,
-        registry=make_registry(calls),
-        settings=settings,
-        breakers=breakers,
-        metrics=Metrics(CollectorRegistry()),
-        clock=clock,
-        sleep=lambda _s: None,
-    )
-    worker = Worker(
-        engine=engine, executor=executor, instance_id="test", threads=1, lease_seconds=30, poll_seconds=0.05,
-        max_claims=3, clock=clock,
-    )  # fmt: skip
-    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls)
 
 
 def context_of(h: Harness, execution_id: int, settings: Settings, key: str = "direct:1") -> ActionContext:

@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from controlplane.actions.base import (
     action,
     load_builtin_actions,
 )
+from controlplane.config import Settings
 from controlplane.db.tables import executions_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
@@ -140,20 +142,22 @@ def make_registry(
     return registry
 
 
-@pytest.fixture
-def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
-    settings = make_settings(database_url, worker_lease_seconds=30, max_claims=3)
-    clock = Clock()
+@contextmanager
+def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = None) -> Iterator[Harness]:
+    """The engine with the actions of make_registry, one worker and a hand-moved clock, on the test's settings.
+
+    On leaving, the `hung` target of test.block answers, so no call stays blocked.
+    """
+    clock = clock or Clock()
     calls: list[tuple[str, str]] = []
     gate, started = threading.Event(), []
-    metrics = Metrics(CollectorRegistry())
     breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=clock.monotonic)
     executor = Executor(
         engine=engine,
         registry=make_registry(calls, gate, started),
         settings=settings,
         breakers=breakers,
-        metrics=metrics,
+        metrics=Metrics(CollectorRegistry()),
         clock=clock,
         sleep=lambda _s: None,
     )
@@ -167,8 +171,18 @@ def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
         max_claims=3,
         clock=clock,
     )
-    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls, gate=gate, started=started)
-    gate.set()
+    try:
+        yield Harness(
+            engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls, gate=gate, started=started
+        )
+    finally:
+        gate.set()
+
+
+@pytest.fixture
+def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
+    with engine_harness(engine, make_settings(database_url, worker_lease_seconds=30, max_claims=3)) as harness:
+        yield harness
 
 
 def rules(steps: str, guards: str = "{}", extra_rule: str = "") -> Rules:
