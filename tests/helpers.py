@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -60,6 +61,27 @@ def wait_for(
                 message += f"\n{details()}"
             raise AssertionError(message)
         time.sleep(interval)
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen[Any], log_tail: Callable[[], str], timeout: float, *, name: str = "server"
+) -> None:
+    """Until GET `url` answers 200; fail at once, with the process's log, if it exits, else at the deadline."""
+    last = "no answer"
+
+    def serving() -> bool:
+        nonlocal last
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{log_tail()}")
+        try:
+            answer = httpx.get(url, timeout=2.0)
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+            return False
+        last = f"{answer.status_code} {answer.text[:200]}"
+        return answer.status_code == 200
+
+    wait_for(f"{name} ready at {url}", serving, timeout, details=lambda: f"last answer: {last}\n{log_tail()}")
 
 
 class Clock:

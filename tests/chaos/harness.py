@@ -6,7 +6,6 @@ Loopback only; every wait has a deadline; everything started here has a `close()
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
@@ -180,14 +179,10 @@ class ChaosAlertmanager:
             )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"alertmanager exited: {self.log_path.read_text()[-2000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"alertmanager not ready within {timeout:g}s")
+        helpers.wait_until_serving(f"{self.url}/-/ready", self.process, self.log_tail, timeout, name="alertmanager")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-2000:]
 
     def push(self, alerts: list[dict[str, Any]]) -> None:
         """What Prometheus does: POST /api/v2/alerts."""

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
 from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload
+from tests.helpers import wait_until_serving
 
 LOOPBACK = "127.0.0.1"
 
@@ -216,20 +217,7 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until GET /ready answers 200; fail (with the server's output) on exit or deadline."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                response = httpx.get(f"{self.url}/ready", timeout=2.0)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready within {timeout:g}s (last: {last}):\n{self.log_tail()}")
+        wait_until_serving(f"{self.url}/ready", self.proc, self.log_tail, timeout)
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
