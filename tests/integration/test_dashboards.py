@@ -30,6 +30,7 @@ from controlplane.checks import check_dashboards, dashboard_queries, substitute_
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
 from tests.helpers import wait_for
+from tests.logged_process import LoggedProcess
 from tests.prometheus_server import LOOPBACK, MetricsTarget, free_port
 from tests.sample_fixture import SampleApp, run_sample_app
 
@@ -67,7 +68,7 @@ failover:
 pytestmark = pytest.mark.slow
 
 
-class Prometheus:
+class Prometheus(LoggedProcess):
     """The prometheus binary scraping several jobs every second, with the alerting rules loaded."""
 
     def __init__(self, binary: str, workdir: Path, jobs: Mapping[str, tuple[str, str]]) -> None:
@@ -123,19 +124,9 @@ class Prometheus:
 
         return wait_for(what, check, timeout, interval=0.25, details=self.log_tail)
 
-    def log_tail(self) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-
     def stop(self) -> None:
         self.http.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
+        self.stop_process()
 
 
 @dataclass
