@@ -102,15 +102,39 @@ def test_reload_keeps_the_rules_in_force_when_a_file_is_bad(app_client: TestClie
     assert "broken.yaml:" in json.dumps(response.json())
     rules = app_client.get("/api/v1/rules").json()
     assert [r["name"] for r in rules["rules"]] == ["note-errors", "careful"]
-    assert rules["last_reload_errors"]
+    broken = rules_dir / "broken.yaml"
+    assert rules["last_reload_errors"] == [f"{broken}:4: rule \"x\": playbook: no playbook named 'missing'"]
     (rules_dir / "broken.yaml").unlink()
     assert app_client.post("/api/v1/rules/reload", headers=ADMIN).status_code == 200
+
+
+def connection_refused() -> None:
+    raise ConnectionError("connection refused")
 
 
 def test_actions_breakers_and_admin_refusal(app_client: TestClient, database_url: str, rules_dir: Path) -> None:
     names = {a["name"] for a in app_client.get("/api/v1/actions").json()}
     assert {"notify.log", "wait", "verify.resolved", "incident.annotate", "http.request", "prometheus.top"} <= names
-    assert isinstance(app_client.get("/api/v1/circuit-breakers").json(), list)
+    # A target's breaker is listed, with what the calls through it did.
+    breaker = app_client.app.state.services.breakers.get("http:graph-admin")  # type: ignore[attr-defined]
+    assert breaker.call(lambda: "ok") == "ok"
+    with pytest.raises(ConnectionError):
+        breaker.call(connection_refused)
+    assert app_client.get("/api/v1/circuit-breakers").json() == [
+        {
+            "name": "http:graph-admin",
+            "state": "closed",
+            "consecutive_failures": 1,
+            "consecutive_successes": 0,
+            "in_flight": 0,
+            "total": 2,
+            "succeeded": 1,
+            "failed": 1,
+            "rejected": 0,
+            "opened_at": None,
+            "retry_in": None,
+        }
+    ]
     without_admin = make_settings(database_url, rules_dir=rules_dir, admin_token=None)
     with TestClient(create_app(without_admin), headers=AUTH) as client:
         refused = client.post("/api/v1/automation/pause")
