@@ -1,13 +1,17 @@
-"""Plain helpers the tests share: polling, a hand-moved clock, alert payloads, action contexts, the console's login."""
+"""Plain helpers the tests share: polling, loopback HTTP servers, a hand-moved clock, alert payloads, action
+contexts, the console's login.
+"""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +27,7 @@ from controlplane.rules.schema import Target
 from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload, make_settings
 
 T = TypeVar("T")
+LOOPBACK = "127.0.0.1"
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # where a test's clock starts unless it says otherwise
 PASSWORD = "correct horse"  # of every console user of the tests
 # Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
@@ -82,6 +87,26 @@ def wait_until_serving(
         return answer.status_code == 200
 
     wait_for(f"{name} ready at {url}", serving, timeout, details=lambda: f"last answer: {last}\n{log_tail()}")
+
+
+class LoopbackHTTP:
+    """An HTTP server of `handler` on a free port of `host`, serving from a daemon thread until close().
+
+    Requests get daemon threads, so close() never waits for a hung one; a short poll makes close() quick.
+    """
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], name: str, host: str = LOOPBACK) -> None:
+        self.server = ThreadingHTTPServer((host, 0), handler)
+        self.server.daemon_threads = True
+        self.host, self.port = host, int(self.server.server_address[1])
+        self.url = f"http://{host}:{self.port}"
+        thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name=name)
+        thread.daemon = True
+        thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Clock:

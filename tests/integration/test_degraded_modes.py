@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from controlplane.app import create_app
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import audit_t, executions_t
 from tests.conftest import WEBHOOK, make_settings
-from tests.helpers import wait_for
+from tests.helpers import LoopbackHTTP, wait_for
 from tests.integration.serverproc import (
     AUTH,
     LOOPBACK,
@@ -247,14 +247,11 @@ class Target:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="target", daemon=True)
-        self.thread.start()
+        self.server = LoopbackHTTP(Handler, "target")
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

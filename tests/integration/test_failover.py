@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
 from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, make_settings
-from tests.helpers import Clock, sample_notification
+from tests.helpers import Clock, LoopbackHTTP, sample_notification
 from tests.unit.test_failover_thresholds import chat
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -215,15 +214,11 @@ class HealthServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = LoopbackHTTP(Handler, "health-server")
+        self.url = self.httpd.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 @pytest.fixture

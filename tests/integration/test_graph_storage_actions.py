@@ -31,7 +31,7 @@ from controlplane.config import Settings
 from controlplane.rules.loader import load_rules
 from controlplane.rules.schema import Target
 from tests.conftest import TOKEN, make_settings
-from tests.helpers import action_context, post_alert
+from tests.helpers import LoopbackHTTP, action_context, post_alert
 from tests.prometheus_server import PrometheusServer
 from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 from tests.standins.kubernetes import KubernetesStandIn
@@ -472,12 +472,11 @@ class FailingServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.handler = Handler
 
     def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/admin"
+        self.server = LoopbackHTTP(self.handler, "failing-server")
+        return f"{self.server.url}/admin"
 
     def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()

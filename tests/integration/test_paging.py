@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from controlplane.playbooks.executor import Executor
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 from tests.conftest import make_settings
+from tests.helpers import LoopbackHTTP
 from tests.integration.test_playbooks import Harness, engine_harness, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
@@ -97,17 +97,15 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/s3cr3t"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
+        self.server = LoopbackHTTP(Handler, "webhook-sink")
+        self.url = f"{self.server.url}/hook/s3cr3t"
 
 
 @pytest.fixture
 def webhook_sink() -> Iterator[WebhookSink]:
     sink = WebhookSink()
     yield sink
-    sink.server.shutdown()
-    sink.server.server_close()
+    sink.server.close()
 
 
 @pytest.fixture

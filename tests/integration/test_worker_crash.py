@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, WEBHOOK
-from tests.helpers import sample_notification, wait_for
+from tests.helpers import LoopbackHTTP, sample_notification, wait_for
 from tests.integration.serverproc import AUTH, ServerProcess, truncate_all
 
 
@@ -41,12 +40,11 @@ class SlowTarget:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/restart"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackHTTP(Handler, "slow-target")
+        self.url = f"{self.server.url}/restart"
 
     def close(self) -> None:
-        self.server.shutdown()
+        self.server.close()
 
 
 @pytest.fixture
