@@ -153,7 +153,8 @@ def post_alerts(client: httpx.Client, *alerts: Mapping[str, Any]) -> list[int]:
     """Post the sample notification carrying `alerts` (see sample_notification) to the webhook; the incident ids."""
     response = client.post(WEBHOOK, json=sample_notification(*alerts), headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200, response.text
-    return response.json()["incident_ids"]  # type: ignore[no-any-return]
+    incident_ids: list[int] = response.json()["incident_ids"]
+    return incident_ids
 
 
 def post_alert(client: httpx.Client, **labels: str) -> list[int]:
