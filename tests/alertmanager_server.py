@@ -9,7 +9,6 @@ silences, not notifications.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_binary
+from tests.helpers import wait_until_serving
 from tests.logged_process import LoggedProcess
 from tests.prometheus_server import LOOPBACK, free_port
 
@@ -55,17 +55,7 @@ class AlertmanagerServer(LoggedProcess):
         self.http = httpx.Client(base_url=self.url, timeout=5.0)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if self.http.get("/-/ready").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"alertmanager not ready after {timeout:g}s:\n{self.log_tail()}")
+        wait_until_serving(f"{self.url}/-/ready", self.process, self.log_tail, timeout, name="alertmanager")
 
     def silence(self, silence_id: str) -> dict[str, object]:
         """GET /api/v2/silence/{id} straight over HTTP, independent of the code under test."""

@@ -108,6 +108,14 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="module")
+def unused_engine() -> Iterator[Engine]:
+    """For the contexts of actions that never touch the database: a context just needs an engine."""
+    engine = make_engine("sqlite://")
+    yield engine
+    engine.dispose()
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     """Test settings: no rules unless a test names a rules_dir (the shipped rules act on what they match).
 

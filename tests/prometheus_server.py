@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_binary
+from tests.helpers import LoopbackHTTP
 from tests.logged_process import LoggedProcess
 
 LOOPBACK = "127.0.0.1"
@@ -68,11 +69,8 @@ class MetricsTarget:
             def log_message(self, format: str, *args: Any) -> None:  # scrapes every second: keep test output clean
                 pass
 
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self._server.daemon_threads = True
-        self.address = f"{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-target", daemon=True)
-        self._thread.start()
+        self._http = LoopbackHTTP(Handler, "metrics-target")
+        self.address = f"{LOOPBACK}:{self._http.port}"
 
     def set(self, name: str, labels: Mapping[str, str], value: float) -> None:
         with self._lock:
@@ -95,8 +93,7 @@ class MetricsTarget:
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()
 
 
 class PrometheusServer(LoggedProcess):

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.sample.app import create_app
 from controlplane.sample.service import SampleService
+from tests.helpers import wait_for
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -84,14 +85,7 @@ class SampleClient:
         )
 
     def wait_until(self, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not met within {timeout:g}s")
-            time.sleep(0.02)
+        return wait_for(what, predicate, timeout, interval=0.02)
 
     def close(self) -> None:
         self.http.close()

@@ -6,7 +6,6 @@ Loopback only; every wait has a deadline; everything started here has a `close()
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
@@ -25,6 +24,7 @@ from sqlalchemy import text
 
 from controlplane.db.engine import make_engine
 from controlplane.sample.service import SampleService
+from tests import helpers
 from tests.conftest import TOKEN, WEBHOOK, load_payload
 from tests.integration.serverproc import AUTH, LOOPBACK, ServerProcess, free_port
 
@@ -179,14 +179,10 @@ class ChaosAlertmanager:
             )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"alertmanager exited: {self.log_path.read_text()[-2000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"alertmanager not ready within {timeout:g}s")
+        helpers.wait_until_serving(f"{self.url}/-/ready", self.process, self.log_tail, timeout, name="alertmanager")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-2000:]
 
     def push(self, alerts: list[dict[str, Any]]) -> None:
         """What Prometheus does: POST /api/v2/alerts."""
@@ -409,18 +405,9 @@ def query(database_url: str, sql: str, **params: Any) -> list[Any]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll until `predicate()` is truthy; on the deadline fail with its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value, error = predicate(), None
-        except Exception as exc:  # the database may still be coming back
-            value, error = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s (last error: {error!r})")
-        time.sleep(interval)
+    """Poll until `predicate()` is truthy; on the deadline fail with its last error."""
+    # Any error means "not yet": the database may still be coming back.
+    return helpers.wait_for(what, predicate, timeout, interval=interval, retry_on=(Exception,))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,18 +17,16 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from argon2 import PasswordHasher
 
 from controlplane.app import create_app
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings, require_binary
+from tests.conftest import make_settings, require_binary
+from tests.helpers import PASSWORD, console_users, post_alerts
 from tests.prometheus_server import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-PASSWORD = "correct horse"
-HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -60,15 +58,14 @@ class Served:
     url: str
 
     def post_alert(self, namespace: str, **labels: str) -> int:
-        payload = load_payload("alertmanager_firing.json")
-        alert = payload["alerts"][0]
-        alert["labels"].update({"alertname": "NeedsApproval", "namespace": namespace, **labels})
-        alert["annotations"]["summary"] = f"Graph support_bot keeps failing in {namespace}"
-        alert["fingerprint"] = f"fp-{namespace}"
-        payload["alerts"] = [alert]
-        response = httpx.post(self.url + WEBHOOK, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
-        response.raise_for_status()
-        return int(response.json()["incident_ids"][0])
+        alert = {
+            "labels": {"alertname": "NeedsApproval", "namespace": namespace, **labels},
+            "annotations": {"summary": f"Graph support_bot keeps failing in {namespace}"},
+            "fingerprint": f"fp-{namespace}",
+        }
+        with httpx.Client(base_url=self.url) as client:
+            [incident_id] = post_alerts(client, alert)
+        return incident_id
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +80,7 @@ def served(
     settings = make_settings(
         f"sqlite:///{root}/controlplane.db",
         rules_dir=root / "rules",
-        console_users=[{"name": r, "role": r, "password_hash": HASH} for r in ("viewer", "operator")],
+        console_users=console_users(viewer="viewer", operator="operator"),
         session_secret="browser-test-session-secret-0123456789",
         console_refresh_seconds=1.0,
         worker_poll_seconds=0.05,

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.demo import BINARIES, Stack
+from tests import helpers
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.slow
@@ -49,17 +50,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def wait_for(stack: Stack, predicate: Callable[[], T | None], what: str, timeout: float) -> T:
     """The predicate's first truthy value; on the deadline, fail with what was awaited and every log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except httpx.HTTPError:  # a server between restarts of nothing: look again until the deadline
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g}s\n{stack.logs()}")
-        time.sleep(0.25)
+    # An HTTP error is a server between restarts of nothing: look again until the deadline.
+    return helpers.wait_for(what, predicate, timeout, interval=0.25, retry_on=(httpx.HTTPError,), details=stack.logs)
 
 
 def error_count(stack: Stack, graph: str) -> float:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
 from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload
+from tests.helpers import wait_until_serving
 
 LOOPBACK = "127.0.0.1"
 
@@ -66,6 +67,13 @@ def unique_notification(run: str, index: int) -> tuple[str, dict[str, Any]]:
         groupKey=f'{{}}/{{severity="critical"}}:{{alertname="{alertname}", namespace="agents"}}',
     )
     return fingerprint, payload
+
+
+def alert_named(alertname: str, index: int = 0, **labels: str) -> dict[str, Any]:
+    """A one-alert notification of its own fingerprint, whose alertname (and labels) a test's rule matches."""
+    _, payload = unique_notification(run_id(), index)
+    payload["alerts"][0]["labels"].update(alertname=alertname, **labels)
+    return payload
 
 
 def unique_notifications(count: int) -> dict[str, dict[str, Any]]:
@@ -209,20 +217,7 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until GET /ready answers 200; fail (with the server's output) on exit or deadline."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                response = httpx.get(f"{self.url}/ready", timeout=2.0)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready within {timeout:g}s (last: {last}):\n{self.log_tail()}")
+        wait_until_serving(f"{self.url}/ready", self.proc, self.log_tail, timeout)
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)

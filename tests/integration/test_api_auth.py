@@ -14,16 +14,15 @@ from pathlib import Path
 
 import pytest
 import structlog
-from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 
 from controlplane.app import create_app
 from tests.conftest import WEBHOOK, load_payload, make_settings
+from tests.helpers import SESSION_SECRET, console_users
 
 WEBHOOK_TOKEN = "webhook-only-0123456789abcdef"
 READ_TOKEN = "read-only-0123456789abcdef0123"
 ADMIN = "admin-0123456789abcdef01234567"
-HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("correct horse")
 OPEN = {"/health", "/ready", "/metrics"}
 
 
@@ -34,8 +33,8 @@ def app(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
         webhook_token=WEBHOOK_TOKEN,
         read_token=READ_TOKEN,
         admin_token=ADMIN,
-        console_users=[{"name": "vic", "role": "viewer", "password_hash": HASH}],
-        session_secret="test-session-secret-0123456789abcdef",
+        console_users=console_users(vic="viewer"),
+        session_secret=SESSION_SECRET,
     )
     with TestClient(create_app(settings)) as client:
         yield client

@@ -20,19 +20,12 @@ from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.services import Services
-from tests.conftest import load_payload, make_settings
+from tests.conftest import make_settings
+from tests.helpers import Clock, sample_notification
 
 GROUP_BY = ["alertname", "namespace"]
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 _fingerprints = itertools.count(1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def ruleset(tmp_path: Path, guards: str) -> RuleSet:
@@ -55,11 +48,8 @@ playbooks:
 
 def fire(engine: Engine, rules: RuleSet, at: datetime, graph: str | None = None) -> Triggered:
     """One new alert at `at` (of a graph of its own unless named): the execution its rule created."""
-    payload = load_payload("alertmanager_firing.json")
-    payload["alerts"] = payload["alerts"][:1]
     number = next(_fingerprints)
-    payload["alerts"][0]["fingerprint"] = f"fp{number}"
-    payload["alerts"][0]["labels"]["graph_name"] = graph or f"graph_{number}"
+    payload = sample_notification({"fingerprint": f"fp{number}", "labels": {"graph_name": graph or f"graph_{number}"}})
     with write_transaction(engine) as conn:
         result = ingest_notification(conn, AlertmanagerNotification.model_validate(payload), group_by=GROUP_BY, now=at)
         [triggered] = trigger_for_alerts(

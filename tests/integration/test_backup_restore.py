@@ -10,9 +10,8 @@ approval can be approved and runs.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL, make_url
 
 from controlplane.app import create_app
-from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
+from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN, WEBHOOK, make_settings, require_binary
+from tests.helpers import sample_notification, wait_for
 from tests.integration.serverproc import ServerProcess, truncate_all
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -47,24 +47,9 @@ playbooks:
 
 
 def notification(alertname: str, status: str = "firing") -> dict[str, Any]:
-    payload = load_payload("alertmanager_firing.json")
-    alert = payload["alerts"][0]
-    alert["labels"]["alertname"] = alertname
-    alert["fingerprint"] = f"backup-{alertname}"
-    alert["status"] = status
-    if status == "resolved":
-        alert["endsAt"] = "2026-11-24T08:30:00Z"
-    payload.update(alerts=[alert], status=status)
-    return payload
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
-    return value
+    ended = {"endsAt": "2026-11-24T08:30:00Z"} if status == "resolved" else {}
+    alert = {"labels": {"alertname": alertname}, "fingerprint": f"backup-{alertname}", "status": status, **ended}
+    return sample_notification(alert) | {"status": status}
 
 
 def snapshot(client: httpx.Client | TestClient) -> dict[str, Any]:
@@ -119,7 +104,7 @@ def test_a_schema_dump_restored_into_a_fresh_database_serves_the_same_incidents_
     with TestClient(create_app(settings), headers=AUTH) as client:
         for payload in (notification("BackupAuto"), notification("BackupApproval"), notification("Unmatched")):
             assert client.post(WEBHOOK, json=payload).status_code == 200
-        wait_for("the automatic execution succeeds", lambda: _with_status(client, "succeeded"))
+        wait_for("the automatic execution succeeds", lambda: _with_status(client, "succeeded"), 15)
         assert _with_status(client, "awaiting_approval")
         assert client.post(WEBHOOK, json=notification("BackupAuto", "resolved")).json()["resolved"] == 1
         before = snapshot(client)
@@ -150,6 +135,7 @@ def test_a_schema_dump_restored_into_a_fresh_database_serves_the_same_incidents_
             wait_for(
                 "the approved execution runs",
                 lambda: client.get(f"/api/v1/executions/{waiting['id']}").json()["status"] == "succeeded",
+                15,
             )
     # The source schema is untouched by all this.
     with TestClient(create_app(settings), headers=AUTH) as client:

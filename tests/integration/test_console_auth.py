@@ -25,12 +25,11 @@ from controlplane.app import create_app
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import audit_t
 from tests.conftest import make_settings
+from tests.helpers import PASSWORD, SESSION_SECRET, csrf
 from tests.integration.serverproc import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-PASSWORD = "correct horse"
-SECRET = "test-session-secret-0123456789abcdef"
 MAX_FAILURES = 5
 MEMORY_LIMIT_KIB = 512 * 1024  # deploy/kubernetes/base/deployment.yaml: limits.memory 512Mi
 
@@ -45,12 +44,6 @@ def users_json(real_hash: str, names: list[str]) -> str:
     return json.dumps([{"name": name, "role": "viewer", "password_hash": real_hash} for name in names])
 
 
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no CSRF token on the login page"
-    return match.group(1)
-
-
 def concurrent_logins(url: str, logins: list[tuple[str, str]], timeout: float = 120.0) -> list[httpx.Response]:
     """Each (user, password) from a thread of its own with its own session; the POSTs start together."""
     barrier = threading.Barrier(len(logins))
@@ -59,7 +52,7 @@ def concurrent_logins(url: str, logins: list[tuple[str, str]], timeout: float = 
     def attempt(index: int, name: str, password: str) -> None:
         try:
             with httpx.Client(base_url=url, timeout=timeout) as client:
-                token = csrf_of(client.get("/login").text)
+                token = csrf(client, "/login")
                 barrier.wait(30)
                 answers[index] = client.post(
                     "/login", data={"csrf_token": token, "username": name, "password": password}
@@ -105,7 +98,7 @@ def test_concurrent_wrong_passwords_check_at_most_the_allowed_number(
         database_url,
         tmp_path / "server.log",
         console_users=users_json(real_hash, ["alice"]),
-        session_secret=SECRET,
+        session_secret=SESSION_SECRET,
         console_login_max_failures=str(MAX_FAILURES),
     ) as server:
         server.wait_ready()
@@ -124,7 +117,7 @@ def test_concurrent_logins_stay_under_the_memory_limit(database_url: str, tmp_pa
     """40 users log in at once (right passwords, so no throttle helps): each argon2 check takes 64 MiB."""
     names = [f"user{i:02d}" for i in range(40)]
     with ServerProcess(
-        database_url, tmp_path / "server.log", console_users=users_json(real_hash, names), session_secret=SECRET
+        database_url, tmp_path / "server.log", console_users=users_json(real_hash, names), session_secret=SESSION_SECRET
     ) as server:
         server.wait_ready()
         answers = concurrent_logins(server.url, [(name, PASSWORD) for name in names])
@@ -143,11 +136,11 @@ def test_an_unknown_user_costs_as_long_as_a_wrong_password(database_url: str, re
     settings = make_settings(
         database_url,
         console_users=[{"name": "alice", "role": "viewer", "password_hash": real_hash}],
-        session_secret=SECRET,
+        session_secret=SESSION_SECRET,
         console_login_max_failures=100,
     )
     with TestClient(create_app(settings)) as client:
-        token = csrf_of(client.get("/login").text)
+        token = csrf(client, "/login")
 
         def timed(name: str) -> Callable[[], float]:
             def post() -> float:
@@ -180,7 +173,7 @@ def test_x_forwarded_proto_makes_the_cookie_secure_only_from_a_trusted_proxy(
         f"sqlite:///{tmp_path}/controlplane.db",
         tmp_path / "server.log",
         console_users=users_json(real_hash, ["alice"]),
-        session_secret=SECRET,
+        session_secret=SESSION_SECRET,
         forwarded_allow_ips=trusted,
     ) as server:
         server.wait_ready()

@@ -30,12 +30,10 @@ from controlplane.web import views
 from controlplane.web.auth import LoginThrottle, console_user
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import AUTH, TOKEN, WEBHOOK, count_rows, load_payload, make_settings
+from tests.conftest import AUTH, count_rows, make_settings
+from tests.helpers import PASSWORD_HASH, SESSION_SECRET, console_app, console_users, csrf, log_in, post_alerts
 
-# Cheap parameters: verifying reads them from the hash, so tests log in in microseconds.
-HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("correct horse")
-SECRET = "test-session-secret-0123456789abcdef"
-USERS = [{"name": name, "role": name, "password_hash": HASH} for name in ("viewer", "operator", "admin")]
+USERS = console_users(viewer="viewer", operator="operator", admin="admin")
 HX = {"HX-Request": "true"}
 
 RULES = """
@@ -62,18 +60,9 @@ failover:
 
 @pytest.fixture
 def app(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "test.yaml").write_text(RULES)
-    settings = make_settings(
-        database_url,
-        rules_dir=rules,
-        console_users=USERS,
-        session_secret=SECRET,
-        console_login_max_failures=3,
-        worker_poll_seconds=0.05,
-    )
-    with TestClient(create_app(settings), headers=AUTH) as client:
+    with console_app(
+        database_url, RULES, tmp_path, users=USERS, console_login_max_failures=3, worker_poll_seconds=0.05
+    ) as client:
         yield client
 
 
@@ -85,13 +74,7 @@ def login(app: TestClient) -> Login:
     """Log the shared client in as `role` (the user of that name); returns it."""
 
     def as_role(role: str) -> TestClient:
-        app.cookies.clear()
-        response = app.post(
-            "/login",
-            data={"csrf_token": csrf(app, "/login"), "username": role, "password": "correct horse"},
-            follow_redirects=False,
-        )
-        assert response.status_code == 303, response.text
+        log_in(app, role)
         return app
 
     return as_role
@@ -101,29 +84,6 @@ def load_rules_text(source: str) -> RuleSet:
     directory = Path(tempfile.mkdtemp(prefix="cp-rules-"))
     (directory / "rules.yaml").write_text(source)
     return load_rules(directory, load_builtin_actions())
-
-
-def csrf(client: TestClient, path: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
-    assert match, f"no CSRF token on {path}"
-    return match.group(1)
-
-
-def post_alerts(client: TestClient, *alerts: dict[str, Any]) -> list[int]:
-    payload = load_payload("alertmanager_firing.json")
-    template = payload["alerts"][0]
-    payload["alerts"] = [
-        {
-            **template,
-            "labels": {**template["labels"], **a.get("labels", {})},
-            "annotations": {**template["annotations"], **a.get("annotations", {})},
-            "fingerprint": a["fingerprint"],
-        }
-        for a in alerts
-    ]
-    response = client.post(WEBHOOK, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 200, response.text
-    return response.json()["incident_ids"]  # type: ignore[no-any-return]
 
 
 def needs_approval(client: TestClient, namespace: str = "ns-approve") -> tuple[int, int]:
@@ -206,7 +166,7 @@ def test_a_cookie_copied_before_logout_is_refused_after_it(app: TestClient, logi
 
 
 def test_console_user_gives_the_api_the_user_of_a_live_session(database_url: str) -> None:
-    app = create_app(make_settings(database_url, console_users=USERS, session_secret=SECRET))
+    app = create_app(make_settings(database_url, console_users=USERS, session_secret=SESSION_SECRET))
 
     @app.get("/test/whoami")
     def whoami(request: Request) -> dict[str, str | None]:  # how the JSON API asks
@@ -284,14 +244,14 @@ def test_the_throttle_counts_in_the_database_and_stays_bounded(engine: Engine) -
 
 
 def test_a_changed_password_ends_old_sessions(database_url: str, tmp_path: Path) -> None:
-    settings = make_settings(database_url, console_users=USERS, session_secret=SECRET)
+    settings = make_settings(database_url, console_users=USERS, session_secret=SESSION_SECRET)
     with TestClient(create_app(settings), headers=AUTH) as client:
         token = csrf(client, "/login")
         client.post("/login", data={"csrf_token": token, "username": "admin", "password": "correct horse"})
         cookie = client.cookies.get("cp_session")
     new_hash = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("new")
     users = [*USERS[:2], {"name": "admin", "role": "admin", "password_hash": new_hash}]
-    settings = make_settings(database_url, console_users=users, session_secret=SECRET)
+    settings = make_settings(database_url, console_users=users, session_secret=SESSION_SECRET)
     with TestClient(create_app(settings), headers=AUTH, cookies={"cp_session": cookie or ""}) as client:
         assert client.get("/incidents", follow_redirects=False).status_code == 303
 
@@ -299,7 +259,7 @@ def test_a_changed_password_ends_old_sessions(database_url: str, tmp_path: Path)
 def test_an_auth_proxy_header_names_the_user_and_role(database_url: str) -> None:
     settings = make_settings(
         database_url,
-        session_secret=SECRET,
+        session_secret=SESSION_SECRET,
         console_auth_header="X-Forwarded-User",
         console_role_header="X-Forwarded-Role",
     )
@@ -456,7 +416,7 @@ def test_silence_in_the_real_alertmanager(
     alertmanager: AlertmanagerServer,
 ) -> None:
     settings = make_settings(
-        database_url, console_users=USERS, session_secret=SECRET, alertmanager_url=alertmanager.url
+        database_url, console_users=USERS, session_secret=SESSION_SECRET, alertmanager_url=alertmanager.url
     )
     with TestClient(create_app(settings), headers=AUTH) as client:
         (incident_id,) = post_alerts(client, {"fingerprint": "fp-s", "labels": {"namespace": "silenced"}})
@@ -482,7 +442,7 @@ def test_silence_in_the_real_alertmanager(
 
 def test_silence_when_alertmanager_is_down_says_so(database_url: str) -> None:
     settings = make_settings(
-        database_url, console_users=USERS, session_secret=SECRET, alertmanager_url="http://127.0.0.1:9"
+        database_url, console_users=USERS, session_secret=SESSION_SECRET, alertmanager_url="http://127.0.0.1:9"
     )
     with TestClient(create_app(settings), headers=AUTH) as client:
         (incident_id,) = post_alerts(client, {"fingerprint": "fp-d"})
@@ -653,7 +613,7 @@ def test_unknown_incident_is_a_404_page(app: TestClient, login: Login) -> None:
 
 def test_users_from_a_file_and_production_secrets(tmp_path: Path) -> None:
     users = tmp_path / "users.yaml"
-    users.write_text(f"users:\n  - name: alice\n    role: admin\n    password_hash: '{HASH}'\n")
+    users.write_text(f"users:\n  - name: alice\n    role: admin\n    password_hash: '{PASSWORD_HASH}'\n")
     assert [u.name for u in load_settings(console_users_file=users).console_users] == ["alice"]
     users.write_text(json.dumps([{"name": "bob", "password_hash": "plaintext"}]))
     with pytest.raises(SettingsError, match="argon2"):
@@ -665,7 +625,7 @@ def test_users_from_a_file_and_production_secrets(tmp_path: Path) -> None:
         "webhook_token": "3c9e0b7a1f5d2e8c4a6b0d9f7e1c3a5b",
         "console_users_file": users,
     }
-    users.write_text(json.dumps([{"name": "bob", "password_hash": HASH}]))
+    users.write_text(json.dumps([{"name": "bob", "password_hash": PASSWORD_HASH}]))
     with pytest.raises(SettingsError, match="session_secret"):
         load_settings(**production)
     with pytest.raises(SettingsError, match="placeholder"):
@@ -708,7 +668,7 @@ def test_a_storm_incident_page_stays_bounded(app: TestClient, login: Login) -> N
 
 
 def test_cookies_are_secure_over_https_without_a_public_url(database_url: str) -> None:
-    settings = make_settings(database_url, console_users=USERS, session_secret=SECRET)
+    settings = make_settings(database_url, console_users=USERS, session_secret=SESSION_SECRET)
     with TestClient(create_app(settings), base_url="https://testserver") as client:
         assert "; secure" in client.get("/login").headers["set-cookie"].lower()
     with TestClient(create_app(settings), base_url="http://testserver") as client:
@@ -717,7 +677,7 @@ def test_cookies_are_secure_over_https_without_a_public_url(database_url: str) -
 
 def test_cookies_are_secure_behind_https(database_url: str) -> None:
     settings = make_settings(
-        database_url, console_users=USERS, session_secret=SECRET, public_url="https://controlplane.example"
+        database_url, console_users=USERS, session_secret=SESSION_SECRET, public_url="https://controlplane.example"
     )
     with TestClient(create_app(settings), headers=AUTH, base_url="https://testserver") as client:
         response = client.get("/login")

@@ -29,6 +29,8 @@ from controlplane.app import create_app
 from controlplane.checks import check_dashboards, dashboard_queries, substitute_variables
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from tests.conftest import ADMIN_TOKEN, TOKEN, WEBHOOK, load_payload, make_settings, require_binary
+from tests.helpers import wait_for
+from tests.logged_process import LoggedProcess
 from tests.prometheus_server import LOOPBACK, MetricsTarget, free_port
 from tests.sample_fixture import SampleApp, run_sample_app
 
@@ -66,7 +68,7 @@ failover:
 pytestmark = pytest.mark.slow
 
 
-class Prometheus:
+class Prometheus(LoggedProcess):
     """The prometheus binary scraping several jobs every second, with the alerting rules loaded."""
 
     def __init__(self, binary: str, workdir: Path, jobs: Mapping[str, tuple[str, str]]) -> None:
@@ -115,30 +117,16 @@ class Prometheus:
         return {r["metric"]["job"] for r in body.get("data", {}).get("result", [])}
 
     def wait_until(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
+        def check() -> Any:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log_tail()}")
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {timeout:g}s\n{self.log_tail()}")
-            time.sleep(0.25)
+            return predicate()
 
-    def log_tail(self) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        return wait_for(what, check, timeout, interval=0.25, details=self.log_tail)
 
     def stop(self) -> None:
         self.http.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
+        self.stop_process()
 
 
 @dataclass

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,14 @@ from controlplane.app import create_app
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import audit_t, executions_t
 from tests.conftest import WEBHOOK, make_settings
+from tests.helpers import LoopbackHTTP, wait_for
 from tests.integration.serverproc import (
     AUTH,
     LOOPBACK,
     FaultProxy,
     ServerProcess,
-    run_id,
+    alert_named,
     truncate_all,
-    unique_notification,
     with_host_port,
 )
 from tests.integration.test_database_outage import upstream_of
@@ -53,24 +53,6 @@ def write_rules(directory: Path, text: str) -> Path:
     directory.mkdir(exist_ok=True)
     (directory / "rules.yaml").write_text(text)
     return directory
-
-
-def alert_named(alertname: str, index: int = 0) -> dict[str, Any]:
-    """A one-alert notification of its own fingerprint, whose alertname a test's rule matches."""
-    _, payload = unique_notification(run_id(), index)
-    payload["alerts"][0]["labels"]["alertname"] = alertname
-    return payload
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
@@ -265,14 +247,11 @@ class Target:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="target", daemon=True)
-        self.thread.start()
+        self.server = LoopbackHTTP(Handler, "target")
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

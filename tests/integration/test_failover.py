@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,37 +24,17 @@ from controlplane.failover.schemas import CheckOutcome
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
-from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, load_payload, make_settings
+from tests.conftest import ADMIN_TOKEN, AUTH, WEBHOOK, make_settings
+from tests.helpers import Clock, LoopbackHTTP, sample_notification
+from tests.unit.test_failover_thresholds import chat
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=10)  # one health-check interval per reading
-        return self.now
-
-
-def chat(auto_failback: bool = True, threshold: int = 2) -> FailoverGroup:
-    """Seed 002's three nodes; node-2 is preferred, node-1 and node-3 tie (node-1 wins by name)."""
-    return FailoverGroup(
-        service="chat",
-        endpoints=[
-            Endpoint(name="node-1", url="http://node-1:8000", region="eu-west", priority=1),
-            Endpoint(name="node-2", url="http://node-2:8000", region="us-east", priority=0),
-            Endpoint(name="node-3", url="http://node-3:8000", region="ap-south", priority=1),
-        ],
-        failure_threshold=threshold,
-        recovery_threshold=threshold,
-        auto_failback=auto_failback,
-    )
+CHECK_INTERVAL = timedelta(seconds=10)  # the managers' clock moves one health-check interval per reading
 
 
 def manager(engine: Engine, group: FailoverGroup, **kwargs: object) -> FailoverManager:
-    return FailoverManager(engine, groups=lambda: {group.service: group}, clock=Clock(), **kwargs)  # type: ignore[arg-type]
+    clock = Clock(step=CHECK_INTERVAL)
+    return FailoverManager(engine, groups=lambda: {group.service: group}, clock=clock, **kwargs)  # type: ignore[arg-type]
 
 
 def names(m: FailoverManager, service: str = "chat") -> list[str]:
@@ -188,7 +167,7 @@ def test_state_survives_a_new_manager_on_the_same_database(engine: Engine, datab
 
 
 def test_with_every_endpoint_down_the_first_to_recover_takes_over(engine: Engine) -> None:
-    group = chat(auto_failback=False, threshold=1)
+    group = chat(auto_failback=False, failure_threshold=1, recovery_threshold=1)
     m = manager(engine, group)
     for node in ("node-1", "node-3", "node-2"):
         m.record_check(group, node, False, "down")
@@ -205,7 +184,7 @@ def test_with_every_endpoint_down_the_first_to_recover_takes_over(engine: Engine
 
 def test_an_endpoint_removed_from_the_rules_is_left(engine: Engine) -> None:
     groups = {"chat": chat()}
-    m = FailoverManager(engine, groups=lambda: groups, clock=Clock())
+    m = FailoverManager(engine, groups=lambda: groups, clock=Clock(step=CHECK_INTERVAL))
     m.sync()
     assert m.active("chat").endpoint == "node-2"
     groups["chat"] = chat().model_copy(update={"endpoints": chat().endpoints[::2]})
@@ -235,15 +214,11 @@ class HealthServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = LoopbackHTTP(Handler, "health-server")
+        self.url = self.httpd.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 @pytest.fixture
@@ -433,9 +408,7 @@ def test_failover_switch_action_in_a_playbook(
     app = create_app(settings)
     with TestClient(app, headers=AUTH) as client:
         wait_for_first_checks(app.state.services)
-        payload = load_payload("alertmanager_firing.json")
-        payload["alerts"] = payload["alerts"][:1]
-        payload["alerts"][0]["labels"]["alertname"] = "ChatDown"
+        payload = sample_notification({"labels": {"alertname": "ChatDown"}})
         assert client.post(WEBHOOK, json=payload).status_code == 200
         deadline = time.monotonic() + 10
         while not (items := client.get("/api/v1/executions", params={"status": "succeeded"}).json()["items"]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,18 +17,7 @@ from controlplane.leader import LeaderElector
 from controlplane.rules.schema import Endpoint, FailoverGroup
 from controlplane.services import Services
 from tests.conftest import make_settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
+from tests.helpers import Clock
 
 GROUP = FailoverGroup(
     service="chat",

@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,10 @@ from controlplane.actions.base import (
 )
 from controlplane.app import create_app
 from controlplane.config import Settings
-from controlplane.db.engine import make_engine
 from controlplane.rules.loader import load_rules
 from controlplane.rules.schema import Target
-from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
+from tests.conftest import TOKEN, make_settings
+from tests.helpers import LoopbackHTTP, action_context, post_alert
 from tests.prometheus_server import PrometheusServer
 from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 from tests.standins.kubernetes import KubernetesStandIn
@@ -40,31 +39,6 @@ from tests.standins.kubernetes import KubernetesStandIn
 registry = load_builtin_actions()
 NS = "agents"
 CONFIG = "langgraph-config"
-
-
-@pytest.fixture(scope="module")
-def unused_engine() -> Iterator[Engine]:
-    # The actions never touch the database; the context just needs one.
-    engine = make_engine("sqlite://")
-    yield engine
-    engine.dispose()
-
-
-def context(engine: Engine, *targets: Target, key: str = "1:0", settings: Settings | None = None) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key=key,
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=settings or Settings(),
-        engine=engine,
-        now=lambda: now,
-        step_started_at=now,
-        targets={t.name: t for t in targets},
-    )
 
 
 def http_target(sample: SampleApp, **fields: Any) -> Target:
@@ -87,7 +61,7 @@ class Runner:
         return spec.func(self._ctx(key), spec.params.model_validate(params))
 
     def _ctx(self, key: str) -> ActionContext:
-        return context(self.engine, *self.targets, key=key, settings=self.settings)
+        return action_context(self.settings or Settings(), self.engine, *self.targets, key=key)
 
 
 # -- graph.disable / graph.enable on an http target ----------------------------------------------
@@ -329,15 +303,6 @@ def service(database_url: str, sample_app: SampleApp, tmp_path: Path) -> Iterato
         yield client
 
 
-def post_alert(client: TestClient, **labels: str) -> None:
-    payload = load_payload("alertmanager_firing.json")
-    payload["alerts"] = payload["alerts"][:1]
-    payload["alerts"][0]["labels"].update(labels)
-    payload["alerts"][0]["fingerprint"] = "fp-" + "-".join(f"{k}{v}" for k, v in sorted(labels.items()))
-    response = client.post(WEBHOOK, json=payload)
-    assert response.status_code == 200, response.text
-
-
 def finished(client: TestClient, timeout: float = 10.0) -> dict[str, Any]:
     """The one execution, once it has stopped running; with its steps."""
     deadline = time.monotonic() + timeout
@@ -507,12 +472,11 @@ class FailingServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.handler = Handler
 
     def __enter__(self) -> str:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/admin"
+        self.server = LoopbackHTTP(self.handler, "failing-server")
+        return f"{self.server.url}/admin"
 
     def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()

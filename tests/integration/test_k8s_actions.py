@@ -29,6 +29,7 @@ from controlplane.rules.loader import RuleSet, load_rules
 from controlplane.rules.schema import Target
 from controlplane.telemetry import Metrics
 from tests.conftest import load_payload
+from tests.helpers import T0, action_context
 from tests.standins.kubernetes import KubernetesStandIn
 
 NS = "agents"
@@ -77,29 +78,8 @@ def kube_settings(k8s: KubernetesStandIn, tmp_path: Path) -> Settings:
     return settings_for(k8s.url, tmp_path, k8s.token)
 
 
-@pytest.fixture(scope="module")
-def unused_engine() -> Iterator[Engine]:
-    # The actions never touch the database; the context just needs one.
-    engine = make_engine("sqlite://")
-    yield engine
-    engine.dispose()
-
-
 def context(settings: Settings, engine: Engine, key: str = "1:0", *targets: Target) -> ActionContext:
-    now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key=key,
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=settings,
-        engine=engine,
-        now=lambda: now,
-        step_started_at=now,
-        targets={t.name: t for t in (PROD, *targets)},
-    )
+    return action_context(settings, engine, PROD, *targets, key=key, now=T0)
 
 
 def run(settings: Settings, engine: Engine, action: str, key: str = "1:0", **params: Any) -> ActionResult:

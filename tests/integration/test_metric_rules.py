@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from controlplane.metricrules.evaluator import (
 )
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.rules.schema import Rule
+from tests.helpers import wait_for
 from tests.prometheus_server import PrometheusServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -241,13 +241,6 @@ class FlakyHook:
         self.called.set()
 
 
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 class Schedulers:
     """Makes schedulers over a rule list the test can change; shuts them all down afterwards."""
 
@@ -290,13 +283,15 @@ def test_scheduler_evaluates_on_its_own_and_survives_a_failed_evaluation(
     # The first firing evaluation fails in the hook, so its transaction rolls back whole;
     # the schedule goes on and the next run opens the incident.
     assert hook.called.wait(10)
-    wait_until(lambda: incident(engine, rule.name) is not None)
+    wait_for("the next run opens the incident", lambda: incident(engine, rule.name) is not None, 10)
     assert hook.calls == 2
     assert len(alerts(engine, rule.name)) == 1
     assert scheduler.running
     assert sample(metrics, "controlplane_metric_rule_evaluations_total", rule=rule.name, outcome="error") == 1
-    wait_until(
-        lambda: sample(metrics, "controlplane_metric_rule_evaluations_total", rule=rule.name, outcome="firing") >= 2
+    wait_for(
+        "a second firing evaluation",
+        lambda: sample(metrics, "controlplane_metric_rule_evaluations_total", rule=rule.name, outcome="firing") >= 2,
+        10,
     )
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,37 +25,15 @@ from controlplane.config import Settings
 from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
 from controlplane.playbooks.executor import Executor
-from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 from tests.conftest import make_settings
-from tests.integration.test_playbooks import Clock, Harness, make_registry, rules
+from tests.helpers import LoopbackHTTP
+from tests.integration.test_playbooks import Harness, engine_harness, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
 
 PUBLIC_URL = "https://controlplane.example"
-
-
-@contextmanager
-def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = None) -> Iterator[Harness]:
-    """The engine of tests/integration/test_playbooks.py with settings of the test's choosing."""
-    clock = clock or Clock()
-    calls: list[tuple[str, str]] = []
-    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
-    executor = Executor(
-        engine=engine,
-        registry=make_registry(calls),
-        settings=settings,
-        breakers=breakers,
-        metrics=Metrics(CollectorRegistry()),
-        clock=clock,
-        sleep=lambda _s: None,
-    )
-    worker = Worker(
-        engine=engine, executor=executor, instance_id="test", threads=1, lease_seconds=30, poll_seconds=0.05,
-        max_claims=3, clock=clock,
-    )  # fmt: skip
-    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls)
 
 
 def context_of(h: Harness, execution_id: int, settings: Settings, key: str = "direct:1") -> ActionContext:
@@ -121,17 +97,15 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/s3cr3t"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
+        self.server = LoopbackHTTP(Handler, "webhook-sink")
+        self.url = f"{self.server.url}/hook/s3cr3t"
 
 
 @pytest.fixture
 def webhook_sink() -> Iterator[WebhookSink]:
     sink = WebhookSink()
     yield sink
-    sink.server.shutdown()
-    sink.server.server_close()
+    sink.server.close()
 
 
 @pytest.fixture

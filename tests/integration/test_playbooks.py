@@ -7,8 +7,9 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from controlplane.actions.base import (
     action,
     load_builtin_actions,
 )
+from controlplane.config import Settings
 from controlplane.db.tables import executions_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
@@ -37,19 +39,9 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Playbook, Rule, RuleFile
 from controlplane.telemetry import Metrics
 from tests.conftest import load_payload, make_settings
+from tests.helpers import Clock, sample_notification
 
 GROUP_BY = ["alertname", "namespace"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Rules:
@@ -89,12 +81,8 @@ class Harness:
     started: list[str] = field(default_factory=list)  # test.block calls made, by their text
 
     def fire(self, labels: dict[str, str] | None = None, fingerprint: str | None = None) -> list[Triggered]:
-        payload = load_payload("alertmanager_firing.json")
-        payload["alerts"] = payload["alerts"][:1]
-        alert = payload["alerts"][0]
-        alert["labels"].update(labels or {})
-        alert["fingerprint"] = fingerprint or f"fp{next(self.counter)}"
-        return self.deliver(payload)
+        alert = {"labels": labels or {}, "fingerprint": fingerprint or f"fp{next(self.counter)}"}
+        return self.deliver(sample_notification(alert))
 
     def deliver(self, payload: dict[str, Any]) -> list[Triggered]:
         assert self.rules is not None
@@ -154,20 +142,22 @@ def make_registry(
     return registry
 
 
-@pytest.fixture
-def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
-    settings = make_settings(database_url, worker_lease_seconds=30, max_claims=3)
-    clock = Clock()
+@contextmanager
+def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = None) -> Iterator[Harness]:
+    """The engine with the actions of make_registry, one worker and a hand-moved clock, on the test's settings.
+
+    On leaving, the `hung` target of test.block answers, so no call stays blocked.
+    """
+    clock = clock or Clock()
     calls: list[tuple[str, str]] = []
     gate, started = threading.Event(), []
-    metrics = Metrics(CollectorRegistry())
-    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=lambda: clock().timestamp())
+    breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=clock.monotonic)
     executor = Executor(
         engine=engine,
         registry=make_registry(calls, gate, started),
         settings=settings,
         breakers=breakers,
-        metrics=metrics,
+        metrics=Metrics(CollectorRegistry()),
         clock=clock,
         sleep=lambda _s: None,
     )
@@ -181,8 +171,18 @@ def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
         max_claims=3,
         clock=clock,
     )
-    yield Harness(engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls, gate=gate, started=started)
-    gate.set()
+    try:
+        yield Harness(
+            engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls, gate=gate, started=started
+        )
+    finally:
+        gate.set()
+
+
+@pytest.fixture
+def harness(engine: Engine, database_url: str) -> Iterator[Harness]:
+    with engine_harness(engine, make_settings(database_url, worker_lease_seconds=30, max_claims=3)) as harness:
+        yield harness
 
 
 def rules(steps: str, guards: str = "{}", extra_rule: str = "") -> Rules:
@@ -384,15 +384,9 @@ def test_max_concurrent(harness: Harness) -> None:
 
 def storm(namespaces: list[str]) -> dict[str, Any]:
     """One notification holding a new alert per namespace given (repeats make several per group key)."""
-    payload = load_payload("alertmanager_firing.json")
-    template = payload["alerts"][0]
-    payload["alerts"] = []
-    for i, namespace in enumerate(namespaces):
-        alert = copy.deepcopy(template)
-        alert["labels"]["namespace"] = namespace
-        alert["fingerprint"] = f"storm{i}"
-        payload["alerts"].append(alert)
-    return payload
+    return sample_notification(
+        *({"labels": {"namespace": namespace}, "fingerprint": f"storm{i}"} for i, namespace in enumerate(namespaces))
+    )
 
 
 @pytest.mark.parametrize(

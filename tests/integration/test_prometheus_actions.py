@@ -2,50 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, registry
+from controlplane.actions.base import ActionError, ActionResult, registry
 from controlplane.actions.prometheus import QueryParams, TopParams
 from controlplane.config import Settings
-from controlplane.db.engine import make_engine
 from controlplane.integrations.prometheus import PrometheusClient, PrometheusError
+from tests.helpers import action_context
 from tests.prometheus_server import PrometheusServer, free_port
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def unused_engine() -> Iterator[Engine]:
-    # The actions never touch the database; the context just needs one.
-    engine = make_engine("sqlite://")
-    yield engine
-    engine.dispose()
-
-
-def context(url: str, engine: Engine) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key="test",
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=Settings(prometheus_url=url),
-        engine=engine,
-        now=lambda: now,
-        step_started_at=now,
-    )
-
-
 def run(action: str, url: str, engine: Engine, **params: Any) -> ActionResult:
     spec = registry.get(action)
-    return spec.func(context(url, engine), spec.params.model_validate(params))
+    ctx = action_context(Settings(prometheus_url=url), engine, key="test")
+    return spec.func(ctx, spec.params.model_validate(params))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +37,7 @@ def graphs(prometheus: PrometheusServer) -> str:
 def test_registered_with_typed_params(unused_engine: Engine) -> None:
     assert registry.get("prometheus.query").params is QueryParams
     assert registry.get("prometheus.top").params is TopParams
-    ctx = context("http://prom:9090", unused_engine)
+    ctx = action_context(Settings(prometheus_url="http://prom:9090"), unused_engine, key="test")
     assert (
         registry.get("prometheus.top").target_of(ctx, TopParams(query="x", label="y"))
         == "prometheus.top:http://prom:9090"

@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from controlplane.defaults import RULES_DIR
+from tests.helpers import wait_until_serving
 from tests.integration.serverproc import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
@@ -96,16 +95,7 @@ def test_serve_without_the_setting_uses_the_packaged_rules_and_says_so(tmp_path:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://{LOOPBACK}:{port}/ready", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"not ready within {START_TIMEOUT:g}s:\n{log_path.read_text()}"
-            time.sleep(0.1)
+        wait_until_serving(f"http://{LOOPBACK}:{port}/ready", proc, log_path.read_text, START_TIMEOUT)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

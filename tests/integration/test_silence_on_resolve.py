@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -11,6 +10,7 @@ from fastapi.testclient import TestClient
 from controlplane.app import create_app
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
+from tests.helpers import wait_for
 
 
 def test_resolve_expires_the_incident_silence(
@@ -34,14 +34,14 @@ playbooks:
     payload = load_payload("alertmanager_firing.json")
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         assert client.post(WEBHOOK, json=payload).status_code == 200
-        silence_id = _wait(lambda: _silence_of(client), "the playbook to create the silence")
+        silence_id = wait_for("the playbook creates the silence", lambda: _silence_of(client), 15)
         assert alertmanager.silence(silence_id)["status"] == {"state": "active"}
 
         resolved = copy.deepcopy(payload)
         resolved["status"] = "resolved"
         resolved["alerts"] = [a | {"status": "resolved", "endsAt": "2026-11-24T08:20:00Z"} for a in resolved["alerts"]]
         assert client.post(WEBHOOK, json=resolved).status_code == 200
-        _wait(lambda: alertmanager.silence(silence_id)["status"] == {"state": "expired"}, "the silence to expire")
+        wait_for("the silence expires", lambda: alertmanager.silence(silence_id)["status"] == {"state": "expired"}, 15)
 
 
 def _silence_of(client: TestClient) -> str | None:
@@ -50,13 +50,3 @@ def _silence_of(client: TestClient) -> str | None:
         return None
     detail = client.get(f"/api/v1/executions/{items[0]['id']}").json()
     return str(detail["steps"][0]["output"]["value"])
-
-
-def _wait(predicate, what: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -18,8 +18,9 @@ from controlplane.integrations.alertmanager import AlertmanagerClient
 from controlplane.silences.service import expire_silences_for_incident
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import make_settings
+from tests.helpers import Clock
 from tests.integration.test_paging import audits, context_of, engine_harness
-from tests.integration.test_playbooks import Clock, rules
+from tests.integration.test_playbooks import rules
 from tests.prometheus_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -34,9 +35,7 @@ def am_settings(database_url: str, alertmanager: AlertmanagerServer) -> Settings
 
 def real_clock() -> Clock:
     # Alertmanager judges startsAt/endsAt by its own (real) clock, so the engine's must agree.
-    clock = Clock()
-    clock.now = datetime.now(UTC)
-    return clock
+    return Clock(datetime.now(UTC))
 
 
 def silence_rows(engine: Engine) -> list[Any]:

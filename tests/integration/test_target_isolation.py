@@ -24,7 +24,8 @@ from controlplane.app import create_app
 from controlplane.db.tables import executions_t, steps_t
 from controlplane.rules.schema import Target
 from tests.conftest import WEBHOOK, make_settings
-from tests.integration.serverproc import AUTH, run_id, unique_notification
+from tests.helpers import action_context, wait_for
+from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import Arrival, HttpTarget
 
 HUNG_STEPS = 4  # as many as the old shared action pool had threads (worker_threads 2 x 2)
@@ -33,21 +34,6 @@ HEALTHY_STEP_TIMEOUT = 3.0
 CLIENT_TIMEOUT = 60  # the request's own timeout: a hung call would hold its thread this long
 PROMPT_SECONDS = 2.0  # from the healthy alert's webhook to its request arriving, on a loaded machine
 CLOCK_GRANULARITY = timedelta(milliseconds=5)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.02)
-    return value
-
-
-def alert(alertname: str, index: int) -> dict[str, Any]:
-    _, payload = unique_notification(run_id(), index)
-    payload["alerts"][0]["labels"]["alertname"] = alertname
-    return payload
 
 
 def finished_steps(engine: Engine, rule: str) -> list[Any]:
@@ -110,7 +96,7 @@ playbooks:
     app = create_app(settings)
     with TestClient(app, headers=AUTH) as client:
         for index in range(HUNG_STEPS):
-            assert client.post(WEBHOOK, json=alert("CallHung", index)).status_code == 200
+            assert client.post(WEBHOOK, json=alert_named("CallHung", index)).status_code == 200
         hung_steps = wait_for(
             "every step against the hung target is recorded failed",
             lambda: (rows := finished_steps(engine, "call-hung")) and len(rows) == HUNG_STEPS and rows,
@@ -119,7 +105,7 @@ playbooks:
         assert all(s.status == "failed" and "timed out" in (s.error or "") for s in hung_steps)
 
         posted = datetime.now(UTC)
-        assert client.post(WEBHOOK, json=alert("CallHealthy", HUNG_STEPS)).status_code == 200
+        assert client.post(WEBHOOK, json=alert_named("CallHealthy", HUNG_STEPS)).status_code == 200
         [healthy_step] = wait_for(
             "the step against the healthy target is recorded", lambda: finished_steps(engine, "call-healthy"), 30
         )
@@ -158,21 +144,9 @@ DEADLINE_SECONDS = 0.5
 
 
 def direct_context(engine: Engine, hung: HttpTarget, deadline: float) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key="1:0",
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=make_settings(str(engine.url), http_allowed_hosts=[hung.host]),
-        engine=engine,
-        now=lambda: now,
-        step_started_at=now,
-        targets={"default": Target(name="default", kind="http", url=f"{hung.url}/admin")},
-        deadline=deadline,
-    )
+    settings = make_settings(str(engine.url), http_allowed_hosts=[hung.host])
+    target = Target(name="default", kind="http", url=f"{hung.url}/admin")
+    return action_context(settings, engine, target, deadline=deadline)
 
 
 CALLS = [

@@ -10,10 +10,8 @@ Through the running service (webhook -> worker -> actions) against loopback stan
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +20,15 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from controlplane.actions.base import ActionContext, ActionError, load_builtin_actions
+from controlplane.actions.base import ActionError, load_builtin_actions
 from controlplane.actions.http import HttpRequestParams
 from controlplane.app import create_app
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import executions_t, steps_t
 from tests.conftest import WEBHOOK, make_settings
-from tests.integration.serverproc import AUTH, run_id, unique_notification
+from tests.helpers import action_context, wait_for
+from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import HttpTarget
 
 registry = load_builtin_actions()
@@ -67,12 +66,10 @@ class Service:
 
     def fire(self, **labels: str) -> list[Any]:
         """Send one alert and wait until its execution ends; its steps, in order."""
-        _, payload = unique_notification(run_id(), self.sent)
+        payload = alert_named("Steer", self.sent, **labels)
         self.sent += 1
-        alert = payload["alerts"][0]
-        alert["labels"].update(alertname="Steer", **labels)
         assert self.client.post(WEBHOOK, json=payload).status_code == 200
-        fingerprint = alert["fingerprint"]
+        fingerprint = payload["alerts"][0]["fingerprint"]
         done = wait_for(f"the execution of {fingerprint} ends", lambda: self._ended(fingerprint), 30)
         with self.engine.connect() as conn:
             return conn.execute(select(steps_t).where(steps_t.c.execution_id == done).order_by(steps_t.c.index)).all()
@@ -110,31 +107,6 @@ playbooks:
             yield Service(client, engine)
     finally:
         engine.dispose()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.02)
-    return value
-
-
-def context(settings: Settings) -> ActionContext:
-    now = datetime.now(UTC)
-    return ActionContext(
-        execution_id=1,
-        step_index=0,
-        idempotency_key="1:0",
-        rule="test-rule",
-        incident=None,
-        alert=None,
-        settings=settings,
-        engine=make_engine("sqlite://"),
-        now=lambda: now,
-        step_started_at=now,
-    )
 
 
 # -- request paths and object names ------------------------------------------------------------
@@ -245,7 +217,7 @@ def test_header_names_and_values_that_would_break_the_request_are_refused(
 def test_httpx_refusing_to_send_is_a_non_retriable_step_error(target: HttpTarget) -> None:
     """Past validation (a params model built without it), httpx's own refusal is not a target failure."""
     spec = registry.get("http.request")
-    ctx = context(Settings(http_allowed_hosts=["127.0.0.1"]))
+    ctx = action_context(Settings(http_allowed_hosts=["127.0.0.1"]), make_engine("sqlite://"))
     params = HttpRequestParams.model_construct(
         url=f"{target.url}/x", method="GET", json_body=None, headers={"X-Trace": "a\r\nb: c"}, timeout=5.0,
         expect_status=[200],

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, WEBHOOK, load_payload
+from tests.conftest import ADMIN_TOKEN, WEBHOOK
+from tests.helpers import LoopbackHTTP, sample_notification, wait_for
 from tests.integration.serverproc import AUTH, ServerProcess, truncate_all
 
 
@@ -40,12 +40,11 @@ class SlowTarget:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/restart"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackHTTP(Handler, "slow-target")
+        self.url = f"{self.server.url}/restart"
 
     def close(self) -> None:
-        self.server.shutdown()
+        self.server.close()
 
 
 @pytest.fixture
@@ -53,16 +52,6 @@ def slow_target() -> Iterator[SlowTarget]:
     target = SlowTarget(delay=3.0)
     yield target
     target.close()
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -98,12 +87,11 @@ playbooks:
         "worker_poll_seconds": "0.2",
         "admin_token": ADMIN_TOKEN,
     }
-    payload = load_payload("alertmanager_firing.json")
-    payload["alerts"] = payload["alerts"][:1]
+    payload = sample_notification()
     with ServerProcess(url, tmp_path / "first.log", **settings) as first:
         first.wait_ready()
         assert httpx.post(first.url + WEBHOOK, json=payload, headers=AUTH, timeout=10).status_code == 200
-        wait_until(lambda: slow_target.keys, 10, "the step to reach the target")
+        wait_for("the step reaches the target", lambda: slow_target.keys, 10)
         first.kill()  # the step is in flight: its result is never recorded by this replica
     [execution] = _executions(url)
     assert execution["status"] == "running"  # what a dead worker leaves behind
@@ -115,7 +103,7 @@ playbooks:
             detail = httpx.get(f"{second.url}/api/v1/executions/{execution['id']}", headers=AUTH, timeout=5).json()
             return detail if detail["status"] not in ("running", "pending") else None
 
-        detail = wait_until(done, 20, "the execution to finish after the restart")
+        detail = wait_for("the execution finishes after the restart", done, 20)
     assert detail["status"] == "succeeded", detail["reason"]
     assert detail["claims"] == 2
     assert any("taken over" in e["detail"].get("reason", "") for e in detail["timeline"])

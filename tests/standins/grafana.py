@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from tests.helpers import LoopbackHTTP
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ class GrafanaStandIn:
         self._failures: list[int] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._http: LoopbackHTTP | None = None
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() the stand-in first"
-        return f"http://{LOOPBACK}:{self._server.server_address[1]}"
+        assert self._http is not None, "start() the stand-in first"
+        return self._http.url
 
     def start(self) -> GrafanaStandIn:
         standin = self
@@ -77,18 +77,13 @@ class GrafanaStandIn:
         class Handler(_Handler):
             owner = standin
 
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        # A short poll interval: stop() waits for one, and every test stops its stand-in.
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="grafana-standin", daemon=True
-        ).start()
+        self._http = LoopbackHTTP(Handler, "grafana-standin")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def fail_next(self, count: int, status: int = 503) -> None:
         with self._lock:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.helpers import LoopbackHTTP
+
 HANG_CAP_SECONDS = 120.0  # a hung handler gives up by itself, so a failed test cannot leave it forever
 
 
@@ -62,13 +64,8 @@ class HttpTarget:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self.host = host
-        self.port = self._server.server_address[1]
-        self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"target {self.url}", daemon=True)
-        self._thread.start()
+        self._http = LoopbackHTTP(Handler, f"target {host}", host)
+        self.host, self.port, self.url = host, self._http.port, self._http.url
 
     def received(self) -> list[Arrival]:
         with self._lock:
@@ -80,5 +77,4 @@ class HttpTarget:
 
     def close(self) -> None:
         self.release()
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()

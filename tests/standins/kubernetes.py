@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from tests.helpers import LoopbackHTTP
 
 Obj = dict[str, Any]
 
@@ -104,7 +104,7 @@ class KubernetesStandIn:
     _conflicts: list[Callable[[Obj], None] | None] = field(default_factory=list)
     _delay: float = 0.0
     _forbidden: set[tuple[str, str]] = field(default_factory=set)
-    _server: http.server.ThreadingHTTPServer | None = None
+    _http: LoopbackHTTP | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -114,16 +114,13 @@ class KubernetesStandIn:
         class Handler(_Handler):
             server_state = standin
 
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, name="k8s-standin", daemon=True).start()
+        self._http = LoopbackHTTP(Handler, "k8s-standin")
+        self.url = self._http.url
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._http is not None:
+            self._http.close()
 
     def reset(self) -> None:
         """Forget objects, knobs and the request log (tests share one server)."""

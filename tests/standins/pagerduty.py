@@ -25,7 +25,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from tests.helpers import LoopbackHTTP
+
 ROUTING_KEY = "R0UT1NGKEY0STANDIN0000000000000A"  # 32 characters, like an integration key
 _SEVERITIES = {"critical", "error", "warning", "info"}
 _TRANSITIONS = {"trigger": "triggered", "acknowledge": "acknowledged", "resolve": "resolved"}
@@ -47,21 +48,15 @@ class PagerDutyStandIn:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[int] = []
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), _handler(self))
-        self._server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="pagerduty-standin", daemon=True
-        )
-        self._thread.start()
+        self._http = LoopbackHTTP(_handler(self), "pagerduty-standin")
+        self.url = self._http.url
 
     def fail_next(self, times: int = 1, *, status: int = 500) -> None:
         with self._lock:
             self._faults += [status] * times
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()
 
     def handle(self, path: str, raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self._lock:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-LOOPBACK = "127.0.0.1"
+from tests.helpers import LoopbackHTTP
+
 TOKEN = "xoxb-0000000000-standin-token"
 CHANNELS = {"#oncall": "C0ONCALL001", "#alerts": "C0ALERTS001"}
 BOT_USER = "U0CONTROLPL"
@@ -69,13 +70,8 @@ class SlackStandIn:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._ts = itertools.count(1)
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), _handler(self))
-        self._server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}/api/"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="slack-standin", daemon=True
-        )
-        self._thread.start()
+        self._http = LoopbackHTTP(_handler(self), "slack-standin")
+        self.url = f"{self._http.url}/api/"
 
     # -- knobs -------------------------------------------------------------------------
 
@@ -100,8 +96,7 @@ class SlackStandIn:
             return [m for m in self.messages if m.channel == channel and m.thread_ts == ts]
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()
 
     # -- the API -------------------------------------------------------------------------
 

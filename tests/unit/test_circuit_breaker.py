@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from controlplane.resilience import CircuitBreaker, CircuitBreakers, CircuitOpenError, State
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import Clock
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    return Clock(datetime.fromtimestamp(1000, UTC))  # reads 1000.0 in seconds
 
 
-def make(clock: FakeClock, **settings: int | float) -> CircuitBreaker:
+def make(clock: Clock, **settings: int | float) -> CircuitBreaker:
     params: dict[str, int | float] = {
         "failure_threshold": 3,
         "success_threshold": 2,
@@ -35,10 +26,10 @@ def make(clock: FakeClock, **settings: int | float) -> CircuitBreaker:
         "half_open_max_calls": 1,
     }
     params.update(settings)
-    return CircuitBreaker("target", clock=clock, **params)  # type: ignore[arg-type]
+    return CircuitBreaker("target", clock=clock.monotonic, **params)  # type: ignore[arg-type]
 
 
-def run(breaker: CircuitBreaker, clock: FakeClock, script: str) -> str:
+def run(breaker: CircuitBreaker, clock: Clock, script: str) -> str:
     """Play a script and return the state letter after each event.
 
     Events: s/f = one admitted call that succeeds/fails, r = a call that must be rejected,
@@ -70,11 +61,11 @@ def run(breaker: CircuitBreaker, clock: FakeClock, script: str) -> str:
         pytest.param("f f f +30 s s f f s f f f", "C C O H H C C C C C C O", id="closed-again-counts-afresh"),
     ],
 )
-def test_transitions(clock: FakeClock, script: str, states: str) -> None:
+def test_transitions(clock: Clock, script: str, states: str) -> None:
     assert run(make(clock), clock, script) == states
 
 
-def test_rejections_are_counted_while_open(clock: FakeClock) -> None:
+def test_rejections_are_counted_while_open(clock: Clock) -> None:
     breaker = make(clock)
     run(breaker, clock, "f f f r r +10 r")
     with pytest.raises(CircuitOpenError):
@@ -83,7 +74,7 @@ def test_rejections_are_counted_while_open(clock: FakeClock) -> None:
     assert (snap["total"], snap["failed"], snap["succeeded"], snap["rejected"]) == (7, 3, 0, 4)
 
 
-def test_counters_and_snapshot(clock: FakeClock) -> None:
+def test_counters_and_snapshot(clock: Clock) -> None:
     breaker = make(clock)
     run(breaker, clock, "s f f f r r +10")
     snap = breaker.snapshot()
@@ -101,7 +92,7 @@ def test_counters_and_snapshot(clock: FakeClock) -> None:
     assert snap["state"] is State.CLOSED and snap["opened_at"] is None and snap["consecutive_failures"] == 0
 
 
-def test_half_open_limits_concurrent_probes(clock: FakeClock) -> None:
+def test_half_open_limits_concurrent_probes(clock: Clock) -> None:
     breaker = make(clock, half_open_max_calls=2, success_threshold=3)
     run(breaker, clock, "f f f +30")
     assert breaker.allow() and breaker.allow()
@@ -115,7 +106,7 @@ def test_half_open_limits_concurrent_probes(clock: FakeClock) -> None:
     assert breaker.snapshot()["rejected"] == 2
 
 
-def test_guard_raises_with_time_to_next_probe(clock: FakeClock) -> None:
+def test_guard_raises_with_time_to_next_probe(clock: Clock) -> None:
     breaker = make(clock)
     run(breaker, clock, "f f f +12")
     with pytest.raises(CircuitOpenError) as caught:
@@ -125,7 +116,7 @@ def test_guard_raises_with_time_to_next_probe(clock: FakeClock) -> None:
     assert "next probe in 18.0s" in str(caught.value)
 
 
-def test_attempt_records_success_and_failure(clock: FakeClock) -> None:
+def test_attempt_records_success_and_failure(clock: Clock) -> None:
     breaker = make(clock)
     with breaker.attempt():
         pass
@@ -139,7 +130,7 @@ def test_attempt_records_success_and_failure(clock: FakeClock) -> None:
     assert (snap["succeeded"], snap["failed"], snap["rejected"]) == (1, 3, 1)
 
 
-def test_is_failure_lets_the_caller_choose(clock: FakeClock) -> None:
+def test_is_failure_lets_the_caller_choose(clock: Clock) -> None:
     """A 4xx-like error means the target answered: it propagates but keeps the circuit closed."""
     breaker = make(clock, failure_threshold=1)
 
@@ -156,7 +147,7 @@ def test_is_failure_lets_the_caller_choose(clock: FakeClock) -> None:
     assert breaker.state is State.OPEN
 
 
-def test_call_passes_arguments_and_result(clock: FakeClock) -> None:
+def test_call_passes_arguments_and_result(clock: Clock) -> None:
     breaker = make(clock, failure_threshold=1)
     assert breaker.call(lambda a, b=0: a + b, 2, b=3) == 5
     with pytest.raises(ZeroDivisionError):
@@ -165,7 +156,7 @@ def test_call_passes_arguments_and_result(clock: FakeClock) -> None:
         breaker.call(lambda: "never")
 
 
-def test_late_result_of_an_older_call_is_ignored(clock: FakeClock) -> None:
+def test_late_result_of_an_older_call_is_ignored(clock: Clock) -> None:
     """A slow call admitted while closed finishes after the circuit went half-open: it proves nothing now."""
     breaker = make(clock, success_threshold=1)
     slow = breaker.attempt()
@@ -177,7 +168,7 @@ def test_late_result_of_an_older_call_is_ignored(clock: FakeClock) -> None:
     assert breaker.snapshot()["succeeded"] == 1  # but still counted
 
 
-def test_cancellation_frees_the_probe_slot_without_a_verdict(clock: FakeClock) -> None:
+def test_cancellation_frees_the_probe_slot_without_a_verdict(clock: Clock) -> None:
     breaker = make(clock)
     run(breaker, clock, "f f f +30")
     with pytest.raises(KeyboardInterrupt), breaker.attempt():
@@ -186,9 +177,9 @@ def test_cancellation_frees_the_probe_slot_without_a_verdict(clock: FakeClock) -
     assert breaker.allow()  # the slot was released
 
 
-def test_seed_002_demo_sequence(clock: FakeClock) -> None:
+def test_seed_002_demo_sequence(clock: Clock) -> None:
     """Seed 002's demo with its defaults: 5 failures open it, 30 s later 2 probes close it."""
-    breaker = CircuitBreaker("demo", clock=clock)
+    breaker = CircuitBreaker("demo", clock=clock.monotonic)
     outcomes = []
     for i in range(10):
         try:
@@ -239,9 +230,9 @@ def test_invalid_settings_are_refused(settings: dict[str, object], message: str)
         CircuitBreakers(**settings)  # type: ignore[arg-type]
 
 
-def test_listener_sees_every_transition(clock: FakeClock) -> None:
+def test_listener_sees_every_transition(clock: Clock) -> None:
     seen: list[tuple[str, State, State]] = []
-    breakers = CircuitBreakers(clock=clock, on_state_change=lambda *t: seen.append(t), failure_threshold=2)
+    breakers = CircuitBreakers(clock=clock.monotonic, on_state_change=lambda *t: seen.append(t), failure_threshold=2)
     breaker = breakers.get("graph.disable:http://sample:8000")
     run(breaker, clock, "f f r +30 f +30 s s")
     name = "graph.disable:http://sample:8000"
@@ -254,17 +245,17 @@ def test_listener_sees_every_transition(clock: FakeClock) -> None:
     ]
 
 
-def test_a_failing_listener_does_not_break_calls(clock: FakeClock) -> None:
+def test_a_failing_listener_does_not_break_calls(clock: Clock) -> None:
     def broken(*_: object) -> None:
         raise RuntimeError("audit down")
 
-    breaker = CircuitBreaker("x", failure_threshold=1, clock=clock, on_state_change=broken)
+    breaker = CircuitBreaker("x", failure_threshold=1, clock=clock.monotonic, on_state_change=broken)
     breaker.record_failure()
     assert breaker.state is State.OPEN
 
 
-def test_registry_creates_once_with_defaults_and_overrides(clock: FakeClock) -> None:
-    breakers = CircuitBreakers(clock=clock, failure_threshold=4, open_timeout=10)
+def test_registry_creates_once_with_defaults_and_overrides(clock: Clock) -> None:
+    breakers = CircuitBreakers(clock=clock.monotonic, failure_threshold=4, open_timeout=10)
     first = breakers.get("a")
     assert breakers.get("a", failure_threshold=9) is first  # settings apply on creation only
     assert (first.failure_threshold, first.open_timeout, first.success_threshold) == (4, 10.0, 2)
@@ -277,9 +268,9 @@ def _sample(registry: CollectorRegistry, metric: str, /, **labels: str) -> float
     return registry.get_sample_value(metric, labels)
 
 
-def test_metrics_exported_on_the_given_registry(clock: FakeClock) -> None:
+def test_metrics_exported_on_the_given_registry(clock: Clock) -> None:
     registry = CollectorRegistry()
-    breakers = CircuitBreakers(registry=registry, clock=clock, failure_threshold=2, open_timeout=5)
+    breakers = CircuitBreakers(registry=registry, clock=clock.monotonic, failure_threshold=2, open_timeout=5)
     closed, flappy = breakers.get("closed"), breakers.get("flappy")
     run(closed, clock, "s")
     state = "controlplane_circuit_breaker_state"

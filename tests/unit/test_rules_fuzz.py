@@ -130,4 +130,8 @@ def test_mutated_valid_document(data: st.DataObject) -> None:
 
 
 def test_the_unmutated_document_loads() -> None:
-    assert isinstance(load_text(textwrap.dedent(VALID)), RuleSet)
+    loaded = load_text(textwrap.dedent(VALID))
+    assert isinstance(loaded, RuleSet), loaded
+    rules = ["disable-failing-graph", "any-critical", "switched-off", "scale-on-latency"]
+    assert [r.name for r in loaded.rules] == rules
+    assert [s.action for s in loaded.playbooks["disable-graph"].steps] == ["test.echo", "graph.disable", "test.wait"]
