@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from controlplane.app import create_app
 from tests.conftest import ADMIN_TOKEN, AUTH, make_settings
-from tests.integration.test_console_routes import SECRET, USERS, csrf, execution_status, needs_approval
+from tests.helpers import SESSION_SECRET, csrf
+from tests.integration.test_console_routes import USERS, execution_status, needs_approval
 
 POLL_SECONDS = 120.0
 RUNS_WITHIN = 15.0  # generous on a loaded machine, and still far below a poll
@@ -40,7 +41,11 @@ def app(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
     rules.mkdir()
     (rules / "test.yaml").write_text(RULES)
     settings = make_settings(
-        database_url, rules_dir=rules, console_users=USERS, session_secret=SECRET, worker_poll_seconds=POLL_SECONDS
+        database_url,
+        rules_dir=rules,
+        console_users=USERS,
+        session_secret=SESSION_SECRET,
+        worker_poll_seconds=POLL_SECONDS,
     )
     with TestClient(create_app(settings), headers=AUTH) as client:
         yield client
