@@ -38,12 +38,26 @@ from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.playbooks import guards
 from controlplane.playbooks import service as executions
+from controlplane.playbooks.guards import Automation
 from controlplane.services import Services
 from controlplane.silences import service as silences
 from controlplane.text import printable
 from controlplane.web import csrf, views
 from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, COOKIE, Authenticator, LoginThrottle, Session, User
 from controlplane.web.rendering import WEB_DIR, Templates
+from controlplane.web.screens import (
+    ApprovalsScreen,
+    DashboardsScreen,
+    EndpointsScreen,
+    ErrorScreen,
+    Flash,
+    IncidentScreen,
+    IncidentsScreen,
+    LoginScreen,
+    PageContext,
+    RulesScreen,
+    Screen,
+)
 
 log = structlog.get_logger("controlplane.console")
 
@@ -175,37 +189,34 @@ def _visit_of(request: Request) -> Visit:
     return visit
 
 
-def page(
-    request: Request,
-    services: Services,
-    template: str,
-    context: dict[str, Any],
-    *,
-    block: str | None = None,
-    status: int = 200,
-) -> HTMLResponse:
-    """The screen's template, or only `block` of it for an htmx request."""
-    console = get_console(request)
+def page_context(request: Request, *, automation: Automation | None = None, flash: Flash | None = None) -> PageContext:
+    """The frame of every page, from the visit; the one place it is made."""
     visit = _visit_of(request)
-    partial = block is not None and is_htmx(request)
-    values: dict[str, Any] = {
-        "user": visit.user,
-        "csrf": visit.session.csrf,
-        "refresh": console.refresh_seconds,
-        "path": request.url.path,
-        "flash": None,
-        "automation": None,
-        **context,
-    }
-    if not partial and visit.user is not None:
+    return PageContext(
+        user=visit.user,
+        csrf=visit.session.csrf,
+        refresh_seconds=get_console(request).refresh_seconds,
+        path=request.url.path,
+        flash=flash,
+        automation=automation,
+    )
+
+
+def page(request: Request, services: Services, screen: Screen, *, status: int = 200) -> HTMLResponse:
+    """The screen's page, or only its htmx block for an htmx request."""
+    partial = screen.htmx_block is not None and is_htmx(request)
+    automation = None
+    if not partial and _visit_of(request).user is not None:
         with services.engine.connect() as conn:
-            values["automation"] = guards.automation(conn)  # the banner on every page
-    html = console.templates.render(template, values, block=block if partial else None)
+            automation = guards.automation(conn)  # the banner on every page
+    html = get_console(request).templates.render(
+        page_context(request, automation=automation), screen, block=screen.htmx_block if partial else None
+    )
     return HTMLResponse(html, status_code=status)
 
 
-def _flash(request: Request, kind: str, text: str, status: int, headers: dict[str, str]) -> HTMLResponse:
-    html = get_console(request).templates.render("base.html", {"flash": {"kind": kind, "text": text}}, block="flash")
+def _flash(request: Request, flash: Flash, status: int, headers: dict[str, str]) -> HTMLResponse:
+    html = get_console(request).templates.flash(page_context(request, flash=flash))
     return HTMLResponse(
         html, status_code=status, headers={"HX-Retarget": "#flash", "HX-Reswap": "innerHTML", **headers}
     )
@@ -215,25 +226,15 @@ def done(request: Request, message: str, form: dict[str, str], default: str, *, 
     """After an action: htmx gets a flash and a change event (or a reload); a plain form a redirect."""
     if not is_htmx(request):
         return RedirectResponse(safe_next(form.get("next"), default), status_code=303)
-    return _flash(request, "ok", message, 200, {"HX-Refresh": "true"} if reload else {"HX-Trigger": "cp-changed"})
+    headers = {"HX-Refresh": "true"} if reload else {"HX-Trigger": "cp-changed"}
+    return _flash(request, Flash("ok", message), 200, headers)
 
 
 def _error(request: Request, status: int, message: str) -> Response:
     if is_htmx(request):
-        return _flash(request, "error", message, status, {})
-    visit = _visit_of(request)
-    html = get_console(request).templates.render(
-        "error.html",
-        {
-            "user": visit.user,
-            "csrf": visit.session.csrf,
-            "path": request.url.path,
-            "flash": None,
-            "automation": None,
-            "status": status,
-            "message": message,
-        },
-    )
+        return _flash(request, Flash("error", message), status, {})
+    # No banner: the error may be the database's, and the page must render without it.
+    html = get_console(request).templates.render(page_context(request), ErrorScreen(status, message))
     return HTMLResponse(html, status_code=status)
 
 
@@ -304,7 +305,7 @@ def login_form(request: Request, services: ServicesDep, visit: VisitDep, next: s
     if visit.user is not None:
         return RedirectResponse(safe_next(next), status_code=303)
     configured = get_console(request).auth.enabled
-    return page(request, services, "login.html", {"next": safe_next(next), "error": None, "configured": configured})
+    return page(request, services, LoginScreen(next=safe_next(next), error=None, configured=configured))
 
 
 @router.post("/login")
@@ -316,13 +317,8 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: LoginF
     address = request.client.host if request.client else "unknown"  # from X-Forwarded-For of a trusted proxy
 
     def refuse(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-        response = page(
-            request,
-            services,
-            "login.html",
-            {"next": next_url, "error": message, "configured": console.auth.enabled},
-            status=status,
-        )
+        screen = LoginScreen(next=next_url, error=message, configured=console.auth.enabled)
+        response = page(request, services, screen, status=status)
         response.headers.update(headers or {})
         return response
 
@@ -389,13 +385,7 @@ def incidents_page(
     filters = views.IncidentFilters(tuple(status or ()), severity.strip(), q.strip(), before)
     with services.engine.connect() as conn:
         incidents = views.list_incidents(conn=conn, filters=filters)
-    context = {
-        "page": incidents,
-        "filters": filters,
-        "statuses": views.INCIDENT_STATUSES,
-        "severities": views.SEVERITIES,
-    }
-    return page(request, services, "incidents.html", context, block="list")
+    return page(request, services, IncidentsScreen(page=incidents, filters=filters))
 
 
 @router.get("/incidents/{incident_id}")
@@ -407,8 +397,7 @@ def incident_page(
         if v == version and is_htmx(request):
             return Response(status_code=204)  # unchanged: keep what the reader has open
         view = views.incident_view(conn=conn, incident_id=incident_id)
-    context = {"view": view, "version": version, "durations": list(silences.DURATIONS)}
-    return page(request, services, "incident.html", context, block="live")
+    return page(request, services, IncidentScreen(view=view, version=version, durations=tuple(silences.DURATIONS)))
 
 
 @router.post("/incidents/{incident_id}/acknowledge")
@@ -460,7 +449,7 @@ def silence(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
 def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     with services.engine.connect() as conn:
         waiting = views.approvals(conn=conn)
-    return page(request, services, "approvals.html", {"waiting": waiting}, block="list")
+    return page(request, services, ApprovalsScreen(waiting=waiting))
 
 
 _DECISIONS = {"reject": executions.reject, "cancel": executions.cancel}  # approving is a flow: it wakes the workers
@@ -504,7 +493,7 @@ def rules_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Res
             errors=holder.last_error,
             directory=str(holder.directory),
         )
-    return page(request, services, "rules.html", {"view": view})
+    return page(request, services, RulesScreen(view=view))
 
 
 @router.post("/automation/{switch}")
@@ -530,19 +519,19 @@ def automation(request: Request, services: ServicesDep, user: AdminDep, form: Fo
 
 @router.get("/endpoints")
 def endpoints_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
-    context = {
-        "groups": services.failover.status(),
-        "events": services.failover.events(limit=20),
-        "breakers": services.breakers.snapshot(),
-    }
-    return page(request, services, "endpoints.html", context, block="live")
+    screen = EndpointsScreen(
+        groups=services.failover.status(),
+        events=services.failover.events(limit=20),
+        breakers=services.breakers.snapshot(),
+    )
+    return page(request, services, screen)
 
 
 @router.get("/dashboards")
 def dashboards_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     directory = grafana.shipped_dir(services.settings.rules_dir, "dashboards")
     found = grafana.load_dashboards(directory=directory)
-    return page(request, services, "dashboards.html", {"dashboards": found.dashboards, "errors": found.errors})
+    return page(request, services, DashboardsScreen(dashboards=found.dashboards, errors=found.errors))
 
 
 # -- mounting ----------------------------------------------------------------------------------
