@@ -76,6 +76,11 @@ class User:
         """Roles are ordered viewer < operator < admin; a higher role may do what a lower one may."""
         return _RANK[self.role] >= _RANK[role]
 
+    @property
+    def actor(self) -> str:
+        """Who did it, in the audit trail."""
+        return f"user:{self.name}"
+
 
 @dataclass(frozen=True)
 class Session:

@@ -148,10 +148,6 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def actor_of(user: User) -> str:
-    return f"user:{user.name}"
-
-
 def write_tx(engine: Engine) -> AbstractContextManager[Connection]:
     """Committed before the response is built, so the redirect or refresh that follows sees the change."""
     return write_transaction(engine)

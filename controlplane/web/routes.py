@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import structlog
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from controlplane import flows, grafana
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
-from controlplane.audit import audit
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
@@ -30,7 +28,6 @@ from controlplane.web.console import (
     OperatorDep,
     ViewerDep,
     VisitDep,
-    actor_of,
     done,
     get_console,
     is_htmx,
@@ -40,6 +37,7 @@ from controlplane.web.console import (
     safe_next,
     write_tx,
 )
+from controlplane.web.login import log_in, log_out
 from controlplane.web.screens import (
     ApprovalsScreen,
     DashboardsScreen,
@@ -49,8 +47,6 @@ from controlplane.web.screens import (
     LoginScreen,
     RulesScreen,
 )
-
-log = structlog.get_logger("controlplane.console")
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
@@ -70,9 +66,7 @@ def login_form(request: Request, services: ServicesDep, visit: VisitDep, next: s
 def login(request: Request, services: ServicesDep, visit: VisitDep, form: LoginFormDep) -> Response:
     console = get_console(request)
     csrf.check(visit.session, request, form)
-    name = printable(form.get("username", "")).strip()[:128]
     next_url = safe_next(form.get("next"))
-    address = request.client.host if request.client else "unknown"  # from X-Forwarded-For of a trusted proxy
 
     def refuse(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
         screen = LoginScreen(next=next_url, error=message, configured=console.auth.enabled)
@@ -80,33 +74,23 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: LoginF
         response.headers.update(headers or {})
         return response
 
-    # Counted (and committed) before the password is checked: concurrent guesses each see the others.
-    with write_tx(services.engine) as conn:
-        wait = console.throttle.attempt(conn, name=name, address=address, now=now_utc())
-    if wait is not None:
-        # Not audited: under a guessing attack that would write a row per request; the log has it.
-        log.warning("console.login_throttled", user=name, address=address)
-        return refuse(f"Too many failed attempts: try again in {wait} s.", 429, {"Retry-After": str(wait)})
     try:
-        user = console.auth.check_password(name, form.get("password", "")[:1024])
-    except Unavailable as exc:
-        log.warning("console.login_busy", user=name, address=address)
-        return refuse(exc.message, 503, {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
-    with write_tx(services.engine) as conn:
-        now = now_utc()
-        audit(
-            conn,
-            actor=actor_of(user) if user else "console",
-            action="console.login" if user else "console.login_failed",
-            incident_id=None,
-            detail={"user": name, "address": address},
-            now=now,
+        outcome = log_in(
+            engine=services.engine,
+            auth=console.auth,
+            throttle=console.throttle,
+            name=printable(form.get("username", "")).strip()[:128],
+            password=form.get("password", "")[:1024],
+            address=request.client.host if request.client else "unknown",  # from X-Forwarded-For of a trusted proxy
+            clock=now_utc,
         )
-        if user is not None:
-            console.throttle.succeeded(conn, name=name, address=address)
-            visit.session, visit.user, visit.save = console.auth.login(conn, user=user, now=now), user, True
-    if user is None:
+    except Unavailable as exc:
+        return refuse(exc.message, 503, {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
+    if (wait := outcome.retry_after) is not None:
+        return refuse(f"Too many failed attempts: try again in {wait} s.", 429, {"Retry-After": str(wait)})
+    if outcome.user is None or outcome.session is None:
         return refuse("Wrong user name or password.", 401)
+    visit.session, visit.user, visit.save = outcome.session, outcome.user, True
     return RedirectResponse(next_url, status_code=303)
 
 
@@ -114,9 +98,13 @@ def login(request: Request, services: ServicesDep, visit: VisitDep, form: LoginF
 def logout(request: Request, services: ServicesDep, visit: VisitDep, form: FormDep) -> Response:
     csrf.check(visit.session, request, form)
     if visit.user is not None:
-        with write_tx(services.engine) as conn:
-            audit(conn, actor=actor_of(visit.user), action="console.logout", incident_id=None, detail={}, now=now_utc())
-            get_console(request).auth.logout(conn, session=visit.session)
+        log_out(
+            engine=services.engine,
+            auth=get_console(request).auth,
+            user=visit.user,
+            session=visit.session,
+            now=now_utc(),
+        )
     # A fresh anonymous session replaces the cookie: its CSRF token is dropped too.
     visit.session, visit.user, visit.save = Session.fresh(), None, True
     return RedirectResponse("/login", status_code=303)
@@ -163,7 +151,7 @@ def acknowledge(
     request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath
 ) -> Response:
     with write_tx(services.engine) as conn:
-        incident_service.acknowledge(conn=conn, incident_id=incident_id, actor=actor_of(user), now=now_utc())
+        incident_service.acknowledge(conn=conn, incident_id=incident_id, actor=user.actor, now=now_utc())
     return done(request, f"Incident #{incident_id} acknowledged.", form, f"/incidents/{incident_id}")
 
 
@@ -171,7 +159,7 @@ def acknowledge(
 def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
     reason = form.get("reason", "")[:2000]
     with write_tx(services.engine) as conn:
-        incident_service.resolve(conn=conn, incident_id=incident_id, actor=actor_of(user), now=now_utc(), reason=reason)
+        incident_service.resolve(conn=conn, incident_id=incident_id, actor=user.actor, now=now_utc(), reason=reason)
     return done(request, f"Incident #{incident_id} resolved.", form, f"/incidents/{incident_id}")
 
 
@@ -181,7 +169,7 @@ def add_note(
 ) -> Response:
     with write_tx(services.engine) as conn:
         incident_service.add_note(
-            conn=conn, incident_id=incident_id, actor=actor_of(user), text=form.get("text", ""), now=now_utc()
+            conn=conn, incident_id=incident_id, actor=user.actor, text=form.get("text", ""), now=now_utc()
         )
     return done(request, "Note added.", form, f"/incidents/{incident_id}")
 
@@ -194,7 +182,7 @@ def silence(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
         incident_id=incident_id,
         duration=form.get("duration", ""),
         comment=form.get("comment", ""),
-        actor=actor_of(user),
+        actor=user.actor,
         now=now_utc(),
     )
     return done(request, f"Silenced in Alertmanager ({silence_id}).", form, f"/incidents/{incident_id}")
@@ -225,16 +213,14 @@ def decide(
         flows.approve_execution(
             engine=services.engine,
             execution_id=execution_id,
-            actor=actor_of(user),
+            actor=user.actor,
             reason=reason,
             now=now_utc(),
             wake=services.wake_workers,
         )
     else:
         with write_tx(services.engine) as conn:
-            _DECISIONS[decision](
-                conn=conn, execution_id=execution_id, actor=actor_of(user), reason=reason, now=now_utc()
-            )
+            _DECISIONS[decision](conn=conn, execution_id=execution_id, actor=user.actor, reason=reason, now=now_utc())
     return done(request, f"Execution #{execution_id} {_DONE[decision]}.", form, "/approvals")
 
 
@@ -268,7 +254,7 @@ def automation(request: Request, services: ServicesDep, user: AdminDep, form: Fo
         raise InvalidInput(f"unknown switch {switch!r}")
     with write_tx(services.engine) as conn:
         executions.set_automation(
-            conn=conn, actor=actor_of(user), now=now_utc(), reason=form.get("reason", "")[:2000], **changes[switch]
+            conn=conn, actor=user.actor, now=now_utc(), reason=form.get("reason", "")[:2000], **changes[switch]
         )
     # The banner is on every page: reload rather than patch one block.
     return done(request, f"Automation: {switch.replace('-', ' ')}.", form, "/rules", reload=True)
