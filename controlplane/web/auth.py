@@ -191,9 +191,7 @@ class Authenticator:
             return None
         configured = self.users.get(name)
         given = headers.get(self.role_header.lower(), "").strip().lower() if self.role_header else ""
-        role: ConsoleRole = (
-            given if given in _RANK else configured.role if configured else self.default_role
-        )
+        role: ConsoleRole = given if given in _RANK else configured.role if configured else self.default_role
         return User(name, role)
 
     def session_user(self, session: Session, *, now: datetime) -> User | None:
