@@ -76,6 +76,11 @@ class User:
         """Roles are ordered viewer < operator < admin; a higher role may do what a lower one may."""
         return _RANK[self.role] >= _RANK[role]
 
+    @property
+    def actor(self) -> str:
+        """Who did it, in the audit trail."""
+        return f"user:{self.name}"
+
 
 @dataclass(frozen=True)
 class Session:
@@ -186,9 +191,7 @@ class Authenticator:
             return None
         configured = self.users.get(name)
         given = headers.get(self.role_header.lower(), "").strip().lower() if self.role_header else ""
-        role: ConsoleRole = (
-            given if given in _RANK else configured.role if configured else self.default_role
-        )
+        role: ConsoleRole = given if given in _RANK else configured.role if configured else self.default_role
         return User(name, role)
 
     def session_user(self, session: Session, *, now: datetime) -> User | None:

@@ -1,12 +1,14 @@
 """Owns turning a screen's data into HTML: the Jinja2 environment (autoescaped), its filters, full page or block.
 
 One template per screen; an htmx request gets a named block of the same template
-(jinja2-fragments), so a fragment can never drift from the page it updates.
+(jinja2-fragments), so a fragment can never drift from the page it updates. Templates are
+given typed objects (web/screens.py); `_namespace` is the one place they become template names.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import jinja2
 from jinja2_fragments import render_block
 
 from controlplane.durations import format_duration
+from controlplane.web.screens import PageContext, Screen
 
 # Templates and static files are package data beside this module (pyproject.toml).
 WEB_DIR = Path(__file__).resolve().parent
@@ -96,7 +99,23 @@ class Templates:
         macros = self.env.get_template("_macros.html").module
         self.env.globals.update({name: value for name, value in vars(macros).items() if not name.startswith("_")})
 
-    def render(self, template: str, context: dict[str, Any], *, block: str | None = None) -> str:
+    def render(self, context: PageContext, screen: Screen, *, block: str | None = None) -> str:
+        """The screen's whole page, or only `block` of it."""
+        values = _namespace(context, screen)
         if block is None:
-            return self.env.get_template(template).render(context)
-        return render_block(self.env, template, block, context)
+            return self.env.get_template(screen.template).render(values)
+        return render_block(self.env, screen.template, block, values)
+
+    def flash(self, context: PageContext) -> str:
+        """Only the context's flash message (base.html's `flash` block): what an htmx action gets back."""
+        return render_block(self.env, "base.html", "flash", _namespace(context))
+
+
+def _namespace(context: PageContext, screen: Screen | None = None) -> dict[str, Any]:
+    """The names a template sees: the frame's fields and the screen's side by side (not deep-copied, as
+    dataclasses.asdict would). A screen field must not hide one of the frame's, which every page reads."""
+    values = {f.name: getattr(context, f.name) for f in fields(context)}
+    own = {f.name: getattr(screen, f.name) for f in fields(screen)} if screen is not None else {}
+    if hidden := values.keys() & own.keys():
+        raise TypeError(f"{type(screen).__name__} hides the page's {', '.join(sorted(hidden))}")
+    return values | own
