@@ -9,7 +9,8 @@ import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from sqlalchemy import Engine
 
-from controlplane.actions.base import ActionRegistry, load_builtin_actions
+from controlplane.actions.base import ActionRegistry
+from controlplane.actions.builtin import build_registry
 from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db import migrate
@@ -59,7 +60,7 @@ class Services:
         metrics = Metrics()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             metrics.registry.register(collector)
-        registry = load_builtin_actions()
+        registry = build_registry()
         rules = RulesHolder(settings.rules_dir, registry)
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
         expiry = ExpiryOnResolve(engine, settings)

@@ -20,9 +20,8 @@ from controlplane.actions.base import (
     ActionRegistry,
     AlertView,
     IncidentView,
-    load_builtin_actions,
-    registry,
 )
+from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
@@ -34,6 +33,8 @@ from tests.conftest import make_settings
 from tests.integration.test_playbooks import Clock, Harness, make_registry, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
+
+registry = build_registry()
 
 PUBLIC_URL = "https://controlplane.example"
 
@@ -516,7 +517,7 @@ def test_an_executor_needs_the_escalation_action(engine: Engine, database_url: s
     """Escalation pages through the action registry: a registry without `notify.escalate` is refused up front,
     not found missing when a playbook gives up."""
     without = ActionRegistry()
-    for spec in load_builtin_actions().specs():
+    for spec in build_registry().specs():
         if spec.name != "notify.escalate":
             without.register(spec)
     with pytest.raises(ValueError, match=r"notify\.escalate"):

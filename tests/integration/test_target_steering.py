@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from controlplane.actions.base import ActionContext, ActionError, load_builtin_actions
+from controlplane.actions.base import ActionContext, ActionError
+from controlplane.actions.builtin import build_registry
 from controlplane.actions.http import HttpRequestParams
 from controlplane.app import create_app
 from controlplane.config import Settings
@@ -32,7 +33,7 @@ from tests.conftest import WEBHOOK, make_settings
 from tests.integration.serverproc import AUTH, run_id, unique_notification
 from tests.standins.http_target import HttpTarget
 
-registry = load_builtin_actions()
+registry = build_registry()
 FAILURE_THRESHOLD = 5  # CircuitBreakers' default
 
 
