@@ -24,13 +24,10 @@ from sqlalchemy import Engine
 
 from controlplane.config import Settings
 from controlplane.errors import ActionError
+from controlplane.errors import BlastRadiusExceeded as BlastRadiusExceeded  # part of the contract actions import
 from controlplane.rules.schema import FailoverGroup, Target
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class BlastRadiusExceeded(ActionError):
-    """The call would act more widely than its bounds allow; never retried."""
 
 
 class Params(BaseModel):

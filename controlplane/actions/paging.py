@@ -21,17 +21,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-import httpx
 import tenacity
 from pydantic import Field, SecretStr
 from sqlalchemy import Connection, select
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
-from controlplane.actions.http import allowed_target, check_url, host_of
+from controlplane.actions.base import ActionContext, ActionResult, IncidentView, Params, action
+from controlplane.actions.http import allowed_target
 from controlplane.audit import audit
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import audit_t, dialect_insert, incidents_t, notification_threads_t
 from controlplane.integrations import pagerduty, slack
+from controlplane.integrations.http import HttpClient, check_url, host_of, url_parts
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
 from controlplane.integrations.slack import IncidentCard, SlackClient, SlackError
 from controlplane.notify_routing import route
@@ -44,6 +44,7 @@ _BACKOFF_FIRST = 0.25  # seconds before the second try; doubles, capped below
 _BACKOFF_MAX = 2.0
 # A notification late by more than this is not worth holding the playbook for.
 _RETRY_AFTER_MAX = 5.0
+_WEBHOOKS = HttpClient()
 
 
 class NotDelivered(Exception):
@@ -333,25 +334,16 @@ def send_webhook(ctx: ActionContext, params: WebhookParams) -> dict[str, Any]:
         check_url(params.url)
     except ValueError as exc:
         raise NotDelivered(f"url: {exc}") from None
-    if allowed_target(params.url, ctx.settings.http_allowed_hosts) is None:
+    parts = url_parts(params.url)
+    if parts is None or allowed_target(params.url, ctx.settings.http_allowed_hosts) is None:
         raise NotDelivered(f"host {host_of(params.url)!r} is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS")
-    host = httpx.URL(params.url).host
-    headers = {"Idempotency-Key": ctx.idempotency_key}
 
-    def post() -> httpx.Response:
+    def post() -> int:
         timeout = ctx.time_left(params.timeout)  # each try ends by the step's deadline; none starts after it
-        if isinstance(params.body, str):
-            content_headers = {**headers, "Content-Type": "text/plain; charset=utf-8"}
-            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=timeout)
-        else:
-            response = httpx.post(params.url, json=params.body, headers=headers, timeout=timeout)
-        if not response.is_success:
-            status = response.status_code
-            raise ActionError(f"webhook on {host} answered {status}", retriable=status >= 500 or status == 429)
-        return response
+        return _WEBHOOKS.post_webhook(params.url, params.body, idempotency_key=ctx.idempotency_key, timeout=timeout)
 
     # Only the host is recorded: webhook URLs often carry their secret in the path.
-    return {"host": host, "status_code": with_retries(post).status_code}
+    return {"host": parts.host, "status_code": with_retries(post)}
 
 
 def _webhook_target(ctx: ActionContext, params: WebhookParams) -> str | None:
