@@ -25,6 +25,7 @@ from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.approvals import ApprovalTimeouts
+from controlplane.playbooks.contexts import build_ports
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
@@ -72,6 +73,7 @@ class Services:
             metrics=metrics,
             bulkheads=Bulkheads(),  # per-target call slots (the step timeout bounds the wait for one)
             rules=lambda: rules.current,
+            ports=build_ports(settings, engine),  # once per service: every step shares its clients
         )
         worker = Worker(
             engine=engine,

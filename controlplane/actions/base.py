@@ -20,9 +20,8 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine
 
-from controlplane.config import Settings
+from controlplane.actions.ports import ActionPorts
 from controlplane.errors import ActionError
 from controlplane.errors import BlastRadiusExceeded as BlastRadiusExceeded  # part of the contract actions import
 from controlplane.rules.schema import FailoverGroup, Target
@@ -62,7 +61,11 @@ class AlertView:
 
 @dataclass
 class ActionContext:
-    """What a running step knows. `idempotency_key` is stable across retries and resumes of the step."""
+    """What a running step knows, and what it may reach through `ports` (actions/ports.py).
+
+    `idempotency_key` is stable across retries and resumes of the step; `now` is the service's
+    clock; `targets` and `failover` are those of the rule files in force when the step began.
+    """
 
     execution_id: int
     step_index: int
@@ -70,8 +73,7 @@ class ActionContext:
     rule: str
     incident: IncidentView | None
     alert: AlertView | None
-    settings: Settings
-    engine: Engine
+    ports: ActionPorts
     now: Callable[[], datetime]
     step_started_at: datetime  # first start of this step, kept across durable waits and resumes
     dry_run: bool = False
@@ -79,6 +81,17 @@ class ActionContext:
     targets: Mapping[str, Target] = field(default_factory=dict)  # from the rule files in force
     failover: Mapping[str, FailoverGroup] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() by which this attempt must be done; None: none set
+
+    def audit(self, action: str, detail: dict[str, Any]) -> None:
+        """Record `action` in the audit trail, for this execution and its incident, as done by the rule."""
+        self.ports.audit.record(
+            actor=f"rule:{self.rule}",
+            action=action,
+            incident_id=self.incident.id if self.incident else None,
+            execution_id=self.execution_id,
+            detail=detail,
+            now=self.now(),
+        )
 
     def time_left(self, cap: float) -> float:
         """Seconds an outside call may take: `cap`, or less when the step's deadline is nearer.

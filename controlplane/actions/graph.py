@@ -18,8 +18,6 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Params, action
-from controlplane.integrations import kubernetes as kube
-from controlplane.integrations.admin_api import AdminApiClient
 from controlplane.rules.schema import Target
 
 # A graph name is a URL path segment and a ConfigMap list item: no '/', ',' or spaces, whatever
@@ -27,7 +25,6 @@ from controlplane.rules.schema import Target
 GRAPH_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 DISABLED_KEY = "disabled_graphs"
 TIMEOUT_SECONDS = 10.0  # at most; a step's deadline makes it shorter (ctx.time_left)
-admin_api = AdminApiClient()
 BOUNDS_DOC = "at most the target's max_disabled_graphs disabled at once, and never its last enabled graph"
 
 
@@ -89,10 +86,10 @@ def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
     try:
         target = ctx.target(params.target)
         if target.kind == "http":
-            state = admin_api.request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
+            state = ctx.ports.admin_api.request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
             return disable_refusal(target, params.graph, list(state["disabled"]), list(state["enabled"]))
         namespace, configmap = kube_target(target)
-        current = kube.read_configmap_key(ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY)
+        current = ctx.ports.kubernetes.read_configmap_key(namespace=namespace, name=configmap, key=DISABLED_KEY)
         return disable_refusal(target, params.graph, split_graphs(current), None)
     except Exception as exc:
         ctx.log.info("graph.bounds_unread", target=params.target, error=str(exc))
@@ -127,7 +124,7 @@ def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionRes
     if target.kind == "http":
         # The bounds travel with the request: the service applies them under its own lock.
         bounds = None if enabled else {"max_disabled": target.max_disabled_graphs, "keep_one_enabled": True}
-        answer = admin_api.request(
+        answer = ctx.ports.admin_api.request(
             target,
             "POST",
             f"/graphs/{params.graph}/{verb}",
@@ -149,8 +146,8 @@ def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionRes
             return ",".join(names if params.graph in names else [*names, params.graph])
 
         namespace, configmap = kube_target(target)
-        old, new = kube.update_configmap_key(
-            ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY, update=update
+        old, new = ctx.ports.kubernetes.update_configmap_key(
+            namespace=namespace, name=configmap, key=DISABLED_KEY, update=update
         )
         changed = (params.graph in split_graphs(old)) == enabled
         disabled_after = split_graphs(new)

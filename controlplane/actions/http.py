@@ -9,17 +9,17 @@ allows any port, `host:port` that port only). Rendered from alert labels, these 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.integrations.http import HttpClient, check_url, host_of, url_parts
+from controlplane.integrations.http import check_url, host_of, url_parts
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL and the rest; a tab is allowed
-_HTTP = HttpClient()
 
 
 def _header_name(value: str) -> str:
@@ -39,7 +39,7 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
 
 
-def allowed_target(url: str, allowed_hosts: list[str]) -> str | None:
+def allowed_target(url: str, allowed_hosts: Sequence[str]) -> str | None:
     """The CONTROLPLANE_HTTP_ALLOWED_HOSTS entry that allows `url` (`host:port` before `host`), or None.
 
     Parsed as httpx will send it, so the host checked is the host called.
@@ -65,7 +65,7 @@ class HttpRequestParams(Params):
 
 
 def _target(ctx: ActionContext, params: HttpRequestParams) -> str | None:
-    return allowed_target(params.url, ctx.settings.http_allowed_hosts)
+    return allowed_target(params.url, ctx.ports.http_allowed_hosts)
 
 
 def _refuse_unlisted(ctx: ActionContext, params: HttpRequestParams) -> str | None:
@@ -88,7 +88,7 @@ def http_request(ctx: ActionContext, params: HttpRequestParams) -> ActionResult:
     (a bad URL, a line break in a header) fails the step at once and is not the target's fault.
     """
     headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}
-    answer = _HTTP.request(
+    answer = ctx.ports.http.request(
         params.method, params.url, json=params.json_body, headers=headers, timeout=ctx.time_left(params.timeout)
     )
     output = {"status_code": answer.status_code, "body": answer.body}

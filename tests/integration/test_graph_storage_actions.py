@@ -30,6 +30,7 @@ from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
+from controlplane.playbooks.contexts import build_ports
 from controlplane.rules.loader import load_rules
 from controlplane.rules.schema import Target
 from tests.conftest import TOKEN, WEBHOOK, load_payload, make_settings
@@ -59,8 +60,7 @@ def context(engine: Engine, *targets: Target, key: str = "1:0", settings: Settin
         rule="test-rule",
         incident=None,
         alert=None,
-        settings=settings or Settings(),
-        engine=engine,
+        ports=build_ports(settings or Settings(), engine),
         now=lambda: now,
         step_started_at=now,
         targets={t.name: t for t in targets},

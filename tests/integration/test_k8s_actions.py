@@ -21,6 +21,7 @@ from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
 from controlplane.integrations import kubernetes as kube
 from controlplane.playbooks import service
+from controlplane.playbooks.contexts import build_ports
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import trigger_for_alerts
@@ -95,8 +96,7 @@ def context(settings: Settings, engine: Engine, key: str = "1:0", *targets: Targ
         rule="test-rule",
         incident=None,
         alert=None,
-        settings=settings,
-        engine=engine,
+        ports=build_ports(settings, engine),
         now=lambda: now,
         step_started_at=now,
         targets={t.name: t for t in (PROD, *targets)},

@@ -25,6 +25,7 @@ from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
+from controlplane.playbooks.contexts import build_ports
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.circuit_breaker import CircuitBreakers
@@ -75,8 +76,7 @@ def context_of(h: Harness, execution_id: int, settings: Settings, key: str = "di
         rule=row.rule_name,
         incident=IncidentView(**incident) if incident else None,
         alert=AlertView(**alert) if alert else None,
-        settings=settings,
-        engine=h.engine,
+        ports=build_ports(settings, h.engine),
         now=h.clock,
         step_started_at=h.clock(),
     )

@@ -15,6 +15,7 @@ from controlplane.actions.prometheus import QueryParams, TopParams
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.integrations.prometheus import PrometheusClient, PrometheusError
+from controlplane.playbooks.contexts import build_ports
 from tests.prometheus_server import PrometheusServer, free_port
 
 registry = build_registry()
@@ -39,8 +40,7 @@ def context(url: str, engine: Engine) -> ActionContext:
         rule="test-rule",
         incident=None,
         alert=None,
-        settings=Settings(prometheus_url=url),
-        engine=engine,
+        ports=build_ports(Settings(prometheus_url=url), engine),
         now=lambda: now,
         step_started_at=now,
     )

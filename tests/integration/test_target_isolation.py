@@ -23,6 +23,7 @@ from controlplane.actions.base import ActionContext, ActionError
 from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
 from controlplane.db.tables import executions_t, steps_t
+from controlplane.playbooks.contexts import build_ports
 from controlplane.rules.schema import Target
 from tests.conftest import WEBHOOK, make_settings
 from tests.integration.serverproc import AUTH, run_id, unique_notification
@@ -167,8 +168,7 @@ def direct_context(engine: Engine, hung: HttpTarget, deadline: float) -> ActionC
         rule="test-rule",
         incident=None,
         alert=None,
-        settings=make_settings(str(engine.url), http_allowed_hosts=[hung.host]),
-        engine=engine,
+        ports=build_ports(make_settings(str(engine.url), http_allowed_hosts=[hung.host]), engine),
         now=lambda: now,
         step_started_at=now,
         targets={"default": Target(name="default", kind="http", url=f"{hung.url}/admin")},

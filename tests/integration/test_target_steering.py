@@ -29,6 +29,7 @@ from controlplane.app import create_app
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.db.tables import executions_t, steps_t
+from controlplane.playbooks.contexts import build_ports
 from tests.conftest import WEBHOOK, make_settings
 from tests.integration.serverproc import AUTH, run_id, unique_notification
 from tests.standins.http_target import HttpTarget
@@ -131,8 +132,7 @@ def context(settings: Settings) -> ActionContext:
         rule="test-rule",
         incident=None,
         alert=None,
-        settings=settings,
-        engine=make_engine("sqlite://"),
+        ports=build_ports(settings, make_engine("sqlite://")),
         now=lambda: now,
         step_started_at=now,
     )
