@@ -141,7 +141,9 @@ class ActionSpec(Generic[P]):
     changing it: dry runs, shadow mode, approvals): a field `plan: Callable[[ActionContext, P], Plan]
     | None = None` after `func`, and a `plan=` keyword on `action()`. Everything after `func` is
     keyword-only, so that field goes in without touching any action or any caller; an action
-    without a plan keeps today's dry run (`would_call`), and gains one when it is written.
+    without a plan keeps today's dry run (`would_call`), and gains one when it is written. A plan
+    reads what it needs through the same ports (a ConfigMap key, `GET /graphs`, the incident);
+    since they are the only way out of an action, contexts.py can hand a plan read-only ones.
     """
 
     name: str
