@@ -1,4 +1,7 @@
-"""Owns writing the audit trail: one `audit()` for every change, and `PendingAudits` to write many in one statement."""
+"""Owns writing the audit trail: one `audit()` for every change, and `PendingAudits` to write many in one statement.
+
+`details()` reads back what was recorded of one kind for an execution or an incident.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from controlplane.db.tables import audit_t
 
@@ -54,3 +57,17 @@ def audit(
         pending.audits.append(row)
     else:
         conn.execute(_INSERT_AUDIT, row)
+
+
+def details(
+    conn: Connection, *, action: str, execution_id: int | None = None, incident_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The `detail` of the `action` events of the execution and/or the incident, newest first."""
+    if execution_id is None and incident_id is None:
+        raise ValueError("details() reads one execution's or one incident's events, not the whole trail")
+    query = select(audit_t.c.detail).where(audit_t.c.action == action).order_by(audit_t.c.id.desc())
+    if execution_id is not None:
+        query = query.where(audit_t.c.execution_id == execution_id)
+    if incident_id is not None:
+        query = query.where(audit_t.c.incident_id == incident_id)
+    return [dict(detail) for detail in conn.execute(query).scalars()]

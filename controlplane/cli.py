@@ -153,11 +153,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _load_rules(directory: Path, named_by: str) -> RuleSet:
     """The rules in `directory`. One that cannot be read is a SettingsError naming it and what named it (main
     prints it on one line, exit 2); errors in its files pass through as RuleLoadError (`file:line: message`)."""
-    from controlplane.actions.base import load_builtin_actions
+    from controlplane.actions.builtin import build_registry
     from controlplane.rules.loader import RulesDirectoryError, load_rules
 
     try:
-        return load_rules(directory, load_builtin_actions())
+        return load_rules(directory, build_registry())
     except RulesDirectoryError as exc:
         raise SettingsError(f"rules directory {directory.absolute()} ({named_by}): {exc.problem}") from None
 

@@ -8,14 +8,18 @@ from typing import Any
 class ActionError(Exception):
     """A step failed. `retriable` errors (timeouts, connection errors, 5xx) are retried by the step's policy.
 
-    Raised by actions and by the integration clients they call (kubernetes), which is why it
-    lives here: integrations/ must not import actions/.
+    Raised by actions and by the integration clients they call (kubernetes, admin API, http),
+    which is why it lives here: integrations/ must not import actions/.
     """
 
     def __init__(self, message: str, *, retriable: bool = False, output: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.retriable = retriable
         self.output = output or {}
+
+
+class BlastRadiusExceeded(ActionError):
+    """The call would act more widely than its bounds allow (ours, or the target's own check); never retried."""
 
 
 class DomainError(Exception):

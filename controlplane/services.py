@@ -9,7 +9,8 @@ import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from sqlalchemy import Engine
 
-from controlplane.actions.base import ActionRegistry, load_builtin_actions
+from controlplane.actions.base import ActionRegistry
+from controlplane.actions.builtin import build_registry
 from controlplane.audit import audit
 from controlplane.config import Settings
 from controlplane.db import migrate
@@ -24,6 +25,7 @@ from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.approvals import ApprovalTimeouts
+from controlplane.playbooks.contexts import build_ports
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
@@ -59,7 +61,7 @@ class Services:
         metrics = Metrics()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             metrics.registry.register(collector)
-        registry = load_builtin_actions()
+        registry = build_registry()
         rules = RulesHolder(settings.rules_dir, registry)
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
         expiry = ExpiryOnResolve(engine, settings)
@@ -71,6 +73,7 @@ class Services:
             metrics=metrics,
             bulkheads=Bulkheads(),  # per-target call slots (the step timeout bounds the wait for one)
             rules=lambda: rules.current,
+            ports=build_ports(settings, engine),  # once per service: every step shares its clients
         )
         worker = Worker(
             engine=engine,

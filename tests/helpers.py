@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from controlplane.actions.base import ActionContext
 from controlplane.app import create_app
 from controlplane.config import Settings
+from controlplane.playbooks.contexts import build_ports
 from controlplane.rules.schema import Target
 from tests.conftest import AUTH, TOKEN, WEBHOOK, load_payload, make_settings
 
@@ -184,8 +185,7 @@ def action_context(
         rule="test-rule",
         incident=None,
         alert=None,
-        settings=settings,
-        engine=engine,
+        ports=build_ports(settings, engine),
         now=lambda: at,
         step_started_at=at,
         targets={t.name: t for t in targets},

@@ -1,34 +1,32 @@
 """Owns the action contract: the registry, the context a step runs with, and what a step returns.
 
-An action is a plain synchronous function `(ctx, params) -> ActionResult`, registered with
-`@action("family.verb", params=Model)`. Its parameter model is what rule files are checked
-against at load time; `inverse` names the action that undoes it (the default rollback);
-`blast_radius` may refuse a call that would act too widely; `target` names what it acts on,
-which keys the circuit breaker and the bulkhead (resilience/), or is None when the call names
-nothing the rule files or settings define.
+An action is a plain synchronous function `(ctx, params) -> ActionResult`, declared with
+`@action("family.verb", params=Model)` and collected into a registry by `build_registry()`
+(actions/builtin.py), one registry per service or test: nothing is global. Its parameter model
+is what rule files are checked against at load time; `inverse` names the action that undoes it
+(the default rollback); `blast_radius` may refuse a call that would act too widely; `target`
+names what it acts on, which keys the circuit breaker and the bulkhead (resilience/), or is
+None when the call names nothing the rule files or settings define.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine
 
-from controlplane.config import Settings
+from controlplane.actions.ports import ActionPorts
 from controlplane.errors import ActionError
+from controlplane.errors import BlastRadiusExceeded as BlastRadiusExceeded  # part of the contract actions import
 from controlplane.rules.schema import FailoverGroup, Target
 
 P = TypeVar("P", bound=BaseModel)
-
-
-class BlastRadiusExceeded(ActionError):
-    """The call would act more widely than its bounds allow; never retried."""
 
 
 class Params(BaseModel):
@@ -63,7 +61,11 @@ class AlertView:
 
 @dataclass
 class ActionContext:
-    """What a running step knows. `idempotency_key` is stable across retries and resumes of the step."""
+    """What a running step knows, and what it may reach through `ports` (actions/ports.py).
+
+    `idempotency_key` is stable across retries and resumes of the step; `now` is the service's
+    clock; `targets` and `failover` are those of the rule files in force when the step began.
+    """
 
     execution_id: int
     step_index: int
@@ -71,8 +73,7 @@ class ActionContext:
     rule: str
     incident: IncidentView | None
     alert: AlertView | None
-    settings: Settings
-    engine: Engine
+    ports: ActionPorts
     now: Callable[[], datetime]
     step_started_at: datetime  # first start of this step, kept across durable waits and resumes
     dry_run: bool = False
@@ -80,6 +81,17 @@ class ActionContext:
     targets: Mapping[str, Target] = field(default_factory=dict)  # from the rule files in force
     failover: Mapping[str, FailoverGroup] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() by which this attempt must be done; None: none set
+
+    def audit(self, action: str, detail: dict[str, Any]) -> None:
+        """Record `action` in the audit trail, for this execution and its incident, as done by the rule."""
+        self.ports.audit.record(
+            actor=f"rule:{self.rule}",
+            action=action,
+            incident_id=self.incident.id if self.incident else None,
+            execution_id=self.execution_id,
+            detail=detail,
+            now=self.now(),
+        )
 
     def time_left(self, cap: float) -> float:
         """Seconds an outside call may take: `cap`, or less when the step's deadline is nearer.
@@ -123,10 +135,22 @@ ActionFunc = Callable[[ActionContext, Any], ActionResult]
 
 @dataclass(frozen=True)
 class ActionSpec(Generic[P]):
+    """An action as the registry holds it: its name, parameter model and `func`, then its optional parts.
+
+    Room for the next part of the contract, a read-only plan (what the call would change, without
+    changing it: dry runs, shadow mode, approvals): a field `plan: Callable[[ActionContext, P], Plan]
+    | None = None` after `func`, and a `plan=` keyword on `action()`. Everything after `func` is
+    keyword-only, so that field goes in without touching any action or any caller; an action
+    without a plan keeps today's dry run (`would_call`), and gains one when it is written. A plan
+    reads what it needs through the same ports (a ConfigMap key, `GET /graphs`, the incident);
+    since they are the only way out of an action, contexts.py can hand a plan read-only ones.
+    """
+
     name: str
     params: type[P]
     func: Callable[[ActionContext, P], ActionResult]
-    description: str
+    _: KW_ONLY
+    description: str = ""
     inverse: str | None = None
     blast_radius: Callable[[ActionContext, P], str | None] | None = None  # a reason to refuse, or None
     blast_radius_doc: str = ""
@@ -180,7 +204,8 @@ class ActionRegistry:
         return [self._specs[n] for n in self.names()]
 
 
-registry = ActionRegistry()
+# The attribute `action()` leaves on the functions it declares; `declared_in` collects them.
+_SPEC = "action_spec"
 
 
 def action(
@@ -193,35 +218,37 @@ def action(
     target: Callable[[ActionContext, P], str | None] | None = None,
     into: ActionRegistry | None = None,
 ) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
-    """Register `func` as action `name`; its docstring's first line is its description."""
+    """Declare `func` as action `name`; its docstring's first line is its description.
 
-    def register(func: Callable[[ActionContext, P], ActionResult]) -> Callable[[ActionContext, P], ActionResult]:
+    The declaration registers nothing by itself: `build_registry()` (actions/builtin.py) collects
+    the declared actions of the modules it lists. `into` registers the action there at once (a
+    test's own actions).
+    """
+
+    def declare(func: Callable[[ActionContext, P], ActionResult]) -> Callable[[ActionContext, P], ActionResult]:
         description = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        (into or registry).register(
-            ActionSpec(
-                name=name,
-                params=params,
-                func=func,
-                description=description,
-                inverse=inverse,
-                blast_radius=blast_radius,
-                blast_radius_doc=blast_radius_doc,
-                target=target,
-            )
+        spec = ActionSpec(
+            name=name,
+            params=params,
+            func=func,
+            description=description,
+            inverse=inverse,
+            blast_radius=blast_radius,
+            blast_radius_doc=blast_radius_doc,
+            target=target,
         )
+        setattr(func, _SPEC, spec)
+        if into is not None:
+            into.register(spec)
         return func
 
-    return register
+    return declare
 
 
-def load_builtin_actions() -> ActionRegistry:
-    """Import every action module so their decorators run; returns the filled registry."""
-    import importlib
-    import pkgutil
-
-    import controlplane.actions as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base":
-            importlib.import_module(f"controlplane.actions.{module.name}")
-    return registry
+def declared_in(module: ModuleType) -> list[ActionSpec[Any]]:
+    """The actions declared with `@action` in `module` itself (not ones it imports), in the order written."""
+    return [
+        getattr(value, _SPEC)
+        for value in vars(module).values()
+        if callable(value) and getattr(value, "__module__", None) == module.__name__ and hasattr(value, _SPEC)
+    ]

@@ -6,7 +6,6 @@ from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
 from controlplane.errors import DomainError
-from controlplane.failover.manager import FailoverManager
 from controlplane.rules.schema import NAME_PATTERN
 
 
@@ -37,13 +36,13 @@ def _refuse_unknown(ctx: ActionContext, params: SwitchParams) -> str | None:
 )
 def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     """Make another endpoint of a service active; refuses an unhealthy target."""
-    # State lives in the database, so a manager on the step's engine is the service's manager;
-    # the step's idempotency key makes a retried or resumed step return the first switch.
-    manager = FailoverManager(ctx.engine, groups=lambda: ctx.failover, clock=ctx.now)
+    # The step's idempotency key makes a retried or resumed step return the first switch.
     try:
-        result = manager.switch(
+        result = ctx.ports.failover.switch(
             params.service,
             params.to,
+            groups=ctx.failover,
+            clock=ctx.now,
             actor=f"rule:{ctx.rule}",
             reason=f"playbook step {ctx.step_index} of execution {ctx.execution_id}",
             incident_id=ctx.incident.id if ctx.incident else None,

@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pydantic import Field
-from sqlalchemy import select
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.db.tables import incidents_t
 from controlplane.durations import Duration, format_duration
 
 
@@ -35,8 +33,8 @@ def verify_resolved(ctx: ActionContext, params: VerifyResolvedParams) -> ActionR
     """Succeed once the incident has resolved; fail (then on_failure: escalate) if it has not by the deadline."""
     if ctx.incident is None:
         raise ActionError("verify.resolved needs an incident; this execution has none")
-    with ctx.engine.connect() as conn:
-        status = conn.execute(select(incidents_t.c.status).where(incidents_t.c.id == ctx.incident.id)).scalar()
+    state = ctx.ports.incidents.current(ctx.incident.id)
+    status = state.status if state is not None else None
     now = ctx.now()
     deadline = ctx.step_started_at + params.within
     if status == "resolved":

@@ -1,8 +1,7 @@
-"""Owns the graph actions `graph.disable` / `graph.enable` (each the other's inverse) and the admin API client.
+"""Owns the graph actions `graph.disable` / `graph.enable` (each the other's inverse).
 
-http targets: the deployment's admin API, whose base is the target's `url` (for example
-`http://langgraph:8000/admin`): `GET /graphs`, `POST /graphs/{graph}/disable|enable`, sent with
-the step's idempotency key and the bearer token read from `token_file`. kubernetes targets: the
+http targets: the deployment's admin API (integrations/admin_api.py): `GET /graphs`,
+`POST /graphs/{graph}/disable|enable`, sent with the step's idempotency key. kubernetes targets: the
 comma-separated `disabled_graphs` key of the target's ConfigMap, which the deployment reads.
 
 Bounds (seed 004's "disable the problem graph" must not become "disable everything"): at most
@@ -14,15 +13,11 @@ replicas racing cannot both pass.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 from pydantic import AfterValidator, Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Params, action
-from controlplane.actions.http import request_failed
-from controlplane.integrations import kubernetes as kube
 from controlplane.rules.schema import Target
 
 # A graph name is a URL path segment and a ConfigMap list item: no '/', ',' or spaces, whatever
@@ -30,7 +25,6 @@ from controlplane.rules.schema import Target
 GRAPH_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 DISABLED_KEY = "disabled_graphs"
 TIMEOUT_SECONDS = 10.0  # at most; a step's deadline makes it shorter (ctx.time_left)
-CONNECT_TIMEOUT_SECONDS = 3.0
 BOUNDS_DOC = "at most the target's max_disabled_graphs disabled at once, and never its last enabled graph"
 
 
@@ -46,86 +40,6 @@ GraphName = Annotated[str, Field(pattern=GRAPH_NAME), AfterValidator(_not_dots)]
 class GraphParams(Params):
     target: str = "default"
     graph: GraphName
-
-
-# -- the admin API of http targets (storage.* uses it too) -------------------------------------
-
-
-def admin_request(
-    target: Target,
-    method: str,
-    path: str,
-    *,
-    json: Any = None,
-    idempotency_key: str | None = None,
-    timeout: float = TIMEOUT_SECONDS,
-) -> dict[str, Any]:
-    """One call to an http target's admin API; its JSON answer, or an ActionError an on-call person can act on.
-
-    Callers pass `timeout=ctx.time_left(TIMEOUT_SECONDS)`, so the call ends by the step's deadline.
-
-    Connection errors, timeouts, 5xx and 429 are retriable; other 4xx are not and carry the
-    service's own message; a 409 the service marks `refused` is a BlastRadiusExceeded.
-    """
-    url = f"{(target.url or '').rstrip('/')}{path}"
-    headers = {"Accept": "application/json"}
-    if target.token_file:
-        headers["Authorization"] = f"Bearer {_token(target)}"
-    if idempotency_key is not None:
-        headers["Idempotency-Key"] = idempotency_key
-    where = f"target {target.name!r}: {method} {url}"
-    try:
-        response = httpx.request(
-            method,
-            url,
-            json=json,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
-            follow_redirects=False,
-        )
-    except (httpx.TransportError, httpx.InvalidURL) as exc:
-        raise request_failed(where, exc) from None
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
-    status = response.status_code
-    if status == 200 and isinstance(body, dict):
-        return body
-    message = _message(body, response.text)
-    output = {"status_code": status, "body": body if body is not None else response.text[:2000]}
-    if status >= 500 or status == 429:
-        raise ActionError(f"{where} answered {status}: {message}", retriable=True, output=output)
-    if status in (401, 403):
-        raise ActionError(
-            f"{where} answered {status}: {message}; check the target's token_file ({target.token_file or 'not set'})",
-            output=output,
-        )
-    if status == 409 and isinstance(body, dict) and body.get("refused"):
-        raise BlastRadiusExceeded(f"{where} refused: {message}", output=output)
-    if status == 200:
-        raise ActionError(f"{where} answered 200 without a JSON object: {message}", output=output)
-    raise ActionError(f"{where} answered {status}: {message}", output=output)
-
-
-def _token(target: Target) -> str:
-    # Read on every call: a rotated token works without reloading the rules.
-    path = Path(target.token_file or "")
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ActionError(f"target {target.name!r}: token_file {path}: {exc.strerror}") from None
-    if not token:
-        raise ActionError(f"target {target.name!r}: token_file {path} is empty")
-    return token
-
-
-def _message(body: Any, text: str) -> str:
-    if isinstance(body, dict):
-        for key in ("error", "detail", "message"):
-            if body.get(key):
-                return str(body[key])[:500]
-    return text[:500] or "(empty answer)"
 
 
 def target_name(ctx: ActionContext, params: Any) -> str | None:
@@ -172,10 +86,10 @@ def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
     try:
         target = ctx.target(params.target)
         if target.kind == "http":
-            state = admin_request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
+            state = ctx.ports.admin_api.request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
             return disable_refusal(target, params.graph, list(state["disabled"]), list(state["enabled"]))
         namespace, configmap = kube_target(target)
-        current = kube.read_configmap_key(ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY)
+        current = ctx.ports.kubernetes.read_configmap_key(namespace=namespace, name=configmap, key=DISABLED_KEY)
         return disable_refusal(target, params.graph, split_graphs(current), None)
     except Exception as exc:
         ctx.log.info("graph.bounds_unread", target=params.target, error=str(exc))
@@ -210,7 +124,7 @@ def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionRes
     if target.kind == "http":
         # The bounds travel with the request: the service applies them under its own lock.
         bounds = None if enabled else {"max_disabled": target.max_disabled_graphs, "keep_one_enabled": True}
-        answer = admin_request(
+        answer = ctx.ports.admin_api.request(
             target,
             "POST",
             f"/graphs/{params.graph}/{verb}",
@@ -232,8 +146,8 @@ def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionRes
             return ",".join(names if params.graph in names else [*names, params.graph])
 
         namespace, configmap = kube_target(target)
-        old, new = kube.update_configmap_key(
-            ctx.settings, namespace=namespace, name=configmap, key=DISABLED_KEY, update=update
+        old, new = ctx.ports.kubernetes.update_configmap_key(
+            namespace=namespace, name=configmap, key=DISABLED_KEY, update=update
         )
         changed = (params.graph in split_graphs(old)) == enabled
         disabled_after = split_graphs(new)

@@ -12,7 +12,6 @@ import math
 from pydantic import Field, model_validator
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.integrations import kubernetes as kube
 from controlplane.rules.schema import Target
 
 BOUNDS_DOC = "replicas stay within the target's [min_replicas, max_replicas]: a request outside is clamped"
@@ -102,8 +101,7 @@ def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
     A workload under an HPA is scaled by the HPA too: use k8s.patch_hpa for those.
     """
     target, namespace, name = _workload(ctx, params)
-    previous, replicas = kube.update_scale(
-        ctx.settings,
+    previous, replicas = ctx.ports.kubernetes.update_scale(
         namespace=namespace,
         name=name,
         kind=target.kind_of_workload,
@@ -131,8 +129,7 @@ def rollout_restart(ctx: ActionContext, params: TargetParams) -> ActionResult:
     There is no undo: the rollout replaces pods with identical ones.
     """
     target, namespace, name = _workload(ctx, params)
-    restarted_at, restarted = kube.rollout_restart(
-        ctx.settings,
+    restarted_at, restarted = ctx.ports.kubernetes.rollout_restart(
         namespace=namespace,
         name=name,
         kind=target.kind_of_workload,
@@ -172,8 +169,8 @@ def patch_hpa(ctx: ActionContext, params: HpaParams) -> ActionResult:
     assert target.namespace is not None
     new_min = None if params.min_replicas is None else _bounded(params.min_replicas, target)
     new_max = None if params.max_replicas is None else _bounded(params.max_replicas, target)
-    previous_min, previous_max = kube.patch_hpa(
-        ctx.settings, namespace=target.namespace, name=target.hpa, min_replicas=new_min, max_replicas=new_max
+    previous_min, previous_max = ctx.ports.kubernetes.patch_hpa(
+        namespace=target.namespace, name=target.hpa, min_replicas=new_min, max_replicas=new_max
     )
     min_replicas = previous_min if new_min is None else new_min
     max_replicas = previous_max if new_max is None else new_max

@@ -5,8 +5,8 @@ A failed notification never fails the remediation: each call is retried (3 tries
 a few seconds, Slack's and PagerDuty's Retry-After honoured up to a cap), and when it still
 fails, or the channel is not configured, the step succeeds with value False and output
 `{"delivered": false, "error": ...}`, audited as `notify.failed` on the incident's timeline.
-Deliveries are audited as `notify.sent`. The Slack thread of each incident (notification_threads)
-is kept here too: integrations/slack.py only talks to Slack.
+Deliveries are audited as `notify.sent`. The Slack thread of each incident is kept by
+notify_threads.py (the `threads` port).
 
 Idempotency: the executor never re-runs a step it recorded as succeeded, so a duplicate needs
 a crash between the send and that record. Before sending, a step looks for its own
@@ -18,26 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any, TypeVar
 
-import httpx
 import tenacity
-from pydantic import Field, SecretStr
-from sqlalchemy import Connection, select
+from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, IncidentView, Params, action
-from controlplane.actions.http import allowed_target, check_url, host_of
-from controlplane.audit import audit
-from controlplane.db.engine import write_transaction
-from controlplane.db.tables import audit_t, dialect_insert, incidents_t, notification_threads_t
+from controlplane.actions.base import ActionContext, ActionResult, IncidentView, Params, action
+from controlplane.actions.http import allowed_target
 from controlplane.integrations import pagerduty, slack
+from controlplane.integrations.http import check_url, host_of, url_parts
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
 from controlplane.integrations.slack import IncidentCard, SlackClient, SlackError
 from controlplane.notify_routing import route
 from controlplane.resilience.retry import is_retriable
 
 T = TypeVar("T")
+Client = TypeVar("Client", SlackClient, PagerDutyClient)
 
 ATTEMPTS = 3
 _BACKOFF_FIRST = 0.25  # seconds before the second try; doubles, capped below
@@ -79,30 +75,15 @@ def with_retries(call: Callable[[], T]) -> T:
 
 def _audit(ctx: ActionContext, what: str, detail: dict[str, Any]) -> None:
     try:
-        with write_transaction(ctx.engine) as conn:
-            audit(
-                conn,
-                actor=f"rule:{ctx.rule}",
-                action=what,
-                incident_id=ctx.incident.id if ctx.incident else None,
-                execution_id=ctx.execution_id,
-                detail=detail,
-                now=ctx.now(),
-            )
+        ctx.audit(what, detail)
     except Exception as exc:  # the audit of a notification must not fail the remediation either
         ctx.log.error("notify.audit_failed", audit=what, error=f"{type(exc).__name__}: {exc}")
 
 
 def _already_sent(ctx: ActionContext) -> dict[str, Any] | None:
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(
-            select(audit_t.c.detail)
-            .where(audit_t.c.execution_id == ctx.execution_id, audit_t.c.action == "notify.sent")
-            .order_by(audit_t.c.id.desc())
-        ).scalars()
-        for detail in rows:
-            if detail.get("idempotency_key") == ctx.idempotency_key:
-                return dict(detail)
+    for detail in ctx.ports.audit.details("notify.sent", execution_id=ctx.execution_id):
+        if detail.get("idempotency_key") == ctx.idempotency_key:
+            return detail
     return None
 
 
@@ -124,30 +105,20 @@ def deliver(ctx: ActionContext, via: str, send: Callable[[], dict[str, Any]]) ->
     return ActionResult(value=True, output=output)
 
 
-def _secret(value: SecretStr | None, service: str, setting: str) -> str:
-    if value is None or not value.get_secret_value():
+def _configured(client: Client | None, service: str, setting: str) -> Client:
+    if client is None:
         raise NotDelivered(f"{service} is not configured: set CONTROLPLANE_{setting} or CONTROLPLANE_{setting}_FILE")
-    return value.get_secret_value()
+    return client
 
 
 def _incident_now(ctx: ActionContext) -> IncidentView | None:
     """The incident as it is now: the context holds a copy from when the execution was created."""
     if ctx.incident is None:
         return None
-    with ctx.engine.connect() as conn:
-        row = conn.execute(
-            select(incidents_t.c.status, incidents_t.c.severity, incidents_t.c.title).where(
-                incidents_t.c.id == ctx.incident.id
-            )
-        ).first()
-    if row is None:
+    state = ctx.ports.incidents.current(ctx.incident.id)
+    if state is None:
         return ctx.incident
-    return replace(ctx.incident, status=row.status, severity=row.severity, title=row.title)
-
-
-def incident_url(ctx: ActionContext, incident_id: int) -> str | None:
-    base = ctx.settings.public_url
-    return f"{base.rstrip('/')}/incidents/{incident_id}" if base else None
+    return replace(ctx.incident, status=state.status, severity=state.severity, title=state.title)
 
 
 # -- Slack ---------------------------------------------------------------------------------
@@ -163,15 +134,10 @@ class _Root:
 
 
 def _root_shown(ctx: ActionContext, incident_id: int, channel: str) -> _Root | None:
-    # The notification_threads row keeps only the thread's ts; which status the message shows
-    # and its channel ID are in the `notify.sent` events of the posts and updates that set them.
-    with ctx.engine.connect() as conn:
-        details = conn.execute(
-            select(audit_t.c.detail)
-            .where(audit_t.c.incident_id == incident_id, audit_t.c.action == "notify.sent")
-            .order_by(audit_t.c.id.desc())
-        ).scalars()
-        mine = [d for d in details if d.get("via") == "slack" and d.get("channel") == channel]
+    # The thread keeps only the root message's ts; which status the message shows and its
+    # channel ID are in the `notify.sent` events of the posts and updates that set them.
+    details = ctx.ports.audit.details("notify.sent", incident_id=incident_id)
+    mine = [d for d in details if d.get("via") == "slack" and d.get("channel") == channel]
     shown = next((d for d in mine if "shown_status" in d), None)
     root = next((d for d in mine if d.get("root")), None)
     if shown is None or root is None:
@@ -179,30 +145,9 @@ def _root_shown(ctx: ActionContext, incident_id: int, channel: str) -> _Root | N
     return _Root(channel_id=str(root["channel_id"]), status=str(shown["shown_status"]), summary=str(root["summary"]))
 
 
-def _thread_of(conn: Connection, *, incident_id: int, channel: str) -> str | None:
-    """The `ts` of the incident's root message in `channel`, if one was posted."""
-    threads = notification_threads_t.c
-    query = select(threads.ts).where(threads.incident_id == incident_id, threads.channel == channel)
-    return conn.execute(query).scalar()
-
-
-def _remember_thread(conn: Connection, *, incident_id: int, channel: str, ts: str, now: datetime) -> str:
-    """Keep `ts` as the incident's thread in `channel`; returns the thread in force.
-
-    Two executions of one incident may post a root message at once; the first recorded wins
-    and the other's message stays a lone root (rare, harmless, and visible in the channel).
-    """
-    conn.execute(
-        dialect_insert(conn, notification_threads_t)
-        .values(incident_id=incident_id, channel=channel, ts=ts, created_at=now)
-        .on_conflict_do_nothing(index_elements=["incident_id", "channel"])
-    )
-    return str(_thread_of(conn, incident_id=incident_id, channel=channel))
-
-
 def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
     """Post `text`: the incident's first message in `channel` is its root, later ones are thread replies."""
-    client = SlackClient(_secret(ctx.settings.slack_token, "Slack", "SLACK_TOKEN"), base_url=ctx.settings.slack_api_url)
+    client = _configured(ctx.ports.slack, "Slack", "SLACK_TOKEN")
     incident = _incident_now(ctx)
     if incident is None:
         message = with_retries(lambda: client.post(channel=channel, text=slack.escape(text)))
@@ -213,16 +158,14 @@ def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
         severity=incident.severity,
         status=incident.status,
         summary=text,
-        url=incident_url(ctx, incident.id),
+        url=ctx.ports.incident_url(incident.id),
     )
-    with ctx.engine.connect() as conn:
-        root_ts = _thread_of(conn, incident_id=incident.id, channel=channel)
+    root_ts = ctx.ports.threads.thread_of(incident_id=incident.id, channel=channel)
     if root_ts is None:
         message = with_retries(
             lambda: client.post(channel=channel, text=slack.incident_text(card), blocks=slack.incident_blocks(card))
         )
-        with write_transaction(ctx.engine) as conn:
-            _remember_thread(conn, incident_id=incident.id, channel=channel, ts=message.ts, now=ctx.now())
+        ctx.ports.threads.remember(incident_id=incident.id, channel=channel, ts=message.ts, now=ctx.now())
         return {
             "channel": channel,
             "channel_id": message.channel,
@@ -262,7 +205,7 @@ class SlackParams(Params):
 @action("notify.slack", params=SlackParams)
 def notify_slack(ctx: ActionContext, params: SlackParams) -> ActionResult:
     """Post to Slack: the incident's message first, then replies in its thread; never fails the playbook."""
-    channel = params.channel or ctx.settings.slack_channel
+    channel = params.channel or ctx.ports.slack_channel
     return deliver(ctx, "slack", lambda: send_slack(ctx, params.text, channel))
 
 
@@ -280,11 +223,10 @@ def send_pagerduty(
     summary: str | None = None,
     severity: pagerduty.Severity | None = None,
 ) -> dict[str, Any]:
-    key = _secret(ctx.settings.pagerduty_routing_key, "PagerDuty", "PAGERDUTY_ROUTING_KEY")
-    client = PagerDutyClient(key, url=ctx.settings.pagerduty_url)
+    client = _configured(ctx.ports.pagerduty, "PagerDuty", "PAGERDUTY_ROUTING_KEY")
     incident = _incident_now(ctx)
     dedup = pagerduty.dedup_key(incident.id) if incident else f"controlplane-execution-{ctx.execution_id}"
-    url = incident_url(ctx, incident.id) if incident else None
+    url = ctx.ports.incident_url(incident.id) if incident else None
     alert_summary = ctx.alert.annotations.get("summary", "") if ctx.alert else ""
     answer = with_retries(
         lambda: client.send(
@@ -301,7 +243,7 @@ def send_pagerduty(
                 "execution_id": ctx.execution_id,
             },
             links=[{"href": url, "text": f"Incident #{incident.id} in controlplane"}] if url and incident else None,
-            client_url=ctx.settings.public_url,
+            client_url=ctx.ports.public_url,
         )
     )
     return {"event_action": event_action, "dedup_key": answer.get("dedup_key", dedup), "status": answer.get("status")}
@@ -333,30 +275,23 @@ def send_webhook(ctx: ActionContext, params: WebhookParams) -> dict[str, Any]:
         check_url(params.url)
     except ValueError as exc:
         raise NotDelivered(f"url: {exc}") from None
-    if allowed_target(params.url, ctx.settings.http_allowed_hosts) is None:
+    parts = url_parts(params.url)
+    if parts is None or allowed_target(params.url, ctx.ports.http_allowed_hosts) is None:
         raise NotDelivered(f"host {host_of(params.url)!r} is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS")
-    host = httpx.URL(params.url).host
-    headers = {"Idempotency-Key": ctx.idempotency_key}
 
-    def post() -> httpx.Response:
+    def post() -> int:
         timeout = ctx.time_left(params.timeout)  # each try ends by the step's deadline; none starts after it
-        if isinstance(params.body, str):
-            content_headers = {**headers, "Content-Type": "text/plain; charset=utf-8"}
-            response = httpx.post(params.url, content=params.body, headers=content_headers, timeout=timeout)
-        else:
-            response = httpx.post(params.url, json=params.body, headers=headers, timeout=timeout)
-        if not response.is_success:
-            status = response.status_code
-            raise ActionError(f"webhook on {host} answered {status}", retriable=status >= 500 or status == 429)
-        return response
+        return ctx.ports.http.post_webhook(
+            params.url, params.body, idempotency_key=ctx.idempotency_key, timeout=timeout
+        )
 
     # Only the host is recorded: webhook URLs often carry their secret in the path.
-    return {"host": host, "status_code": with_retries(post).status_code}
+    return {"host": parts.host, "status_code": with_retries(post)}
 
 
 def _webhook_target(ctx: ActionContext, params: WebhookParams) -> str | None:
     # None for a host off the allow-list: it is refused (not delivered) without a breaker of its own.
-    return allowed_target(params.url, ctx.settings.http_allowed_hosts)
+    return allowed_target(params.url, ctx.ports.http_allowed_hosts)
 
 
 @action("notify.webhook", params=WebhookParams, target=_webhook_target)
@@ -382,10 +317,10 @@ def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
     """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
     incident = _incident_now(ctx)
     severity = incident.severity if incident else (ctx.alert.labels.get("severity", "none") if ctx.alert else "none")
-    target = route(severity, ctx.settings.notify_routes)
+    target = route(severity, ctx.ports.notify_routes)
     senders: dict[str, Callable[[], dict[str, Any]]] = {
         "pagerduty": lambda: send_pagerduty(ctx, "trigger", params.text),
-        "slack": lambda: send_slack(ctx, params.text, ctx.settings.slack_channel),
+        "slack": lambda: send_slack(ctx, params.text, ctx.ports.slack_channel),
         "log": lambda: _log_only(ctx, params.text, severity),
     }
     result = deliver(ctx, target, senders[target])

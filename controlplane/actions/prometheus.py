@@ -1,19 +1,19 @@
 """Owns the Prometheus actions: `prometheus.query` and `prometheus.top`, read-only PromQL for playbook steps.
 
-Both query the service's Prometheus (settings.prometheus_url) at the time the step runs. They
-only read, so they run in dry-run mode too: later steps' templates need their values.
+Both query the service's Prometheus (CONTROLPLANE_PROMETHEUS_URL, the `prometheus` port) at the
+time the step runs. They only read, so they run in dry-run mode too: later steps' templates
+need their values.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.integrations.prometheus import PrometheusClient, PrometheusError, Reduce, Sample
+from controlplane.integrations.prometheus import PrometheusError, Reduce, Sample
 
 RANKING_LIMIT = 50  # keeps a step's recorded output small on a query returning thousands of series
 
@@ -30,15 +30,9 @@ class TopParams(Params):
     order: Literal["desc", "asc"] = "desc"
 
 
-@lru_cache(maxsize=8)
-def _client(url: str) -> PrometheusClient:
-    # One client per URL: its session pools connections across steps.
-    return PrometheusClient(url)
-
-
 def _target(ctx: ActionContext, _params: Any) -> str:
     # Both actions' breakers are keyed by the one Prometheus the service queries.
-    return ctx.settings.prometheus_url
+    return ctx.ports.prometheus_url
 
 
 def _number(value: float | None) -> float | str | None:
@@ -61,12 +55,12 @@ def _failed(exc: PrometheusError, query: str, url: str) -> ActionError:
 @action("prometheus.query", params=QueryParams, target=_target)
 def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
     """Run an instant PromQL query; the value is its samples [{labels, value}], or one number with `reduce`."""
-    url = ctx.settings.prometheus_url
+    url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
     try:
         if params.reduce is None:
-            samples = [_sample(s) for s in _client(url).query_vector(params.query)]
+            samples = [_sample(s) for s in client.query_vector(params.query)]
             return ActionResult(value=samples, output={"query": params.query, "samples": samples})
-        value = _number(_client(url).query_scalar(params.query, reduce=params.reduce))
+        value = _number(client.query_scalar(params.query, reduce=params.reduce))
     except PrometheusError as exc:
         raise _failed(exc, params.query, url) from exc
     return ActionResult(value=value, output={"query": params.query, "reduce": params.reduce, "value": value})
@@ -75,9 +69,9 @@ def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
 @action("prometheus.top", params=TopParams, target=_target)
 def top(ctx: ActionContext, params: TopParams) -> ActionResult:
     """Rank a query's series by value; the value is the `label` of the highest (or lowest, order: asc)."""
-    url = ctx.settings.prometheus_url
+    url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
     try:
-        samples = [s for s in _client(url).query_vector(params.query) if not math.isnan(s.value)]
+        samples = [s for s in client.query_vector(params.query) if not math.isnan(s.value)]
     except PrometheusError as exc:
         raise _failed(exc, params.query, url) from exc
     output: dict[str, Any] = {"query": params.query, "label": params.label, "order": params.order}

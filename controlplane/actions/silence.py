@@ -13,7 +13,6 @@ from pydantic import Field
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
 from controlplane.durations import Duration, format_duration
 from controlplane.integrations.alertmanager import AlertmanagerError
-from controlplane.silences import service as silences
 from controlplane.silences.service import MAX_SILENCE
 
 
@@ -45,17 +44,11 @@ def _marker(ctx: ActionContext) -> str:
     return f"[controlplane step {ctx.idempotency_key} started {ctx.step_started_at.astimezone(UTC).isoformat()}]"
 
 
-def _url(ctx: ActionContext, incident_id: int) -> str | None:
-    base = ctx.settings.public_url
-    return f"{base.rstrip('/')}/incidents/{incident_id}" if base else None
-
-
 def _comment(ctx: ActionContext, params: SilenceParams) -> str:
     parts = [params.comment or f"Silenced by controlplane rule {ctx.rule} while it remediates"]
     if ctx.incident is not None:
-        parts.append(
-            f"incident #{ctx.incident.id}" + (f" {_url(ctx, ctx.incident.id)}" if ctx.settings.public_url else "")
-        )
+        url = ctx.ports.incident_url(ctx.incident.id)
+        parts.append(f"incident #{ctx.incident.id}" + (f" {url}" if url else ""))
     # The marker lets a retried step find the silence an earlier try created but did not record.
     parts.append(_marker(ctx))
     return " - ".join(parts)
@@ -71,7 +64,7 @@ def _action_error(exc: AlertmanagerError) -> ActionError:
     inverse="alertmanager.expire_silence",
     blast_radius=_too_wide,
     blast_radius_doc="at least one matcher with a value; at most 7 days",
-    target=lambda ctx, _params: ctx.settings.alertmanager_url,
+    target=lambda ctx, _params: ctx.ports.alertmanager_url,
 )
 def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
     """Silence the incident's alerts (or the given matchers) in Alertmanager for a while; value: the silence id."""
@@ -79,9 +72,7 @@ def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
     now = ctx.now()
     ends_at = now + params.duration
     try:
-        silence_id = silences.silence_for_step(
-            engine=ctx.engine,
-            alertmanager_url=ctx.settings.alertmanager_url,
+        silence_id = ctx.ports.silences.for_step(
             matchers=labels,
             now=now,
             ends_at=ends_at,
@@ -112,14 +103,12 @@ class ExpireParams(Params):
 @action(
     "alertmanager.expire_silence",
     params=ExpireParams,
-    target=lambda ctx, _params: ctx.settings.alertmanager_url,
+    target=lambda ctx, _params: ctx.ports.alertmanager_url,
 )
 def expire_silence(ctx: ActionContext, params: ExpireParams) -> ActionResult:
     """Expire a silence (the rollback of alertmanager.silence); one already expired or gone counts as done."""
     try:
-        known = silences.expire(
-            engine=ctx.engine, default_url=ctx.settings.alertmanager_url, silence_id=params.silence_id, now=ctx.now()
-        )
+        known = ctx.ports.silences.expire(params.silence_id, now=ctx.now())
     except AlertmanagerError as exc:
         raise _action_error(exc) from None
     return ActionResult(value=params.silence_id, output={"silence_id": params.silence_id, "known": known})

@@ -2,7 +2,7 @@
 
 Seed 004's checkpoint_failures strategy: check the storage backends, switch to the backup,
 clean the corrupted checkpoints. http targets use the admin API (`GET /storage`,
-`POST /storage/switch`, `POST /storage/cleanup`, see graph.py for the client). A kubernetes
+`POST /storage/switch`, `POST /storage/cleanup`, integrations/admin_api.py). A kubernetes
 target can only be switched, by writing its ConfigMap key `checkpoint_storage` (unset means
 primary): the cluster API does not show the backends' health, so check and cleanup refuse it.
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.actions.graph import TIMEOUT_SECONDS, admin_request, kube_target, target_name
-from controlplane.integrations import kubernetes as kube
+from controlplane.actions.graph import TIMEOUT_SECONDS, kube_target, target_name
 from controlplane.rules.schema import Target
 
 Backend = Literal["primary", "backup"]
@@ -54,7 +53,7 @@ def _health(state: dict[str, Any]) -> dict[str, bool]:
 def check(ctx: ActionContext, params: StorageParams) -> ActionResult:
     """Report each checkpoint backend's health and which one is active; the value is the active backend."""
     target = _http_target(ctx, params, "storage.check")
-    state = admin_request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
+    state = ctx.ports.admin_api.request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
     health = _health(state)
     return ActionResult(
         value=state.get("active"),
@@ -78,7 +77,7 @@ def _refuse_unhealthy(ctx: ActionContext, params: SwitchParams) -> str | None:
         target = ctx.target(params.target)
         if target.kind != "http":
             return None  # health is not visible through the cluster API
-        state = admin_request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
+        state = ctx.ports.admin_api.request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
     except Exception as exc:
         ctx.log.info("storage.health_unread", target=params.target, error=str(exc))
         return None
@@ -103,7 +102,7 @@ def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     if target.kind == "http":
         # No read-then-decide here: a retried step replays the first answer under its idempotency
         # key, so `previous` stays the backend it really left.
-        answer = admin_request(
+        answer = ctx.ports.admin_api.request(
             target,
             "POST",
             "/storage/switch",
@@ -114,8 +113,8 @@ def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
         previous, changed, backends = answer.get("previous"), bool(answer.get("changed")), answer.get("backends")
     else:
         namespace, configmap = kube_target(target)
-        old, _new = kube.update_configmap_key(
-            ctx.settings, namespace=namespace, name=configmap, key=STORAGE_KEY, update=lambda _old: params.backend
+        old, _new = ctx.ports.kubernetes.update_configmap_key(
+            namespace=namespace, name=configmap, key=STORAGE_KEY, update=lambda _old: params.backend
         )
         previous = old or DEFAULT_BACKEND
         changed, backends = previous != params.backend, None
@@ -130,7 +129,7 @@ def cleanup_corrupted(ctx: ActionContext, params: CleanupParams) -> ActionResult
     """Remove the checkpoints corrupted while storage was failing; the value is how many were removed."""
     target = _http_target(ctx, params, "storage.cleanup_corrupted")
     body = {"backend": params.backend} if params.backend else None
-    answer = admin_request(
+    answer = ctx.ports.admin_api.request(
         target,
         "POST",
         "/storage/cleanup",

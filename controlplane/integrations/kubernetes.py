@@ -1,6 +1,7 @@
 """Owns talking to the Kubernetes API: workload scale, rollout restarts, HPA bounds and ConfigMap keys.
 
-Uses the official `kubernetes` client. Every call goes through `_call`, which sorts the API's
+Uses the official `kubernetes` client (its connection: kube_connection.py); `KubernetesClient`
+binds the calls to one cluster's settings for the actions. Every call goes through `_call`, which sorts the API's
 answers into ActionErrors an on-call person can act on:
 
 - 409 Conflict is `Conflict`: someone wrote between our read and our write. The read-modify-write
@@ -21,22 +22,18 @@ API server treats it as a precondition): a stale version answers 409 instead of 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from urllib3.util.retry import Retry
 
 from controlplane.config import Settings
 from controlplane.errors import ActionError
+from controlplane.integrations.kube_connection import api_client
 
 WorkloadKind = Literal["Deployment", "StatefulSet"]
 T = TypeVar("T")
@@ -71,77 +68,6 @@ class _Object:
     def __str__(self) -> str:
         qualified = f"{self.resource}.{self.group}" if self.group else self.resource
         return f'{qualified} "{self.name}" in namespace "{self.namespace}"'
-
-
-# -- the client ------------------------------------------------------------------------------
-
-_clients: dict[tuple[str, str | None, str | None], k8s.ApiClient] = {}
-_clients_lock = threading.Lock()
-
-
-def api_client(settings: Settings) -> k8s.ApiClient:
-    """The API client for these settings, built once: it pools connections across steps."""
-    token_file = str(settings.kube_token_file) if settings.kube_token_file else None
-    key = (settings.kube_config, settings.kube_api_url, token_file)
-    with _clients_lock:
-        found = _clients.get(key)
-        if found is None:
-            found = _clients[key] = k8s.ApiClient(_configuration(settings))
-        return found
-
-
-def _configuration(settings: Settings) -> k8s.Configuration:
-    if settings.kube_api_url:
-        configuration = _explicit(settings.kube_api_url, settings.kube_token_file)
-    else:
-        configuration = k8s.Configuration()
-        try:
-            if settings.kube_config == "kubeconfig":
-                k8s_config.load_kube_config(client_configuration=configuration)
-            else:
-                try:
-                    k8s_config.load_incluster_config(client_configuration=configuration)
-                except ConfigException:
-                    if settings.kube_config == "in-cluster":
-                        raise
-                    k8s_config.load_kube_config(client_configuration=configuration)
-        except (ConfigException, OSError) as exc:
-            raise ActionError(
-                f"no Kubernetes configuration (CONTROLPLANE_KUBE_CONFIG={settings.kube_config}): {exc}"
-            ) from None
-    # One retry of a connection that could not be made, never of a request that was sent:
-    # the step's retry policy owns backoff, and urllib3's default (3 retries) would repeat a
-    # timed-out read three times inside one attempt.
-    configuration.retries = Retry(total=1, connect=1, read=0, status=0, redirect=0)
-    return configuration
-
-
-def _explicit(url: str, token_file: Path | None) -> k8s.Configuration:
-    configuration = k8s.Configuration(host=url.rstrip("/"))
-    # Only a plain-http URL (a local proxy, a test stand-in) goes unverified; https keeps verification.
-    configuration.verify_ssl = not url.startswith("http://")
-    if token_file is not None:
-        # `authorization` is the key both old and new client releases read the bearer token from.
-        configuration.api_key_prefix = {"authorization": "Bearer"}
-        configuration.api_key = {"authorization": _read_token(token_file)}
-
-        def refresh(c: k8s.Configuration) -> None:
-            # Projected ServiceAccount tokens rotate; a small file read is cheaper than a 401.
-            c.api_key["authorization"] = _read_token(token_file)
-
-        # The client's __init__ sets the hook to None, which its py.typed package leaves as the attribute's type.
-        configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
-    return configuration
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ActionError(f"kube_token_file {path}: {exc.strerror}") from None
-    if not token:
-        raise ActionError(f"kube_token_file {path} is empty")
-    return token
 
 
 # -- calls and their errors -------------------------------------------------------------------
@@ -407,3 +333,31 @@ def update_configmap_key(
         return old, new
 
     return _retry_conflicts(attempt)
+
+
+class KubernetesClient:
+    """The calls above bound to the cluster the settings name: what an action gets, instead of the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings  # read on each call: a missing configuration fails the step, not the service
+
+    def update_scale(self, *, namespace: str, name: str, kind: str, compute: Callable[[int], int]) -> tuple[int, int]:
+        return update_scale(self._settings, namespace=namespace, name=name, kind=kind, compute=compute)
+
+    def rollout_restart(self, *, namespace: str, name: str, kind: str, key: str, now: datetime) -> tuple[str, bool]:
+        return rollout_restart(self._settings, namespace=namespace, name=name, kind=kind, key=key, now=now)
+
+    def patch_hpa(
+        self, *, namespace: str, name: str, min_replicas: int | None, max_replicas: int | None
+    ) -> tuple[int, int]:
+        return patch_hpa(
+            self._settings, namespace=namespace, name=name, min_replicas=min_replicas, max_replicas=max_replicas
+        )
+
+    def read_configmap_key(self, *, namespace: str, name: str, key: str) -> str | None:
+        return read_configmap_key(self._settings, namespace=namespace, name=name, key=key)
+
+    def update_configmap_key(
+        self, *, namespace: str, name: str, key: str, update: Callable[[str | None], str]
+    ) -> tuple[str | None, str]:
+        return update_configmap_key(self._settings, namespace=namespace, name=name, key=key, update=update)

@@ -1,4 +1,5 @@
-"""Owns what an action is handed when a run calls it: the ActionContext of a step, a rollback or an escalation page.
+"""Owns what an action is handed when a run calls it: the ActionContext of a step, a rollback or an escalation page,
+and the ports behind it (`build_ports`), built once per service.
 
 The idempotency key of a call is stable across retries and resumes: `<execution>:<n>`, where n
 is the step's index, 1000 + its index for its rollback, and 2000 + the failed step's index for
@@ -7,17 +8,34 @@ the page of an escalation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from controlplane import audit as audit_trail
+from controlplane import notify_threads
 from controlplane.actions.base import ActionContext, AlertView, IncidentView
+from controlplane.actions.ports import ActionPorts, IncidentState
 from controlplane.config import Settings
+from controlplane.db.engine import write_transaction
+from controlplane.errors import NotFound
+from controlplane.failover.manager import FailoverManager
+from controlplane.failover.schemas import SwitchResult
+from controlplane.incidents import service as incidents
+from controlplane.integrations.admin_api import AdminApiClient
+from controlplane.integrations.http import HttpClient
+from controlplane.integrations.kubernetes import KubernetesClient
+from controlplane.integrations.pagerduty import PagerDutyClient
+from controlplane.integrations.prometheus import PrometheusClient
+from controlplane.integrations.slack import SlackClient
 from controlplane.playbooks.step_store import Phase, Run
+from controlplane.rules.schema import FailoverGroup
+from controlplane.silences import service as silences
 
 log = structlog.get_logger(__name__)
 
@@ -27,8 +45,7 @@ _ESCALATION_KEYS = 2000
 
 @dataclass(frozen=True)
 class ActionContexts:
-    settings: Settings
-    engine: Engine
+    ports: ActionPorts
     clock: Callable[[], datetime]
     rules: Callable[[], Any] | None = None  # the RuleSet in force: targets and failover groups for actions
 
@@ -51,8 +68,7 @@ class ActionContexts:
             rule=run.rule,
             incident=IncidentView(**incident) if incident else None,
             alert=AlertView(**alert) if alert else None,
-            settings=self.settings,
-            engine=self.engine,
+            ports=self.ports,
             now=self.clock,
             step_started_at=started_at,
             dry_run=run.dry_run,
@@ -60,4 +76,158 @@ class ActionContexts:
             targets=rules.targets if rules is not None else {},
             failover=rules.failover if rules is not None else {},
             deadline=deadline,
+        )
+
+
+def build_ports(settings: Settings, engine: Engine) -> ActionPorts:
+    """The ports every action of one service shares: its database, its clients, the settings actions read."""
+    slack_token, pagerduty_key = _secret(settings.slack_token), _secret(settings.pagerduty_routing_key)
+    return ActionPorts(
+        audit=_Audit(engine),
+        incidents=_Incidents(engine),
+        threads=_Threads(engine),
+        silences=_Silences(engine, settings.alertmanager_url),
+        failover=_Failover(engine),
+        kubernetes=KubernetesClient(settings),
+        prometheus=PrometheusClient(settings.prometheus_url),
+        admin_api=AdminApiClient(),
+        http=HttpClient(),
+        slack=SlackClient(slack_token, base_url=settings.slack_api_url) if slack_token else None,
+        pagerduty=PagerDutyClient(pagerduty_key, url=settings.pagerduty_url) if pagerduty_key else None,
+        http_allowed_hosts=tuple(settings.http_allowed_hosts),
+        notify_routes=dict(settings.notify_routes),
+        slack_channel=settings.slack_channel,
+        public_url=settings.public_url,
+        prometheus_url=settings.prometheus_url,
+        alertmanager_url=settings.alertmanager_url,
+    )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return (value.get_secret_value() or None) if value is not None else None  # empty counts as not set
+
+
+# -- the domains' functions, bound to the service's database -------------------------------------
+
+
+@dataclass(frozen=True)
+class _Audit:
+    engine: Engine
+
+    def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        incident_id: int | None,
+        execution_id: int | None,
+        detail: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        with write_transaction(self.engine) as conn:
+            audit_trail.audit(
+                conn,
+                actor=actor,
+                action=action,
+                incident_id=incident_id,
+                execution_id=execution_id,
+                detail=detail,
+                now=now,
+            )
+
+    def details(
+        self, action: str, *, execution_id: int | None = None, incident_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return audit_trail.details(conn, action=action, execution_id=execution_id, incident_id=incident_id)
+
+
+@dataclass(frozen=True)
+class _Incidents:
+    engine: Engine
+
+    def current(self, incident_id: int) -> IncidentState | None:
+        with self.engine.connect() as conn:
+            try:
+                row = incidents.incident_row(conn=conn, incident_id=incident_id)
+            except NotFound:
+                return None
+        return IncidentState(status=row["status"], severity=row["severity"], title=row["title"])
+
+
+@dataclass(frozen=True)
+class _Threads:
+    engine: Engine
+
+    def thread_of(self, *, incident_id: int, channel: str) -> str | None:
+        with self.engine.connect() as conn:
+            return notify_threads.thread_of(conn, incident_id=incident_id, channel=channel)
+
+    def remember(self, *, incident_id: int, channel: str, ts: str, now: datetime) -> str:
+        with write_transaction(self.engine) as conn:
+            return notify_threads.remember_thread(conn, incident_id=incident_id, channel=channel, ts=ts, now=now)
+
+
+@dataclass(frozen=True)
+class _Silences:
+    engine: Engine
+    alertmanager_url: str
+
+    def for_step(
+        self,
+        *,
+        matchers: dict[str, str],
+        now: datetime,
+        ends_at: datetime,
+        comment: str,
+        marker: str,
+        rule: str,
+        incident_id: int | None,
+        execution_id: int,
+    ) -> str:
+        return silences.silence_for_step(
+            engine=self.engine,
+            alertmanager_url=self.alertmanager_url,
+            matchers=matchers,
+            now=now,
+            ends_at=ends_at,
+            comment=comment,
+            marker=marker,
+            rule=rule,
+            incident_id=incident_id,
+            execution_id=execution_id,
+        )
+
+    def expire(self, silence_id: str, *, now: datetime) -> bool:
+        return silences.expire(engine=self.engine, default_url=self.alertmanager_url, silence_id=silence_id, now=now)
+
+
+@dataclass(frozen=True)
+class _Failover:
+    engine: Engine
+
+    def switch(
+        self,
+        service: str,
+        to: str | None,
+        *,
+        groups: Mapping[str, FailoverGroup],
+        clock: Callable[[], datetime],
+        actor: str,
+        reason: str,
+        incident_id: int | None,
+        execution_id: int,
+        idempotency_key: str,
+    ) -> SwitchResult:
+        # State lives in the database, so a manager on the service's engine, with the step's groups
+        # and clock, is the service's manager; the idempotency key makes a retried step return the first switch.
+        manager = FailoverManager(self.engine, groups=lambda: groups, clock=clock)
+        return manager.switch(
+            service,
+            to,
+            actor=actor,
+            reason=reason,
+            incident_id=incident_id,
+            execution_id=execution_id,
+            idempotency_key=idempotency_key,
         )

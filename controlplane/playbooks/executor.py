@@ -15,8 +15,9 @@ import structlog
 from sqlalchemy import Engine
 
 from controlplane.actions.base import ActionRegistry
+from controlplane.actions.ports import ActionPorts
 from controlplane.config import Settings
-from controlplane.playbooks.contexts import ActionContexts
+from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.playbooks.render import RenderError, render_value
 from controlplane.playbooks.state import Status
 from controlplane.playbooks.step_store import LeaseLost, Run, StepStore
@@ -47,6 +48,7 @@ class Executor:
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         rules: Callable[[], Any] | None = None,
+        ports: ActionPorts | None = None,
     ) -> None:
         if ESCALATE not in registry:
             raise ValueError(f"the action registry has no {ESCALATE!r}: an escalation could not page anyone")
@@ -54,8 +56,9 @@ class Executor:
         self._metrics = metrics
         self._clock = clock
         self._store = StepStore(engine, clock=clock, lease_seconds=settings.worker_lease_seconds)
-        # `rules`: the RuleSet in force, for the targets and failover groups actions act on.
-        self._contexts = ActionContexts(settings=settings, engine=engine, clock=clock, rules=rules)
+        # `rules`: the RuleSet in force, for the targets and failover groups actions act on;
+        # `ports`: what actions reach (the service builds them once), else built here from the settings.
+        self._contexts = ActionContexts(ports=ports or build_ports(settings, engine), clock=clock, rules=rules)
         self._steps = StepServices(
             registry=registry,
             store=self._store,

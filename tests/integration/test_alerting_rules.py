@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.actions.base import load_builtin_actions
+from controlplane.actions.builtin import build_registry
 from controlplane.checks import REQUIRED_ANNOTATIONS, check_alert_rules
 from controlplane.cli import main
 from controlplane.rules.loader import load_rules
@@ -88,7 +88,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 def test_the_default_remediation_rules_match_the_langgraph_alerts() -> None:
     """rules/langgraph.yaml keys on these alertnames and severities: renaming one would silently stop remediation."""
-    rules = load_rules(RULES, load_builtin_actions())
+    rules = load_rules(RULES, build_registry())
     by_name = {rule["alert"]: rule for rule in alerts()}
     for name in REMEDIATED:
         labels = {"alertname": name, "namespace": "agents", **by_name[name]["labels"]}

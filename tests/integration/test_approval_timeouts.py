@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from controlplane.actions.base import load_builtin_actions
+from controlplane.actions.builtin import build_registry
 from controlplane.db.engine import write_transaction
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
@@ -43,7 +43,7 @@ playbooks:
     steps:
       - {{action: notify.log, with: {{text: "restart {{{{ alert.labels.graph_name }}}}?"}}}}
 """)
-    return load_rules(directory, load_builtin_actions())
+    return load_rules(directory, build_registry())
 
 
 def fire(engine: Engine, rules: RuleSet, at: datetime, graph: str | None = None) -> Triggered:

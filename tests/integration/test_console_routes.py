@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, text
 
-from controlplane.actions.base import load_builtin_actions
+from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
 from controlplane.cli import main
 from controlplane.config import SettingsError, load_settings
@@ -83,7 +83,7 @@ def login(app: TestClient) -> Login:
 def load_rules_text(source: str) -> RuleSet:
     directory = Path(tempfile.mkdtemp(prefix="cp-rules-"))
     (directory / "rules.yaml").write_text(source)
-    return load_rules(directory, load_builtin_actions())
+    return load_rules(directory, build_registry())
 
 
 def needs_approval(client: TestClient, namespace: str = "ns-approve") -> tuple[int, int]:

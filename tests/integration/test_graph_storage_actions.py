@@ -24,8 +24,8 @@ from controlplane.actions.base import (
     ActionError,
     ActionResult,
     BlastRadiusExceeded,
-    load_builtin_actions,
 )
+from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
 from controlplane.config import Settings
 from controlplane.rules.loader import load_rules
@@ -36,7 +36,7 @@ from tests.prometheus_server import PrometheusServer
 from tests.sample_fixture import SampleApp, SampleClient, run_sample_app
 from tests.standins.kubernetes import KubernetesStandIn
 
-registry = load_builtin_actions()
+registry = build_registry()
 NS = "agents"
 CONFIG = "langgraph-config"
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, load_builtin_actions
+from controlplane.actions.base import ActionContext, ActionError, ActionResult
+from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine
@@ -47,7 +48,7 @@ PROD = Target(
     max_replicas=20,
 )
 SCALE = f"/apis/apps/v1/namespaces/{NS}/deployments/{APP}/scale"
-registry = load_builtin_actions()
+registry = build_registry()
 
 
 @pytest.fixture(scope="module")

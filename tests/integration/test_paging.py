@@ -18,12 +18,12 @@ from controlplane.actions.base import (
     ActionRegistry,
     AlertView,
     IncidentView,
-    load_builtin_actions,
-    registry,
 )
+from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
 from controlplane.notify_routing import route
+from controlplane.playbooks.contexts import build_ports
 from controlplane.playbooks.executor import Executor
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
@@ -32,6 +32,8 @@ from tests.helpers import LoopbackHTTP
 from tests.integration.test_playbooks import Harness, engine_harness, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
+
+registry = build_registry()
 
 PUBLIC_URL = "https://controlplane.example"
 
@@ -50,8 +52,7 @@ def context_of(h: Harness, execution_id: int, settings: Settings, key: str = "di
         rule=row.rule_name,
         incident=IncidentView(**incident) if incident else None,
         alert=AlertView(**alert) if alert else None,
-        settings=settings,
-        engine=h.engine,
+        ports=build_ports(settings, h.engine),
         now=h.clock,
         step_started_at=h.clock(),
     )
@@ -490,7 +491,7 @@ def test_an_executor_needs_the_escalation_action(engine: Engine, database_url: s
     """Escalation pages through the action registry: a registry without `notify.escalate` is refused up front,
     not found missing when a playbook gives up."""
     without = ActionRegistry()
-    for spec in load_builtin_actions().specs():
+    for spec in build_registry().specs():
         if spec.name != "notify.escalate":
             without.register(spec)
     with pytest.raises(ValueError, match=r"notify\.escalate"):

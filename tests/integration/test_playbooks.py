@@ -24,8 +24,8 @@ from controlplane.actions.base import (
     ActionResult,
     Params,
     action,
-    load_builtin_actions,
 )
+from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.db.tables import executions_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
@@ -111,7 +111,7 @@ def make_registry(
     registry = ActionRegistry()
     gate = gate or threading.Event()
     started = started if started is not None else []
-    for spec in load_builtin_actions().specs():
+    for spec in build_registry().specs():
         registry.register(spec)
     failures: dict[str, int] = {}
 

@@ -7,12 +7,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from controlplane.actions.base import ActionError, ActionResult, registry
+from controlplane.actions.base import ActionError, ActionResult
+from controlplane.actions.builtin import build_registry
 from controlplane.actions.prometheus import QueryParams, TopParams
 from controlplane.config import Settings
 from controlplane.integrations.prometheus import PrometheusClient, PrometheusError
 from tests.helpers import action_context
 from tests.prometheus_server import PrometheusServer, free_port
+
+registry = build_registry()
 
 pytestmark = pytest.mark.slow
 

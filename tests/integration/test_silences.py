@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from controlplane.actions.base import ActionError, registry
+from controlplane.actions.base import ActionError
+from controlplane.actions.builtin import build_registry
 from controlplane.actions.silence import SilenceParams
 from controlplane.config import Settings
 from controlplane.db.tables import silences_t
@@ -22,6 +23,8 @@ from tests.helpers import Clock
 from tests.integration.test_paging import audits, context_of, engine_harness
 from tests.integration.test_playbooks import rules
 from tests.prometheus_server import free_port
+
+registry = build_registry()
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from controlplane.actions.base import ActionContext, ActionError, load_builtin_actions
+from controlplane.actions.base import ActionContext, ActionError
+from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
 from controlplane.db.tables import executions_t, steps_t
 from controlplane.rules.schema import Target
@@ -161,7 +162,7 @@ CALLS = [
 def test_an_action_ends_its_call_by_the_steps_deadline_and_starts_none_after_it(
     engine: Engine, hung: HttpTarget, name: str, params: dict[str, Any]
 ) -> None:
-    spec = load_builtin_actions().get(name)
+    spec = build_registry().get(name)
     values = spec.params.model_validate({k: v.format(hung=hung.url) if k == "url" else v for k, v in params.items()})
 
     began = time.monotonic()

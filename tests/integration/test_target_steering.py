@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from controlplane.actions.base import ActionError, load_builtin_actions
+from controlplane.actions.base import ActionError
+from controlplane.actions.builtin import build_registry
 from controlplane.actions.http import HttpRequestParams
 from controlplane.app import create_app
 from controlplane.config import Settings
@@ -31,7 +32,7 @@ from tests.helpers import action_context, wait_for
 from tests.integration.serverproc import AUTH, alert_named
 from tests.standins.http_target import HttpTarget
 
-registry = load_builtin_actions()
+registry = build_registry()
 FAILURE_THRESHOLD = 5  # CircuitBreakers' default
 
 

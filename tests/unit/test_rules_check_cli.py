@@ -16,7 +16,7 @@ from tests.unit.test_rules_loader import VALID, make_registry, write
 def test_actions(monkeypatch: pytest.MonkeyPatch) -> None:
     """Check against the test registry, so these tests do not depend on the built-in actions."""
     registry = make_registry()
-    monkeypatch.setattr("controlplane.actions.base.load_builtin_actions", lambda: registry)
+    monkeypatch.setattr("controlplane.actions.builtin.build_registry", lambda: registry)
 
 
 @pytest.mark.usefixtures("test_actions")
