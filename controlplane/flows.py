@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine
 
 from controlplane.db.engine import write_transaction
+from controlplane.incidents import service as incidents
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult
 from controlplane.playbooks import service as executions
@@ -101,6 +102,16 @@ def approve_execution(
         detail = executions.approve(conn=conn, execution_id=execution_id, actor=actor, reason=reason, now=now)
     wake()
     return detail
+
+
+def resolve_incident(
+    *, engine: Engine, incident_id: int, actor: str, reason: str, now: datetime, expire_silences: ExpireSilences
+) -> None:
+    """Resolve an incident by hand, commit, then lift the silences we created for it, as when its alerts
+    resolve: a silence left behind would hide the next episode for the rest of its duration."""
+    with write_transaction(engine) as conn:
+        incidents.resolve(conn=conn, incident_id=incident_id, actor=actor, now=now, reason=reason)
+    expire_silences(incident_id)
 
 
 @dataclass(frozen=True)

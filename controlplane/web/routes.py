@@ -157,9 +157,14 @@ def acknowledge(
 
 @router.post("/incidents/{incident_id}/resolve")
 def resolve(request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, incident_id: IdPath) -> Response:
-    reason = form.get("reason", "")[:2000]
-    with write_tx(services.engine) as conn:
-        incident_service.resolve(conn=conn, incident_id=incident_id, actor=user.actor, now=now_utc(), reason=reason)
+    flows.resolve_incident(
+        engine=services.engine,
+        incident_id=incident_id,
+        actor=user.actor,
+        reason=form.get("reason", "")[:2000],
+        now=now_utc(),
+        expire_silences=services.silence_expiry.submit,
+    )
     return done(request, f"Incident #{incident_id} resolved.", form, f"/incidents/{incident_id}")
 
 
