@@ -24,6 +24,7 @@ from controlplane.db.engine import write_transaction
 from controlplane.incidents import service as incidents
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult
+from controlplane.metricrules.evaluator import Evaluation
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
@@ -44,11 +45,15 @@ def trigger_executions(
     return trigger_for_alerts(conn, alert_ids=alert_ids, rules=rules, default_group_by=default_group_by)
 
 
-def executions_created(triggered: Sequence[Triggered], *, metrics: Metrics, wake: Wake) -> None:
-    """Count the guards' suppressions; wake the workers when one can run now."""
+def count_suppressions(triggered: Sequence[Triggered], *, metrics: Metrics) -> None:
     for t in triggered:
         if t.guard:
             metrics.guard_suppressions.labels(t.rule, t.guard).inc()
+
+
+def executions_created(triggered: Sequence[Triggered], *, metrics: Metrics, wake: Wake) -> None:
+    """After their commit: count the guards' suppressions; wake the workers when one can run now."""
+    count_suppressions(triggered, metrics=metrics)
     if any(t.status == "pending" for t in triggered):
         wake()
 
@@ -77,17 +82,27 @@ def on_metric_rule_fired(
     rules: RuleSet,
     default_group_by: Sequence[str],
     metrics: Metrics,
-    wake: Wake,
 ) -> None:
     """Inside the evaluation's transaction, after its synthetic alert was ingested: the rule's own execution,
-    so the incident and its executions commit together. (MetricRuleEvaluationFailed has no rule.)"""
+    so the incident and its executions commit together. (MetricRuleEvaluationFailed has no rule.)
+    The workers are woken after the commit (`on_metric_rule_evaluated`): woken now, one could look
+    before the execution is visible and sleep a whole poll."""
     rule = rules.rule(notification.alerts[0].alertname)  # the synthetic alert is named after its rule
     if rule is None or rule.when is None or not result.new_alert_ids:
         return
     triggered = trigger_for_alerts(
         conn, alert_ids=result.new_alert_ids, rules=rules, default_group_by=default_group_by, only=rule
     )
-    executions_created(triggered, metrics=metrics, wake=wake)
+    count_suppressions(triggered, metrics=metrics)
+
+
+def on_metric_rule_evaluated(evaluation: Evaluation, *, wake: Wake, expire_silences: ExpireSilences) -> None:
+    """After an evaluation committed: wake the workers for the execution a new episode may have made, and
+    lift the silences of the incidents it resolved, as on_alerts_committed does for Alertmanager's alerts."""
+    if evaluation.state == "firing" and evaluation.previous_state != "firing":
+        wake()
+    for incident_id in evaluation.resolved_incident_ids:
+        expire_silences(incident_id)
 
 
 def approve_execution(
@@ -141,5 +156,7 @@ class AlertFlows:
             rules=self.rules.current,
             default_group_by=self.default_group_by,
             metrics=self.metrics,
-            wake=self.wake,
         )
+
+    def metric_rule_evaluated(self, evaluation: Evaluation) -> None:
+        on_metric_rule_evaluated(evaluation, wake=self.wake, expire_silences=self.expire_silences)

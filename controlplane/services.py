@@ -110,6 +110,7 @@ class Services:
             interval_seconds=settings.metric_rule_interval_seconds,
             group_by=settings.incident_group_by,
             on_ingest=flows.metric_rule_fired,
+            evaluated=flows.metric_rule_evaluated,
             fence=elector.fence,
         )
         failover = FailoverManager(

@@ -55,10 +55,13 @@ class MetricRuleScheduler:
         interval_seconds: float,
         group_by: Sequence[str] = DEFAULT_GROUP_BY,
         on_ingest: IngestHook | None = None,
+        evaluated: Callable[[Evaluation], None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         fence: Fence | None = None,
     ) -> None:
-        """`fence` (LeaderElector.fence) runs first in every evaluation's write: leader-only work."""
+        """`fence` (LeaderElector.fence) runs first in every evaluation's write: leader-only work.
+        `on_ingest` runs inside an evaluation's transaction when it ingests its alert, `evaluated`
+        after it committed."""
         self._fence = fence
         self._rules_provider = rules_provider
         self._client = client
@@ -67,6 +70,7 @@ class MetricRuleScheduler:
         self._interval = timedelta(seconds=interval_seconds)
         self._group_by = list(group_by)
         self._on_ingest = on_ingest
+        self._evaluated = evaluated
         self._clock = clock
         self._lock = threading.Lock()
         self._rules: dict[str, Rule] = {}
@@ -116,7 +120,7 @@ class MetricRuleScheduler:
     def _evaluate(self, rule: Rule) -> Evaluation | None:
         now = self._clock()
         try:
-            return evaluate_rule(
+            evaluation = evaluate_rule(
                 rule,
                 client=self._client,
                 engine=self._engine,
@@ -126,6 +130,9 @@ class MetricRuleScheduler:
                 on_ingest=self._on_ingest,
                 fence=self._fence,
             )
+            if self._evaluated is not None:
+                self._evaluated(evaluation)
+            return evaluation
         except StaleLeader as exc:  # leadership moved on since this job was scheduled: not an error
             log.info("metric_rule.skipped_not_leader", rule=rule.name, reason=str(exc))
             return None

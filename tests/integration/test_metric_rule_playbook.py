@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 
 from controlplane.app import create_app
 from controlplane.services import Services
+from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import AUTH, make_settings
+from tests.helpers import wait_for
 from tests.prometheus_server import PrometheusServer
 
 
@@ -63,4 +65,54 @@ playbooks:
         prometheus.wait_for(f"max({name})", 3)
         services.scheduler.evaluate_now()
         assert client.get(f"/api/v1/incidents/{execution['incident_id']}").json()["status"] == "resolved"
+    prometheus.target.remove(name)
+
+
+def test_a_metric_rule_that_clears_lifts_its_incident_silence(
+    database_url: str, tmp_path: Path, prometheus: PrometheusServer, alertmanager: AlertmanagerServer
+) -> None:
+    """As for an Alertmanager alert that resolves: our silence must not hide the rule's next episode."""
+    name = prometheus.unique_name("cp_queue_depth")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "metric.yaml").write_text(f"""
+rules:
+  - name: deep-queue
+    when: {{query: 'max({name})', above: 100, for: 0s, labels: {{namespace: agents, severity: warning}}}}
+    playbook: quiet
+playbooks:
+  - name: quiet
+    steps:
+      - action: alertmanager.silence
+        with: {{duration: 2h, comment: "draining the queue"}}
+""")
+    prometheus.target.set(name, {"queue": "checkpoints"}, 250)
+    prometheus.wait_for(f"max({name})", 250)
+    settings = make_settings(
+        database_url,
+        rules_dir=rules,
+        prometheus_url=prometheus.url,
+        alertmanager_url=alertmanager.url,
+        worker_poll_seconds=0.05,
+        metric_rule_interval_seconds=3600,  # evaluated on demand below
+    )
+    app = create_app(settings)
+    with TestClient(app, headers=AUTH) as client:
+        services: Services = app.state.services
+        assert [e.state for e in services.scheduler.evaluate_now()] == ["firing"]
+
+        def silence_id() -> str | None:
+            items = client.get("/api/v1/executions", params={"status": "succeeded"}).json()["items"]
+            return (
+                str(client.get(f"/api/v1/executions/{items[0]['id']}").json()["steps"][0]["output"]["value"])
+                if items
+                else None
+            )
+
+        silence = wait_for("the playbook silences the incident", silence_id, 15)
+        assert alertmanager.silence(silence)["status"] == {"state": "active"}
+        prometheus.target.set(name, {"queue": "checkpoints"}, 3)
+        prometheus.wait_for(f"max({name})", 3)
+        assert [e.state for e in services.scheduler.evaluate_now()] == ["inactive"]
+        wait_for("the silence expires", lambda: alertmanager.silence(silence)["status"] == {"state": "expired"}, 15)
     prometheus.target.remove(name)
