@@ -1,6 +1,6 @@
 """End to end, with the real binaries: a failing service is found, remediated and closed without anyone.
 
-The `controlplane demo` stack (controlplane/demo.py): the sample service, `prometheus` loading the
+The `controlplane demo` stack (controlplane/demo/): the sample service, `prometheus` loading the
 shipped alerting rules, `prometheus-alertmanager` posting to the webhook with a bearer token from
 a file, and `controlplane serve` on SQLite with the shipped rules. Alert `for:` durations and
 range windows are divided by 30 (2m -> 4s, 5m -> 10s) and verify.resolved polls every second:

@@ -1,15 +1,10 @@
-"""Owns `controlplane demo` and the end-to-end tests' stack: the whole loop on loopback, with real binaries.
+"""Owns the demo's stack: the sample service, Prometheus, Alertmanager(s) and the control plane as child processes.
 
 A `Stack` runs, each on a free 127.0.0.1 port with its files in one work directory: the sample
 LangGraph service, the real `prometheus` (scraping the sample and the control plane, loading the
 shipped alerting rules), one or two real `prometheus-alertmanager`s (webhook to the control plane,
-bearer token from a file) and `controlplane serve` on SQLite with a copy of the shipped rules.
-
-Production time scales do not fit a demo or a test: alerts wait minutes (`for: 2m`) and average
-over minutes (`rate(...[5m])`), and a graph disabled by the playbook would keep its alert firing
-for the whole 5-minute window. So the alerting rules are copied with every `for:` and range
-window divided by `time_scale` (30: 2m -> 4s, 5m -> 10s), and the rules copy polls
-`verify.resolved` every second instead of every 30 s. Nothing else differs from the shipped files.
+bearer token from a file) and `controlplane serve` on SQLite with a copy of the shipped rules, sped
+up as fast_rules.py says. The end-to-end tests drive the same stack.
 """
 
 from __future__ import annotations
@@ -17,25 +12,21 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import httpx
 import yaml
 
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
-from controlplane.durations import format_duration, parse_duration
-from controlplane.grafana import merged_alerting_rules
+from controlplane.demo.fast_rules import fast_alert_rules, fast_remediation_rules, scale
 
 LOOPBACK = "127.0.0.1"
 BINARIES = ("prometheus", "prometheus-alertmanager")  # Debian's names
@@ -44,7 +35,6 @@ NAMESPACE = "agents"  # the label the sample's series get, as a Kubernetes scrap
 GRAPHS = ("chat", "search", "summarize")
 START_TIMEOUT = 45.0  # Prometheus alone needs ~5 s before its first scrape (discovery is throttled)
 WEBHOOK = "/api/v1/alerts/alertmanager"
-_RANGE = re.compile(r"\[((?:\d+(?:ms|[smhdw]))+)(?::((?:\d+(?:ms|[smhdw]))*))?\]")
 
 
 class MissingBinaries(RuntimeError):
@@ -68,57 +58,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-# -- the configuration copies ----------------------------------------------------------------
-
-
-def scale(duration: str, factor: float, *, minimum: float) -> str:
-    """A Prometheus duration divided by `factor`, in whole seconds and at least `minimum` seconds."""
-    seconds = max(minimum, round(parse_duration(duration).total_seconds() / factor))
-    return format_duration(timedelta(seconds=seconds))
-
-
-def scale_expr(expr: str, factor: float) -> str:
-    """Every range window (and subquery step) in a PromQL expression divided by `factor`.
-
-    At least 5 s: with one scrape a second, a rate needs a few samples in its window.
-    """
-
-    def shorter(match: re.Match[str]) -> str:
-        window = scale(match.group(1), factor, minimum=5)
-        if match.group(2) is None:
-            return f"[{window}]"
-        step = f"{scale(match.group(2), factor, minimum=1)}" if match.group(2) else ""
-        return f"[{window}:{step}]"
-
-    return _RANGE.sub(shorter, expr)
-
-
-def fast_alert_rules(alerting_dir: Path, factor: float) -> dict[str, Any]:
-    """The shipped alerting rules as one rule file, with `for:` and range windows divided by `factor`."""
-    document: dict[str, Any] = yaml.safe_load(merged_alerting_rules(directory=alerting_dir))
-    for group in document.get("groups", []):
-        for rule in group.get("rules", []):
-            rule["expr"] = scale_expr(str(rule["expr"]), factor)
-            if "for" in rule:
-                rule["for"] = scale(str(rule["for"]), factor, minimum=1)
-    return document
-
-
-def fast_remediation_rules(rules_dir: Path, out_dir: Path, *, admin_url: str, verify_poll: str = "1s") -> None:
-    """Copy the rule files, pointing every http target at the sample's admin API and polling verify faster."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in sorted(rules_dir.glob("*.y*ml")):
-        document = yaml.safe_load(path.read_text()) or {}
-        for target in document.get("targets", []):
-            if target.get("kind") == "http":
-                target["url"] = admin_url
-        for playbook in document.get("playbooks", []):
-            for step in playbook.get("steps", []):
-                if step.get("action") == "verify.resolved":
-                    step.setdefault("with", {})["poll"] = verify_poll
-        (out_dir / path.name).write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -420,172 +359,3 @@ class Stack:
 def _env_without_controlplane() -> dict[str, str]:
     # The children get their settings from the stack alone: a stray CONTROLPLANE_* would change them.
     return {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
-
-
-# -- the demo ----------------------------------------------------------------------------------
-
-ALERT = "LangGraphHighErrorRate"
-TERMINAL = frozenset({"suppressed", "succeeded", "failed", "rolled_back", "cancelled", "dry_run"})
-
-
-class Narrator:
-    """Polls every API of the stack and prints each change of the loop once, as it happens."""
-
-    def __init__(self, stack: Stack, graph: str, out: TextIO) -> None:
-        self.stack = stack
-        self.graph = graph
-        self.out = out
-        self.started = time.monotonic()
-        self.seen: set[str] = set()
-        self.last_rate: float | None = None
-        self.last_rate_at = 0.0
-        self.incident: dict[str, Any] | None = None
-        self.executions: list[dict[str, Any]] = []
-
-    def say(self, key: str, text: str) -> None:
-        if key not in self.seen:
-            self.seen.add(key)
-            print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
-
-    def poll(self) -> bool:
-        """Print what changed since the last poll, in the loop's order; True once incident and executions ended."""
-        s = self.stack
-        firing = s.prometheus_alerts(ALERT)
-        for alert in firing:
-            value = float(alert["value"])
-            where = f"graph {alert['labels'].get('graph_name')} failing {value:.0%} of executions"
-            self.say(f"prom-{alert['state']}", f"Prometheus: {ALERT} {alert['state']} ({where})")
-        if "prom-firing" in self.seen and not firing:
-            self.say("prom-resolved", f"Prometheus: {ALERT} no longer firing")
-        for alert in s.api("/api/v1/alerts", alertname=ALERT)["items"]:
-            received = f"received {alert['receive_count']}x from Alertmanager"
-            self.say(f"alert-{alert['id']}", f"control plane: webhook stored alert #{alert['id']} ({received})")
-            if alert["status"] == "resolved":
-                self.say(f"alert-{alert['id']}-resolved", f"control plane: alert #{alert['id']} resolved (notified)")
-        incident = s.incident_for(ALERT)
-        executions: list[dict[str, Any]] = []
-        if incident is not None:
-            url = f"{s.controlplane_url}/incidents/{incident['id']}"
-            self.say(f"incident-{incident['id']}", f"control plane: incident #{incident['id']} opened: {url}")
-            if incident["status"] == "resolved":  # before the execution's end: verify.resolved waits for this
-                self.say(f"incident-{incident['id']}-resolved", f"control plane: incident #{incident['id']} resolved")
-            executions = s.api("/api/v1/executions", incident_id=incident["id"])["items"]
-            for execution in reversed(executions):
-                self._execution(execution["id"])
-        graphs = {g["name"]: g["enabled"] for g in s.admin("GET", "/graphs")["graphs"]}
-        if not graphs.get(self.graph, True):
-            self.say("disabled", f"sample service: graph {self.graph} is disabled, no longer executed")
-        self._error_rate()
-        self.incident, self.executions = incident, executions
-        ended = all(e["status"] in TERMINAL for e in executions)
-        return incident is not None and incident["status"] == "resolved" and bool(executions) and ended
-
-    def _execution(self, execution_id: int) -> None:
-        detail = self.stack.api(f"/api/v1/executions/{execution_id}")
-        name = f"execution #{execution_id}"
-        what = f"rule {detail['rule_name']} -> playbook {detail['playbook_name']}"
-        self.say(f"exec-{execution_id}", f"control plane: {name} created ({what}, {detail['status']})")
-        for step in detail["steps"]:
-            key = f"exec-{execution_id}-{step['phase']}-{step['index']}-{step['status']}"
-            if step["status"] in ("running", "waiting") and step["action"] != "verify.resolved":
-                continue  # most steps take milliseconds: their result is the news
-            value = step["output"].get("value", step["output"].get("status", ""))
-            shown = f" -> {json.dumps(value)[:80]}" if value not in ("", None) else ""
-            error = f": {step['error']}" if step["error"] else ""
-            self.say(key, f"  step {step['index'] + 1} {step['action']} {step['status']}{shown}{error}")
-        if detail["status"] not in ("pending", "running", "waiting"):
-            self.say(f"exec-{execution_id}-end", f"control plane: {name} {detail['status']}")
-
-    def _error_rate(self) -> None:
-        """Errors/s of the failing graph, printed every 2 s while it changes: rising, then falling to 0."""
-        now = time.monotonic()
-        if now - self.last_rate_at < 2:
-            return
-        rate = round(self.stack.error_rate(self.graph), 1)
-        if rate != self.last_rate and (rate or self.last_rate):
-            print(f"[{now - self.started:6.1f}s]   errors/s of graph {self.graph}: {rate:g}", file=self.out, flush=True)
-            self.last_rate, self.last_rate_at = rate, now
-
-
-def run_demo(*, graph: str = "chat", timeout: float = 150.0, keep: bool = False, out: TextIO = sys.stdout) -> int:
-    """`controlplane demo`: start the stack, make one graph fail, print the loop; 0 if it completed in time."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        stack = Stack()
-    except MissingBinaries as exc:
-        print(f"controlplane demo: {exc}", file=sys.stderr)
-        return 2
-    print(f"starting the stack in {stack.workdir} (logs there) ...", file=out, flush=True)
-    try:
-        with stack:
-            _print_urls(stack, out)
-            return _drive(stack, graph=graph, timeout=timeout, keep=keep, out=out)
-    except KeyboardInterrupt:
-        print("\nstopped.", file=out)
-        return 130
-    except RuntimeError as exc:  # a process died or did not become ready; the message has its log
-        print(f"controlplane demo: {exc}", file=sys.stderr)
-        return 1
-
-
-def _print_urls(stack: Stack, out: TextIO) -> None:
-    cp = stack.controlplane_url
-    lines = [
-        f"console         {cp}/  (user {stack.console_user}, password {stack.console_password})",
-        f"incidents API   {cp}/api/v1/incidents  (Bearer token in {stack.workdir / 'read-token'}, or log in first)",
-        f"executions API  {cp}/api/v1/executions",
-        f"API docs        {cp}/docs",
-        f"Prometheus      {stack.prometheus_url}/alerts",
-        *(f"Alertmanager    {url}" for url in stack.alertmanager_urls),
-        f"sample service  {stack.sample_url}/admin/graphs",
-    ]
-    print("\n".join(lines), file=out, flush=True)
-
-
-def _drive(stack: Stack, *, graph: str, timeout: float, keep: bool, out: TextIO) -> int:
-    print(f"\ninjecting faults: graph {graph} now fails every execution (error_rate 1.0)", file=out, flush=True)
-    stack.admin("POST", "/faults", {"graph": graph, "error_rate": 1.0})
-    narrator = Narrator(stack, graph, out)
-    deadline = time.monotonic() + timeout
-    while not narrator.poll():
-        if time.monotonic() > deadline:
-            print(f"\nthe loop did not complete within {timeout:g}s.\n{stack.logs()}", file=out, flush=True)
-            return 1
-        time.sleep(0.5)
-    took = time.monotonic() - narrator.started
-    assert narrator.incident is not None
-    _print_timeline(stack, narrator.incident["id"], out)
-    if any(e["status"] != "succeeded" for e in narrator.executions):
-        print(f"\nthe playbook did not succeed.\n{stack.logs()}", file=out, flush=True)
-        return 1
-    print(f"\nloop complete in {took:.0f}s: alert -> incident -> playbook -> graph disabled -> resolved", file=out)
-    if keep:
-        print("the stack keeps running; Ctrl-C stops it.", file=out, flush=True)
-        while True:  # until Ctrl-C, or until one of the processes dies (then say which, and why)
-            time.sleep(1)
-            for process in stack.processes:
-                process.check_alive()
-    return 0
-
-
-def _print_timeline(stack: Stack, incident_id: int, out: TextIO) -> None:
-    """The incident's audit timeline as the console shows it, repeats (verify's polls) folded into one line."""
-    print(f"\ntimeline of incident #{incident_id}:", file=out)
-    lines: list[tuple[str, int]] = []
-    for event in stack.api(f"/api/v1/incidents/{incident_id}")["timeline"]:
-        detail = event["detail"]
-        what = detail.get("action") or detail.get("playbook") or detail.get("reason") or ""
-        if event["action"] == "execution.waiting":
-            what = "verify.resolved polls"  # each poll is audited; the deadline in it changes every time
-        line = f"  {event['at'][11:23]}  {event['actor']:<26} {event['action']:<18} {what}"
-        if lines and lines[-1][0][16:] == line[16:]:
-            lines[-1] = (lines[-1][0], lines[-1][1] + 1)
-        else:
-            lines.append((line, 1))
-    for line, count in lines:
-        print(line + (f" (x{count})" if count > 1 else ""), file=out)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM ends the demo like Ctrl-C: through the stack's teardown, not around it."""
-    raise KeyboardInterrupt
