@@ -336,7 +336,23 @@ def test_threads_counters_add_up() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_leaked_threads() -> Iterator[None]:
-    before = threading.active_count()
+def _no_leaked_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No thread started while a test runs outlives it: the breaker itself never leaves one behind.
+
+    Counts only the threads this test (or a thread it started) starts; a process-wide count also saw
+    worker threads that earlier tests' pools start or retire in the background, and flaked.
+    """
+    started: list[threading.Thread] = []
+    ours = {threading.get_ident()}
+    original = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if threading.get_ident() in ours:
+            started.append(thread)
+        original(thread)
+        if thread.ident is not None and threading.get_ident() in ours:
+            ours.add(thread.ident)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
     yield
-    assert threading.active_count() == before
+    assert [thread.name for thread in started if thread.is_alive()] == []
