@@ -86,7 +86,7 @@ def build_ports(settings: Settings, engine: Engine) -> ActionPorts:
         audit=_Audit(engine),
         incidents=_Incidents(engine),
         threads=_Threads(engine),
-        silences=_Silences(engine, settings.alertmanager_url),
+        silences=silences.Silences(engine, settings.alertmanager_url),
         failover=_Failover(engine),
         kubernetes=KubernetesClient(settings),
         prometheus=PrometheusClient(settings.prometheus_url),
@@ -166,40 +166,6 @@ class _Threads:
     def remember(self, *, incident_id: int, channel: str, ts: str, now: datetime) -> str:
         with write_transaction(self.engine) as conn:
             return notify_threads.remember_thread(conn, incident_id=incident_id, channel=channel, ts=ts, now=now)
-
-
-@dataclass(frozen=True)
-class _Silences:
-    engine: Engine
-    alertmanager_url: str
-
-    def for_step(
-        self,
-        *,
-        matchers: dict[str, str],
-        now: datetime,
-        ends_at: datetime,
-        comment: str,
-        marker: str,
-        rule: str,
-        incident_id: int | None,
-        execution_id: int,
-    ) -> str:
-        return silences.silence_for_step(
-            engine=self.engine,
-            alertmanager_url=self.alertmanager_url,
-            matchers=matchers,
-            now=now,
-            ends_at=ends_at,
-            comment=comment,
-            marker=marker,
-            rule=rule,
-            incident_id=incident_id,
-            execution_id=execution_id,
-        )
-
-    def expire(self, silence_id: str, *, now: datetime) -> bool:
-        return silences.expire(engine=self.engine, default_url=self.alertmanager_url, silence_id=silence_id, now=now)
 
 
 @dataclass(frozen=True)

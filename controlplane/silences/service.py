@@ -9,6 +9,7 @@ run outside any transaction: a slow Alertmanager holds no database lock.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,47 +68,72 @@ def _record(
     )
 
 
-def silence_for_step(
-    *,
-    engine: Engine,
-    alertmanager_url: str,
-    matchers: dict[str, str],
-    now: datetime,
-    ends_at: datetime,
-    comment: str,
-    marker: str,
-    rule: str,
-    incident_id: int | None,
-    execution_id: int,
-) -> str:
-    """Silence `matchers` until `ends_at` for a playbook step and record it; the silence id.
+@dataclass(frozen=True)
+class Silences:
+    """The silences a playbook step makes and lifts, on the service's database and Alertmanager
+    (the `SilencesPort` of actions/ports.py)."""
 
-    `marker`, unique to the step and part of `comment`, finds a silence an earlier try of the
-    step created but did not record, so a retried step reuses it. Raises AlertmanagerError.
-    """
-    client = AlertmanagerClient(alertmanager_url)
-    earlier = [
-        s for s in client.list_silences() if s.created_by == CREATED_BY and marker in s.comment and s.state != "expired"
-    ]
-    if earlier:
-        silence_id = earlier[0].id
-    else:
-        silence_id = client.create_silence(
-            matchers=equality_matchers(matchers), starts_at=now, ends_at=ends_at, comment=comment
-        )
-    with write_transaction(engine) as conn:
-        _record(
-            conn,
-            silence_id=silence_id,
-            alertmanager_url=client.url,
-            matchers=matchers,
-            created_by=f"rule:{rule}",
-            incident_id=incident_id,
-            execution_id=execution_id,
-            now=now,
-            ends_at=ends_at,
-        )
-    return silence_id
+    engine: Engine
+    alertmanager_url: str
+
+    def for_step(
+        self,
+        *,
+        matchers: dict[str, str],
+        now: datetime,
+        ends_at: datetime,
+        comment: str,
+        marker: str,
+        rule: str,
+        incident_id: int | None,
+        execution_id: int,
+    ) -> str:
+        """Silence `matchers` until `ends_at` for a playbook step and record it; the silence id.
+
+        `marker`, unique to the step and part of `comment`, finds a silence an earlier try of the
+        step created but did not record, so a retried step reuses it. Raises AlertmanagerError.
+        """
+        client = AlertmanagerClient(self.alertmanager_url)
+        earlier = [
+            s
+            for s in client.list_silences()
+            if s.created_by == CREATED_BY and marker in s.comment and s.state != "expired"
+        ]
+        if earlier:
+            silence_id = earlier[0].id
+        else:
+            silence_id = client.create_silence(
+                matchers=equality_matchers(matchers), starts_at=now, ends_at=ends_at, comment=comment
+            )
+        with write_transaction(self.engine) as conn:
+            _record(
+                conn,
+                silence_id=silence_id,
+                alertmanager_url=client.url,
+                matchers=matchers,
+                created_by=f"rule:{rule}",
+                incident_id=incident_id,
+                execution_id=execution_id,
+                now=now,
+                ends_at=ends_at,
+            )
+        return silence_id
+
+    def expire(self, silence_id: str, *, now: datetime) -> bool:
+        """Expire one silence where it was created (this Alertmanager for one not recorded); True if
+        Alertmanager still knew it. Already expired or unknown counts as done. Raises AlertmanagerError."""
+        with self.engine.connect() as conn:
+            url = conn.execute(
+                select(silences_t.c.alertmanager_url).where(silences_t.c.silence_id == silence_id)
+            ).scalar()
+        known = AlertmanagerClient(url or self.alertmanager_url).expire(silence_id)
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                update(silences_t)
+                .where(silences_t.c.silence_id == silence_id, silences_t.c.expired_at.is_(None))
+                .values(expired_at=now)
+            )
+        return known
 
 
 def silence_incident(
@@ -167,21 +193,6 @@ def silence_incident(
     return silence_id
 
 
-def expire(*, engine: Engine, default_url: str, silence_id: str, now: datetime) -> bool:
-    """Expire one silence where it was created (`default_url` for one not recorded); True if Alertmanager
-    still knew it. Already expired or unknown counts as done. Raises AlertmanagerError."""
-    with engine.connect() as conn:
-        url = conn.execute(select(silences_t.c.alertmanager_url).where(silences_t.c.silence_id == silence_id)).scalar()
-    known = AlertmanagerClient(url or default_url).expire(silence_id)
-    with write_transaction(engine) as conn:
-        conn.execute(
-            update(silences_t)
-            .where(silences_t.c.silence_id == silence_id, silences_t.c.expired_at.is_(None))
-            .values(expired_at=now)
-        )
-    return known
-
-
 def expire_silences_for_incident(
     engine: Engine, settings: Settings, incident_id: int, actor: str, *, now: datetime | None = None
 ) -> int:
@@ -204,7 +215,7 @@ def expire_silences_for_incident(
     for row in rows:
         detail: dict[str, Any] = {"silence_id": row.silence_id, "reason": "incident resolved"}
         try:
-            expire(engine=engine, default_url=settings.alertmanager_url, silence_id=row.silence_id, now=now)
+            Silences(engine, settings.alertmanager_url).expire(row.silence_id, now=now)
             what = "silence.expired"
             expired += 1
         except AlertmanagerError as exc:
