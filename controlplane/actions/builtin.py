@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from types import ModuleType
 
-from controlplane.actions import (
-    failover,
-    flow,
-    graph,
-    http,
-    incident,
-    k8s,
-    notify,
-    paging,
-    prometheus,
-    silence,
-    storage,
-)
 from controlplane.actions.base import ActionRegistry, declared_in
 
-# Every module that declares built-in actions: a new one is added here, or its actions do not exist.
-MODULES: tuple[ModuleType, ...] = (
-    failover,
-    flow,
-    graph,
-    http,
-    incident,
-    k8s,
-    notify,
-    paging,
-    prometheus,
-    silence,
-    storage,
-)
+# The modules of controlplane.actions declaring built-in actions: a new one is named here or its actions are missing.
+NAMES = ("failover", "flow", "graph", "http", "incident", "k8s", "notify", "paging", "prometheus", "silence", "storage")
+MODULES: tuple[ModuleType, ...] = tuple(import_module(f"controlplane.actions.{name}") for name in NAMES)
 
 
 def build_registry() -> ActionRegistry:
