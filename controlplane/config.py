@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     worker_threads: int = Field(default=2, ge=1, le=64)
     max_claims: int = Field(default=3, ge=1)  # an execution whose worker died this often is failed
     metric_rule_interval_seconds: float = Field(default=30.0, gt=0)
+    # How often each replica looks for pages to send (a failure on this replica sends at once).
+    pager_poll_seconds: float = Field(default=1.0, gt=0)
+    # How often the leader settles the ledger's outcomes (resolved / not_resolved, playbooks/ledger.py).
+    ledger_interval_seconds: float = Field(default=30.0, gt=0)
     # Hosts http.request and notify.webhook may call: `host` (any port) or `host:port`; empty: none.
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Bearer tokens of the JSON API: the admin token may change things (reload rules, approve, pause) and

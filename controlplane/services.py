@@ -25,8 +25,11 @@ from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
 from controlplane.playbooks.approvals import ApprovalTimeouts
-from controlplane.playbooks.contexts import build_ports
-from controlplane.playbooks.executor import Executor
+from controlplane.playbooks.contexts import ActionContexts, build_ports
+from controlplane.playbooks.executor import Executor, utcnow
+from controlplane.playbooks.ledger import LedgerSweeps
+from controlplane.playbooks.page_sender import EscalationSender
+from controlplane.playbooks.pages import Pager
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
@@ -54,6 +57,8 @@ class Services:
     health_checker: HealthChecker
     elector: LeaderElector
     approval_timeouts: ApprovalTimeouts
+    pager: Pager
+    ledger_sweeps: LedgerSweeps
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -65,6 +70,13 @@ class Services:
         rules = RulesHolder(settings.rules_dir, registry)
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
         expiry = ExpiryOnResolve(engine, settings)
+        ports = build_ports(settings, engine)  # once per service: every step and page shares its clients
+        pager = Pager(
+            engine,
+            send=EscalationSender(engine, ActionContexts(ports=ports, clock=utcnow), registry),
+            poll_seconds=settings.pager_poll_seconds,
+            counted=lambda kind, outcome: metrics.pages.labels(kind, outcome).inc(),
+        )
         executor = Executor(
             engine=engine,
             registry=registry,
@@ -73,7 +85,8 @@ class Services:
             metrics=metrics,
             bulkheads=Bulkheads(),  # per-target call slots (the step timeout bounds the wait for one)
             rules=lambda: rules.current,
-            ports=build_ports(settings, engine),  # once per service: every step shares its clients
+            ports=ports,
+            paged=pager.wake,
         )
         worker = Worker(
             engine=engine,
@@ -122,6 +135,13 @@ class Services:
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
         )
+        ledger_sweeps = LedgerSweeps(
+            engine,
+            is_leader=lambda: elector.is_leader,
+            fence=elector.fence,
+            counted=lambda rule, outcome: metrics.remediation_outcomes.labels(rule, outcome).inc(),
+            interval_seconds=settings.ledger_interval_seconds,
+        )
         services = cls(
             settings,
             engine,
@@ -138,6 +158,8 @@ class Services:
             health_checker=health_checker,
             elector=elector,
             approval_timeouts=approval_timeouts,
+            pager=pager,
+            ledger_sweeps=ledger_sweeps,
         )
         elector.on_change = services.leadership_changed
         metrics.watch_open_incidents(services.open_incidents_or_none)
@@ -158,6 +180,8 @@ class Services:
         self.scheduler.start()
         self.health_checker.start()
         self.approval_timeouts.start()
+        self.ledger_sweeps.start()
+        self.pager.start()
 
     def stop(self) -> None:
         # Step down first: another replica takes the singleton work over at once, and the
@@ -165,9 +189,11 @@ class Services:
         self.elector.stop(release=True)
         self.health_checker.shutdown(wait=False)
         self.approval_timeouts.shutdown(wait=False)
+        self.ledger_sweeps.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()
+        self.pager.stop()
         self.silence_expiry.shutdown()
         self.engine.dispose()
 

@@ -114,6 +114,19 @@ class Metrics:
             ["rule", "guard"],
             registry=self.registry,
         )
+        self.remediation_outcomes = Counter(
+            "controlplane_remediation_outcomes",
+            "Finished remediations by rule and outcome when it was settled (playbooks/ledger.py): resolved, "
+            "not_resolved, rolled_back, failed; recurred when a resolved run's alert came back within the window.",
+            ["rule", "outcome"],
+            registry=self.registry,
+        )
+        self.pages = Counter(
+            "controlplane_pages",
+            "Pages telling on-call that automation failed, by kind and route (not_delivered when none got through).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.escalations = Counter(
             "controlplane_escalations", "Executions escalated to people, by rule.", ["rule"], registry=self.registry
         )

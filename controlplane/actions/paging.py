@@ -334,6 +334,9 @@ class EscalateParams(Params):
 
 @action("notify.escalate", params=EscalateParams)
 def notify_escalate(ctx: ActionContext, params: EscalateParams) -> ActionResult:
-    """Tell on-call that a playbook gave up, routed like notify.oncall; run on a step's `on_failure: escalate`."""
+    """Tell on-call that automation failed, routed like notify.oncall, with the incident's link: sent for
+    every page of playbooks/pages.py (a failed run, an expired approval, a loop breaker that tripped)."""
     text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {params.reason}"
-    return notify_oncall(ctx, OncallParams(text=text[:40_000]))
+    url = ctx.ports.incident_url(ctx.incident.id) if ctx.incident else None
+    text = f"{text[:39_000]} {url}" if url else text[:40_000]  # the link last: a cut reason keeps it
+    return notify_oncall(ctx, OncallParams(text=text))

@@ -179,6 +179,13 @@ class Execution(Base):
     claims: Mapped[int] = mapped_column(Integer, default=0)
     decided_by: Mapped[str | None] = mapped_column(String(255))
     decided_at: Mapped[datetime | None]
+    # Which guard suppressed it (cooldown, max_runs, quarantined, loop_breaker, ...); None when it ran.
+    guard: Mapped[str | None] = mapped_column(String(32))
+    # The rule's `page_on_failure`, kept when it was created: a reload does not change who hears of its end.
+    page_on_failure: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    # The effectiveness ledger (playbooks/ledger.py): resolved | not_resolved | rolled_back | failed | recurred.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    outcome_at: Mapped[datetime | None]
 
 
 class ExecutionStep(Base):
@@ -202,6 +209,49 @@ class ExecutionStep(Base):
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class Page(Base):
+    """A human to be told that automation failed (playbooks/pages.py): written in the transaction that
+    decided it, sent by any replica afterwards, so a crash between the two loses no page."""
+
+    __tablename__ = "pages"
+    __table_args__ = (
+        UniqueConstraint("kind", "execution_id", name="uq_pages_kind_execution"),  # each page once
+        Index("ix_pages_unsent", "sent_at", "claimed_until"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))  # execution_failed | approval_expired | quarantined
+    execution_id: Mapped[int] = mapped_column(BigId, ForeignKey("executions.id", ondelete="CASCADE"))
+    incident_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("incidents.id", ondelete="SET NULL"))
+    rule_name: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]  # a sender holds it until then; after, another may take it
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(32))  # the route it went by, or "not_delivered"
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Quarantine(Base):
+    """A rule stopped for one guard key by its loop breaker: no automatic run until a person lifts it."""
+
+    __tablename__ = "quarantines"
+    __table_args__ = (Index("ix_quarantines_rule_key", "rule_name", "guard_key", "lifted_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rule_name: Mapped[str] = mapped_column(String(255))
+    guard_key: Mapped[str] = mapped_column(String(1024))
+    execution_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("executions.id", ondelete="SET NULL"))
+    incident_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("incidents.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(Text)
+    runs: Mapped[list[int]] = mapped_column(JsonDoc)  # the executions that counted, oldest first
+    created_at: Mapped[datetime]
+    lifted_at: Mapped[datetime | None]
+    lifted_by: Mapped[str | None] = mapped_column(String(255))
+    lift_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class AutomationState(Base):

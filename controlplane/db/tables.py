@@ -35,6 +35,8 @@ silences_t = _table("silences")
 leases_t = _table("leader_leases")
 login_attempts_t = _table("login_attempts")
 console_sessions_t = _table("console_sessions")
+pages_t = _table("pages")
+quarantines_t = _table("quarantines")
 
 
 def dialect_insert(conn: Connection, table: Table) -> Any:

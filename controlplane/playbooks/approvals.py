@@ -18,6 +18,7 @@ from controlplane.db.tables import executions_t
 from controlplane.durations import format_duration
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
+from controlplane.playbooks import pages
 from controlplane.playbooks.state import transition
 from controlplane.rules.schema import DEFAULT_APPROVAL_TIMEOUT, Rule
 
@@ -49,8 +50,9 @@ def expire_approvals(conn: Connection, *, now: datetime, rules: Sequence[Rule], 
     by_name = {rule.name: rule for rule in rules}
     # Only runs waiting at least the shortest timeout can be due: the query leaves the others out.
     shortest = min([DEFAULT_APPROVAL_TIMEOUT, *(approval_timeout(rule) for rule in rules)])
+    e = executions_t.c
     rows = conn.execute(
-        select(executions_t.c.id, executions_t.c.rule_name, executions_t.c.incident_id, executions_t.c.created_at)
+        select(e.id, e.rule_name, e.incident_id, e.created_at, e.page_on_failure)
         .where(executions_t.c.status == "awaiting_approval", executions_t.c.created_at <= now - shortest)
         .order_by(executions_t.c.id)
     ).all()
@@ -59,6 +61,16 @@ def expire_approvals(conn: Connection, *, now: datetime, rules: Sequence[Rule], 
         timeout = approval_timeout(by_name.get(row.rule_name))
         if now - row.created_at >= timeout and _cancel(conn, row.id, row.incident_id, timeout, now=now, actor=actor):
             expired.append(row.id)
+            if row.page_on_failure:  # nobody decided: whoever should have must hear of it
+                pages.record(
+                    conn,
+                    kind="approval_expired",
+                    execution_id=row.id,
+                    incident_id=row.incident_id,
+                    rule=row.rule_name,
+                    reason=f"approval timed out after {format_duration(timeout)}: nobody approved or rejected it",
+                    now=now,
+                )
     return expired
 
 

@@ -2,8 +2,8 @@
 and the ports behind it (`build_ports`), built once per service.
 
 The idempotency key of a call is stable across retries and resumes: `<execution>:<n>`, where n
-is the step's index, 1000 + its index for its rollback, and 2000 + the failed step's index for
-the page of an escalation.
+is the step's index, or 1000 + its index for its rollback; a page about the execution has
+`<execution>:page:<kind>`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from controlplane.silences import service as silences
 log = structlog.get_logger(__name__)
 
 _ROLLBACK_KEYS = 1000
-_ESCALATION_KEYS = 2000
+_NOT_A_STEP = -1  # the step index a page's context carries
 
 
 @dataclass(frozen=True)
@@ -52,27 +52,40 @@ class ActionContexts:
     def for_step(
         self, run: Run, phase: Phase, index: int, started_at: datetime, deadline: float | None = None
     ) -> ActionContext:
-        return self._context(run, index if phase == "forward" else _ROLLBACK_KEYS + index, started_at, deadline)
+        key = index if phase == "forward" else _ROLLBACK_KEYS + index
+        return self._context(run.id, run.rule, run.context, key, str(key), started_at, deadline, dry_run=run.dry_run)
 
-    def for_escalation(self, run: Run, failed_index: int) -> ActionContext:
-        return self._context(run, _ESCALATION_KEYS + failed_index, self.clock(), None)
+    def for_page(self, *, execution_id: int, rule: str, context: dict[str, Any], key: str) -> ActionContext:
+        """The context of a page about an execution (playbooks/pages.py): its alert and incident, its own key."""
+        return self._context(execution_id, rule, context, _NOT_A_STEP, key, self.clock(), None, dry_run=False)
 
-    def _context(self, run: Run, key: int, started_at: datetime, deadline: float | None) -> ActionContext:
+    def _context(
+        self,
+        execution_id: int,
+        rule: str,
+        context: dict[str, Any],
+        index: int,
+        key: str,
+        started_at: datetime,
+        deadline: float | None,
+        *,
+        dry_run: bool,
+    ) -> ActionContext:
         rules = self.rules() if self.rules is not None else None
-        incident = run.context.get("incident")
-        alert = run.context.get("alert")
+        incident = context.get("incident")
+        alert = context.get("alert")
         return ActionContext(
-            execution_id=run.id,
-            step_index=key,
-            idempotency_key=f"{run.id}:{key}",
-            rule=run.rule,
+            execution_id=execution_id,
+            step_index=index,
+            idempotency_key=f"{execution_id}:{key}",
+            rule=rule,
             incident=IncidentView(**incident) if incident else None,
             alert=AlertView(**alert) if alert else None,
             ports=self.ports,
             now=self.clock,
             step_started_at=started_at,
-            dry_run=run.dry_run,
-            log=log.bind(execution_id=run.id, step=key),
+            dry_run=dry_run,
+            log=log.bind(execution_id=execution_id, step=key),
             targets=rules.targets if rules is not None else {},
             failover=rules.failover if rules is not None else {},
             deadline=deadline,

@@ -1,4 +1,4 @@
-"""Owns running one claimed execution: its steps in order, then its end: done, or rollback and escalation.
+"""Owns running one claimed execution: its steps in order, then its end: done, or rollback and a page.
 
 The life of each step is in steps.py, the fenced writes in step_store.py: a worker that lost its
 lease (it was paused, another replica took over, or the execution was cancelled) records nothing.
@@ -18,6 +18,7 @@ from controlplane.actions.base import ActionRegistry
 from controlplane.actions.ports import ActionPorts
 from controlplane.config import Settings
 from controlplane.playbooks.contexts import ActionContexts, build_ports
+from controlplane.playbooks.page_sender import ESCALATE
 from controlplane.playbooks.render import RenderError, render_value
 from controlplane.playbooks.state import Status
 from controlplane.playbooks.step_store import LeaseLost, Run, StepStore
@@ -27,8 +28,6 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
-
-ESCALATE = "notify.escalate"  # the action that tells on-call a playbook gave up (actions/paging.py)
 
 
 def utcnow() -> datetime:
@@ -49,10 +48,11 @@ class Executor:
         sleep: Callable[[float], None] = time.sleep,
         rules: Callable[[], Any] | None = None,
         ports: ActionPorts | None = None,
+        paged: Callable[[], None] = lambda: None,
     ) -> None:
         if ESCALATE not in registry:
             raise ValueError(f"the action registry has no {ESCALATE!r}: an escalation could not page anyone")
-        self._registry = registry
+        self._paged = paged  # a page was queued: wake the sender (playbooks/pages.Pager.wake)
         self._metrics = metrics
         self._clock = clock
         self._store = StepStore(engine, clock=clock, lease_seconds=settings.worker_lease_seconds)
@@ -84,8 +84,13 @@ class Executor:
                 index += 1
                 self._store.advance(run, index)
             final: Status = "dry_run" if run.dry_run else "succeeded"
-            self._store.transition(run, final, reason="all steps done")
+            # A run whose own verify step passed is settled at once; others when their incident
+            # resolves or their window runs out (playbooks/ledger.py).
+            settled = "resolved" if not run.dry_run and self._store.verified(run) else None
+            self._store.transition(run, final, reason="all steps done", outcome=settled)
             self._metrics.executions.labels(run.rule, final).inc()
+            if settled is not None:
+                self._metrics.remediation_outcomes.labels(run.rule, settled).inc()
             return final
         except LeaseLost:
             log.warning("execution.lease_lost", execution_id=execution_id, owner=owner)
@@ -101,21 +106,26 @@ class Executor:
         if rollback_errors:
             reason += "; rollback failed: " + "; ".join(rollback_errors)
         final: Status = "rolled_back" if rolled and not rollback_errors else "failed"
-        if escalate and not run.dry_run:
-            # Before the commit: a crash here pages again on resume, and the page's idempotency
-            # key (2000 + step) lets it find the earlier page and skip it; after, a page could be lost.
-            self._page(run, failed_index, reason)
+        # Failure is loud: on-call is paged (once, after the commit, playbooks/pages.py) unless the
+        # rule opted out; a step's `on_failure: escalate` pages even then. A dry run acted on nothing.
+        page = (run.page_on_failure or escalate) and not run.dry_run
+        outcome = None if run.dry_run else final
         self._store.transition(
             run,
             final,
             reason=reason,
-            detail={"rolled_back_steps": rolled, "escalate": escalate},
-            also_audit=("execution.escalated", {"reason": reason}) if escalate else None,
+            detail={"rolled_back_steps": rolled, "escalate": escalate, "page": page},
+            also_audit=("execution.escalated", {"reason": reason}) if page else None,
+            outcome=outcome,
+            page=page,
         )
-        if escalate:
+        if page:
             self._metrics.escalations.labels(run.rule).inc()
+            self._paged()
             log.error("execution.escalated", execution_id=run.id, rule=run.rule, reason=reason)
         self._metrics.executions.labels(run.rule, final).inc()
+        if outcome is not None:
+            self._metrics.remediation_outcomes.labels(run.rule, outcome).inc()
         return final
 
     def _rollback(self, run: Run, failed_index: int) -> tuple[int, list[str]]:
@@ -150,8 +160,3 @@ class Executor:
             else:
                 errors.append(f"step {index} ({step.rollback.action}): {outcome.error}")
         return rolled, errors
-
-    def _page(self, run: Run, failed_index: int, reason: str) -> None:
-        """Tell on-call through the escalation action (it never raises: a page that fails is audited)."""
-        spec = self._registry.get(ESCALATE)
-        spec.func(self._contexts.for_escalation(run, failed_index), spec.params.model_validate({"reason": reason}))

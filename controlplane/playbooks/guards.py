@@ -1,4 +1,5 @@
-"""Owns the guards: global pause and dry-run, cooldown, rate and concurrency limits, approval.
+"""Owns the guards: global pause and dry-run, quarantine, cooldown, rate and concurrency limits, the loop
+breaker, approval.
 
 Every decision reads the database under a per-rule lock, so limits hold across replicas
 and restarts; the in-memory state of a process is never trusted for them.
@@ -14,8 +15,9 @@ from datetime import datetime
 from sqlalchemy import BindParameter, Connection, bindparam, func, literal_column, select, text
 
 from controlplane.audit import audit
-from controlplane.db.tables import automation_t, dialect_insert, executions_t
+from controlplane.db.tables import automation_t, dialect_insert, executions_t, quarantines_t
 from controlplane.durations import format_duration
+from controlplane.playbooks import quarantine
 from controlplane.playbooks.state import ACTIVE
 from controlplane.rules.schema import Rule
 
@@ -37,6 +39,7 @@ class Decision:
     dry_run: bool
     reason: str
     guard: str | None = None  # which guard suppressed it (metric label)
+    runs: tuple[int, ...] = ()  # loop_breaker: the runs that tripped it
 
 
 def automation(conn: Connection) -> Automation:
@@ -103,7 +106,10 @@ class GuardSession:
         if known is not None:
             return known
         decision = decide(self.conn, rule=rule, guard_key=guard_key, now=now, state=state)
-        if decision.status == "suppressed":
+        if decision.guard == "loop_breaker":  # it trips once; the key's next triggers find it quarantined
+            reason = f"quarantined by the loop breaker for {guard_key}: lift it to run"
+            self._decided[rule.name, guard_key] = Decision("suppressed", decision.dry_run, reason, "quarantined")
+        elif decision.status == "suppressed":
             self._decided[rule.name, guard_key] = decision
         return decision
 
@@ -116,6 +122,7 @@ class GuardSession:
 # Everything the guards read, in one round trip (a storm decides thousands of times a minute).
 # The indexes behind each part are in db/models.py (Execution); suppressed rows never count.
 _e = executions_t.c
+_q = quarantines_t.c
 _RULE: BindParameter[str] = bindparam("rule")
 _KEY: BindParameter[str] = bindparam("key")
 # Status constants are rendered into the SQL, not bound: a prepared statement's generic plan
@@ -138,6 +145,12 @@ _GUARD_FACTS = select(
     .scalar_subquery()
     .label("runs"),
     select(func.count()).where(_e.rule_name == _RULE, _IS_ACTIVE).scalar_subquery().label("running"),
+    select(_q.id)
+    .where(_q.rule_name == _RULE, _q.guard_key == _KEY, _q.lifted_at.is_(None))
+    .order_by(_q.id)
+    .limit(1)
+    .scalar_subquery()
+    .label("quarantined"),
 )
 
 
@@ -157,6 +170,9 @@ def decide(conn: Connection, *, rule: Rule, guard_key: str, now: datetime, state
             "runs_since": now - guards.max_runs.per if guards.max_runs else now,
         },
     ).one()
+    if facts.quarantined is not None:
+        reason = f"quarantined by the loop breaker for {guard_key} (quarantine #{facts.quarantined}): lift it to run"
+        return Decision("suppressed", dry_run, reason, "quarantined")
     if facts.active is not None:
         reason = f"execution #{facts.active} for {guard_key} is still in progress"
         return Decision("suppressed", dry_run, reason, "active")
@@ -181,6 +197,14 @@ def decide(conn: Connection, *, rule: Rule, guard_key: str, now: datetime, state
         )
     if dry_run:
         return Decision("pending", True, "dry run: actions are recorded, not called")
+    breaker = guards.loop_breaker
+    if breaker is not None:
+        lifted = quarantine.lifted_since(conn, rule=rule.name, guard_key=guard_key)
+        since = max(now - breaker.within, lifted) if lifted is not None else now - breaker.within
+        runs = quarantine.counted_runs(conn, rule=rule.name, guard_key=guard_key, since=since)
+        if len(runs) >= breaker.runs:
+            reason = quarantine.reason_for(breaker, guard_key, runs)
+            return Decision("suppressed", False, reason, "loop_breaker", runs=tuple(run.id for run in runs))
     if guards.approval:
         return Decision("awaiting_approval", False, "waiting for approval")
     return Decision("pending", False, "")

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, Row, select, update
 from controlplane.audit import audit
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import dialect_insert, executions_t, steps_t
+from controlplane.playbooks import pages
 from controlplane.playbooks.state import Status, transition
 from controlplane.rules.schema import Playbook, Step
 
@@ -38,6 +39,7 @@ class Run:
     rule: str
     incident_id: int | None
     dry_run: bool
+    page_on_failure: bool
     playbook: Playbook
     params: dict[str, Any]
     context: dict[str, Any]
@@ -99,6 +101,7 @@ class StepStore:
             rule=row.rule_name,
             incident_id=row.incident_id,
             dry_run=row.dry_run,
+            page_on_failure=row.page_on_failure,
             playbook=Playbook.model_validate(row.playbook),
             params=row.params,
             context=row.context,
@@ -129,25 +132,56 @@ class StepStore:
         reason: str,
         detail: dict[str, Any] | None = None,
         also_audit: tuple[str, dict[str, Any]] | None = None,
+        outcome: str | None = None,
+        page: bool = False,
     ) -> None:
-        """Move the run to `to` while the claim holds; `also_audit` is written in the same transaction."""
+        """Move the run to `to` while the claim holds. In the same transaction: `also_audit`, the ledger's
+        `outcome`, and with `page` a page telling on-call why it ended (playbooks/pages.py)."""
+        now = self._clock()
         with self._write() as conn:
             ok = transition(
                 conn,
                 run.id,
                 to,
                 actor=run.actor,
-                now=self._clock(),
+                now=now,
                 reason=reason,
                 owner=run.owner,
                 incident_id=run.incident_id,
                 detail=detail,
+                values={"outcome": outcome, "outcome_at": now} if outcome else None,
             )
             if not ok:
                 raise LeaseLost()
             if also_audit is not None:
                 action, audit_detail = also_audit
                 self._audit(conn, run, action, audit_detail)
+            if page:
+                pages.record(
+                    conn,
+                    kind="execution_failed",
+                    execution_id=run.id,
+                    incident_id=run.incident_id,
+                    rule=run.rule,
+                    reason=reason,
+                    now=now,
+                )
+
+    def verified(self, run: Run) -> bool:
+        """Whether a `verify.*` step of the run succeeded: the playbook saw its own fix work."""
+        indexes = [i for i, step in enumerate(run.playbook.steps) if step.action.startswith("verify.")]
+        if not indexes:
+            return False
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                select(steps_t.c.id).where(
+                    steps_t.c.execution_id == run.id,
+                    steps_t.c.phase == "forward",
+                    steps_t.c.index.in_(indexes),
+                    steps_t.c.status == "succeeded",
+                )
+            ).first()
+        return found is not None
 
     def audit(self, run: Run, action: str, detail: dict[str, Any]) -> None:
         with self._write() as conn:

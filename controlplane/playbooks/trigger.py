@@ -14,6 +14,7 @@ from controlplane.actions.base import AlertView, IncidentView
 from controlplane.audit import PendingAudits, audit
 from controlplane.db.tables import alerts_t, executions_t, incidents_t, links_t
 from controlplane.incidents.keys import incident_key
+from controlplane.playbooks import ledger, pages, quarantine
 from controlplane.playbooks.guards import Automation, Decision, GuardSession, automation
 from controlplane.rules.schema import Playbook, Rule
 
@@ -132,6 +133,7 @@ class _Executions:
         self._pending = PendingAudits()
         self._suppressed: list[tuple[int, dict[str, Any], Decision]] = []
         self._made: list[tuple[int, Triggered]] = []  # (order of add(), what was made)
+        self._seen: set[tuple[str, str]] = set()  # (rule, guard key) met in this transaction
 
     def add(
         self,
@@ -145,6 +147,11 @@ class _Executions:
         alert_id: int | None,
         state: Automation,
     ) -> None:
+        if (rule.name, guard_key) not in self._seen:
+            # The key fired again: its resolved runs did not last. Before the guards decide, so the
+            # loop breaker counts them.
+            self._seen.add((rule.name, guard_key))
+            ledger.mark_recurred(self.conn, rule=rule.name, guard_key=guard_key, now=self.now)
         decision = self.guarding.decide(rule=rule, guard_key=guard_key, now=self.now, state=state)
         suppressed = decision.status == "suppressed"
         values = {
@@ -172,6 +179,10 @@ class _Executions:
             "claims": 0,
             "decided_by": None,
             "decided_at": None,
+            "guard": decision.guard,
+            "page_on_failure": rule.page_on_failure,
+            "outcome": None,
+            "outcome_at": None,
         }
         order = len(self._suppressed) + len(self._made)
         if suppressed:
@@ -193,8 +204,33 @@ class _Executions:
                 execution_id = ids.get((values["rule_name"], values["trigger_key"]))
                 if execution_id is not None:
                     self._made.append((order, self._record(execution_id, values, decision)))
+                    if decision.guard == "loop_breaker":
+                        self._quarantine(execution_id, values, decision)
         self._pending.flush(self.conn)
         return [made for _, made in sorted(self._made, key=lambda pair: pair[0])]
+
+    def _quarantine(self, execution_id: int, values: dict[str, Any], decision: Decision) -> None:
+        """The loop breaker tripped on this trigger: quarantine the key and, unless the rule opted out, page."""
+        quarantine.quarantine(
+            self.conn,
+            rule=values["rule_name"],
+            guard_key=values["guard_key"],
+            execution_id=execution_id,
+            incident_id=values["incident_id"],
+            reason=decision.reason,
+            runs=decision.runs,
+            now=self.now,
+        )
+        if values["page_on_failure"]:
+            pages.record(
+                self.conn,
+                kind="quarantined",
+                execution_id=execution_id,
+                incident_id=values["incident_id"],
+                rule=values["rule_name"],
+                reason=decision.reason,
+                now=self.now,
+            )
 
     def _record(self, execution_id: int, values: dict[str, Any], decision: Decision) -> Triggered:
         rule = values["rule_name"]

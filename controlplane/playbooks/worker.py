@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import executions_t
+from controlplane.playbooks import pages
 from controlplane.playbooks.executor import Executor
 from controlplane.playbooks.state import transition
 
@@ -38,7 +39,12 @@ def claim_next(conn: Connection, *, owner: str, now: datetime, lease: timedelta,
         and_(c.status == "waiting", c.wake_at <= now),
         and_(c.status == "running", c.lease_expires_at < now),  # its worker died
     )
-    query = select(c.id, c.status, c.claims, c.lease_owner).where(runnable).order_by(c.id).limit(1)
+    query = (
+        select(c.id, c.status, c.claims, c.lease_owner, c.rule_name, c.incident_id, c.dry_run, c.page_on_failure)
+        .where(runnable)
+        .order_by(c.id)
+        .limit(1)
+    )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     row = conn.execute(query).first()
@@ -46,15 +52,28 @@ def claim_next(conn: Connection, *, owner: str, now: datetime, lease: timedelta,
         return None
     takeover = row.status == "running"
     if takeover and row.claims >= max_claims:
-        transition(
+        reason = f"its worker was lost {row.claims} times (last: {row.lease_owner}); not retried again"
+        failed = transition(
             conn,
             row.id,
             "failed",
             actor="controlplane:worker",
             now=now,
             from_states={"running"},
-            reason=f"its worker was lost {row.claims} times (last: {row.lease_owner}); not retried again",
+            reason=reason,
+            incident_id=row.incident_id,
+            values=None if row.dry_run else {"outcome": "failed", "outcome_at": now},
         )
+        if failed and row.page_on_failure and not row.dry_run:
+            pages.record(
+                conn,
+                kind="execution_failed",
+                execution_id=row.id,
+                incident_id=row.incident_id,
+                rule=row.rule_name,
+                reason=reason,
+                now=now,
+            )
         return None
     ok = transition(
         conn,

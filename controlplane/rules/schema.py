@@ -43,6 +43,27 @@ class MaxRuns(_Strict):
     per: Duration
 
 
+class LoopBreaker(_Strict):
+    """Quarantine a rule for one guard key after `runs` runs within `within` without a lasting fix."""
+
+    runs: int = Field(default=3, ge=1, le=1000)
+    within: Duration = timedelta(hours=1)
+
+    @field_validator("within")
+    @classmethod
+    def _within_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s: the window the loop breaker counts runs in")
+        return value
+
+
+def _loop_breaker_off(value: object) -> object:
+    # `loop_breaker: false` (or `off`) turns it off; `true` keeps the defaults.
+    if value is False or value == "off":
+        return None
+    return {} if value is True else value
+
+
 class Guards(_Strict):
     """Limits on how often and how widely a rule acts. Checked in the database, so they hold across replicas."""
 
@@ -53,6 +74,8 @@ class Guards(_Strict):
     # With approval: cancelled when nobody decides in time, so a late click does not act on a stale alert.
     approval_timeout: Duration = DEFAULT_APPROVAL_TIMEOUT
     dry_run: bool = False  # record what would run, call nothing
+    # On by default: a fix that does not last must not run forever. `loop_breaker: false` turns it off.
+    loop_breaker: Annotated[LoopBreaker | None, BeforeValidator(_loop_breaker_off)] = LoopBreaker()
 
     @field_validator("approval_timeout")
     @classmethod
@@ -136,6 +159,9 @@ class Rule(_Strict):
     playbook: str
     params: dict[str, Any] = Field(default_factory=dict)
     guards: Guards = Field(default_factory=Guards)
+    # An execution that ends failed or rolled back, an approval that expires, a loop breaker that trips:
+    # each pages on-call once (routed by severity). `false` opts the rule out, for rules that page themselves.
+    page_on_failure: bool = True
 
     @model_validator(mode="after")
     def _one_trigger(self) -> Rule:

@@ -21,7 +21,7 @@ from controlplane.actions.base import (
 )
 from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
-from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t
+from controlplane.db.tables import audit_t, executions_t, incidents_t, notification_threads_t, pages_t
 from controlplane.notify_routing import route
 from controlplane.playbooks.contexts import build_ports
 from controlplane.playbooks.executor import Executor
@@ -458,11 +458,12 @@ def test_escalation_pages_oncall_by_severity(
     )
 
 
-def test_an_escalation_resumed_after_a_crash_before_its_commit_pages_once(
+def test_a_page_whose_sender_died_before_marking_it_is_sent_once(
     engine: Engine, paging_settings: Settings, pagerduty_api: PagerDutyStandIn
 ) -> None:
-    """The page goes out before the execution's end is committed; a worker that dies in between leaves it
-    running, and the worker that takes it over pages again: the page's idempotency key finds the first one."""
+    """The page is queued with the execution's end and sent after the commit; a sender that dies between
+    the send and marking it leaves the page to another once its claim runs out, and that one finds the
+    first send by its idempotency key instead of paging twice."""
     with engine_harness(engine, paging_settings) as h:
         h.rules = rules("""
       - action: test.do
@@ -472,19 +473,16 @@ def test_an_escalation_resumed_after_a_crash_before_its_commit_pages_once(
         [t] = h.fire()
         h.run_all()
         assert len(pagerduty_api.events) == 1
-        # What the commit would have found had the worker died after the page: still running, its lease running out.
+        # What a sender that died after the send leaves: the page claimed, never marked sent.
         with engine.connect().execution_options(write=True) as conn, conn.begin():
-            conn.execute(
-                update(executions_t)
-                .where(executions_t.c.id == t.execution_id)
-                .values(status="running", lease_owner="died", lease_expires_at=h.clock(), finished_at=None)
-            )
-        h.clock.advance(60)
-        assert h.run_all() == 1
-        detail = h.execution(t.execution_id)
-    assert detail.status == "failed" and detail.reason.startswith("step 0 (test.do) failed")
+            conn.execute(update(pages_t).values(sent_at=None, outcome=None, claimed_until=h.clock()))
+        h.clock.advance(61)
+        assert h.pager.run_once() == 1
+        with engine.connect() as conn:
+            [page] = conn.execute(select(pages_t)).mappings().all()
+    assert page["outcome"] == "pagerduty" and page["attempts"] == 2 and page["sent_at"] is not None
     assert len(pagerduty_api.events) == 1
-    assert [a["idempotency_key"] for a in audits(engine, "notify.sent")] == [f"{t.execution_id}:2000"]
+    assert [a["idempotency_key"] for a in audits(engine, "notify.sent")] == [f"{t.execution_id}:page:execution_failed"]
 
 
 def test_an_executor_needs_the_escalation_action(engine: Engine, database_url: str) -> None:

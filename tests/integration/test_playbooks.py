@@ -31,7 +31,10 @@ from controlplane.db.tables import executions_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
 from controlplane.playbooks import service
+from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.playbooks.executor import Executor
+from controlplane.playbooks.page_sender import EscalationSender
+from controlplane.playbooks.pages import Pager
 from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.playbooks.worker import Worker, claim_next
@@ -74,11 +77,13 @@ class Harness:
     clock: Clock
     worker: Worker
     breakers: CircuitBreakers
+    pager: Pager  # sends the pages the executions queue (playbooks/pages.py)
     calls: list[tuple[str, str]] = field(default_factory=list)
     rules: Rules | None = None
     counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     gate: threading.Event = field(default_factory=threading.Event)  # opens the `hung` target of test.block
     started: list[str] = field(default_factory=list)  # test.block calls made, by their text
+    pages_sent: int = 0
 
     def fire(self, labels: dict[str, str] | None = None, fingerprint: str | None = None) -> list[Triggered]:
         alert = {"labels": labels or {}, "fingerprint": fingerprint or f"fp{next(self.counter)}"}
@@ -95,9 +100,11 @@ class Harness:
             )
 
     def run_all(self) -> int:
+        """Run every runnable execution, then send the pages they queued; how many executions ran."""
         ran = 0
         while self.worker.run_once() is not None:
             ran += 1
+        self.pages_sent += self.pager.run_once()
         return ran
 
     def execution(self, execution_id: int) -> ExecutionDetail:
@@ -152,15 +159,20 @@ def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = Non
     calls: list[tuple[str, str]] = []
     gate, started = threading.Event(), []
     breakers = CircuitBreakers(failure_threshold=3, open_timeout=60, clock=clock.monotonic)
+    registry = make_registry(calls, gate, started)
+    ports = build_ports(settings, engine)
     executor = Executor(
         engine=engine,
-        registry=make_registry(calls, gate, started),
+        registry=registry,
         settings=settings,
         breakers=breakers,
         metrics=Metrics(CollectorRegistry()),
         clock=clock,
         sleep=lambda _s: None,
+        ports=ports,
     )
+    sender = EscalationSender(engine, ActionContexts(ports=ports, clock=clock), registry)
+    pager = Pager(engine, send=sender, clock=clock)
     worker = Worker(
         engine=engine,
         executor=executor,
@@ -173,7 +185,14 @@ def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = Non
     )
     try:
         yield Harness(
-            engine=engine, clock=clock, worker=worker, breakers=breakers, calls=calls, gate=gate, started=started
+            engine=engine,
+            clock=clock,
+            worker=worker,
+            breakers=breakers,
+            calls=calls,
+            gate=gate,
+            started=started,
+            pager=pager,
         )
     finally:
         gate.set()
