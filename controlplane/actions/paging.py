@@ -312,31 +312,53 @@ def _log_only(ctx: ActionContext, text: str, severity: str) -> dict[str, Any]:
     return {"level": "warning"}
 
 
-@action("notify.oncall", params=OncallParams)
-def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
-    """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
-    incident = _incident_now(ctx)
-    severity = incident.severity if incident else (ctx.alert.labels.get("severity", "none") if ctx.alert else "none")
-    target = route(severity, ctx.ports.notify_routes)
+def _severity(ctx: ActionContext, incident: IncidentView | None) -> str:
+    return incident.severity if incident else (ctx.alert.labels.get("severity", "none") if ctx.alert else "none")
+
+
+def _send_to(ctx: ActionContext, target: str, text: str, severity: str) -> ActionResult:
     senders: dict[str, Callable[[], dict[str, Any]]] = {
-        "pagerduty": lambda: send_pagerduty(ctx, "trigger", params.text),
-        "slack": lambda: send_slack(ctx, params.text, ctx.ports.slack_channel),
-        "log": lambda: _log_only(ctx, params.text, severity),
+        "pagerduty": lambda: send_pagerduty(ctx, "trigger", text),
+        "slack": lambda: send_slack(ctx, text, ctx.ports.slack_channel),
+        "log": lambda: _log_only(ctx, text, severity),
     }
     result = deliver(ctx, target, senders[target])
     result.output = {**result.output, "route": target, "severity": severity}
     return result
 
 
+@action("notify.oncall", params=OncallParams)
+def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
+    """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
+    severity = _severity(ctx, _incident_now(ctx))
+    return _send_to(ctx, route(severity, ctx.ports.notify_routes), params.text, severity)
+
+
 class EscalateParams(Params):
     reason: str = Field(min_length=1, description="Why the playbook gave up")
+
+
+def _configured_route(ctx: ActionContext, target: str) -> str:
+    """The routed channel if it is configured, else the other paging channel that is, else the log: a page
+    about failed automation must not be lost to a channel nobody set up."""
+    configured = {"pagerduty": ctx.ports.pagerduty is not None, "slack": ctx.ports.slack is not None, "log": True}
+    if configured[target]:
+        return target
+    return next(name for name in ("pagerduty", "slack", "log") if configured[name])
 
 
 @action("notify.escalate", params=EscalateParams)
 def notify_escalate(ctx: ActionContext, params: EscalateParams) -> ActionResult:
     """Tell on-call that automation failed, routed like notify.oncall, with the incident's link: sent for
-    every page of playbooks/pages.py (a failed run, an expired approval, a loop breaker that tripped)."""
+    every page of playbooks/pages.py (a failed run, an expired approval, a loop breaker that tripped).
+    When the routed channel is not configured, the other one is used, else the log (at error level)."""
     text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {params.reason}"
     url = ctx.ports.incident_url(ctx.incident.id) if ctx.incident else None
     text = f"{text[:39_000]} {url}" if url else text[:40_000]  # the link last: a cut reason keeps it
-    return notify_oncall(ctx, OncallParams(text=text))
+    severity = _severity(ctx, _incident_now(ctx))
+    routed = route(severity, ctx.ports.notify_routes)
+    target = _configured_route(ctx, routed)
+    result = _send_to(ctx, target, text, severity)
+    if target != routed:
+        result.output["routed"] = routed  # where it should have gone: that channel is not configured
+    return result

@@ -25,10 +25,20 @@ def list_incidents(
     conn: ConnDep,
     status: Annotated[list[IncidentStatus] | None, Query(description="Repeat to match any of several")] = None,
     severity: str | None = None,
+    automation: Annotated[
+        Literal["failed"] | None, Query(description="`failed`: only incidents whose latest run failed or rolled back")
+    ] = None,
     limit: Limit = 50,
     before: Before = None,
 ) -> IncidentPage:
-    return service.list_incidents(conn=conn, statuses=status or (), severity=severity, limit=limit, before=before)
+    return service.list_incidents(
+        conn=conn,
+        statuses=status or (),
+        severity=severity,
+        automation_failed=automation == "failed",
+        limit=limit,
+        before=before,
+    )
 
 
 @router.get(

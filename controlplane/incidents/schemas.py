@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from controlplane.incidents.automation import AutomationState
+
 IncidentStatus = Literal["open", "acknowledged", "resolved"]
 
 
@@ -48,6 +50,8 @@ class IncidentOut(BaseModel):
     resolved_at: datetime | None
     alerts_firing: int
     alerts_total: int
+    # What the automation did for it (incidents/automation.py): no_rule_matched, running, failed, ...
+    automation: AutomationState
 
 
 class IncidentDetail(IncidentOut):

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Connection, RowMapping, case, func, select, update
+from sqlalchemy import Connection, RowMapping, case, func, or_, select, update
 
 from controlplane.audit import audit
 from controlplane.db.tables import alerts_t, audit_t, incidents_t, links_t
 from controlplane.errors import Conflict, InvalidInput, NotFound
+from controlplane.incidents import automation
 from controlplane.incidents.schemas import (
     AlertOut,
     AlertPage,
@@ -54,27 +55,44 @@ def alert_counts(conn: Connection, incident_ids: Sequence[int]) -> defaultdict[i
     return counts
 
 
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def list_incidents(
     *,
     conn: Connection,
     statuses: Sequence[str] = (),
     severity: str | None = None,
+    text: str = "",
+    automation_failed: bool = False,
     limit: int = 50,
     before: int | None = None,
 ) -> IncidentPage:
+    """Incidents newest first, keyset-paged by `before`; `text` matches title or key (the console's search),
+    `automation_failed` keeps those whose latest run failed or rolled back."""
     query = select(*_INCIDENT_COLUMNS).order_by(incidents_t.c.id.desc()).limit(limit + 1)
     if statuses:
         query = query.where(incidents_t.c.status.in_(statuses))
     if severity:
         query = query.where(incidents_t.c.severity == severity)
+    if text:
+        pattern = _like(text)
+        query = query.where(
+            or_(incidents_t.c.title.ilike(pattern, escape="\\"), incidents_t.c.key.ilike(pattern, escape="\\"))
+        )
+    if automation_failed:
+        query = query.where(automation.automation_failed())
     if before is not None:
         query = query.where(incidents_t.c.id < before)
     rows = conn.execute(query).mappings().all()
     more = len(rows) > limit
     rows = rows[:limit]
-    counts = alert_counts(conn, [r["id"] for r in rows])
+    ids = [r["id"] for r in rows]
+    counts, states = alert_counts(conn, ids), automation.states(conn, ids)
     items = [
-        IncidentOut(**r, alerts_firing=counts.get(r["id"], (0, 0))[0], alerts_total=counts.get(r["id"], (0, 0))[1])
+        IncidentOut(**r, alerts_firing=counts[r["id"]][0], alerts_total=counts[r["id"]][1], automation=states[r["id"]])
         for r in rows
     ]
     return IncidentPage(items=items, next_cursor=items[-1].id if more else None)
@@ -185,7 +203,12 @@ def incident_detail(
         count = select(func.count()).select_from(audit_t).where(audit_t.c.incident_id == incident_id)
         before = conn.execute(count).scalar_one() - events_limit
     return IncidentRecord(
-        incident=IncidentOut(**row, alerts_firing=firing, alerts_total=total),
+        incident=IncidentOut(
+            **row,
+            alerts_firing=firing,
+            alerts_total=total,
+            automation=automation.states(conn, [incident_id])[incident_id],
+        ),
         alerts=alerts,
         timeline=TimelinePage(items=items, next_cursor=items[-1].id if more and not newest else None),
         events_before=before,

@@ -119,6 +119,18 @@ def active(conn: Connection, *, rule: str | None = None, guard_key: str | None =
     return [dict(row) for row in conn.execute(query).mappings()]
 
 
+def of_incident(conn: Connection, *, incident_id: int) -> list[dict[str, object]]:
+    """Quarantines not lifted yet that stop a rule acting on a key this incident's alerts triggered."""
+    keys = select(_e.rule_name, _e.guard_key).where(_e.incident_id == incident_id).distinct().subquery()
+    query = (
+        select(quarantines_t)
+        .join(keys, (keys.c.rule_name == _q.rule_name) & (keys.c.guard_key == _q.guard_key))
+        .where(_q.lifted_at.is_(None))
+        .order_by(_q.id.desc())
+    )
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
 def lift(conn: Connection, quarantine_id: int, *, actor: str, reason: str, now: datetime) -> dict[str, object]:
     """A person lets the rule act on the key again; runs before now no longer count.
 

@@ -5,7 +5,7 @@ How a route answers (its screen, a flash or a redirect, errors, the cookie) is w
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -15,6 +15,7 @@ from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
+from controlplane.playbooks import quarantine
 from controlplane.playbooks import service as executions
 from controlplane.silences import service as silences
 from controlplane.text import printable
@@ -126,9 +127,12 @@ def incidents_page(
     status: Annotated[list[IncidentStatus] | None, Query()] = None,
     severity: Annotated[str, Query(max_length=32)] = "",
     q: Annotated[str, Query(max_length=200)] = "",
+    automation: Annotated[Literal["failed"] | None, Query()] = None,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> Response:
-    filters = views.IncidentFilters(tuple(status or ()), severity.strip(), q.strip(), before)
+    filters = views.IncidentFilters(
+        tuple(status or ()), severity.strip(), q.strip(), automation_failed=automation == "failed", before=before
+    )
     with services.engine.connect() as conn:
         incidents = views.list_incidents(conn=conn, filters=filters)
     return page(request, services, IncidentsScreen(page=incidents, filters=filters))
@@ -227,6 +231,17 @@ def decide(
         with write_tx(services.engine) as conn:
             _DECISIONS[decision](conn=conn, execution_id=execution_id, actor=user.actor, reason=reason, now=now_utc())
     return done(request, f"Execution #{execution_id} {_DONE[decision]}.", form, "/approvals")
+
+
+@router.post("/quarantines/{quarantine_id}/lift")
+def lift_quarantine(
+    request: Request, services: ServicesDep, user: OperatorDep, form: FormDep, quarantine_id: IdPath
+) -> Response:
+    with write_tx(services.engine) as conn:
+        held = quarantine.lift(
+            conn, quarantine_id, actor=user.actor, reason=form.get("reason", "")[:2000], now=now_utc()
+        )
+    return done(request, f"Quarantine of rule {held['rule_name']} lifted: it may run again.", form, "/rules")
 
 
 # -- rules, automation -------------------------------------------------------------------------

@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, func, select
 
 from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, metric_states_t, steps_t
 from controlplane.errors import NotFound
 from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
-from controlplane.incidents.service import alert_counts
+from controlplane.playbooks import ledger, quarantine
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.state import ACTIVE
@@ -37,7 +37,6 @@ ALERTS_SHOWN = 200
 EVENTS_SHOWN = 500
 EXECUTIONS_SHOWN = 100
 
-_INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
 _STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields]
 
 
@@ -49,6 +48,7 @@ class IncidentFilters:
     statuses: tuple[str, ...] = ()
     severity: str = ""
     text: str = ""
+    automation_failed: bool = False
     before: int | None = None
     limit: int = PAGE_SIZE
 
@@ -59,40 +59,28 @@ class IncidentFilters:
             params.append(("severity", self.severity))
         if self.text:
             params.append(("q", self.text))
+        if self.automation_failed:
+            params.append(("automation", "failed"))
         if before is not None:
             params.append(("before", before))
         return urlencode(params)
 
     @property
     def active(self) -> bool:
-        return bool(self.statuses or self.severity or self.text)
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+        return bool(self.statuses or self.severity or self.text or self.automation_failed)
 
 
 def list_incidents(*, conn: Connection, filters: IncidentFilters) -> IncidentPage:
-    """The API's listing plus a text filter on title and key; the same keyset cursor (`before`)."""
-    query = select(*_INCIDENT_COLUMNS).order_by(incidents_t.c.id.desc()).limit(filters.limit + 1)
-    if filters.statuses:
-        query = query.where(incidents_t.c.status.in_(filters.statuses))
-    if filters.severity:
-        query = query.where(incidents_t.c.severity == filters.severity)
-    if filters.text:
-        pattern = _like(filters.text)
-        query = query.where(
-            or_(incidents_t.c.title.ilike(pattern, escape="\\"), incidents_t.c.key.ilike(pattern, escape="\\"))
-        )
-    if filters.before is not None:
-        query = query.where(incidents_t.c.id < filters.before)
-    rows = conn.execute(query).mappings().all()
-    more = len(rows) > filters.limit
-    rows = rows[: filters.limit]
-    counts = alert_counts(conn, [r["id"] for r in rows])
-    items = [IncidentOut(**r, alerts_firing=counts[r["id"]][0], alerts_total=counts[r["id"]][1]) for r in rows]
-    return IncidentPage(items=items, next_cursor=items[-1].id if more else None)
+    """The API's listing with the console's filters; the same keyset cursor (`before`)."""
+    return incidents.list_incidents(
+        conn=conn,
+        statuses=filters.statuses,
+        severity=filters.severity or None,
+        text=filters.text,
+        automation_failed=filters.automation_failed,
+        limit=filters.limit,
+        before=filters.before,
+    )
 
 
 # -- incident detail -----------------------------------------------------------------------------
@@ -141,6 +129,7 @@ class IncidentView:
     events_hidden: int  # older than the newest EVENTS_SHOWN
     executions_hidden: bool  # there may be more than EXECUTIONS_SHOWN
     silences: list[SilenceView] = field(default_factory=list)
+    quarantines: list[dict[str, Any]] = field(default_factory=list)  # loop breakers holding its rules
 
     @property
     def can_acknowledge(self) -> bool:
@@ -210,6 +199,7 @@ def incident_view(*, conn: Connection, incident_id: int) -> IncidentView:
         for r in silence_service.of_incident(conn=conn, incident_id=incident_id)
     ]
     alerts = record.alerts.items
+    held = quarantine.of_incident(conn, incident_id=incident_id)
     return IncidentView(
         incident=record.incident,
         alerts=alerts,
@@ -218,6 +208,7 @@ def incident_view(*, conn: Connection, incident_id: int) -> IncidentView:
         events_hidden=record.events_before,
         executions_hidden=len(runs) >= EXECUTIONS_SHOWN,
         silences=silences,
+        quarantines=held,
     )
 
 
@@ -270,6 +261,7 @@ class RuleView:
     cooldown_left: timedelta | None  # for the last run's guard key; None when no cooldown is running
     runs_in_window: int | None  # None without a max_runs guard
     metric: MetricStateView | None
+    outcomes: dict[str, ledger.Record] = field(default_factory=dict)  # period (24h, 7d) -> its record
 
     @property
     def kind(self) -> str:
@@ -283,6 +275,7 @@ class RulesView:
     loaded_at: datetime | None
     errors: list[str]
     directory: str
+    quarantines: list[dict[str, Any]] = field(default_factory=list)  # not lifted yet, newest first
 
 
 def rules_view(
@@ -327,6 +320,9 @@ def rules_view(
         )
         for row in conn.execute(select(metric_states_t))
     }
+    outcomes: defaultdict[str, dict[str, ledger.Record]] = defaultdict(dict)
+    for record in ledger.records(conn, now=now):
+        outcomes[record.rule][record.period] = record
     views = []
     for rule in ruleset.rules:
         at, key = last.get(rule.name, (None, None))
@@ -336,11 +332,12 @@ def rules_view(
         runs = None
         if rule.name in windows:
             runs = sum(1 for t in recent[rule.name] if t > now - windows[rule.name])
-        views.append(RuleView(rule, at, key, cooldown_left, runs, metric.get(rule.name)))
+        views.append(RuleView(rule, at, key, cooldown_left, runs, metric.get(rule.name), outcomes.get(rule.name, {})))
     return RulesView(
         rules=views,
         playbooks=list(ruleset.playbooks.values()),
         loaded_at=loaded_at,
         errors=errors,
         directory=directory,
+        quarantines=quarantine.active(conn),
     )
