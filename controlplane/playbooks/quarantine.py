@@ -64,7 +64,8 @@ def counted_runs(conn: Connection, *, rule: str, guard_key: str, since: datetime
 def reason_for(breaker: LoopBreaker, guard_key: str, runs: Sequence[Run]) -> str:
     history = ", ".join(run.describe() for run in runs)
     return (
-        f"loop breaker: {len(runs)} runs for {guard_key} within {format_duration(breaker.within)} "
+        f"loop breaker: {len(runs)} run{'' if len(runs) == 1 else 's'} for {guard_key} "
+        f"within {format_duration(breaker.within)} "
         f"without a lasting fix ({history}); quarantined until a person lifts it"
     )
 

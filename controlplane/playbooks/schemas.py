@@ -48,6 +48,11 @@ class ExecutionOut(BaseModel):
     wake_at: datetime | None
     decided_by: str | None
     decided_at: datetime | None
+    guard: str | None  # the guard that suppressed it
+    page_on_failure: bool
+    # The ledger (playbooks/ledger.py): resolved, not_resolved, rolled_back, failed, recurred; None until settled.
+    outcome: str | None
+    outcome_at: datetime | None
 
 
 class ExecutionDetail(ExecutionOut):

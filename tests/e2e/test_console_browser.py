@@ -20,21 +20,13 @@ import uvicorn
 
 from controlplane.app import create_app
 from tests.alertmanager_server import AlertmanagerServer
-from tests.conftest import make_settings, require_binary
+from tests.conftest import make_settings
 from tests.helpers import PASSWORD, console_users, post_alerts
 from tests.prometheus_server import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 10_000
 
 RULES = """
@@ -97,17 +89,6 @@ def served(
     yield Served(f"http://{LOOPBACK}:{port}")
     server.should_exit = True
     thread.join(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def log_in(browser: Any, served: Served, user: str, **context: Any) -> tuple[Any, list[str]]:

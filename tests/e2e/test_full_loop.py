@@ -117,11 +117,15 @@ def test_failing_graph_is_disabled_and_its_incident_resolves(stack: Stack) -> No
         stack.admin("DELETE", "/faults")
         stack.admin("POST", f"/graphs/{GRAPH}/enable")
 
-    assert (execution["rule_name"], execution["playbook_name"], execution["status"]) == (
+    assert (execution["rule_name"], execution["playbook_name"], execution["status"], execution["outcome"]) == (
         "high-error-rate",
         "disable-problem-graph",
         "succeeded",
+        "resolved",  # the ledger: its verify step saw the incident resolve
     )
+    assert incident["automation"] == "succeeded"
+    [day, _week] = stack.api("/api/v1/rules/outcomes", rule="high-error-rate")
+    assert (day["counts"]["resolved"], day["success_rate"]) == (1, 1.0)
     steps = {s["action"]: s for s in execution["steps"]}
     assert [s["action"] for s in execution["steps"]] == DISABLE_STEPS
     assert all(s["status"] == "succeeded" for s in execution["steps"]), execution["steps"]

@@ -87,7 +87,7 @@ def test_a_quarantine_is_shown_and_lifted(client: TestClient) -> None:
     assert incident(client, second)["automation"] == "quarantined"
     [held] = client.get("/api/v1/quarantines").json()
     assert (held["rule_name"], held["runs"]) == ("fix-errors", [1])
-    assert "loop breaker: 1 runs for" in held["reason"]
+    assert "loop breaker: 1 run for" in held["reason"]
 
     log_in(client, "vera")  # a viewer sees it, but has no button
     assert "Rule fix-errors is quarantined" in client.get(f"/incidents/{second}").text
