@@ -240,6 +240,21 @@ playbooks:
             id="huge-duration",
         ),
         pytest.param(
+            "rules:\n  - name: x\n    match: {a: b}\n    playbook: p\n    guards:\n      loop_breaker: {runs: 0}\n",
+            'a.yaml:6: rule "x": guards.loop_breaker.runs: Input should be greater than or equal to 1',
+            id="loop-breaker-runs",
+        ),
+        pytest.param(
+            "rules:\n  - name: x\n    match: {a: b}\n    playbook: p\n    guards:\n      loop_breaker: {within: 0s}\n",
+            'a.yaml:6: rule "x": guards.loop_breaker.within: must be longer than 0s',
+            id="loop-breaker-window",
+        ),
+        pytest.param(
+            "rules:\n  - name: x\n    match: {a: b}\n    playbook: p\n    page_on_failure: sometimes\n",
+            'a.yaml:5: rule "x": page_on_failure: Input should be a valid boolean',
+            id="page-on-failure",
+        ),
+        pytest.param(
             "rules:\n  - name: x\n    match: {a: b}\n    when: {query: up, above: 1}\n    playbook: p\n",
             'a.yaml:2: rule "x": give exactly one of `match` (alert rule) or `when` (metric rule)',
             id="match-and-when",
