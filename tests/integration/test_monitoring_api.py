@@ -129,6 +129,19 @@ def test_a_dashboard_is_served_byte_for_byte(client: TestClient, rules_dir: Path
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/json"
     assert answer.content == (rules_dir.parent / "dashboards" / "langgraph-fleet.json").read_bytes()
+    # Saved under its file's name by a browser's download and `curl -OJ`, not as "langgraph-fleet".
+    assert answer.headers["content-disposition"] == 'attachment; filename="langgraph-fleet.json"'
+
+
+def test_a_dashboard_file_name_cannot_break_the_header(client: TestClient, rules_dir: Path) -> None:
+    name = 'ops "q3"\nX-Injected: 1 ü.json'
+    (rules_dir.parent / "dashboards" / name).write_text(json.dumps(dashboard("odd", "Odd name", [])))
+    answer = client.get("/api/v1/dashboards/odd")
+    assert answer.status_code == 200 and "x-injected" not in answer.headers
+    assert answer.headers["content-disposition"] == (
+        'attachment; filename="ops__q3__X-Injected__1__.json"; '
+        "filename*=UTF-8''ops%20%22q3%22%0AX-Injected%3A%201%20%C3%BC.json"
+    )
 
 
 def test_an_unknown_dashboard_is_404(client: TestClient) -> None:
@@ -161,6 +174,7 @@ def test_alerting_rules_are_merged_into_one_file_prometheus_loads(client: TestCl
     answer = client.get("/api/v1/alerting/rules")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/yaml"
+    assert answer.headers["content-disposition"] == 'attachment; filename="controlplane.rules.yaml"'
     merged = yaml.safe_load(answer.text)
     # Files in name order; the promtool test file beside them is not a rule file.
     assert [g["name"] for g in merged["groups"]] == ["controlplane", "langgraph"]
