@@ -86,11 +86,12 @@ def get_dashboard(services: ServicesDep, uid: str) -> Response:
 )
 def alerting_rules(services: ServicesDep) -> Response:
     """`alerting/*.yaml` beside the rules directory (else the package's default `alerting/`) merged into one
-    document for Prometheus' `rule_files` (promtool test files skipped). A file that cannot be merged
-    answers 500 naming it: serving a partial rule set would silently drop alerts."""
+    document for Prometheus' `rule_files` (promtool test files skipped), with CONTROLPLANE_PUBLIC_URL in
+    place of `${CONTROLPLANE_PUBLIC_URL}` in the runbook links (kept, and said so in a comment, without one).
+    A file that cannot be merged answers 500 naming it: serving a partial rule set would silently drop alerts."""
     directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")
     return Response(
-        grafana.merged_alerting_rules(directory=directory),
+        grafana.merged_alerting_rules(directory=directory, public_url=services.settings.public_url),
         media_type="application/yaml",
         headers=attachment(ALERTING_RULES_FILE),
     )
