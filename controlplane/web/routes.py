@@ -10,9 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from controlplane import flows, grafana
+from controlplane import flows, grafana, runbooks
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
-from controlplane.errors import InvalidInput, Unavailable
+from controlplane.errors import InvalidInput, NotFound, Unavailable
 from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.playbooks import service as executions
@@ -46,6 +46,8 @@ from controlplane.web.screens import (
     IncidentsScreen,
     LoginScreen,
     RulesScreen,
+    RunbookScreen,
+    RunbooksScreen,
 )
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -283,6 +285,30 @@ def dashboards_page(request: Request, services: ServicesDep, _user: ViewerDep) -
     directory = grafana.shipped_dir(services.settings.rules_dir, "dashboards")
     found = grafana.load_dashboards(directory=directory)
     return page(request, services, DashboardsScreen(dashboards=found.dashboards, errors=found.errors))
+
+
+# -- runbooks ----------------------------------------------------------------------------------
+# Open without login, like /docs: an on-call engineer follows them from Slack or PagerDuty, maybe on a
+# phone without a console session, and they hold procedures, not incident data or secrets.
+
+
+@router.get("/runbooks")
+def runbooks_page(request: Request, services: ServicesDep, _visit: VisitDep) -> Response:
+    directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")
+    found: list[runbooks.Runbook] = []
+    errors: list[str] = []
+    for name in runbooks.files(directory):
+        try:
+            found.append(runbooks.load(directory, name))
+        except NotFound as exc:
+            errors.append(exc.message)
+    return page(request, services, RunbooksScreen(runbooks=found, errors=errors))
+
+
+@router.get("/runbooks/{name}")
+def runbook_page(request: Request, services: ServicesDep, _visit: VisitDep, name: str) -> Response:
+    directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")
+    return page(request, services, RunbookScreen(runbook=runbooks.load(directory, name)))
 
 
 def install(app: FastAPI) -> None:

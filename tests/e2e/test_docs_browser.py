@@ -122,3 +122,26 @@ def test_redoc_renders_the_same_operation(browser: Any, served: str) -> None:
     assert {urlsplit(url).netloc for url in visit.blocked} <= {"cdn.redoc.ly"}
     assert [e for e in visit.errors if "cdn.redoc.ly" not in e] == []
     visit.close()
+
+
+def test_a_runbook_link_from_an_alert_opens_its_section(browser: Any, served: str) -> None:
+    """What on-call gets from Slack at 3 a.m.: no login, the console's look, the alert's section in view."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name, viewport in (
+        ("runbook", {"width": 1280, "height": 900}),
+        ("runbook-phone", {"width": 390, "height": 844}),
+    ):
+        visit = Visit(browser, served)
+        page = visit.page
+        page.set_viewport_size(viewport)
+        page.goto(served + "/runbooks/RUNBOOKS.md#controlplanewebhookfailing")
+        section = page.locator("h2#controlplanewebhookfailing")
+        assert section.inner_text() == "ControlPlaneWebhookFailing"
+        assert section.evaluate("e => e.matches(':target')")
+        box = section.bounding_box()
+        assert box is not None and 0 <= box["y"] < viewport["height"] / 2  # scrolled to, near the top
+        assert page.locator("a.brand").is_visible()  # the console's frame
+        assert "/login" not in page.url
+        page.screenshot(path=str(ARTIFACTS / f"docs-{name}.png"))
+        assert visit.elsewhere() == [] and visit.blocked == [] and visit.errors == []
+        visit.close()
