@@ -263,7 +263,7 @@ def test_dashboards_and_alerting_rules_download(server: str) -> None:
         assert "LangGraphHighErrorRate" in alerts
 
 
-def test_the_api_docs_load_with_their_assets(server: str) -> None:
+def test_the_api_docs_and_runbooks_load_with_their_assets(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10.0) as browser:
         assets: list[str] = []
         for page in ("/docs", "/redoc"):
@@ -274,6 +274,10 @@ def test_the_api_docs_load_with_their_assets(server: str) -> None:
         for asset in assets:
             assert browser.get(asset).status_code == 200, asset
         assert browser.get("/openapi.json").status_code == 200
+        # The runbooks the alert rules link to: the packaged Markdown, rendered by a dependency.
+        runbook = browser.get("/runbooks/RUNBOOKS.md")
+        assert runbook.status_code == 200
+        assert '<h2 id="langgraphhigherrorrate">LangGraphHighErrorRate</h2>' in runbook.text
 
 
 def test_init_writes_a_starter_directory_that_checks(installed: Installed) -> None:

@@ -3,18 +3,25 @@ console makes of an alert's `runbook_url`: every shipped alert's link opens its 
 
 from __future__ import annotations
 
+import functools
 import re
+import tempfile
 from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controlplane import runbooks
+from controlplane.app import create_app
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
+from tests.conftest import make_settings
 from tests.helpers import console_app, console_users, log_in, post_alerts
 
 USERS = console_users(viewer="viewer")
@@ -103,6 +110,29 @@ def test_only_runbook_files_are_served(app: TestClient, path: str) -> None:
     assert response.status_code == 404
     if "%2F" not in path:  # a name with a slash matches no route at all
         assert "no runbook" in response.text and "<html" in response.text  # the console's error page
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    name=st.lists(
+        st.sampled_from(["\x00", "%", ".", "/", "\\", "~", "\n", " ", "é", "RUNBOOKS", ".md", "..", "%2e", "%2F"]),
+        max_size=12,
+    ).map("".join)
+)
+def test_no_name_reaches_past_the_runbook_files(name: str) -> None:
+    """Whatever the name, the answer is a runbook or a 4xx: never a 5xx, never another file's content."""
+    answer = TestClient(_shared_app()).get("/runbooks/" + quote(name, safe="/%"))
+    assert answer.status_code in (200, 400, 404), (name, answer.status_code)
+    if answer.status_code == 200:  # a runbook, or (for `/runbooks/`, redirected) their list
+        assert '<article class="runbook card">' in answer.text or "<h1>Runbooks</h1>" in answer.text
+
+
+@functools.cache
+def _shared_app() -> Any:
+    """One app for every example: the packaged runbooks. Not started: a stranger's page needs no database."""
+    directory = Path(tempfile.mkdtemp(prefix="cp-runbooks-"))
+    (directory / "rules").mkdir()
+    return create_app(make_settings(f"sqlite:///{directory}/cp.db", rules_dir=directory / "rules"))
 
 
 def test_a_teams_runbooks_beside_their_rules_are_rendered_safely(tmp_path: Path) -> None:
