@@ -101,8 +101,20 @@ def load(directory: Path, name: str) -> Runbook:
     try:
         text = (directory / name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise NotFound(f"runbook {name!r} cannot be read: {exc}") from None
+        raise NotFound(f"{name}: cannot be read: {exc}") from None
     return render(text, file=name)
+
+
+def load_all(directory: Path) -> tuple[list[Runbook], list[str]]:
+    """Every runbook of `directory`, rendered, and `file: message` for each that cannot be read."""
+    found: list[Runbook] = []
+    errors: list[str] = []
+    for name in files(directory):
+        try:
+            found.append(load(directory, name))
+        except NotFound as exc:
+            errors.append(exc.message)
+    return found, errors
 
 
 def expand(value: str, public_url: str | None) -> str:

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from controlplane import flows, grafana, runbooks
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
-from controlplane.errors import InvalidInput, NotFound, Unavailable
+from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
 from controlplane.playbooks import service as executions
@@ -294,14 +294,7 @@ def dashboards_page(request: Request, services: ServicesDep, _user: ViewerDep) -
 
 @router.get("/runbooks")
 def runbooks_page(request: Request, services: ServicesDep, _visit: VisitDep) -> Response:
-    directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")
-    found: list[runbooks.Runbook] = []
-    errors: list[str] = []
-    for name in runbooks.files(directory):
-        try:
-            found.append(runbooks.load(directory, name))
-        except NotFound as exc:
-            errors.append(exc.message)
+    found, errors = runbooks.load_all(grafana.shipped_dir(services.settings.rules_dir, "alerting"))
     return page(request, services, RunbooksScreen(runbooks=found, errors=errors))
 
 

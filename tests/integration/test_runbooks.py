@@ -146,9 +146,13 @@ def test_a_teams_runbooks_beside_their_rules_are_rendered_safely(tmp_path: Path)
         "| step | what |\n| --- | --- |\n| 1 | free space |\n\n"
         "## DiskFull <script>alert(1)</script>\n"
     )
+    (alerting / "broken.md").write_bytes(b"# Not UTF-8 \xff\n")
     with console_app(f"sqlite:///{tmp_path}/cp.db", "rules: []\n", tmp_path, users=USERS) as client:
         assert stranger(client).get("/runbooks/RUNBOOKS.md").status_code == 404  # theirs, not the packaged ones
         page = stranger(client).get("/runbooks/team.md").text
+        listed = stranger(client).get("/runbooks").text  # a file that cannot be read is named, the rest shown
+        assert '<a href="/runbooks/team.md">Team runbooks</a>' in listed
+        assert "<li><code>broken.md: cannot be read: &#39;utf-8&#39; codec can&#39;t decode" in listed
     article = page.split('<article class="runbook card">')[1].split("</article>")[0]
     assert "<script>" not in page and "<img" not in page and 'href="javascript:' not in page
     assert '<h2 id="diskfull-scriptalert1script">DiskFull &lt;script&gt;alert(1)&lt;/script&gt;</h2>' in article
