@@ -160,11 +160,11 @@ def _alert_problems(fields: Mapping[str, Node], repo: Path) -> Iterator[str]:
 
 
 def _runbook_problem(url: str, repo: Path) -> str | None:
-    """A runbook the control plane serves (`${CONTROLPLANE_PUBLIC_URL}/runbooks/<file>#<anchor>`) or a path in the
-    configuration directory (`alerting/RUNBOOKS.md#<anchor>`) must name an existing file and heading. Other http(s)
-    URLs are not fetched; any other scheme is an error, since the console never links it."""
-    if url.startswith(runbooks.PUBLIC_URL):
-        served = url[len(runbooks.PUBLIC_URL) :].lstrip("/")
+    """A runbook the control plane serves (`${CONTROLPLANE_PUBLIC_URL}/runbooks/<file>#<anchor>`, or the same path
+    alone) or a path in the configuration directory (`alerting/RUNBOOKS.md#<anchor>`) must name an existing file
+    and heading. Other http(s) URLs are not fetched; any other scheme is an error: the console never links it."""
+    if url.startswith((runbooks.PUBLIC_URL, "/")) and not url.startswith("//"):  # a page of the control plane
+        served = url.removeprefix(runbooks.PUBLIC_URL).lstrip("/")
         if not served.startswith("runbooks/"):
             return None  # another page of the control plane
         name, _, anchor = served.removeprefix("runbooks/").partition("#")

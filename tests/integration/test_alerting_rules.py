@@ -159,6 +159,7 @@ def test_check_follows_runbook_urls_to_the_served_runbooks(tmp_path: Path, monke
         "${CONTROLPLANE_PUBLIC_URL}/runbooks/RUNBOOKS.md#not-a-heading",  # in a code block
         "${CONTROLPLANE_PUBLIC_URL}/runbooks/OTHER.md#known-alert",
         "${CONTROLPLANE_PUBLIC_URL}/incidents",  # another page: not checked
+        "/runbooks/RUNBOOKS.md#gone",  # a path on the control plane, as the console links it
         "alerting/RUNBOOKS.md#known-alert",  # fine: in the configuration directory
         "javascript:alert(1)",
         "https://wiki.example/runbooks#anything",  # fine, not fetched
@@ -172,7 +173,8 @@ def test_check_follows_runbook_urls_to_the_served_runbooks(tmp_path: Path, monke
     assert check(tmp_path) == [
         f"alerting/a.yaml:8: alert A1: runbook_url {urls[1]}: RUNBOOKS.md has no heading #not-a-heading",
         f"alerting/a.yaml:12: alert A2: runbook_url {urls[2]}: no runbook OTHER.md in alerting",
-        f"alerting/a.yaml:24: alert A5: runbook_url {urls[5]}: only http and https links are followed",
+        f"alerting/a.yaml:20: alert A4: runbook_url {urls[4]}: RUNBOOKS.md has no heading #gone",
+        f"alerting/a.yaml:28: alert A6: runbook_url {urls[6]}: only http and https links are followed",
     ]
 
 
