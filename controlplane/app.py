@@ -10,12 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import swagger_ui_bundle
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from controlplane import __version__
@@ -25,6 +21,7 @@ from controlplane.api.middleware import RefuseNulInUrl, RequestContextMiddleware
 from controlplane.config import Settings, get_settings
 from controlplane.rules.loader import RuleLoadError
 from controlplane.services import Services
+from controlplane.web import apidocs
 from controlplane.web import routes as console
 
 REQUEST_BODY_LIMIT = 64 * 1024  # the largest console form is a 4,000-character note
@@ -62,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, incidents, executions, rules, monitoring, endpoints):
         app.include_router(module.router)
     console.install(app)
-    _serve_local_docs(app)
+    apidocs.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -89,18 +86,3 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 operation["responses"].setdefault("400", {"description": "A NUL (%00) in the path or query string"})
         app.openapi_schema = schema
     return app.openapi_schema
-
-
-def _serve_local_docs(app: FastAPI) -> None:
-    """Swagger UI from the bundled assets: FastAPI's default loads them from a CDN this network cannot reach."""
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="controlplane API",
-            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon-32x32.png",
-        )

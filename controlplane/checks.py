@@ -21,10 +21,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from controlplane import runbooks
 from controlplane.rules.loader import RuleFileError
 
 ALERTING_DIR = "alerting"
@@ -158,22 +160,36 @@ def _alert_problems(fields: Mapping[str, Node], repo: Path) -> Iterator[str]:
 
 
 def _runbook_problem(url: str, repo: Path) -> str | None:
-    """A repository-relative runbook_url must name an existing file and heading; absolute ones are not fetched."""
-    if "://" in url:
-        return None
+    """A runbook the control plane serves (`${CONTROLPLANE_PUBLIC_URL}/runbooks/<file>#<anchor>`, or the same path
+    alone) or a path in the configuration directory (`alerting/RUNBOOKS.md#<anchor>`) must name an existing file
+    and heading. Other http(s) URLs are not fetched; any other scheme is an error: the console never links it."""
+    if url.startswith((runbooks.PUBLIC_URL, "/")) and not url.startswith("//"):  # a page of the control plane
+        served = url.removeprefix(runbooks.PUBLIC_URL).lstrip("/")
+        if not served.startswith("runbooks/"):
+            return None  # another page of the control plane
+        name, _, anchor = served.removeprefix("runbooks/").partition("#")
+        if not name:
+            return None  # the list of runbooks
+        if name not in runbooks.files(repo / ALERTING_DIR):
+            return f"runbook_url {url}: no runbook {name} in {_show(repo / ALERTING_DIR)}"
+        return _anchor_problem(url, repo / ALERTING_DIR / name, anchor, shown=name)
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return f"runbook_url {url}: not a URL"
+    if scheme:
+        return None if scheme in ("http", "https") else f"runbook_url {url}: only http and https links are followed"
     file, _, anchor = url.partition("#")
     target = repo / file
     if not target.is_file():
         return f"runbook_url {url}: no file {file} in {_show(repo)}"
-    if anchor and anchor not in _markdown_anchors(target):
-        return f"runbook_url {url}: {file} has no heading #{anchor}"
+    return _anchor_problem(url, target, anchor, shown=file)
+
+
+def _anchor_problem(url: str, path: Path, anchor: str, *, shown: str) -> str | None:
+    if anchor and anchor not in runbooks.anchors(path.read_text(encoding="utf-8")):
+        return f"runbook_url {url}: {shown} has no heading #{anchor}"
     return None
-
-
-def _markdown_anchors(path: Path) -> set[str]:
-    # GitHub's slugs: lower case, punctuation dropped, spaces as dashes.
-    headings = re.findall(r"^#+\s+(.+?)\s*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
 def _promtool_check(files: list[Path]) -> list[RuleFileError]:

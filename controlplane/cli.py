@@ -12,7 +12,7 @@ from typing import Any
 
 from controlplane import __version__
 from controlplane.checks import CheckResult, check_alert_rules, check_dashboards
-from controlplane.config import ENV_PREFIX, Settings, SettingsError, load_settings
+from controlplane.config import ENV_PREFIX, Settings, SettingsError, http_url, load_settings
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
 from controlplane.rules.loader import RuleLoadError, RuleSet
 
@@ -179,6 +179,13 @@ def check_rules(args: argparse.Namespace) -> CheckResult:
     return CheckResult(summary=f"{directory}: {', '.join(counts)}")
 
 
+def _http_url(value: str) -> str:
+    try:
+        return http_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -256,15 +263,27 @@ def cmd_provision_grafana(args: argparse.Namespace) -> int:
 
 
 def cmd_render_prometheusrule(args: argparse.Namespace) -> int:
-    from controlplane import grafana
+    from controlplane import grafana, runbooks
     from controlplane.prometheus_operator import prometheus_rule
 
-    directory: Path = args.dir if args.dir is not None else grafana.shipped_dir(_settings(args).rules_dir, "alerting")
+    directory: Path | None = args.dir
+    public_url: str | None = args.public_url
+    if directory is None or public_url is None:  # the settings only for what the options leave out
+        settings = _settings(args)
+        directory = directory or grafana.shipped_dir(settings.rules_dir, "alerting")
+        public_url = public_url or settings.public_url
     try:
-        sys.stdout.write(prometheus_rule(directory=directory, name=args.name, namespace=args.namespace))
+        rendered = prometheus_rule(directory=directory, name=args.name, namespace=args.namespace, public_url=public_url)
     except grafana.MonitoringFileError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 1
+    if runbooks.PUBLIC_URL in rendered:
+        print(
+            f"controlplane: the runbook links keep {runbooks.PUBLIC_URL} (no --public-url, no CONTROLPLANE_PUBLIC_URL):"
+            " they will not open from Alertmanager's own notifications",
+            file=sys.stderr,
+        )
+    sys.stdout.write(rendered)
     return 0
 
 
@@ -355,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rule.add_argument("--name", default="controlplane", help="metadata.name (default controlplane)")
     rule.add_argument("--namespace", default="controlplane", help="metadata.namespace (default controlplane)")
+    rule.add_argument(
+        "--public-url",
+        type=_http_url,
+        help="the control plane's URL, for the runbook links (default: CONTROLPLANE_PUBLIC_URL)",
+    )
     rule.set_defaults(func=cmd_render_prometheusrule)
     demo = sub.add_parser(
         "demo",

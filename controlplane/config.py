@@ -35,6 +35,20 @@ class SettingsError(Exception):
     """Settings could not be loaded; the message says which and why."""
 
 
+def http_url(value: str) -> str:
+    """An absolute http(s) URL to build links on (`https://controlplane.example.com`, maybe with a path), without
+    its trailing slash. Raises ValueError for anything else: a link built on `controlplane.example.com` or on
+    a URL with a query would not open, and nobody would notice until on-call clicks it."""
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} is not an http(s) URL such as https://controlplane.example.com")
+    return url.rstrip("/")
+
+
 ConsoleRole = Literal["viewer", "operator", "admin"]
 NotifyRoute = Literal["pagerduty", "slack", "log"]
 _DEFAULT_NOTIFY_ROUTES: dict[str, NotifyRoute] = {"critical": "pagerduty", "warning": "slack", "*": "log"}
@@ -153,6 +167,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else http_url(value)
 
     @field_validator("http_allowed_hosts")
     @classmethod

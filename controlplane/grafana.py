@@ -20,6 +20,7 @@ import httpx
 import structlog
 import yaml
 
+from controlplane import runbooks
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.errors import DomainError
 from controlplane.resilience.retry import retrying
@@ -133,12 +134,14 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _RulesDumper.add_representer(str, _str_representer)
 
 
-def merged_alerting_rules(*, directory: Path) -> str:
+def merged_alerting_rules(*, directory: Path, public_url: str | None = None) -> str:
     """The rule groups of every `*.yaml`/`*.yml` in `directory` as one Prometheus rule file.
 
     promtool unit-test files (`rule_files:`/`tests:`) live beside the rules and are skipped.
     Prometheus wants group names unique within a file, so a name used twice is an error here
-    rather than a rule file Prometheus refuses to load.
+    rather than a rule file Prometheus refuses to load. `${CONTROLPLANE_PUBLIC_URL}` in an
+    annotation (the shipped runbook_url) becomes `public_url`; without one it stays, the header
+    says so, and the control plane still resolves it where it links the annotation itself.
     """
     paths = sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"}) if directory.is_dir() else []
     groups: list[Any] = []
@@ -162,10 +165,31 @@ def merged_alerting_rules(*, directory: Path) -> str:
             origin[name] = path.name
             groups.append(group)
         used.append(path.name)
+    unresolved = _expand_annotations(groups, public_url)
     header = f"# Prometheus alerting rules merged by controlplane from: {', '.join(used) or '(no files)'}\n"
+    if unresolved:
+        header += (
+            f"# {unresolved} annotations keep {runbooks.PUBLIC_URL}: set CONTROLPLANE_PUBLIC_URL (or pass\n"
+            "# --public-url to `controlplane render prometheusrule`) to make their links absolute.\n"
+        )
     # A wide line limit: folding long annotations would make the file read unlike its sources.
     dumped = yaml.dump({"groups": groups}, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True, width=4096)
     return header + dumped
+
+
+def _expand_annotations(groups: list[Any], public_url: str | None) -> int:
+    """Put the public URL into every annotation (in place); returns how many still hold the placeholder."""
+    unresolved = 0
+    for group in groups:
+        for rule in group.get("rules") or []:  # groups are mappings: checked above
+            annotations = rule.get("annotations") if isinstance(rule, dict) else None
+            if not isinstance(annotations, dict):
+                continue
+            for key, value in annotations.items():
+                if isinstance(value, str) and runbooks.PUBLIC_URL in value:
+                    annotations[key] = runbooks.expand(value, public_url)
+                    unresolved += runbooks.PUBLIC_URL in annotations[key]
+    return unresolved
 
 
 # -- provisioning into Grafana -----------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import tenacity
 from pydantic import Field
 
+from controlplane import runbooks
 from controlplane.actions.base import ActionContext, ActionResult, IncidentView, Params, action
 from controlplane.actions.http import allowed_target
 from controlplane.integrations import pagerduty, slack
@@ -121,6 +122,15 @@ def _incident_now(ctx: ActionContext) -> IncidentView | None:
     return replace(ctx.incident, status=state.status, severity=state.severity, title=state.title)
 
 
+def _runbook(ctx: ActionContext) -> str | None:
+    """The alert's runbook_url as an absolute http(s) link (controlplane/runbooks.py), when it has one: a path
+    opens nowhere from Slack or PagerDuty, so without CONTROLPLANE_PUBLIC_URL only absolute ones are linked."""
+    if ctx.alert is None:
+        return None
+    url = runbooks.link(ctx.alert.annotations.get("runbook_url"), public_url=ctx.ports.public_url)
+    return url if url and url.startswith(("http://", "https://")) else None
+
+
 # -- Slack ---------------------------------------------------------------------------------
 
 
@@ -159,6 +169,7 @@ def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
         status=incident.status,
         summary=text,
         url=ctx.ports.incident_url(incident.id),
+        runbook_url=_runbook(ctx),
     )
     root_ts = ctx.ports.threads.thread_of(incident_id=incident.id, channel=channel)
     if root_ts is None:
@@ -217,6 +228,15 @@ def _source(ctx: ActionContext, incident: IncidentView | None) -> str:
     return labels.get("instance") or labels.get("namespace") or "controlplane"
 
 
+def _pagerduty_links(
+    incident: IncidentView | None, url: str | None, runbook: str | None
+) -> list[dict[str, str]] | None:
+    links = [{"href": url, "text": f"Incident #{incident.id} in controlplane"}] if url and incident else []
+    if runbook:
+        links.append({"href": runbook, "text": "Runbook"})
+    return links or None
+
+
 def send_pagerduty(
     ctx: ActionContext,
     event_action: pagerduty.EventAction,
@@ -242,7 +262,7 @@ def send_pagerduty(
                 "rule": ctx.rule,
                 "execution_id": ctx.execution_id,
             },
-            links=[{"href": url, "text": f"Incident #{incident.id} in controlplane"}] if url and incident else None,
+            links=_pagerduty_links(incident, url, _runbook(ctx)),
             client_url=ctx.ports.public_url,
         )
     )

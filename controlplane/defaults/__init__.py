@@ -25,7 +25,9 @@ files and keep them in git; `controlplane init --force` writes the shipped versi
 - `rules/`: remediation rules, playbooks, targets and failover groups (`*.yaml`): what the
   control plane does about which alert.
 - `alerting/`: Prometheus alerting rules (`*.rules.yaml`), their promtool unit tests (`tests/`)
-  and the runbooks their `runbook_url` points at (`RUNBOOKS.md`).
+  and the runbooks their `runbook_url` points at (`RUNBOOKS.md`, served at /runbooks/RUNBOOKS.md).
+  `${{CONTROLPLANE_PUBLIC_URL}}` in a `runbook_url` is left as it is here: the service fills it in
+  where it serves the rules (`GET /api/v1/alerting/rules`), so one directory fits every environment.
 - `dashboards/`: Grafana dashboards (JSON), served by the control plane and pushed into Grafana
   by `controlplane provision grafana`.
 

@@ -44,9 +44,10 @@ def scale_expr(expr: str, factor: float) -> str:
     return _RANGE.sub(shorter, expr)
 
 
-def fast_alert_rules(alerting_dir: Path, factor: float) -> dict[str, Any]:
-    """The shipped alerting rules as one rule file, with `for:` and range windows divided by `factor`."""
-    document: dict[str, Any] = yaml.safe_load(merged_alerting_rules(directory=alerting_dir))
+def fast_alert_rules(alerting_dir: Path, factor: float, *, public_url: str | None = None) -> dict[str, Any]:
+    """The shipped alerting rules as one rule file, with `for:` and range windows divided by `factor` (and the
+    runbook links under `public_url`, as GET /api/v1/alerting/rules serves them)."""
+    document: dict[str, Any] = yaml.safe_load(merged_alerting_rules(directory=alerting_dir, public_url=public_url))
     for group in document.get("groups", []):
         for rule in group.get("rules", []):
             rule["expr"] = scale_expr(str(rule["expr"]), factor)

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
+from controlplane import runbooks
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.demo.fast_rules import fast_alert_rules, fast_remediation_rules, scale
 
@@ -152,7 +153,10 @@ class Stack:
         fast_remediation_rules(self.rules_dir, self.workdir / "rules", admin_url=f"{self.sample_url}/admin")
         (self.workdir / "alerting").mkdir(exist_ok=True)
         rules = self.workdir / "alerting" / "demo.rules.yaml"
-        rules.write_text(yaml.safe_dump(fast_alert_rules(self.alerting_dir, self.time_scale), sort_keys=False))
+        fast = fast_alert_rules(self.alerting_dir, self.time_scale, public_url=self.controlplane_url)
+        rules.write_text(yaml.safe_dump(fast, sort_keys=False))
+        for runbook in runbooks.files(self.alerting_dir):  # served at /runbooks, where the alerts link
+            shutil.copyfile(self.alerting_dir / runbook, self.workdir / "alerting" / runbook)
         # All start at once (each waits for nothing but its own config); readiness is checked after.
         self._start_sample()
         self._start_controlplane()

@@ -55,11 +55,18 @@ class IncidentCard:
     status: str
     summary: str
     url: str | None = None
+    runbook_url: str | None = None  # an absolute http(s) URL (actions/paging.py)
 
 
 def escape(text: str) -> str:
     """Slack mrkdwn escaping: alert labels are untrusted, and `<!channel>` in one must not ping a channel."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link_target(url: str) -> str:
+    """A URL inside mrkdwn's `<url|text>`: a `|` or `>` in it would end the link early, so they are
+    percent-encoded (the same URL to the server), and `&` is escaped as Slack asks."""
+    return escape(url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E"))
 
 
 def incident_text(card: IncidentCard) -> str:
@@ -80,6 +87,8 @@ def incident_blocks(card: IncidentCard) -> list[dict[str, Any]]:
             ],
         },
     ]
+    if card.runbook_url:
+        blocks[1]["fields"].append({"type": "mrkdwn", "text": f"*Runbook*\n<{_link_target(card.runbook_url)}|open>"})
     if card.summary.strip():  # Slack rejects a section with empty text
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(card.summary)[:_SECTION_MAX]}})
     return blocks

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import jinja2
 from jinja2_fragments import render_block
 
+from controlplane import runbooks
 from controlplane.durations import format_duration
 from controlplane.web.screens import PageContext, Screen
 
@@ -79,6 +80,12 @@ def link(url: str | None) -> str:
     return url if scheme in ("http", "https") else ""
 
 
+def runbook(url: str | None) -> str:
+    """Where an alert's `runbook_url` links in the console, else empty: http(s) as it is, the runbooks served here
+    as a path on this site (controlplane/runbooks.py), never another scheme."""
+    return runbooks.link(url, public_url=None) or ""
+
+
 def severity_class(severity: str | None) -> str:
     return SEVERITY_CLASS.get((severity or "").lower(), "sev-none")
 
@@ -93,7 +100,14 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            ago=ago, absolute=absolute, iso=iso, span=span, pretty=pretty, link=link, severity=severity_class
+            ago=ago,
+            absolute=absolute,
+            iso=iso,
+            span=span,
+            pretty=pretty,
+            link=link,
+            runbook=runbook,
+            severity=severity_class,
         )
         # Macros as globals: a block rendered alone (jinja2-fragments) does not see its template's imports.
         macros = self.env.get_template("_macros.html").module

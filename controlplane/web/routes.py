@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from controlplane import flows, grafana
+from controlplane import flows, grafana, runbooks
 from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incident_service
@@ -47,6 +47,8 @@ from controlplane.web.screens import (
     IncidentsScreen,
     LoginScreen,
     RulesScreen,
+    RunbookScreen,
+    RunbooksScreen,
 )
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -298,6 +300,23 @@ def dashboards_page(request: Request, services: ServicesDep, _user: ViewerDep) -
     directory = grafana.shipped_dir(services.settings.rules_dir, "dashboards")
     found = grafana.load_dashboards(directory=directory)
     return page(request, services, DashboardsScreen(dashboards=found.dashboards, errors=found.errors))
+
+
+# -- runbooks ----------------------------------------------------------------------------------
+# Open without login, like /docs: an on-call engineer follows them from Slack or PagerDuty, maybe on a
+# phone without a console session, and they hold procedures, not incident data or secrets.
+
+
+@router.get("/runbooks")
+def runbooks_page(request: Request, services: ServicesDep, _visit: VisitDep) -> Response:
+    found, errors = runbooks.load_all(grafana.shipped_dir(services.settings.rules_dir, "alerting"))
+    return page(request, services, RunbooksScreen(runbooks=found, errors=errors))
+
+
+@router.get("/runbooks/{name}")
+def runbook_page(request: Request, services: ServicesDep, _visit: VisitDep, name: str) -> Response:
+    directory = grafana.shipped_dir(services.settings.rules_dir, "alerting")
+    return page(request, services, RunbookScreen(runbook=runbooks.load(directory, name)))
 
 
 def install(app: FastAPI) -> None:

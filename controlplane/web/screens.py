@@ -15,6 +15,7 @@ from controlplane.grafana import Dashboard
 from controlplane.incidents.schemas import IncidentPage
 from controlplane.playbooks.guards import Automation
 from controlplane.resilience.circuit_breaker import BreakerSnapshot
+from controlplane.runbooks import Runbook
 from controlplane.web.auth import User
 from controlplane.web.views import (
     INCIDENT_STATUSES,
@@ -121,3 +122,18 @@ class DashboardsScreen(Screen):
 
     dashboards: list[Dashboard]
     errors: list[str]  # files left out, `file: message`
+
+
+@dataclass(frozen=True)
+class RunbooksScreen(Screen):
+    template = "runbooks.html"
+
+    runbooks: list[Runbook]
+    errors: list[str]  # files that cannot be shown, `file: message`
+
+
+@dataclass(frozen=True)
+class RunbookScreen(Screen):
+    template = "runbook.html"
+
+    runbook: Runbook

@@ -134,6 +134,11 @@ def test_failing_graph_is_disabled_and_its_incident_resolves(stack: Stack) -> No
 
     [alert] = incident["alerts"]
     assert (alert["alertname"], alert["labels"]["graph_name"], alert["status"]) == (ERROR_ALERT, GRAPH, "resolved")
+    # Its runbook link, as Prometheus and Alertmanager delivered it, opens its section on the control plane.
+    runbook = alert["annotations"]["runbook_url"]
+    assert runbook == f"{stack.controlplane_url}/runbooks/RUNBOOKS.md#langgraphhigherrorrate"
+    page = stack.http.get(runbook.partition("#")[0])
+    assert page.status_code == 200 and '<h2 id="langgraphhigherrorrate">' in page.text
     timeline = [
         f"{e['action']} {e['detail'].get('action', '')}".strip()
         for e in incident["timeline"]

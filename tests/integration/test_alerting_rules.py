@@ -71,7 +71,8 @@ def test_every_alert_has_severity_and_the_three_annotations() -> None:
         for key in REQUIRED_ANNOTATIONS:
             assert str(rule.get("annotations", {}).get(key, "")).strip(), f"{rule['alert']}: no {key}"
         anchor = rule["alert"].lower()
-        assert rule["annotations"]["runbook_url"] == f"alerting/RUNBOOKS.md#{anchor}"
+        # The section of the runbook the control plane serves, under its public URL (controlplane/runbooks.py).
+        assert rule["annotations"]["runbook_url"] == f"${{CONTROLPLANE_PUBLIC_URL}}/runbooks/RUNBOOKS.md#{anchor}"
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -145,6 +146,35 @@ def test_check_reports_missing_fields_at_the_rules_line(tmp_path: Path, monkeypa
         "alerting/a.yaml:8: alert Bare: no annotations.runbook_url",
         "alerting/a.yaml:10: alert Lost: runbook_url RUNBOOK.md#gone: RUNBOOK.md has no heading #gone",
         "alerting/b.yml:2: group 'g' is already defined in alerting/a.yaml",
+    ]
+
+
+def test_check_follows_runbook_urls_to_the_served_runbooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    alerting = tmp_path / "alerting"
+    alerting.mkdir()
+    (alerting / "RUNBOOKS.md").write_text("# Runbooks\n## Known alert\n```\n# not a heading\n```\n")
+    urls = [
+        "${CONTROLPLANE_PUBLIC_URL}/runbooks/RUNBOOKS.md#known-alert",  # fine
+        "${CONTROLPLANE_PUBLIC_URL}/runbooks/RUNBOOKS.md#not-a-heading",  # in a code block
+        "${CONTROLPLANE_PUBLIC_URL}/runbooks/OTHER.md#known-alert",
+        "${CONTROLPLANE_PUBLIC_URL}/incidents",  # another page: not checked
+        "/runbooks/RUNBOOKS.md#gone",  # a path on the control plane, as the console links it
+        "alerting/RUNBOOKS.md#known-alert",  # fine: in the configuration directory
+        "javascript:alert(1)",
+        "https://wiki.example/runbooks#anything",  # fine, not fetched
+    ]
+    rules = "".join(
+        f"  - alert: A{i}\n    expr: up == 0\n    labels: {{severity: warning}}\n"
+        f"    annotations: {{summary: s, description: d, runbook_url: '{url}'}}\n"
+        for i, url in enumerate(urls)
+    )
+    write(alerting, "a.yaml", "groups:\n- name: g\n  rules:\n" + rules)
+    assert check(tmp_path) == [
+        f"alerting/a.yaml:8: alert A1: runbook_url {urls[1]}: RUNBOOKS.md has no heading #not-a-heading",
+        f"alerting/a.yaml:12: alert A2: runbook_url {urls[2]}: no runbook OTHER.md in alerting",
+        f"alerting/a.yaml:20: alert A4: runbook_url {urls[4]}: RUNBOOKS.md has no heading #gone",
+        f"alerting/a.yaml:28: alert A6: runbook_url {urls[6]}: only http and https links are followed",
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -186,9 +187,15 @@ def test_openapi_documents_the_webhook_and_docs_need_no_cdn(client: TestClient) 
     assert body == {"$ref": "#/components/schemas/AlertmanagerNotification"}
     assert "AlertmanagerAlert" in spec["components"]["schemas"]
     assert {"/api/v1/incidents", "/api/v1/incidents/{incident_id}", "/api/v1/alerts"} <= set(spec["paths"])
-    docs = client.get("/docs").text
-    assert "cdn" not in docs.lower()
-    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+    for page in ("/docs", "/redoc"):  # rendered in a browser by tests/e2e/test_docs_browser.py
+        docs = client.get(page)
+        assert docs.status_code == 200
+        assets = re.findall(r'(?:href|src)="([^"]+)"', docs.text)
+        assert assets and all(a.startswith("/static/console/apidocs/") for a in assets), assets
+        assert all(client.get(asset).status_code == 200 for asset in assets)
+        assert "googleapis" not in docs.text and "cdn" not in docs.text.lower()
+        assert "'unsafe-eval'" not in docs.headers["content-security-policy"]
+        assert docs.headers["x-frame-options"] == "DENY"
 
 
 def test_group_by_is_configurable(database_url: str, engine: Engine) -> None:

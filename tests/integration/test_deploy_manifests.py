@@ -586,6 +586,24 @@ def test_render_prometheusrule_prints_it_and_refuses_a_directory_without_rules(
     assert "alerting/broken.yaml" in capsys.readouterr().err
 
 
+def test_render_prometheusrule_puts_the_public_url_in_the_runbook_links(capsys: pytest.CaptureFixture[str]) -> None:
+    # The committed file keeps the placeholder (any cluster's URL); a user's render opens from Alertmanager.
+    assert main(["render", "prometheusrule", "--dir", str(shipped("alerting"))]) == 0
+    kept = capsys.readouterr()
+    assert "no --public-url, no CONTROLPLANE_PUBLIC_URL" in kept.err
+    assert (
+        main(["render", "prometheusrule", "--dir", str(shipped("alerting")), "--public-url", "https://cp.example/"])
+        == 0
+    )
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    rules = [r for g in yaml.safe_load(printed.out)["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert rules and all(
+        r["annotations"]["runbook_url"] == f"https://cp.example/runbooks/RUNBOOKS.md#{r['alert'].lower()}"
+        for r in rules
+    )
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_prometheus_operator_component_scrapes_the_service_and_loads_the_rules(overlay: str, tmp_path: Path) -> None:
     objects = rendered_with_operator(overlay, tmp_path)

@@ -129,6 +129,19 @@ def test_a_dashboard_is_served_byte_for_byte(client: TestClient, rules_dir: Path
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/json"
     assert answer.content == (rules_dir.parent / "dashboards" / "langgraph-fleet.json").read_bytes()
+    # Saved under its file's name by a browser's download and `curl -OJ`, not as "langgraph-fleet".
+    assert answer.headers["content-disposition"] == 'attachment; filename="langgraph-fleet.json"'
+
+
+def test_a_dashboard_file_name_cannot_break_the_header(client: TestClient, rules_dir: Path) -> None:
+    name = 'ops "q3"\nX-Injected: 1 ü.json'
+    (rules_dir.parent / "dashboards" / name).write_text(json.dumps(dashboard("odd", "Odd name", [])))
+    answer = client.get("/api/v1/dashboards/odd")
+    assert answer.status_code == 200 and "x-injected" not in answer.headers
+    assert answer.headers["content-disposition"] == (
+        'attachment; filename="ops__q3__X-Injected__1__.json"; '
+        "filename*=UTF-8''ops%20%22q3%22%0AX-Injected%3A%201%20%C3%BC.json"
+    )
 
 
 def test_an_unknown_dashboard_is_404(client: TestClient) -> None:
@@ -161,6 +174,7 @@ def test_alerting_rules_are_merged_into_one_file_prometheus_loads(client: TestCl
     answer = client.get("/api/v1/alerting/rules")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/yaml"
+    assert answer.headers["content-disposition"] == 'attachment; filename="controlplane.rules.yaml"'
     merged = yaml.safe_load(answer.text)
     # Files in name order; the promtool test file beside them is not a rule file.
     assert [g["name"] for g in merged["groups"]] == ["controlplane", "langgraph"]
@@ -173,6 +187,51 @@ def test_alerting_rules_are_merged_into_one_file_prometheus_loads(client: TestCl
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 2 rules found" in checked.stdout
+
+
+RUNBOOK_RULES = """\
+groups:
+  - name: runbooks
+    rules:
+      - alert: Shipped
+        expr: up == 0
+        annotations:
+          runbook_url: '${CONTROLPLANE_PUBLIC_URL}/runbooks/RUNBOOKS.md#shipped'
+          description: 'see ${CONTROLPLANE_PUBLIC_URL}/incidents'
+      - alert: Own
+        expr: up == 0
+        annotations: {runbook_url: 'https://wiki.example/runbooks/own'}
+"""
+
+
+def runbook_annotations(text: str) -> dict[str, dict[str, str]]:
+    groups = yaml.safe_load(text)["groups"]
+    return {r["alert"]: r["annotations"] for g in groups if g["name"] == "runbooks" for r in g["rules"]}
+
+
+def test_the_rules_link_the_runbooks_under_the_public_url(rules_dir: Path, tmp_path: Path) -> None:
+    (rules_dir.parent / "alerting" / "runbooks.yaml").write_text(RUNBOOK_RULES)
+    settings = make_settings(f"sqlite:///{tmp_path}/cp.db", rules_dir=rules_dir, public_url="https://ops.example/cp/")
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        answer = client.get("/api/v1/alerting/rules")
+    assert answer.status_code == 200
+    assert runbook_annotations(answer.text) == {
+        "Shipped": {
+            "runbook_url": "https://ops.example/cp/runbooks/RUNBOOKS.md#shipped",
+            "description": "see https://ops.example/cp/incidents",
+        },
+        "Own": {"runbook_url": "https://wiki.example/runbooks/own"},  # a team's own link, as it is
+    }
+    assert "CONTROLPLANE_PUBLIC_URL" not in answer.text
+
+
+def test_without_a_public_url_the_placeholder_stays_and_the_file_says_so(client: TestClient, rules_dir: Path) -> None:
+    (rules_dir.parent / "alerting" / "runbooks.yaml").write_text(RUNBOOK_RULES)
+    answer = client.get("/api/v1/alerting/rules")
+    assert answer.status_code == 200
+    shipped = runbook_annotations(answer.text)["Shipped"]
+    assert shipped["runbook_url"] == "${CONTROLPLANE_PUBLIC_URL}/runbooks/RUNBOOKS.md#shipped"
+    assert "# 2 annotations keep ${CONTROLPLANE_PUBLIC_URL}: set CONTROLPLANE_PUBLIC_URL" in answer.text
 
 
 def test_a_group_defined_twice_is_refused_naming_the_file(client: TestClient, rules_dir: Path) -> None:

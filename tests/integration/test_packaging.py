@@ -263,15 +263,21 @@ def test_dashboards_and_alerting_rules_download(server: str) -> None:
         assert "LangGraphHighErrorRate" in alerts
 
 
-def test_the_api_docs_load_with_their_assets(server: str) -> None:
+def test_the_api_docs_and_runbooks_load_with_their_assets(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10.0) as browser:
-        docs = browser.get("/docs")
-        assert docs.status_code == 200
-        assets = re.findall(r'(?:href|src)="(/static/swagger/[^"]+)"', docs.text)
-        assert {Path(a).suffix for a in assets} >= {".js", ".css"}, docs.text
+        assets: list[str] = []
+        for page in ("/docs", "/redoc"):
+            docs = browser.get(page)
+            assert docs.status_code == 200
+            assets += re.findall(r'(?:href|src)="(/static/console/apidocs/[^"]+)"', docs.text)
+        assert {Path(a).name for a in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"}
         for asset in assets:
             assert browser.get(asset).status_code == 200, asset
         assert browser.get("/openapi.json").status_code == 200
+        # The runbooks the alert rules link to: the packaged Markdown, rendered by a dependency.
+        runbook = browser.get("/runbooks/RUNBOOKS.md")
+        assert runbook.status_code == 200
+        assert '<h2 id="langgraphhigherrorrate">LangGraphHighErrorRate</h2>' in runbook.text
 
 
 def test_init_writes_a_starter_directory_that_checks(installed: Installed) -> None:

@@ -28,7 +28,7 @@ from controlplane.playbooks.executor import Executor
 from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.telemetry import Metrics
 from tests.conftest import make_settings
-from tests.helpers import LoopbackHTTP
+from tests.helpers import LoopbackHTTP, sample_notification
 from tests.integration.test_playbooks import Harness, engine_harness, rules
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 from tests.standins.slack import TOKEN, SlackStandIn
@@ -171,6 +171,7 @@ def test_slack_posts_the_incident_then_replies_in_its_thread_and_updates_its_sta
             "*Severity*\ncritical",
             "*Status*\nopen",
             f"*Incident*\n<{PUBLIC_URL}/incidents/{incident_id}|#{incident_id}>",
+            "*Runbook*\n<https://runbooks.example/langgraph-high-error-rate|open>",  # the alert's runbook_url
         ]
         # Alert data is escaped: a label cannot ping the channel.
         assert root.blocks[2]["text"]["text"] == "Disabling graph support_bot &lt;!channel&gt;"
@@ -286,6 +287,75 @@ def test_a_step_that_already_notified_does_not_post_again(
     assert len(slack_api.calls("chat.postMessage")) == 1
 
 
+# -- runbook links (controlplane/runbooks.py) ------------------------------------------------
+
+SHIPPED_RUNBOOK = "${CONTROLPLANE_PUBLIC_URL}/runbooks/RUNBOOKS.md#langgraphhigherrorrate"
+SERVED_RUNBOOK = f"{PUBLIC_URL}/runbooks/RUNBOOKS.md#langgraphhigherrorrate"
+
+
+def page_both(h: Harness, runbook_url: str) -> None:
+    h.rules = rules("""
+      - action: notify.slack
+        with: {text: hi}
+      - action: notify.pagerduty
+        with: {}
+""")
+    alert = {"annotations": {"runbook_url": runbook_url}, "fingerprint": "fp-runbook"}
+    [t] = h.deliver(sample_notification(alert))
+    h.run_all()
+    assert h.execution(t.execution_id).status == "succeeded"
+
+
+def runbook_links(slack_api: SlackStandIn, pagerduty_api: PagerDutyStandIn) -> tuple[list[str], list[str]]:
+    """What the Slack message's Runbook field and the PagerDuty event's Runbook link say."""
+    [root] = slack_api.messages
+    assert root.blocks is not None
+    fields = [f["text"] for f in root.blocks[1]["fields"] if f["text"].startswith("*Runbook*")]
+    [trigger] = pagerduty_api.events
+    return fields, [link["href"] for link in trigger.get("links", []) if link["text"] == "Runbook"]
+
+
+@pytest.mark.parametrize(
+    ("runbook_url", "in_slack", "in_pagerduty"),
+    [
+        (SHIPPED_RUNBOOK, SERVED_RUNBOOK, SERVED_RUNBOOK),  # the shipped rules, under the public URL
+        ("alerting/RUNBOOKS.md#langgraphhigherrorrate", SERVED_RUNBOOK, SERVED_RUNBOOK),  # a path in the config dir
+        # A team's own: as it is, made safe inside Slack's <url|text>.
+        (
+            "https://wiki.example/rb?q=a|b&x=<y>",
+            "https://wiki.example/rb?q=a%7Cb&amp;x=%3Cy%3E",
+            "https://wiki.example/rb?q=a|b&x=<y>",
+        ),
+        ("javascript:alert(1)", None, None),
+        ("data:text/html,<script>alert(1)</script>", None, None),
+        ("//evil.example/runbook", None, None),
+    ],
+)
+def test_slack_and_pagerduty_link_the_runbook_only_when_it_opens(
+    engine: Engine,
+    paging_settings: Settings,
+    slack_api: SlackStandIn,
+    pagerduty_api: PagerDutyStandIn,
+    runbook_url: str,
+    in_slack: str | None,
+    in_pagerduty: str | None,
+) -> None:
+    with engine_harness(engine, paging_settings) as h:
+        page_both(h, runbook_url)
+    fields, links = runbook_links(slack_api, pagerduty_api)
+    assert fields == ([f"*Runbook*\n<{in_slack}|open>"] if in_slack else [])
+    assert links == ([in_pagerduty] if in_pagerduty else [])
+
+
+def test_without_a_public_url_only_absolute_runbooks_are_linked(
+    engine: Engine, paging_settings: Settings, slack_api: SlackStandIn, pagerduty_api: PagerDutyStandIn
+) -> None:
+    # A path on the control plane opens nowhere from Slack: no link rather than a broken one.
+    with engine_harness(engine, paging_settings.model_copy(update={"public_url": None})) as h:
+        page_both(h, SHIPPED_RUNBOOK)
+    assert runbook_links(slack_api, pagerduty_api) == ([], [])
+
+
 # -- PagerDuty -----------------------------------------------------------------------------
 
 
@@ -317,7 +387,8 @@ def test_pagerduty_trigger_acknowledge_resolve_share_the_incident_dedup_key(
         {
             "href": f"{PUBLIC_URL}/incidents/{detail.incident_id}",
             "text": f"Incident #{detail.incident_id} in controlplane",
-        }
+        },
+        {"href": "https://runbooks.example/langgraph-high-error-rate", "text": "Runbook"},
     ]
     assert "payload" not in ack and "payload" not in resolve
     assert pagerduty_api.alerts == {key: "resolved"}

@@ -30,6 +30,22 @@ def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "url", ["controlplane.example.com", "ftp://controlplane.example", "https://", "https://cp.example/?a=1"]
+)
+def test_a_public_url_links_cannot_be_built_on_is_refused(url: str) -> None:
+    # Links to incidents and runbooks are built on it; a bad one would only show when on-call clicks.
+    with pytest.raises(SettingsError, match=r"CONTROLPLANE_PUBLIC_URL: .*is not an http\(s\) URL"):
+        load_settings(public_url=url)
+
+
+def test_the_public_url_loses_its_trailing_slash() -> None:
+    assert (
+        load_settings(public_url="https://ops.example/controlplane/").public_url == "https://ops.example/controlplane"
+    )
+    assert load_settings(public_url="").public_url is None
+
+
 def test_group_by_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTROLPLANE_INCIDENT_GROUP_BY", "alertname, cluster")
     assert load_settings().incident_group_by == ["alertname", "cluster"]
