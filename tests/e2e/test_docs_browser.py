@@ -18,8 +18,8 @@ import pytest
 import uvicorn
 
 from controlplane.app import create_app
-from tests.conftest import make_settings, require_binary
-from tests.e2e.test_console_browser import ARTIFACTS, CHROMIUM_ARGS, WAIT_MS
+from tests.conftest import make_settings
+from tests.e2e.test_console_browser import ARTIFACTS, WAIT_MS
 from tests.prometheus_server import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
@@ -43,17 +43,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"http://{LOOPBACK}:{port}"
     server.should_exit = True
     thread.join(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class Visit:
