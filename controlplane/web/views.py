@@ -38,7 +38,7 @@ EVENTS_SHOWN = 500
 EXECUTIONS_SHOWN = 100
 
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
-_STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields]
+_STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields if name in steps_t.c]  # `effect` is not stored
 
 
 # -- incidents list ------------------------------------------------------------------------------
