@@ -82,6 +82,7 @@ class ActionContext:
     targets: Mapping[str, Target] = field(default_factory=dict)  # from the rule files in force
     failover: Mapping[str, FailoverGroup] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() by which this attempt must be done; None: none set
+    step: str = ""  # the call as a person counts it, 1-based: "step 2", "rollback of step 2" (step_index is a key)
 
     def audit(self, action: str, detail: dict[str, Any]) -> None:
         """Record `action` in the audit trail, for this execution and its incident, as done by the rule."""

@@ -55,7 +55,7 @@ def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
             groups=ctx.failover,
             clock=ctx.now,
             actor=f"rule:{ctx.rule}",
-            reason=f"playbook step {ctx.step_index} of execution {ctx.execution_id}",
+            reason=f"playbook {ctx.step or 'step'} of execution {ctx.execution_id}",
             incident_id=ctx.incident.id if ctx.incident else None,
             execution_id=ctx.execution_id,
             idempotency_key=ctx.idempotency_key,

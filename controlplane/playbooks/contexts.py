@@ -52,18 +52,22 @@ class ActionContexts:
     def for_step(
         self, run: Run, phase: Phase, index: int, started_at: datetime, deadline: float | None = None
     ) -> ActionContext:
-        return self._context(run, index if phase == "forward" else _ROLLBACK_KEYS + index, started_at, deadline)
+        if phase == "forward":
+            return self._context(run, index, f"step {index + 1}", started_at, deadline)
+        return self._context(run, _ROLLBACK_KEYS + index, f"rollback of step {index + 1}", started_at, deadline)
 
     def for_escalation(self, run: Run, failed_index: int) -> ActionContext:
-        return self._context(run, _ESCALATION_KEYS + failed_index, self.clock(), None)
+        step = f"escalation after step {failed_index + 1}"
+        return self._context(run, _ESCALATION_KEYS + failed_index, step, self.clock(), None)
 
-    def _context(self, run: Run, key: int, started_at: datetime, deadline: float | None) -> ActionContext:
+    def _context(self, run: Run, key: int, step: str, started_at: datetime, deadline: float | None) -> ActionContext:
         rules = self.rules() if self.rules is not None else None
         incident = run.context.get("incident")
         alert = run.context.get("alert")
         return ActionContext(
             execution_id=run.id,
             step_index=key,
+            step=step,
             idempotency_key=f"{run.id}:{key}",
             rule=run.rule,
             incident=IncidentView(**incident) if incident else None,

@@ -454,7 +454,7 @@ def test_escalation_pages_oncall_by_severity(
     assert "execution.escalated" in timeline and "notify.sent" in timeline
     [event] = pagerduty_api.events  # the executor paged once, routed by the incident's severity (critical)
     assert event["payload"]["summary"].startswith(
-        f"Remediation escalated to a human: rule fix-errors, execution #{t.execution_id}: step 0 (test.do) failed"
+        f"Remediation escalated to a human: rule fix-errors, execution #{t.execution_id}: step 1 (test.do) failed"
     )
 
 
@@ -482,7 +482,7 @@ def test_an_escalation_resumed_after_a_crash_before_its_commit_pages_once(
         h.clock.advance(60)
         assert h.run_all() == 1
         detail = h.execution(t.execution_id)
-    assert detail.status == "failed" and detail.reason.startswith("step 0 (test.do) failed")
+    assert detail.status == "failed" and detail.reason.startswith("step 1 (test.do) failed")
     assert len(pagerduty_api.events) == 1
     assert [a["idempotency_key"] for a in audits(engine, "notify.sent")] == [f"{t.execution_id}:2000"]
 

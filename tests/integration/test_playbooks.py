@@ -270,7 +270,7 @@ def test_non_retriable_errors_fail_at_once_and_roll_back_in_reverse(harness: Har
     assert harness.calls == [("test.do", "a"), ("test.do", "b"), ("test.undo", "b"), ("test.undo", "undo A")]
     detail = harness.execution(t.execution_id)
     assert detail.status == "rolled_back"
-    assert "step 2 (c) failed" in detail.reason
+    assert "step 3 (c) failed" in detail.reason  # counted from 1, as people count; s.index stays 2
     failed = [s for s in detail.steps if s.status == "failed"]
     assert [(s.index, s.attempts) for s in failed] == [(2, 1)]
     assert [(s.phase, s.index) for s in detail.steps if s.phase == "rollback"] == [("rollback", 1), ("rollback", 0)]
