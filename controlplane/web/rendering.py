@@ -18,6 +18,7 @@ import jinja2
 from jinja2_fragments import render_block
 
 from controlplane.durations import format_duration
+from controlplane.rules import matchers
 from controlplane.web.screens import PageContext, Screen
 
 # Templates and static files are package data beside this module (pyproject.toml).
@@ -93,7 +94,14 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            ago=ago, absolute=absolute, iso=iso, span=span, pretty=pretty, link=link, severity=severity_class
+            ago=ago,
+            absolute=absolute,
+            iso=iso,
+            span=span,
+            pretty=pretty,
+            link=link,
+            severity=severity_class,
+            matchers=matchers.shown,
         )
         # Macros as globals: a block rendered alone (jinja2-fragments) does not see its template's imports.
         macros = self.env.get_template("_macros.html").module

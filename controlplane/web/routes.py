@@ -199,7 +199,7 @@ def silence(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
 @router.get("/approvals")
 def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     with services.engine.connect() as conn:
-        waiting = views.approvals(conn=conn)
+        waiting = views.approvals(conn=conn, ruleset=services.rules.current)
     return page(request, services, ApprovalsScreen(waiting=waiting))
 
 

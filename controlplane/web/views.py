@@ -229,9 +229,11 @@ class ApprovalView:
     execution: ExecutionOut
     incident_title: str | None
     params: dict[str, Any]
+    rule_match: dict[str, str] | None = None  # the `match:` of the rule in force by that name, if an alert rule
 
 
-def approvals(*, conn: Connection, limit: int = 200) -> list[ApprovalView]:
+def approvals(*, conn: Connection, ruleset: RuleSet | None = None, limit: int = 200) -> list[ApprovalView]:
+    """The executions awaiting approval, each with its incident's title, its params and its rule's matchers."""
     waiting = executions.list_executions(conn=conn, statuses=["awaiting_approval"], limit=limit).items
     incident_ids = {run.incident_id for run in waiting if run.incident_id is not None}
     titles = dict(
@@ -246,7 +248,15 @@ def approvals(*, conn: Connection, limit: int = 200) -> list[ApprovalView]:
         if waiting
         else []
     )
-    return [ApprovalView(run, titles.get(run.incident_id), params.get(run.id) or {}) for run in waiting]
+    rules = ruleset or RuleSet.empty()
+    return [
+        ApprovalView(run, titles.get(run.incident_id), params.get(run.id) or {}, _match_of(rules.rule(run.rule_name)))
+        for run in waiting
+    ]
+
+
+def _match_of(rule: Rule | None) -> dict[str, str] | None:
+    return dict(rule.match) if rule is not None and rule.match is not None else None
 
 
 # -- rules and playbooks -------------------------------------------------------------------------
