@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import jinja2
 from jinja2_fragments import render_block
 
-from controlplane.durations import format_duration
+from controlplane.durations import format_duration, spoken
 from controlplane.rules import matchers
 from controlplane.web.screens import PageContext, Screen
 
@@ -98,6 +98,7 @@ class Templates:
             absolute=absolute,
             iso=iso,
             span=span,
+            spoken=spoken,
             pretty=pretty,
             link=link,
             severity=severity_class,

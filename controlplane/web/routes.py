@@ -142,7 +142,7 @@ def incident_page(
         version = views.incident_version(conn=conn, incident_id=incident_id)
         if v == version and is_htmx(request):
             return Response(status_code=204)  # unchanged: keep what the reader has open
-        view = views.incident_view(conn=conn, incident_id=incident_id)
+        view = views.incident_view(conn=conn, incident_id=incident_id, registry=services.registry)
     return page(request, services, IncidentScreen(view=view, version=version, durations=tuple(silences.DURATIONS)))
 
 
