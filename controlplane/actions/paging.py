@@ -344,7 +344,7 @@ _ROUTE_NAME = {"pagerduty": "PagerDuty", "slack": "Slack", "log": "the service l
 
 
 def _routed(output: dict[str, Any], *, paged: str, posted: str, logged: str) -> str:
-    """What a message routed by severity did: `paged` via PagerDuty, `posted` to Slack, `logged` only."""
+    """What a message routed by severity did: `paged` via PagerDuty, `posted` to Slack, `logged` (the message) only."""
     route, severity = str(output.get("route") or output.get("via") or "log"), output.get("severity", "?")
     failed = _undelivered(f"reach on-call via {_ROUTE_NAME.get(route, route)}", output)
     if failed:
@@ -353,11 +353,11 @@ def _routed(output: dict[str, Any], *, paged: str, posted: str, logged: str) -> 
         return f"{paged} via PagerDuty ({severity})"
     if route == "slack":
         return f"{posted} in {output.get('channel')} on Slack ({severity})"
-    return f"{logged}: severity {severity} is routed to the service log, which pages nobody"
+    return f"Paged nobody: {logged} went to the service log only (severity {severity} routes there)"
 
 
 def _told(_params: OncallParams, output: dict[str, Any]) -> str:
-    return _routed(output, paged="Paged on-call", posted="Notified on-call", logged="Logged the message for on-call")
+    return _routed(output, paged="Paged on-call", posted="Notified on-call", logged="the on-call message")
 
 
 @action("notify.oncall", params=OncallParams, describe_effect=_told)
@@ -381,7 +381,7 @@ class EscalateParams(Params):
 
 
 def _escalated(_params: EscalateParams, output: dict[str, Any]) -> str:
-    return _routed(output, paged="Escalated to on-call", posted="Escalated to on-call", logged="Logged the escalation")
+    return _routed(output, paged="Escalated to on-call", posted="Escalated to on-call", logged="the escalation")
 
 
 @action("notify.escalate", params=EscalateParams, describe_effect=_escalated)

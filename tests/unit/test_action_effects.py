@@ -182,7 +182,7 @@ EFFECTS: dict[str, list[tuple[dict[str, Any], dict[str, Any], str]]] = {
         (
             {"text": "Disabled graph chat"},
             {"value": True, "delivered": True, "via": "log", "level": "warning", "route": "log", "severity": "info"},
-            "Logged the message for on-call: severity info is routed to the service log, which pages nobody",
+            "Paged nobody: the on-call message went to the service log only (severity info routes there)",
         ),
         (
             {"text": "Disabled graph chat"},
