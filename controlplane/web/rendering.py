@@ -54,6 +54,11 @@ def absolute(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 
+def clock(value: datetime | None) -> str:
+    """The time of day in UTC, for a line whose date its heading gives."""
+    return value.astimezone(UTC).strftime("%H:%M:%S UTC") if value else ""
+
+
 def iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat() if value else ""
 
@@ -96,6 +101,7 @@ class Templates:
         self.env.filters.update(
             ago=ago,
             absolute=absolute,
+            clock=clock,
             iso=iso,
             span=span,
             spoken=spoken,

@@ -150,6 +150,9 @@ def test_the_incident_page_says_what_the_automation_did(browser: Any, served: Se
     assert match, shown
     assert (int(match[4]) - int(match[2])) % 24 == 1 and match[5] == match[3]
     assert all("local)" in t for t in execution.locator("time").all_inner_texts())  # redrawn blocks too
+    # An execution's own lines give the time of day: its head gives the date.
+    line_time = execution.locator(".run-events time").first.inner_text()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d UTC \(\d\d:\d\d local\) · (just now|\d+ min ago)", line_time), line_time
 
     page.screenshot(path=str(ARTIFACTS / "console-incident-summary.png"), full_page=True)
     phone, phone_errors = log_in(browser, served, "viewer", viewport={"width": 390, "height": 844}, is_mobile=True)

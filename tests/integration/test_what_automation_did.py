@@ -151,13 +151,18 @@ def test_a_playbook_run_reads_as_what_it_did(app: TestClient, database_url: str,
     assert block.count("<b>execution.waiting</b>") == 1
     folded = re.search(r'<span class="repeat" title="(\d+) times from [^"]+">\u00d7(\d+) in \d+ (s|min)</span>', block)
     assert folded is not None and int(folded.group(1)) == int(folded.group(2)) >= min(polls, 3)
-    # Times are UTC and relative (the browser adds local time), not "3 min ago" alone.
+    # Times are UTC and relative (the browser adds local time), not "3 min ago" alone: the execution's head...
+    head = page[: page.index(f"<b>Execution #{detail['id']}</b>")]
     assert re.search(
         r'<time datetime="[^"]+"><span class="utc">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</span>'
         r'<span class="local"></span><span class="sep"> · </span>'
-        r'<span class="ago">(just now|\d+ min ago)</span></time>',
-        block,
+        r'<span class="ago">(just now|\d+ min ago)</span></time></span>\s*<span class="what">$',
+        head,
     )
+    # ...and under it, since it gives the date, the execution's own lines give the time of day.
+    events = block[block.index('<ul class="run-events">') :]
+    assert re.search(r'<time datetime="[^"]+" data-short><span class="utc">\d\d:\d\d:\d\d UTC</span>', events)
+    assert not re.search(r'<span class="utc">\d{4}-', events)
 
     post_alerts(app, alert("GraphFailing", "a", status="resolved", endsAt="2026-11-24T08:20:00Z"))
     done = wait_for(

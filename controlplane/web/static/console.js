@@ -22,8 +22,10 @@ function localTimes(root) {
     if (Number.isNaN(at.getTime()) || at.getTimezoneOffset() === 0) {
       continue;
     }
+    // The local date where it differs from the UTC date shown, unless the line shows the time of day only.
+    const short = el.parentElement.hasAttribute("data-short");
     const sameDay = at.getDate() === at.getUTCDate();
-    const day = sameDay ? "" : `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} `;
+    const day = short || sameDay ? "" : `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} `;
     el.textContent = ` (${day}${pad(at.getHours())}:${pad(at.getMinutes())} local)`;
   }
 }
