@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
@@ -163,7 +164,7 @@ class ExecutionView:
     events: list[AuditEventOut]  # its own audit trail: created, approved, running, succeeded...
     summary: str = ""  # one line: what it did and how it ended (playbooks/summary.py)
 
-    @property
+    @cached_property  # the template reads it twice
     def lines(self) -> list[EventLine]:
         return fold(self.events)
 

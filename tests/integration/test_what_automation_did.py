@@ -151,6 +151,7 @@ def test_a_playbook_run_reads_as_what_it_did(app: TestClient, database_url: str,
     assert block.count("<b>execution.waiting</b>") == 1
     folded = re.search(r'<span class="repeat" title="(\d+) times from [^"]+">\u00d7(\d+) in \d+ (s|min)</span>', block)
     assert folded is not None and int(folded.group(1)) == int(folded.group(2)) >= min(polls, 3)
+    assert re.search(r'<li><span class="muted">last</span> <time [^>]+>.*?</time> <b>execution.waiting</b>', block)
     # Times are UTC and relative (the browser adds local time), not "3 min ago" alone: the execution's head...
     head = page[: page.index(f"<b>Execution #{detail['id']}</b>")]
     assert re.search(
