@@ -50,3 +50,20 @@ def format_duration(value: timedelta) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+
+
+def spoken(value: timedelta) -> str:
+    """A duration as a person reads it, to its two largest units: `40 s`, `3 min`, `1 h 5 min`, `2 d 3 h`."""
+    seconds = max(0, round(value.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size} {unit}")
+            seconds %= size
+        elif parts:
+            break  # `1 h 5 min`, never `1 d 0 h 5 min`: the two largest units that follow each other
+        if len(parts) == 2:
+            break
+    return " ".join(parts)

@@ -6,7 +6,8 @@ An action is a plain synchronous function `(ctx, params) -> ActionResult`, decla
 is what rule files are checked against at load time; `inverse` names the action that undoes it
 (the default rollback); `blast_radius` may refuse a call that would act too widely; `target`
 names what it acts on, which keys the circuit breaker and the bulkhead (resilience/), or is
-None when the call names nothing the rule files or settings define.
+None when the call names nothing the rule files or settings define; `describe_effect` says what
+a call did in the operator's words, for the console and the API (playbooks/summary.py).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class ActionContext:
     targets: Mapping[str, Target] = field(default_factory=dict)  # from the rule files in force
     failover: Mapping[str, FailoverGroup] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() by which this attempt must be done; None: none set
+    step: str = ""  # the call as a person counts it, 1-based: "step 2", "rollback of step 2" (step_index is a key)
 
     def audit(self, action: str, detail: dict[str, Any]) -> None:
         """Record `action` in the audit trail, for this execution and its incident, as done by the rule."""
@@ -131,6 +133,11 @@ class ActionResult:
 
 
 ActionFunc = Callable[[ActionContext, Any], ActionResult]
+# The effect a finished call had, from its parameters and its recorded output (`value` and the
+# ActionResult's output keys): one short sentence in the operator's words, such as "Disabled graph
+# chat on langgraph". Pure: it is called when a step is shown, on what the step's row holds, so a
+# row written months ago reads the same and nothing about it has to be stored.
+DescribeEffect = Callable[[P, dict[str, Any]], str]
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,11 @@ class ActionSpec(Generic[P]):
     without a plan keeps today's dry run (`would_call`), and gains one when it is written. A plan
     reads what it needs through the same ports (a ConfigMap key, `GET /graphs`, the incident);
     since they are the only way out of an action, contexts.py can hand a plan read-only ones.
+
+    `describe_effect` is the plan's past tense: the change a call made, from its params and output,
+    where a plan will say the change it would make. `reads_only` marks an action that changes
+    nothing outside the control plane (a query, a check, a note, a wait): an execution's summary of
+    what the automation did leaves it out, its step still shows what it found.
     """
 
     name: str
@@ -157,6 +169,8 @@ class ActionSpec(Generic[P]):
     # What it acts on: keys its circuit breaker and bulkhead. It returns None for a name the rule
     # files or settings do not define (the action refuses it), so labels cannot add breakers.
     target: Callable[[ActionContext, P], str | None] | None = None
+    describe_effect: DescribeEffect[P] | None = None
+    reads_only: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -165,6 +179,7 @@ class ActionSpec(Generic[P]):
             "params": self.params.model_json_schema(),
             "inverse": self.inverse,
             "blast_radius": self.blast_radius_doc or None,
+            "reads_only": self.reads_only,
         }
 
     def target_of(self, ctx: ActionContext, params: P) -> str | None:
@@ -173,6 +188,12 @@ class ActionSpec(Generic[P]):
             return self.name
         target = self.target(ctx, params)
         return None if target is None else f"{self.name}:{target}"
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` on one line and at most `limit` characters, for a description that quotes a message."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 class UnknownAction(KeyError):
@@ -216,6 +237,8 @@ def action(
     blast_radius: Callable[[ActionContext, P], str | None] | None = None,
     blast_radius_doc: str = "",
     target: Callable[[ActionContext, P], str | None] | None = None,
+    describe_effect: DescribeEffect[P] | None = None,
+    reads_only: bool = False,
     into: ActionRegistry | None = None,
 ) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
     """Declare `func` as action `name`; its docstring's first line is its description.
@@ -236,6 +259,8 @@ def action(
             blast_radius=blast_radius,
             blast_radius_doc=blast_radius_doc,
             target=target,
+            describe_effect=describe_effect,
+            reads_only=reads_only,
         )
         setattr(func, _SPEC, spec)
         if into is not None:

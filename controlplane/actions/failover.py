@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
@@ -27,12 +29,21 @@ def _refuse_unknown(ctx: ActionContext, params: SwitchParams) -> str | None:
     return None
 
 
+def _switched(params: SwitchParams, output: dict[str, Any]) -> str:
+    service, to = output.get("service", params.service), output.get("to")
+    region = f" ({output['to_region']})" if output.get("to_region") else ""
+    if output.get("changed") is False:
+        return f"{service} was already on {to}{region}; left as it was"
+    return f"Failed over {service} from {output.get('from')} to {to}{region}"
+
+
 @action(
     "failover.switch",
     params=SwitchParams,
     blast_radius=_refuse_unknown,
     blast_radius_doc="only to a healthy endpoint of the same service (its failover group in the rule files)",
     target=_target,
+    describe_effect=_switched,
 )
 def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     """Make another endpoint of a service active; refuses an unhealthy target."""
@@ -44,7 +55,7 @@ def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
             groups=ctx.failover,
             clock=ctx.now,
             actor=f"rule:{ctx.rule}",
-            reason=f"playbook step {ctx.step_index} of execution {ctx.execution_id}",
+            reason=f"playbook {ctx.step or 'step'} of execution {ctx.execution_id}",
             incident_id=ctx.incident.id if ctx.incident else None,
             execution_id=ctx.execution_id,
             idempotency_key=ctx.idempotency_key,

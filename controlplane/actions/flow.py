@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.durations import Duration, format_duration
+from controlplane.durations import Duration, format_duration, spoken
 
 
 class WaitParams(Params):
     duration: Duration = Field(description="How long to wait, e.g. 30s or 5m")
 
 
-@action("wait", params=WaitParams)
+def _waited(params: WaitParams, _output: dict[str, Any]) -> str:
+    return f"Waited {spoken(params.duration)}"
+
+
+@action("wait", params=WaitParams, describe_effect=_waited, reads_only=True)
 def wait(ctx: ActionContext, params: WaitParams) -> ActionResult:
     """Pause the playbook without holding a worker: the execution is released and resumed later."""
     until = ctx.step_started_at + params.duration
@@ -28,7 +33,11 @@ class VerifyResolvedParams(Params):
     poll: Duration = Field(default=timedelta(seconds=15), description="How often to look again")
 
 
-@action("verify.resolved", params=VerifyResolvedParams)
+def _verified(_params: VerifyResolvedParams, output: dict[str, Any]) -> str:
+    return f"Verified the incident resolved after {spoken(timedelta(seconds=output.get('resolved_after_s', 0)))}"
+
+
+@action("verify.resolved", params=VerifyResolvedParams, describe_effect=_verified, reads_only=True)
 def verify_resolved(ctx: ActionContext, params: VerifyResolvedParams) -> ActionResult:
     """Succeed once the incident has resolved; fail (then on_failure: escalate) if it has not by the deadline."""
     if ctx.incident is None:

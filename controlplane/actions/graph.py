@@ -13,6 +13,7 @@ replicas racing cannot both pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -96,6 +97,19 @@ def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
         return None
 
 
+# -- what a call did -----------------------------------------------------------------------------
+
+
+def _described(verb: str, state: str) -> Callable[[GraphParams, dict[str, Any]], str]:
+    def describe(params: GraphParams, output: dict[str, Any]) -> str:
+        graph, target = output.get("graph", params.graph), output.get("target", params.target)
+        if output.get("changed") is False:
+            return f"Graph {graph} was already {state} on {target}; left as it was"
+        return f"{verb} graph {graph} on {target}"
+
+    return describe
+
+
 # -- the actions ----------------------------------------------------------------------------------
 
 
@@ -106,13 +120,20 @@ def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
     blast_radius=_refuse_too_many,
     blast_radius_doc=BOUNDS_DOC,
     target=target_name,
+    describe_effect=_described("Disabled", "disabled"),
 )
 def disable(ctx: ActionContext, params: GraphParams) -> ActionResult:
     """Stop running one graph on a target; a graph already disabled is left as it is."""
     return _set(ctx, params, enabled=False)
 
 
-@action("graph.enable", params=GraphParams, inverse="graph.disable", target=target_name)
+@action(
+    "graph.enable",
+    params=GraphParams,
+    inverse="graph.disable",
+    target=target_name,
+    describe_effect=_described("Enabled", "enabled"),
+)
 def enable(ctx: ActionContext, params: GraphParams) -> ActionResult:
     """Run one graph again on a target; a graph already enabled is left as it is."""
     return _set(ctx, params, enabled=True)

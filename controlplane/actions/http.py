@@ -74,12 +74,18 @@ def _refuse_unlisted(ctx: ActionContext, params: HttpRequestParams) -> str | Non
     return None
 
 
+def _requested(params: HttpRequestParams, output: dict[str, Any]) -> str:
+    # The host only, as notify.webhook records it: URLs often carry a secret in their path or query.
+    return f"Sent {params.method} to {host_of(params.url)}: HTTP {output.get('status_code')}"
+
+
 @action(
     "http.request",
     params=HttpRequestParams,
     blast_radius=_refuse_unlisted,
     blast_radius_doc="only hosts (or host:port) listed in CONTROLPLANE_HTTP_ALLOWED_HOSTS",
     target=_target,
+    describe_effect=_requested,
 )
 def http_request(ctx: ActionContext, params: HttpRequestParams) -> ActionResult:
     """Send one HTTP request to a host or host:port in CONTROLPLANE_HTTP_ALLOWED_HOSTS; 5xx and connection errors retry.

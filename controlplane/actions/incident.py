@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action, clip
 
 
 class AnnotateParams(Params):
     text: str = Field(min_length=1, max_length=4000)
 
 
-@action("incident.annotate", params=AnnotateParams)
+def _noted(params: AnnotateParams, _output: dict[str, Any]) -> str:
+    return f"Noted on the timeline: {clip(params.text)}"
+
+
+# It changes nothing outside the control plane, and its note is on the timeline already.
+@action("incident.annotate", params=AnnotateParams, describe_effect=_noted, reads_only=True)
 def annotate(ctx: ActionContext, params: AnnotateParams) -> ActionResult:
     """Add a note to the incident's timeline (what the playbook found, for the on-call person)."""
     if ctx.incident is None:

@@ -8,6 +8,7 @@ autoscaler past what the target allows. Breakers are keyed by `namespace/deploym
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -79,11 +80,35 @@ def requested_replicas(current: int, params: ScaleParams) -> int:
     return math.ceil(scaled) if params.factor >= 1 else math.floor(scaled)
 
 
+def _where(output: dict[str, Any], name: str) -> str:
+    """`agents/langgraph`: the namespace and the workload's name (its kind is nearly always a Deployment)."""
+    return f"{output.get('namespace')}/{name.rpartition('/')[2]}"
+
+
+def _scaled(_params: ScaleParams, output: dict[str, Any]) -> str:
+    where, replicas = _where(output, str(output.get("workload", ""))), output.get("replicas")
+    if output.get("changed") is False:
+        text = f"{where} already had {replicas} replicas; left as it was"
+    else:
+        text = f"Scaled {where} {output.get('previous')} → {replicas} replicas"
+    if output.get("clamped"):
+        low, high = output.get("bounds") or [None, None]
+        requested = output.get("requested")
+        bound = (
+            f"max_replicas {high}"
+            if high is not None and requested is not None and requested > high
+            else f"min_replicas {low}"
+        )
+        text += f" (asked for {requested}; the target's {bound})"
+    return text
+
+
 @action(
     "k8s.scale",
     params=ScaleParams,
     blast_radius_doc=BOUNDS_DOC,
     target=_breaker_key,
+    describe_effect=_scaled,
 )
 def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
     """Scale the target's workload to `replicas`, by `delta` or by `factor`, clamped to the target's bounds.
@@ -122,7 +147,14 @@ def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
     return ActionResult(value=replicas, output=output)
 
 
-@action("k8s.rollout_restart", params=TargetParams, target=_breaker_key)
+def _restarted(_params: TargetParams, output: dict[str, Any]) -> str:
+    where = _where(output, str(output.get("workload", "")))
+    if output.get("already_restarted"):
+        return f"Pods of {where} were already restarting for this step; not restarted twice"
+    return f"Restarted the pods of {where}"
+
+
+@action("k8s.rollout_restart", params=TargetParams, target=_breaker_key, describe_effect=_restarted)
 def rollout_restart(ctx: ActionContext, params: TargetParams) -> ActionResult:
     """Restart the target's pods as `kubectl rollout restart` does; a retried or resumed step restarts once.
 
@@ -145,11 +177,21 @@ def rollout_restart(ctx: ActionContext, params: TargetParams) -> ActionResult:
     return ActionResult(value=restarted_at, output=output)
 
 
+def _patched(_params: HpaParams, output: dict[str, Any]) -> str:
+    where = _where(output, str(output.get("hpa", "")))
+    now = f"min {output.get('min_replicas')}, max {output.get('max_replicas')}"
+    before = f"min {output.get('previous_min')}, max {output.get('previous_max')}"
+    if now == before:
+        return f"Autoscaler {where} already had {now} replicas; left as it was"
+    return f"Set autoscaler {where} to {now} replicas (was {before})"
+
+
 @action(
     "k8s.patch_hpa",
     params=HpaParams,
     blast_radius_doc="the HPA's minReplicas and maxReplicas stay within the target's bounds: outside is clamped",
     target=_breaker_key,
+    describe_effect=_patched,
 )
 def patch_hpa(ctx: ActionContext, params: HpaParams) -> ActionResult:
     """Set the target's HPA minReplicas and/or maxReplicas, clamped to the target's bounds.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from controlplane.actions.base import ActionContext, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionResult, Params, action, clip
 
 
 class LogParams(Params):
@@ -12,7 +12,11 @@ class LogParams(Params):
     level: Literal["info", "warning", "error"] = "info"
 
 
-@action("notify.log", params=LogParams)
+def _logged(params: LogParams, _output: dict[str, Any]) -> str:
+    return f"Wrote to the service log: {clip(params.text)}"
+
+
+@action("notify.log", params=LogParams, describe_effect=_logged)
 def notify_log(ctx: ActionContext, params: LogParams) -> ActionResult:
     """Write a message to the service log (and the step output), for playbooks without a pager."""
     getattr(ctx.log, params.level)("notify.log", text=params.text, rule=ctx.rule)

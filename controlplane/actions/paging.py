@@ -24,7 +24,7 @@ import tenacity
 from pydantic import Field
 
 from controlplane import runbooks
-from controlplane.actions.base import ActionContext, ActionResult, IncidentView, Params, action
+from controlplane.actions.base import ActionContext, ActionResult, IncidentView, Params, action, clip
 from controlplane.actions.http import allowed_target
 from controlplane.integrations import pagerduty, slack
 from controlplane.integrations.http import check_url, host_of, url_parts
@@ -213,7 +213,20 @@ class SlackParams(Params):
     channel: str | None = Field(default=None, description="Default: CONTROLPLANE_SLACK_CHANNEL")
 
 
-@action("notify.slack", params=SlackParams)
+def _undelivered(what: str, output: dict[str, Any]) -> str | None:
+    """The description of a notification that did not go out, or None when it did."""
+    if output.get("delivered") is not False:
+        return None
+    return f"Could not {what}: {clip(str(output.get('error') or 'not delivered'), 160)}"
+
+
+def _posted(params: SlackParams, output: dict[str, Any]) -> str:
+    channel = output.get("channel") or params.channel or "the default channel"
+    where = "in the incident's thread in " if output.get("thread_ts") else "to "
+    return _undelivered("post to Slack", output) or f"Posted {where}{channel} on Slack"
+
+
+@action("notify.slack", params=SlackParams, describe_effect=_posted)
 def notify_slack(ctx: ActionContext, params: SlackParams) -> ActionResult:
     """Post to Slack: the incident's message first, then replies in its thread; never fails the playbook."""
     channel = params.channel or ctx.ports.slack_channel
@@ -275,7 +288,17 @@ class PagerDutyParams(Params):
     severity: pagerduty.Severity | None = Field(default=None, description="Default: from the incident's severity")
 
 
-@action("notify.pagerduty", params=PagerDutyParams)
+_EVENT_VERB = {"trigger": "Triggered", "acknowledge": "Acknowledged", "resolve": "Resolved"}
+
+
+def _paged(params: PagerDutyParams, output: dict[str, Any]) -> str:
+    event = str(output.get("event_action") or params.action)
+    severity = f" ({params.severity})" if params.severity and event == "trigger" else ""
+    described = f"{_EVENT_VERB.get(event, event)} the incident's PagerDuty alert{severity}"
+    return _undelivered(f"{event} the PagerDuty alert", output) or described
+
+
+@action("notify.pagerduty", params=PagerDutyParams, describe_effect=_paged)
 def notify_pagerduty(ctx: ActionContext, params: PagerDutyParams) -> ActionResult:
     """Trigger, acknowledge or resolve the incident's PagerDuty alert (one per incident); never fails the playbook."""
     return deliver(ctx, "pagerduty", lambda: send_pagerduty(ctx, params.action, params.summary, params.severity))
@@ -314,7 +337,12 @@ def _webhook_target(ctx: ActionContext, params: WebhookParams) -> str | None:
     return allowed_target(params.url, ctx.ports.http_allowed_hosts)
 
 
-@action("notify.webhook", params=WebhookParams, target=_webhook_target)
+def _posted_webhook(_params: WebhookParams, output: dict[str, Any]) -> str:
+    described = f"Sent the webhook to {output.get('host')} (HTTP {output.get('status_code')})"
+    return _undelivered("send the webhook", output) or described
+
+
+@action("notify.webhook", params=WebhookParams, target=_webhook_target, describe_effect=_posted_webhook)
 def notify_webhook(ctx: ActionContext, params: WebhookParams) -> ActionResult:
     """POST a templated body to a host or host:port in CONTROLPLANE_HTTP_ALLOWED_HOSTS; never fails the playbook."""
     return deliver(ctx, "webhook", lambda: send_webhook(ctx, params))
@@ -336,6 +364,26 @@ def _severity(ctx: ActionContext, incident: IncidentView | None) -> str:
     return incident.severity if incident else (ctx.alert.labels.get("severity", "none") if ctx.alert else "none")
 
 
+_ROUTE_NAME = {"pagerduty": "PagerDuty", "slack": "Slack", "log": "the service log"}
+
+
+def _routed(output: dict[str, Any], *, paged: str, posted: str, logged: str) -> str:
+    """What a message routed by severity did: `paged` via PagerDuty, `posted` to Slack, `logged` (the message) only."""
+    route, severity = str(output.get("route") or output.get("via") or "log"), output.get("severity", "?")
+    failed = _undelivered(f"reach on-call via {_ROUTE_NAME.get(route, route)}", output)
+    if failed:
+        return failed
+    if route == "pagerduty":
+        return f"{paged} via PagerDuty ({severity})"
+    if route == "slack":
+        return f"{posted} in {output.get('channel')} on Slack ({severity})"
+    return f"Paged nobody: {logged} went to the service log only (severity {severity} routes there)"
+
+
+def _told(_params: OncallParams, output: dict[str, Any]) -> str:
+    return _routed(output, paged="Paged on-call", posted="Notified on-call", logged="the on-call message")
+
+
 def _send_to(ctx: ActionContext, target: str, text: str, severity: str) -> ActionResult:
     senders: dict[str, Callable[[], dict[str, Any]]] = {
         "pagerduty": lambda: send_pagerduty(ctx, "trigger", text),
@@ -347,7 +395,7 @@ def _send_to(ctx: ActionContext, target: str, text: str, severity: str) -> Actio
     return result
 
 
-@action("notify.oncall", params=OncallParams)
+@action("notify.oncall", params=OncallParams, describe_effect=_told)
 def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
     """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
     severity = _severity(ctx, _incident_now(ctx))
@@ -367,7 +415,11 @@ def _configured_route(ctx: ActionContext, target: str) -> str:
     return next(name for name in ("pagerduty", "slack", "log") if configured[name])
 
 
-@action("notify.escalate", params=EscalateParams)
+def _escalated(_params: EscalateParams, output: dict[str, Any]) -> str:
+    return _routed(output, paged="Escalated to on-call", posted="Escalated to on-call", logged="the escalation")
+
+
+@action("notify.escalate", params=EscalateParams, describe_effect=_escalated)
 def notify_escalate(ctx: ActionContext, params: EscalateParams) -> ActionResult:
     """Tell on-call that automation failed, routed like notify.oncall, with the incident's link: sent for
     every page of playbooks/pages.py (a failed run, an expired approval, a loop breaker that tripped).

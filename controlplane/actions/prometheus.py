@@ -52,7 +52,21 @@ def _failed(exc: PrometheusError, query: str, url: str) -> ActionError:
     return ActionError(str(exc), retriable=exc.retriable, output={"query": query, "prometheus": url})
 
 
-@action("prometheus.query", params=QueryParams, target=_target)
+def _queried(params: QueryParams, output: dict[str, Any]) -> str:
+    if params.reduce is None:
+        count = len(output.get("samples") or [])
+        return f"Queried Prometheus: {count} series"
+    return f"Queried Prometheus: {params.reduce} = {_shown(output.get('value'))}"
+
+
+def _shown(value: Any) -> str:
+    """A sample's value short enough to read: 0.4231 for 0.42312345, `no value` for NaN."""
+    if value is None:
+        return "no value"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@action("prometheus.query", params=QueryParams, target=_target, describe_effect=_queried, reads_only=True)
 def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
     """Run an instant PromQL query; the value is its samples [{labels, value}], or one number with `reduce`."""
     url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
@@ -66,7 +80,14 @@ def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
     return ActionResult(value=value, output={"query": params.query, "reduce": params.reduce, "value": value})
 
 
-@action("prometheus.top", params=TopParams, target=_target)
+def _ranked(params: TopParams, output: dict[str, Any]) -> str:
+    which = "highest" if params.order == "desc" else "lowest"
+    series = output.get("series", 0)
+    of = f" of {series} series" if series != 1 else ""
+    return f"Found {params.label} {output.get('value')} {which}{of} ({_shown(output.get('top_value'))})"
+
+
+@action("prometheus.top", params=TopParams, target=_target, describe_effect=_ranked, reads_only=True)
 def top(ctx: ActionContext, params: TopParams) -> ActionResult:
     """Rank a query's series by value; the value is the `label` of the highest (or lowest, order: asc)."""
     url, client = ctx.ports.prometheus_url, ctx.ports.prometheus

@@ -7,11 +7,12 @@ A rule rolls a silence back with
 from __future__ import annotations
 
 from datetime import UTC, timedelta
+from typing import Any
 
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
-from controlplane.durations import Duration, format_duration
+from controlplane.durations import Duration, format_duration, spoken
 from controlplane.integrations.alertmanager import AlertmanagerError
 from controlplane.silences.service import MAX_SILENCE
 
@@ -58,6 +59,11 @@ def _action_error(exc: AlertmanagerError) -> ActionError:
     return ActionError(str(exc), retriable=exc.retriable)
 
 
+def _silenced(params: SilenceParams, output: dict[str, Any]) -> str:
+    matchers = ", ".join(f"{name}={value}" for name, value in sorted(dict(output.get("matchers") or {}).items()))
+    return f"Silenced {matchers} in Alertmanager for {spoken(params.duration)}"
+
+
 @action(
     "alertmanager.silence",
     params=SilenceParams,
@@ -65,6 +71,7 @@ def _action_error(exc: AlertmanagerError) -> ActionError:
     blast_radius=_too_wide,
     blast_radius_doc="at least one matcher with a value; at most 7 days",
     target=lambda ctx, _params: ctx.ports.alertmanager_url,
+    describe_effect=_silenced,
 )
 def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
     """Silence the incident's alerts (or the given matchers) in Alertmanager for a while; value: the silence id."""
@@ -100,10 +107,17 @@ class ExpireParams(Params):
     silence_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def _expired(params: ExpireParams, output: dict[str, Any]) -> str:
+    if output.get("known") is False:
+        return f"Silence {params.silence_id} was already expired or gone"
+    return f"Expired silence {params.silence_id} in Alertmanager"
+
+
 @action(
     "alertmanager.expire_silence",
     params=ExpireParams,
     target=lambda ctx, _params: ctx.ports.alertmanager_url,
+    describe_effect=_expired,
 )
 def expire_silence(ctx: ActionContext, params: ExpireParams) -> ActionResult:
     """Expire a silence (the rollback of alertmanager.silence); one already expired or gone counts as done."""

@@ -49,7 +49,13 @@ def _health(state: dict[str, Any]) -> dict[str, bool]:
     return {name: bool(info.get("healthy")) for name, info in dict(state.get("backends", {})).items()}
 
 
-@action("storage.check", params=StorageParams, target=target_name)
+def _checked(params: StorageParams, output: dict[str, Any]) -> str:
+    unhealthy = ", ".join(output.get("unhealthy") or []) or "none"
+    target = output.get("target", params.target)
+    return f"Checked checkpoint storage on {target}: {output.get('active')} active, unhealthy: {unhealthy}"
+
+
+@action("storage.check", params=StorageParams, target=target_name, describe_effect=_checked, reads_only=True)
 def check(ctx: ActionContext, params: StorageParams) -> ActionResult:
     """Report each checkpoint backend's health and which one is active; the value is the active backend."""
     target = _http_target(ctx, params, "storage.check")
@@ -88,6 +94,13 @@ def _refuse_unhealthy(ctx: ActionContext, params: SwitchParams) -> str | None:
     return None
 
 
+def _switched(params: SwitchParams, output: dict[str, Any]) -> str:
+    target, active = output.get("target", params.target), output.get("active", params.backend)
+    if output.get("changed") is False:
+        return f"Checkpoint storage on {target} was already {active}; left as it was"
+    return f"Switched checkpoint storage on {target} {output.get('previous')} → {active}"
+
+
 @action(
     "storage.switch",
     params=SwitchParams,
@@ -95,6 +108,7 @@ def _refuse_unhealthy(ctx: ActionContext, params: SwitchParams) -> str | None:
     blast_radius=_refuse_unhealthy,
     blast_radius_doc="never onto a backend the target reports unhealthy (http targets; the service refuses too)",
     target=target_name,
+    describe_effect=_switched,
 )
 def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     """Make `backend` the active checkpoint storage; the value is the new backend, output.previous the old."""
@@ -124,7 +138,14 @@ def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     return ActionResult(value=params.backend, output=output)
 
 
-@action("storage.cleanup_corrupted", params=CleanupParams, target=target_name)
+def _cleaned(params: CleanupParams, output: dict[str, Any]) -> str:
+    removed = int(output.get("removed", 0))
+    where = f"{params.backend} on " if params.backend else ""
+    plural = "" if removed == 1 else "s"
+    return f"Removed {removed} corrupted checkpoint{plural} from {where}{output.get('target', params.target)}"
+
+
+@action("storage.cleanup_corrupted", params=CleanupParams, target=target_name, describe_effect=_cleaned)
 def cleanup_corrupted(ctx: ActionContext, params: CleanupParams) -> ActionResult:
     """Remove the checkpoints corrupted while storage was failing; the value is how many were removed."""
     target = _http_target(ctx, params, "storage.cleanup_corrupted")

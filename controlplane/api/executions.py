@@ -43,8 +43,8 @@ def list_executions(
 @router.get(
     "/executions/{execution_id}", summary="One execution with its steps and timeline", responses=error_responses(404)
 )
-def get_execution(conn: ConnDep, execution_id: IdPath) -> ExecutionDetail:
-    return service.get_execution(conn=conn, execution_id=execution_id)
+def get_execution(conn: ConnDep, services: ServicesDep, execution_id: IdPath) -> ExecutionDetail:
+    return service.get_execution(conn=conn, execution_id=execution_id, registry=services.registry)
 
 
 @router.post(

@@ -13,6 +13,8 @@ from controlplane.api.errors import error_responses
 from controlplane.errors import InvalidInput
 from controlplane.playbooks import ledger, quarantine
 from controlplane.rules.loader import RuleLoadError
+from controlplane.rules.matchers import shown
+from controlplane.rules.schema import Rule
 
 router = APIRouter(prefix="/api/v1", tags=["rules"], responses=error_responses(401), dependencies=[ReaderDep])
 
@@ -25,6 +27,14 @@ class RulesOut(BaseModel):
     playbooks: list[dict[str, Any]]
 
 
+def _rule(rule: Rule) -> dict[str, Any]:
+    """The rule as its file has it, and its `match:` as matcher text with each operator (`alertname=~"A|B"`)."""
+    out = rule.model_dump(mode="json", by_alias=True)
+    if rule.match is not None:
+        out["matchers"] = [str(m) for m in shown(rule.match)]
+    return out
+
+
 @router.get("/rules", summary="The rules and playbooks in force")
 def list_rules(services: ServicesDep) -> RulesOut:
     holder = services.rules
@@ -33,7 +43,7 @@ def list_rules(services: ServicesDep) -> RulesOut:
         directory=str(holder.directory),
         loaded_at=holder.loaded_at,
         last_reload_errors=holder.last_error,
-        rules=[r.model_dump(mode="json", by_alias=True) for r in current.rules],
+        rules=[_rule(r) for r in current.rules],
         playbooks=[p.model_dump(mode="json", by_alias=True) for p in current.playbooks.values()],
     )
 

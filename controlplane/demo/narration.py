@@ -80,7 +80,7 @@ class Narrator:
             error = f": {step['error']}" if step["error"] else ""
             self.say(key, f"  step {step['index'] + 1} {step['action']} {step['status']}{shown}{error}")
         if detail["status"] not in ("pending", "running", "waiting"):
-            self.say(f"exec-{execution_id}-end", f"control plane: {name} {detail['status']}")
+            self.say(f"exec-{execution_id}-end", f"control plane: {name} {detail['status']}: {detail['summary']}")
 
     def _error_rate(self) -> None:
         """Errors/s of the failing graph, printed every 2 s while it changes: rising, then falling to 0."""

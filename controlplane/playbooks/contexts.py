@@ -52,12 +52,17 @@ class ActionContexts:
     def for_step(
         self, run: Run, phase: Phase, index: int, started_at: datetime, deadline: float | None = None
     ) -> ActionContext:
-        key = index if phase == "forward" else _ROLLBACK_KEYS + index
-        return self._context(run.id, run.rule, run.context, key, str(key), started_at, deadline, dry_run=run.dry_run)
+        if phase == "forward":
+            key, step = index, f"step {index + 1}"
+        else:
+            key, step = _ROLLBACK_KEYS + index, f"rollback of step {index + 1}"
+        return self._context(
+            run.id, run.rule, run.context, key, str(key), step, started_at, deadline, dry_run=run.dry_run
+        )
 
     def for_page(self, *, execution_id: int, rule: str, context: dict[str, Any], key: str) -> ActionContext:
         """The context of a page about an execution (playbooks/pages.py): its alert and incident, its own key."""
-        return self._context(execution_id, rule, context, _NOT_A_STEP, key, self.clock(), None, dry_run=False)
+        return self._context(execution_id, rule, context, _NOT_A_STEP, key, "page", self.clock(), None, dry_run=False)
 
     def _context(
         self,
@@ -66,6 +71,7 @@ class ActionContexts:
         context: dict[str, Any],
         index: int,
         key: str,
+        step: str,
         started_at: datetime,
         deadline: float | None,
         *,
@@ -77,6 +83,7 @@ class ActionContexts:
         return ActionContext(
             execution_id=execution_id,
             step_index=index,
+            step=step,
             idempotency_key=f"{execution_id}:{key}",
             rule=rule,
             incident=IncidentView(**incident) if incident else None,

@@ -102,7 +102,7 @@ class Executor:
         step = run.playbook.steps[failed_index]
         rolled, rollback_errors = self._rollback(run, failed_index)
         escalate = step.on_failure == "escalate"
-        reason = f"step {failed_index} ({step.id or step.action}) failed: {error}"
+        reason = f"step {failed_index + 1} ({step.id or step.action}) failed: {error}"
         if rollback_errors:
             reason += "; rollback failed: " + "; ".join(rollback_errors)
         final: Status = "rolled_back" if rolled and not rollback_errors else "failed"
@@ -148,7 +148,7 @@ class Executor:
                     else dict(forward.inputs)
                 )
             except RenderError as exc:
-                errors.append(f"step {index}: {exc}")
+                errors.append(f"step {index + 1}: {exc}")
                 continue
             attempt = StepAttempt.rollback(self._steps, run, index, inputs)
             if attempt.row is not None and attempt.row.status == "succeeded":
@@ -158,5 +158,5 @@ class Executor:
             if outcome.kind == "done":
                 rolled += 1
             else:
-                errors.append(f"step {index} ({step.rollback.action}): {outcome.error}")
+                errors.append(f"step {index + 1} ({step.rollback.action}): {outcome.error}")
         return rolled, errors

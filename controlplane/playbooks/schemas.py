@@ -25,6 +25,8 @@ class StepOut(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     duration_ms: float | None
+    # Not stored: what a succeeded step did, in the operator's words (playbooks/summary.py).
+    effect: str | None = Field(default=None, description="What the step did, for a step that succeeded")
 
 
 class ExecutionOut(BaseModel):
@@ -56,6 +58,11 @@ class ExecutionOut(BaseModel):
 
 
 class ExecutionDetail(ExecutionOut):
+    summary: str = Field(
+        default="",
+        description="One line: what the steps did and how the execution ended, e.g. "
+        "'Disabled graph chat on langgraph; paged on-call via PagerDuty (critical); resolved 3 min later'",
+    )
     params: dict[str, Any]
     playbook: dict[str, Any]
     steps: list[StepOut]

@@ -8,14 +8,17 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from controlplane.actions.base import ActionRegistry
 from controlplane.db.tables import audit_t, executions_t, steps_t
 from controlplane.errors import Conflict, NotFound
 from controlplane.incidents.schemas import AuditEventOut
 from controlplane.playbooks import guards
 from controlplane.playbooks.schemas import AutomationOut, ExecutionDetail, ExecutionOut, ExecutionPage, StepOut
 from controlplane.playbooks.state import ACTIVE, Status, transition
+from controlplane.playbooks.summary import described, summarize
 
 _COLUMNS = [executions_t.c[name] for name in ExecutionOut.model_fields]
+STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields if name in steps_t.c]  # `effect` is not stored
 
 
 def list_executions(
@@ -41,7 +44,11 @@ def list_executions(
     return ExecutionPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
 
-def get_execution(*, conn: Connection, execution_id: int) -> ExecutionDetail:
+def get_execution(*, conn: Connection, execution_id: int, registry: ActionRegistry | None = None) -> ExecutionDetail:
+    """The execution with its steps (each with its effect), its summary line and its own audit trail.
+
+    `registry`: the service's actions, whose descriptions say what each step did (default: the built-in ones).
+    """
     row = (
         conn.execute(
             select(*_COLUMNS, executions_t.c.params, executions_t.c.playbook).where(executions_t.c.id == execution_id)
@@ -51,14 +58,15 @@ def get_execution(*, conn: Connection, execution_id: int) -> ExecutionDetail:
     )
     if row is None:
         raise NotFound(f"execution {execution_id} not found")
-    steps = [
-        StepOut(**r)
-        for r in conn.execute(
-            select(*[steps_t.c[name] for name in StepOut.model_fields])
-            .where(steps_t.c.execution_id == execution_id)
-            .order_by(steps_t.c.id)
-        ).mappings()
-    ]
+    steps = described(
+        [
+            StepOut(**r)
+            for r in conn.execute(
+                select(*STEP_COLUMNS).where(steps_t.c.execution_id == execution_id).order_by(steps_t.c.id)
+            ).mappings()
+        ],
+        registry,
+    )
     timeline = [
         AuditEventOut(**r)
         for r in conn.execute(
@@ -69,7 +77,8 @@ def get_execution(*, conn: Connection, execution_id: int) -> ExecutionDetail:
             .order_by(audit_t.c.id)
         ).mappings()
     ]
-    return ExecutionDetail(**row, steps=steps, timeline=timeline)
+    summary = summarize(ExecutionOut(**{k: row[k] for k in ExecutionOut.model_fields}), steps, registry)
+    return ExecutionDetail(**row, summary=summary, steps=steps, timeline=timeline)
 
 
 def _decide(

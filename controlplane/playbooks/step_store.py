@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import Connection, Engine, Row, select, update
@@ -268,7 +268,7 @@ class StepStore:
                 values={"wake_at": until, "lease_owner": None, "lease_expires_at": None},
                 incident_id=run.incident_id,
                 audit_it=row.status != "waiting",
-                reason=f"step {place.index} ({place.step.id or place.step.action}) waits until {until.isoformat()}",
+                reason=f"step {place.index + 1} ({place.step.id or place.step.action}) waits until {_utc(until)}",
             )
             if not ok:
                 raise LeaseLost()
@@ -306,6 +306,10 @@ class StepStore:
             detail=detail,
             now=now or self._clock(),
         )
+
+
+def _utc(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _jsonable(value: Any) -> Any:

@@ -93,5 +93,19 @@ def parse_matchers(mapping: Mapping[str, str]) -> list[Matcher]:
     return [parse_matcher(name, raw) for name, raw in mapping.items()]
 
 
+def shown(mapping: Mapping[str, str]) -> list[Matcher]:
+    """A `match:` mapping as matchers to show, each with its operator: `severity=~crit.*`, never `severity==~crit.*`.
+
+    A value that does not parse (an invalid regex, only in a rule file that failed to load) is shown as written.
+    """
+    out = []
+    for name, raw in mapping.items():
+        try:
+            out.append(parse_matcher(name, raw))
+        except ValueError:
+            out.append(Matcher(name, "=", raw))
+    return out
+
+
 def matches_all(matchers: list[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)

@@ -16,10 +16,13 @@ from urllib.parse import urlsplit
 
 import jinja2
 from jinja2_fragments import render_block
+from markupsafe import Markup, escape
 
 from controlplane import runbooks
-from controlplane.durations import format_duration
+from controlplane.durations import format_duration, spoken
+from controlplane.rules import matchers
 from controlplane.web.screens import PageContext, Screen
+from controlplane.web.views import EventLine
 
 # Templates and static files are package data beside this module (pyproject.toml).
 WEB_DIR = Path(__file__).resolve().parent
@@ -54,8 +57,45 @@ def absolute(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 
+def clock(value: datetime | None) -> str:
+    """The time of day in UTC, for a line whose date its heading gives."""
+    return value.astimezone(UTC).strftime("%H:%M:%S UTC") if value else ""
+
+
 def iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat() if value else ""
+
+
+def when(value: datetime | None, short: bool = False) -> Markup:
+    """A time as UTC and relative; console.js adds the viewer's local time into `.local` (without it: UTC alone).
+
+    `short`: the time of day only, for lines under a heading that gives the date (an execution's own events).
+    A function, not a macro: a big incident draws it on thousands of lines, and a Jinja macro call costs more.
+    """
+    # Every part is text this module writes (digits, "UTC", "min ago"); escaped all the same. No Markup.format:
+    # string.Formatter is the slowest part of a big incident's page.
+    if value is None:
+        return Markup('<span class="muted">—</span>')
+    shown = clock(value) if short else absolute(value)
+    attribute = " data-short" if short else ""
+    return Markup(
+        f'<time datetime="{escape(iso(value))}"{attribute}><span class="utc">{escape(shown)}</span>'
+        f'<span class="local"></span><span class="sep"> · </span><span class="ago">{escape(ago(value))}</span></time>'
+    )
+
+
+def event_when(line: EventLine, short: bool = False) -> Markup:
+    """The time of a timeline line; of a folded run of repeats, the last one's."""
+    last = Markup('<span class="muted">last</span> ' if line.folded else "")
+    return last + when(line.event.at, short)
+
+
+def repeat_count(line: EventLine) -> Markup:
+    """` \u00d712 in 6 min` after a folded line's action, with the first and last times in its title."""
+    if not line.folded:
+        return Markup("")
+    title = escape(f"{line.count} times from {absolute(line.first_at)} to {absolute(line.event.at)}")
+    return Markup(f' <span class="repeat" title="{title}">\u00d7{line.count} in {escape(spoken(line.span))}</span>')
 
 
 def span(value: timedelta | None) -> str:
@@ -102,16 +142,20 @@ class Templates:
         self.env.filters.update(
             ago=ago,
             absolute=absolute,
+            clock=clock,
             iso=iso,
             span=span,
+            spoken=spoken,
             pretty=pretty,
             link=link,
             runbook=runbook,
             severity=severity_class,
+            matchers=matchers.shown,
         )
         # Macros as globals: a block rendered alone (jinja2-fragments) does not see its template's imports.
         macros = self.env.get_template("_macros.html").module
         self.env.globals.update({name: value for name, value in vars(macros).items() if not name.startswith("_")})
+        self.env.globals.update(when=when, event_when=event_when, repeat_count=repeat_count)
 
     def render(self, context: PageContext, screen: Screen, *, block: str | None = None) -> str:
         """The screen's whole page, or only `block` of it."""

@@ -148,7 +148,7 @@ def incident_page(
         version = views.incident_version(conn=conn, incident_id=incident_id)
         if v == version and is_htmx(request):
             return Response(status_code=204)  # unchanged: keep what the reader has open
-        view = views.incident_view(conn=conn, incident_id=incident_id)
+        view = views.incident_view(conn=conn, incident_id=incident_id, registry=services.registry)
     return page(request, services, IncidentScreen(view=view, version=version, durations=tuple(silences.DURATIONS)))
 
 
@@ -205,7 +205,7 @@ def silence(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
 @router.get("/approvals")
 def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     with services.engine.connect() as conn:
-        waiting = views.approvals(conn=conn)
+        waiting = views.approvals(conn=conn, ruleset=services.rules.current)
     return page(request, services, ApprovalsScreen(waiting=waiting))
 
 

@@ -8,15 +8,18 @@ with 100,000 incidents in the database.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import Connection, and_, func, select
 
+from controlplane.actions.base import ActionRegistry
 from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, metric_states_t, steps_t
 from controlplane.errors import NotFound
 from controlplane.incidents import service as incidents
@@ -25,6 +28,7 @@ from controlplane.playbooks import ledger, quarantine
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.state import ACTIVE
+from controlplane.playbooks.summary import described, summarize
 from controlplane.rules.loader import RuleSet
 from controlplane.rules.schema import Playbook, Rule
 from controlplane.silences import service as silence_service
@@ -37,7 +41,9 @@ ALERTS_SHOWN = 200
 EVENTS_SHOWN = 500
 EXECUTIONS_SHOWN = 100
 
-_STEP_COLUMNS = [steps_t.c[name] for name in StepOut.model_fields]
+# Audit events written again and again while nothing changes (one per poll of a wait): one line each run of them.
+REPEATING = frozenset({"execution.waiting"})
+_UNTIL = re.compile(r" until .*$")  # the part of a wait's reason that moves at every poll
 
 
 # -- incidents list ------------------------------------------------------------------------------
@@ -87,10 +93,68 @@ def list_incidents(*, conn: Connection, filters: IncidentFilters) -> IncidentPag
 
 
 @dataclass(frozen=True)
+class EventLine:
+    """One line of a timeline: an audit event, or a run of one repeated event (a wait's polls) folded into one.
+
+    `event` is the last of the run, `count` how many there were, `first_at` when the first was.
+    """
+
+    event: AuditEventOut
+    count: int = 1
+    first_at: datetime | None = None
+
+    @property
+    def folded(self) -> bool:
+        return self.count > 1
+
+    @property
+    def span(self) -> timedelta:
+        return self.event.at - (self.first_at or self.event.at)
+
+    @property
+    def text(self) -> str:
+        """What happened, after the action's name: the reason, or which step (1-based) and its error."""
+        detail = self.event.detail
+        if self.event.action.startswith("step.") and isinstance(detail.get("index"), int):
+            rollback = "rollback of " if detail.get("phase") == "rollback" else ""
+            text = f"{rollback}step {detail['index'] + 1} ({detail.get('action')})"
+            if detail.get("error"):
+                text += f": {detail['error']}"
+            return text
+        if self.event.action == "step.refused" and isinstance(detail.get("step"), int):
+            return f"step {detail['step'] + 1} ({detail.get('action')}): {detail.get('reason', '')}"
+        return str(detail.get("reason") or "")
+
+
+def fold(events: list[AuditEventOut]) -> list[EventLine]:
+    """The events in order, each run of one repeated event (REPEATING, the same reason but its time) as one line."""
+    lines: list[EventLine] = []
+    for event in events:
+        last = lines[-1] if lines else None
+        if last is not None and event.action in REPEATING and _same_repeat(last.event, event):
+            lines[-1] = EventLine(event, last.count + 1, last.first_at)
+        else:
+            lines.append(EventLine(event, 1, event.at))
+    return lines
+
+
+def _same_repeat(a: AuditEventOut, b: AuditEventOut) -> bool:
+    def key(e: AuditEventOut) -> str:
+        return _UNTIL.sub("", str(e.detail.get("reason", "")))
+
+    return a.action == b.action and key(a) == key(b)
+
+
+@dataclass(frozen=True)
 class ExecutionView:
     execution: ExecutionOut
-    steps: list[StepOut]
+    steps: list[StepOut]  # each with its effect
     events: list[AuditEventOut]  # its own audit trail: created, approved, running, succeeded...
+    summary: str = ""  # one line: what it did and how it ended (playbooks/summary.py)
+
+    @cached_property  # the template reads it twice
+    def lines(self) -> list[EventLine]:
+        return fold(self.events)
 
     @property
     def awaiting_approval(self) -> bool:
@@ -103,10 +167,10 @@ class ExecutionView:
 
 @dataclass(frozen=True)
 class TimelineEntry:
-    """One line of the incident's timeline: an audit event, or an execution with its steps."""
+    """One line of the incident's timeline: an audit event (or a run of one, folded), or an execution."""
 
     at: datetime
-    event: AuditEventOut | None = None
+    line: EventLine | None = None
     execution: ExecutionView | None = None
 
 
@@ -164,9 +228,9 @@ def incident_version(*, conn: Connection, incident_id: int) -> str:
     return hashlib.sha256(repr((tuple(row), int(time.time() // 60))).encode()).hexdigest()[:16]
 
 
-def incident_view(*, conn: Connection, incident_id: int) -> IncidentView:
+def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistry | None = None) -> IncidentView:
     """The incidents domain's detail (firing alerts first, the newest events), with the incident's executions,
-    their steps and its silences around it."""
+    their steps and its silences around it. `registry` describes what the steps did (default: built-in actions)."""
     record = incidents.incident_detail(
         conn=conn,
         incident_id=incident_id,
@@ -180,7 +244,9 @@ def incident_view(*, conn: Connection, incident_id: int) -> IncidentView:
     steps: defaultdict[int, list[StepOut]] = defaultdict(list)
     if ids:
         for r in conn.execute(
-            select(steps_t.c.execution_id, *_STEP_COLUMNS).where(steps_t.c.execution_id.in_(ids)).order_by(steps_t.c.id)
+            select(steps_t.c.execution_id, *executions.STEP_COLUMNS)
+            .where(steps_t.c.execution_id.in_(ids))
+            .order_by(steps_t.c.id)
         ).mappings():
             steps[r["execution_id"]].append(StepOut(**{k: v for k, v in r.items() if k != "execution_id"}))
     # Each event an execution shown here wrote is filed under it; the rest are the incident's own lines.
@@ -189,10 +255,11 @@ def incident_view(*, conn: Connection, incident_id: int) -> IncidentView:
     for event in record.timeline.items:
         owner = record.execution_of.get(event.id)
         events[owner if owner in shown else None].append(event)
-    timeline = [TimelineEntry(at=e.at, event=e) for e in events[None]]
-    timeline += [
-        TimelineEntry(at=run.created_at, execution=ExecutionView(run, steps[run.id], events[run.id])) for run in runs
-    ]
+    timeline = [TimelineEntry(at=line.event.at, line=line) for line in fold(events[None])]
+    for run in runs:
+        own = described(steps[run.id], registry)
+        view = ExecutionView(run, own, events[run.id], summarize(run, own, registry))
+        timeline.append(TimelineEntry(at=run.created_at, execution=view))
     timeline.sort(key=lambda entry: entry.at)
     silences = [
         SilenceView(**{k: r[k] for k in SilenceView.__dataclass_fields__})
@@ -220,9 +287,11 @@ class ApprovalView:
     execution: ExecutionOut
     incident_title: str | None
     params: dict[str, Any]
+    rule_match: dict[str, str] | None = None  # the `match:` of the rule in force by that name, if an alert rule
 
 
-def approvals(*, conn: Connection, limit: int = 200) -> list[ApprovalView]:
+def approvals(*, conn: Connection, ruleset: RuleSet | None = None, limit: int = 200) -> list[ApprovalView]:
+    """The executions awaiting approval, each with its incident's title, its params and its rule's matchers."""
     waiting = executions.list_executions(conn=conn, statuses=["awaiting_approval"], limit=limit).items
     incident_ids = {run.incident_id for run in waiting if run.incident_id is not None}
     titles = dict(
@@ -237,7 +306,15 @@ def approvals(*, conn: Connection, limit: int = 200) -> list[ApprovalView]:
         if waiting
         else []
     )
-    return [ApprovalView(run, titles.get(run.incident_id), params.get(run.id) or {}) for run in waiting]
+    rules = ruleset or RuleSet.empty()
+    return [
+        ApprovalView(run, titles.get(run.incident_id), params.get(run.id) or {}, _match_of(rules.rule(run.rule_name)))
+        for run in waiting
+    ]
+
+
+def _match_of(rule: Rule | None) -> dict[str, str] | None:
+    return dict(rule.match) if rule is not None and rule.match is not None else None
 
 
 # -- rules and playbooks -------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_operator_sees_an_incident_arrive_approves_and_silences_it(browser: Any,
     execution.get_by_role("button", name="Approve").click()
     page.locator("#flash").get_by_text("approved").wait_for()
     page.locator("li.execution .status-succeeded").first.wait_for()  # the worker ran it; the timeline redrew
-    page.locator("li.execution").get_by_text("notify.log").wait_for()
+    page.locator("li.execution").get_by_text("notify.log", exact=True).wait_for()  # the step's action cell
     assert page.locator("li.execution .run-events").get_by_text("by user:operator").count() >= 1
 
     page.get_by_role("button", name="Acknowledge").click()

@@ -423,6 +423,10 @@ def test_failover_switch_action_in_a_playbook(
         incident = client.get(f"/api/v1/incidents/{execution['incident_id']}").json()
         [completed] = [e for e in incident["timeline"] if e["action"] == "failover.failover_completed"]
         assert completed["actor"] == "rule:chat-down" and completed["detail"]["to_endpoint"] == "backup"
+        # Said as people count steps, the same in the failover's history as in the execution's summary.
+        assert completed["detail"]["reason"] == f"playbook step 1 of execution {execution['id']}"
+        assert move["effect"] == "Failed over chat from primary to backup (us-east)"
+        assert detail["summary"] == "Failed over chat from primary to backup (us-east); done"
         # Counted on the app's registry although the step used a manager of its own: read from the database.
         metrics = client.get("/metrics").text
         assert 'controlplane_failover_events_total{from_region="eu-west",to_region="us-east"} 1.0' in metrics

@@ -525,7 +525,7 @@ def test_escalation_pages_oncall_by_severity(
     assert "execution.escalated" in timeline and "notify.sent" in timeline
     [event] = pagerduty_api.events  # the executor paged once, routed by the incident's severity (critical)
     assert event["payload"]["summary"].startswith(
-        f"Remediation escalated to a human: rule fix-errors, execution #{t.execution_id}: step 0 (test.do) failed"
+        f"Remediation escalated to a human: rule fix-errors, execution #{t.execution_id}: step 1 (test.do) failed"
     )
 
 

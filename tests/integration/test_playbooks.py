@@ -42,7 +42,7 @@ from controlplane.resilience.circuit_breaker import CircuitBreakers
 from controlplane.rules.schema import Playbook, Rule, RuleFile
 from controlplane.telemetry import Metrics
 from tests.conftest import load_payload, make_settings
-from tests.helpers import Clock, sample_notification
+from tests.helpers import Clock, sample_notification, wait_for
 
 GROUP_BY = ["alertname", "namespace"]
 
@@ -289,7 +289,7 @@ def test_non_retriable_errors_fail_at_once_and_roll_back_in_reverse(harness: Har
     assert harness.calls == [("test.do", "a"), ("test.do", "b"), ("test.undo", "b"), ("test.undo", "undo A")]
     detail = harness.execution(t.execution_id)
     assert detail.status == "rolled_back"
-    assert "step 2 (c) failed" in detail.reason
+    assert "step 3 (c) failed" in detail.reason  # counted from 1, as people count; s.index stays 2
     failed = [s for s in detail.steps if s.status == "failed"]
     assert [(s.index, s.attempts) for s in failed] == [(2, 1)]
     assert [(s.phase, s.index) for s in detail.steps if s.phase == "rollback"] == [("rollback", 1), ("rollback", 0)]
@@ -593,7 +593,8 @@ def test_a_worker_that_lost_its_lease_records_nothing(harness: Harness) -> None:
     [t] = harness.fire()
     runner = threading.Thread(target=harness.worker.run_once)
     runner.start()
-    time.sleep(0.2)
+    # Cancelled while its first step runs (a fixed sleep here raced the step's start on a loaded machine).
+    wait_for("the first step started", lambda: harness.execution(t.execution_id).steps, 5)
     with harness.engine.connect().execution_options(write=True) as conn, conn.begin():
         service.cancel(conn=conn, execution_id=t.execution_id, actor="carol", reason="wrong fix", now=harness.clock())
     runner.join(5)
