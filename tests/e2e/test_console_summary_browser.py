@@ -20,8 +20,8 @@ import pytest
 import uvicorn
 
 from controlplane.app import create_app
-from tests.conftest import make_settings, require_binary
-from tests.e2e.test_console_browser import ARTIFACTS, CHROMIUM_ARGS, Served, log_in
+from tests.conftest import make_settings
+from tests.e2e.test_console_browser import ARTIFACTS, Served, log_in
 from tests.helpers import console_users, post_alerts
 from tests.prometheus_server import LOOPBACK, free_port
 from tests.sample_fixture import SampleApp
@@ -54,17 +54,6 @@ ALERT = {
     "annotations": {"summary": "Error rate above 5% for graph a"},
     "fingerprint": "fp-graph-a",
 }
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
