@@ -4,17 +4,14 @@ quarantine that stopped the rule and lifts it. Screenshots land in tests/artifac
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
 from tests.conftest import make_settings
+from tests.e2e.conftest import serve
 from tests.e2e.test_console_browser import ARTIFACTS, Served, log_in
 from tests.helpers import console_users, post_alerts, wait_for
 from tests.prometheus_server import LOOPBACK, free_port
@@ -52,17 +49,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         pager_poll_seconds=0.05,
         prometheus_url=f"http://{LOOPBACK}:{free_port()}",
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield Served(f"http://{LOOPBACK}:{port}")
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve(settings) as url:
+        yield Served(url)
 
 
 def post(served: Served, fingerprint: str, **labels: str) -> int:

@@ -7,8 +7,6 @@ screenshots land in tests/artifacts/, which git ignores).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
 from tests.alertmanager_server import AlertmanagerServer
 from tests.conftest import make_settings
+from tests.e2e.conftest import serve
 from tests.helpers import PASSWORD, console_users, post_alerts
-from tests.prometheus_server import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -78,17 +74,8 @@ def served(
         worker_poll_seconds=0.05,
         alertmanager_url=alertmanager.url,
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield Served(f"http://{LOOPBACK}:{port}")
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve(settings) as url:
+        yield Served(url)
 
 
 def log_in(browser: Any, served: Served, user: str, **context: Any) -> tuple[Any, list[str]]:

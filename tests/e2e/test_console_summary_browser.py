@@ -10,20 +10,16 @@ Screenshots land in tests/artifacts/ (git ignores it).
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
 from tests.conftest import make_settings
+from tests.e2e.conftest import serve
 from tests.e2e.test_console_browser import ARTIFACTS, Served, log_in
 from tests.helpers import console_users, post_alerts
-from tests.prometheus_server import LOOPBACK, free_port
 from tests.sample_fixture import SampleApp
 from tests.standins.pagerduty import ROUTING_KEY, PagerDutyStandIn
 
@@ -77,17 +73,8 @@ def served(tmp_path: Any, sample_app: SampleApp, pagerduty_api: PagerDutyStandIn
         pagerduty_routing_key=ROUTING_KEY,
         pagerduty_url=pagerduty_api.url,
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield Served(f"http://{LOOPBACK}:{port}")
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve(settings) as url:
+        yield Served(url)
 
 
 def test_the_incident_page_says_what_the_automation_did(browser: Any, served: Served, sample_app: SampleApp) -> None:

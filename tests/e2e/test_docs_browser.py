@@ -8,19 +8,15 @@ renders, and Swagger UI 4 answered 200 too while it showed "Unable to render thi
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
 from tests.conftest import make_settings
+from tests.e2e.conftest import serve
 from tests.e2e.test_console_browser import ARTIFACTS, WAIT_MS
-from tests.prometheus_server import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +28,8 @@ WEBHOOK_PATH = "/api/v1/alerts/alertmanager"
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("docs")
     settings = make_settings(f"sqlite:///{root}/controlplane.db")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=LOOPBACK, port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://{LOOPBACK}:{port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve(settings) as url:
+        yield url
 
 
 class Visit:
