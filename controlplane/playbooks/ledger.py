@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection, Engine, case, func, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import executions_t, incidents_t
@@ -167,7 +168,10 @@ class LedgerSweeps:
         except StaleLeader as exc:
             log.info("ledger.sweep_skipped_not_leader", reason=str(exc))
             return []
-        except Exception:  # the schedule outlives any one sweep (the database may be down)
+        except (OperationalError, InterfaceError) as exc:  # the database is down: the next sweep tries again
+            log.warning("ledger.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
+            return []
+        except Exception:  # the schedule outlives any one sweep
             log.exception("ledger.sweep_crashed")
             return []
         for rule, outcome in settled:

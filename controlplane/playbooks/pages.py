@@ -19,6 +19,7 @@ from typing import Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import dialect_insert, pages_t
@@ -158,7 +159,9 @@ class Pager:
         while not self._stopping.is_set():
             try:
                 self.run_once()
-            except Exception:  # the database may be down; the next round tries again
+            except (OperationalError, InterfaceError) as exc:  # the database is down: once a poll, no trace
+                log.warning("pager.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
+            except Exception:  # a bug: the next round tries again
                 log.exception("pager.round_failed")
             self._wake.wait(self._poll)
             self._wake.clear()

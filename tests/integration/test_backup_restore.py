@@ -100,13 +100,15 @@ def test_a_schema_dump_restored_into_a_fresh_database_serves_the_same_incidents_
     rules.mkdir()
     (rules / "rules.yaml").write_text(RULES)
 
-    settings = make_settings(postgres_url, rules_dir=rules, worker_poll_seconds=0.05)
+    settings = make_settings(postgres_url, rules_dir=rules, worker_poll_seconds=0.05, ledger_interval_seconds=0.1)
     with TestClient(create_app(settings), headers=AUTH) as client:
         for payload in (notification("BackupAuto"), notification("BackupApproval"), notification("Unmatched")):
             assert client.post(WEBHOOK, json=payload).status_code == 200
         wait_for("the automatic execution succeeds", lambda: _with_status(client, "succeeded"), 15)
         assert _with_status(client, "awaiting_approval")
         assert client.post(WEBHOOK, json=notification("BackupAuto", "resolved")).json()["resolved"] == 1
+        # The ledger settles the run once its incident resolved: a backup taken before would differ in that.
+        wait_for("the ledger settles the run", lambda: (_with_status(client, "succeeded") or {}).get("outcome"), 15)
         before = snapshot(client)
     assert len(before["incidents"]) == 3 and len(before["executions"]) == 2
     assert {i["status"] for i in before["incidents"]} == {"open", "resolved"}
