@@ -77,7 +77,7 @@ def get_execution(*, conn: Connection, execution_id: int, registry: ActionRegist
             .order_by(audit_t.c.id)
         ).mappings()
     ]
-    summary = summarize(ExecutionOut(**{k: row[k] for k in ExecutionOut.model_fields}), steps, registry)
+    summary = summarize(ExecutionOut(**{k: row[k] for k in ExecutionOut.model_fields}), steps, registry, timeline)
     return ExecutionDetail(**row, summary=summary, steps=steps, timeline=timeline)
 
 

@@ -14,6 +14,7 @@ from functools import cache
 from controlplane.actions.base import ActionRegistry, UnknownAction, clip
 from controlplane.actions.builtin import build_registry
 from controlplane.durations import spoken
+from controlplane.incidents.schemas import AuditEventOut
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
 
 VERIFY = "verify.resolved"  # its success is the outcome "resolved N min later", not one more effect
@@ -58,7 +59,12 @@ def described(steps: Sequence[StepOut], registry: ActionRegistry | None = None) 
     return [step.model_copy(update={"effect": step_effect(step, registry)}) for step in steps]
 
 
-def summarize(execution: ExecutionOut, steps: Sequence[StepOut], registry: ActionRegistry | None = None) -> str:
+def summarize(
+    execution: ExecutionOut,
+    steps: Sequence[StepOut],
+    registry: ActionRegistry | None = None,
+    events: Sequence[AuditEventOut] = (),
+) -> str:
     """One line: what the succeeded steps did, then how the execution ended or where it stands.
 
     "Disabled graph chat on langgraph; paged on-call via PagerDuty (critical); resolved 3 min later".
@@ -66,8 +72,9 @@ def summarize(execution: ExecutionOut, steps: Sequence[StepOut], registry: Actio
     """
     registry = registry or builtin_registry()
     status = execution.status
+    paged = [page] if (page := _page(events)) else []
     if status == "suppressed":
-        return _sentence([f"not run: {execution.reason}" if execution.reason else "not run (suppressed)"])
+        return _sentence([f"not run: {execution.reason}" if execution.reason else "not run (suppressed)", *paged])
     if status == "awaiting_approval":
         return _sentence(["waiting for approval"])
     forward = sorted((s for s in steps if s.phase == "forward"), key=lambda s: s.index)
@@ -77,7 +84,26 @@ def summarize(execution: ExecutionOut, steps: Sequence[StepOut], registry: Actio
         return _sentence([f"dry run: would have called {shown}" + ("" if status == "dry_run" else f"; {status}")])
     parts = [effect for s in forward if (effect := _summarized(s, registry)) is not None]
     parts.append(_outcome(execution, forward, [s for s in steps if s.phase == "rollback"], registry))
-    return _sentence(parts)
+    return _sentence([*parts, *paged])
+
+
+_PAGED = {
+    "pagerduty": "paged on-call via PagerDuty",
+    "slack": "told on-call on Slack",
+    "log": "paged nobody: the page went to the service log only",
+}
+
+
+def _page(events: Sequence[AuditEventOut]) -> str | None:
+    """What became of the page about this execution's failure (playbooks/pages.py), from its audit trail."""
+    for event in events:
+        if ":page:" not in str(event.detail.get("idempotency_key", "")):
+            continue
+        if event.action == "notify.sent":
+            return _PAGED.get(str(event.detail.get("via")), "paged on-call")
+        if event.action == "notify.failed":
+            return f"the page to on-call failed: {clip(str(event.detail.get('error', '')), REASON_CHARS)}"
+    return None
 
 
 def _summarized(step: StepOut, registry: ActionRegistry) -> str | None:

@@ -258,7 +258,7 @@ def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistr
     timeline = [TimelineEntry(at=line.event.at, line=line) for line in fold(events[None])]
     for run in runs:
         own = described(steps[run.id], registry)
-        view = ExecutionView(run, own, events[run.id], summarize(run, own, registry))
+        view = ExecutionView(run, own, events[run.id], summarize(run, own, registry, events[run.id]))
         timeline.append(TimelineEntry(at=run.created_at, execution=view))
     timeline.sort(key=lambda entry: entry.at)
     silences = [

@@ -76,6 +76,7 @@ def test_a_failed_run_marks_its_incident_and_is_counted(client: TestClient) -> N
 
     text = wait_for("the page was sent (to the log: no PagerDuty or Slack here)", metrics, 20)
     assert 'controlplane_remediation_outcomes_total{outcome="failed",rule="fix-errors"} 1.0' in text
+    assert "paged nobody: the page went to the service log only" in client.get(f"/incidents/{failed}").text
 
 
 def test_a_quarantine_is_shown_and_lifted(client: TestClient) -> None:

@@ -81,6 +81,7 @@ def test_a_failed_run_pages_oncall_once_with_the_reason_and_the_incident_link(
     h.run_all()  # a later round sends nothing more
     detail = h.execution(t.execution_id)
     assert detail.status == "failed"
+    assert detail.summary == "Failed at step 1 (test.do): test.do failed (try 1); paged on-call via PagerDuty"
     [summary] = summaries(pagerduty_api)
     assert f"rule fix-errors, execution #{t.execution_id}" in summary
     assert "(test.do) failed: test.do failed (try 1)" in summary
