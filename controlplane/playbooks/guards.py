@@ -157,7 +157,7 @@ _GUARD_FACTS = select(
 def decide(conn: Connection, *, rule: Rule, guard_key: str, now: datetime, state: Automation) -> Decision:
     """Which status a new execution of `rule` for `guard_key` starts in. Call under lock_rule()."""
     guards = rule.guards
-    dry_run = guards.dry_run or state.dry_run
+    dry_run = rule.shadow or state.dry_run  # shadow: every guard decides as if live; the run acts on nothing
     if state.paused:
         return Decision("suppressed", dry_run, f"automation paused: {state.reason or 'no reason given'}", "paused")
     facts = conn.execute(
@@ -196,7 +196,9 @@ def decide(conn: Connection, *, rule: Rule, guard_key: str, now: datetime, state
             "suppressed", dry_run, f"max_concurrent: {guards.max_concurrent} already in progress", "max_concurrent"
         )
     if dry_run:
-        return Decision("pending", True, "dry run: actions are recorded, not called")
+        would = "; live, it would wait for approval" if guards.approval else ""
+        why = "shadow rule" if rule.shadow else "global dry run"
+        return Decision("pending", True, f"{why}: actions are planned, not called{would}")
     breaker = guards.loop_breaker
     if breaker is not None:
         lifted = quarantine.lifted_since(conn, rule=rule.name, guard_key=guard_key)

@@ -159,6 +159,15 @@ class Rule(_Strict):
     playbook: str
     params: dict[str, Any] = Field(default_factory=dict)
     guards: Guards = Field(default_factory=Guards)
+
+    @property
+    def shadow(self) -> bool:
+        """Runs are recorded, never acted on: `mode: shadow`, or its older spelling `guards.dry_run: true`."""
+        return self.mode == "shadow" or self.guards.dry_run
+
+    # `shadow`: the rule matches and its guards decide as if it were live, and each run is recorded with
+    # what it would have done, acting on nothing and paging nobody. `guards.dry_run: true` is the same.
+    mode: Literal["live", "shadow"] = "live"
     # An execution that ends failed or rolled back, an approval that expires, a loop breaker that trips:
     # each pages on-call once (routed by severity). `false` opts the rule out, for rules that page themselves.
     page_on_failure: bool = True

@@ -339,6 +339,8 @@ class RuleView:
     runs_in_window: int | None  # None without a max_runs guard
     metric: MetricStateView | None
     outcomes: dict[str, ledger.Record] = field(default_factory=dict)  # period (24h, 7d) -> its record
+    # Shadow rules: their runs since the rules were loaded, "would run" or the guard that would have blocked.
+    shadow_runs: dict[str, int] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -397,6 +399,16 @@ def rules_view(
         )
         for row in conn.execute(select(metric_states_t))
     }
+    shadow: defaultdict[str, dict[str, int]] = defaultdict(dict)
+    shadow_rules = [rule.name for rule in ruleset.rules if rule.shadow]
+    if shadow_rules and loaded_at is not None:
+        e = executions_t.c
+        for row in conn.execute(
+            select(e.rule_name, e.guard, func.count().label("n"))
+            .where(e.rule_name.in_(shadow_rules), e.dry_run.is_(True), e.created_at >= loaded_at)
+            .group_by(e.rule_name, e.guard)
+        ):
+            shadow[row.rule_name][row.guard or "would run"] = int(row.n)
     outcomes: defaultdict[str, dict[str, ledger.Record]] = defaultdict(dict)
     for record in ledger.records(conn, now=now):
         outcomes[record.rule][record.period] = record
@@ -409,7 +421,18 @@ def rules_view(
         runs = None
         if rule.name in windows:
             runs = sum(1 for t in recent[rule.name] if t > now - windows[rule.name])
-        views.append(RuleView(rule, at, key, cooldown_left, runs, metric.get(rule.name), outcomes.get(rule.name, {})))
+        views.append(
+            RuleView(
+                rule,
+                at,
+                key,
+                cooldown_left,
+                runs,
+                metric.get(rule.name),
+                outcomes.get(rule.name, {}),
+                shadow.get(rule.name, {}),
+            )
+        )
     return RulesView(
         rules=views,
         playbooks=list(ruleset.playbooks.values()),
