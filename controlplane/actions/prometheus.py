@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.integrations.prometheus import PrometheusError, Reduce, Sample
 
 RANKING_LIMIT = 50  # keeps a step's recorded output small on a query returning thousands of series
@@ -66,7 +66,29 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-@action("prometheus.query", params=QueryParams, target=_target, describe_effect=_queried, reads_only=True)
+def _ran(name: str, describe: Any) -> Any:
+    """The plan of a query: it only reads, so it runs, and later steps' templates see its value."""
+
+    def plan(ctx: ActionContext, params: Any) -> Plan:
+        func = query if name == "prometheus.query" else top
+        result = func(ctx, params)
+        found = describe(params, {"value": result.value, **result.output})
+        sentence = f"query Prometheus (runs during the plan): {found[0].lower()}{found[1:]}"
+        change = {"query": params.query, "value": result.value}
+        url = ctx.ports.prometheus_url
+        return Plan(action=name, target=url, change=change, sentence=sentence, noop=True, ran=result)
+
+    return plan
+
+
+@action(
+    "prometheus.query",
+    params=QueryParams,
+    target=_target,
+    describe_effect=_queried,
+    reads_only=True,
+    plan=_ran("prometheus.query", _queried),
+)
 def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
     """Run an instant PromQL query; the value is its samples [{labels, value}], or one number with `reduce`."""
     url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
@@ -87,7 +109,14 @@ def _ranked(params: TopParams, output: dict[str, Any]) -> str:
     return f"Found {params.label} {output.get('value')} {which}{of} ({_shown(output.get('top_value'))})"
 
 
-@action("prometheus.top", params=TopParams, target=_target, describe_effect=_ranked, reads_only=True)
+@action(
+    "prometheus.top",
+    params=TopParams,
+    target=_target,
+    describe_effect=_ranked,
+    reads_only=True,
+    plan=_ran("prometheus.top", _ranked),
+)
 def top(ctx: ActionContext, params: TopParams) -> ActionResult:
     """Rank a query's series by value; the value is the `label` of the highest (or lowest, order: asc)."""
     url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
