@@ -3,6 +3,7 @@ read from the sample service, with nothing written and no request that changes i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sqlalchemy import Engine
 
 from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
+from controlplane.cli import main
 from controlplane.db.engine import make_engine
 from controlplane.rules.loader import load_rules
 from tests.conftest import ADMIN_TOKEN, TOKEN, count_rows, make_settings
@@ -98,3 +100,30 @@ def test_plan_needs_the_admin_token_a_known_rule_and_one_subject(service: TestCl
     assert service.post("/api/v1/rules/graph-failing/plan", json={}, headers=ADMIN).status_code == 422
     gone = service.post("/api/v1/rules/graph-failing/plan", json={"incident_id": 999}, headers=ADMIN)
     assert gone.status_code == 404
+
+
+def test_the_plan_command_prints_the_steps_and_fails_on_a_refusal(
+    sample_app: SampleApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "sample.yaml").write_text(RULES.format(url=f"{sample_app.url}/admin"))
+    monkeypatch.setenv("CONTROLPLANE_DATABASE_URL", f"sqlite:///{tmp_path}/cp.db")
+    monkeypatch.setenv("CONTROLPLANE_RULES_DIR", str(rules_dir))
+    assert main(["plan", "graph-failing", "--labels", "alertname=GraphFailing", "graph=a"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "rule graph-failing, playbook disable-graph:",
+        "  (the rule in force would not act on these labels: it does not match them or is disabled)",
+        "  step 1: check checkpoint storage on default: primary active, unhealthy: none",
+        "  step 2: disable graph a on default (3 of 3 enabled; at most 1 disabled)",
+        "  step 3: write to the service log (info): disabled a while primary is active",
+    ]
+    # With graph a disabled already, disabling b would exceed max_disabled_graphs 1: exit 1, and why.
+    sample_app.client.admin("POST", "/graphs/a/disable")
+    assert main(["plan", "graph-failing", "--json", "--labels", "alertname=GraphFailing", "graph=b"]) == 1
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["refused"] and planned["steps"][1]["status"] == "refused"
+    assert "max_disabled_graphs of 1" in planned["stopped"]
+    assert sample_app.client.graphs() == {"a": False, "b": True, "c": True}
+    assert main(["plan", "nope", "--labels", "a=b"]) == 2
+    assert "no rule 'nope'" in capsys.readouterr().err
