@@ -62,7 +62,9 @@ def slack_plan(ctx: ActionContext, action: str, text: str, channel: str) -> Plan
 
 def pagerduty_plan(ctx: ActionContext, action: str, event: str, summary: str | None, level: str | None) -> Plan:
     incident = incident_now(ctx)
-    dedup = pagerduty.dedup_key(incident.id) if incident else f"controlplane-execution-{ctx.execution_id}"
+    # Without an incident the key is the run's own; a plan has no run yet (execution 0).
+    run = str(ctx.execution_id) if ctx.execution_id else "<run id>"
+    dedup = pagerduty.dedup_key(incident.id) if incident else f"controlplane-execution-{run}"
     chosen = level or pagerduty.severity_of(incident.severity if incident else "error")
     change = {"via": "pagerduty", "event_action": event, "dedup_key": dedup, "severity": chosen, "summary": summary}
     if ctx.ports.pagerduty is None:

@@ -66,19 +66,14 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _ran(name: str, describe: Any) -> Any:
+def _ran(name: str, func: Any, describe: Any, ctx: ActionContext, params: Any) -> Plan:
     """The plan of a query: it only reads, so it runs, and later steps' templates see its value."""
-
-    def plan(ctx: ActionContext, params: Any) -> Plan:
-        func = query if name == "prometheus.query" else top
-        result = func(ctx, params)
-        found = describe(params, {"value": result.value, **result.output})
-        sentence = f"query Prometheus (runs during the plan): {found[0].lower()}{found[1:]}"
-        change = {"query": params.query, "value": result.value}
-        url = ctx.ports.prometheus_url
-        return Plan(action=name, target=url, change=change, sentence=sentence, noop=True, ran=result)
-
-    return plan
+    result: ActionResult = func(ctx, params)
+    found = describe(params, {"value": result.value, **result.output})
+    sentence = f"query Prometheus (runs during the plan): {found[0].lower()}{found[1:]}"
+    change = {"query": params.query, "value": result.value}
+    url = ctx.ports.prometheus_url
+    return Plan(action=name, target=url, change=change, sentence=sentence, noop=True, ran=result)
 
 
 @action(
@@ -87,7 +82,7 @@ def _ran(name: str, describe: Any) -> Any:
     target=_target,
     describe_effect=_queried,
     reads_only=True,
-    plan=_ran("prometheus.query", _queried),
+    plan=lambda ctx, params: _plan_query(ctx, params),
 )
 def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
     """Run an instant PromQL query; the value is its samples [{labels, value}], or one number with `reduce`."""
@@ -115,7 +110,7 @@ def _ranked(params: TopParams, output: dict[str, Any]) -> str:
     target=_target,
     describe_effect=_ranked,
     reads_only=True,
-    plan=_ran("prometheus.top", _ranked),
+    plan=lambda ctx, params: _plan_top(ctx, params),
 )
 def top(ctx: ActionContext, params: TopParams) -> ActionResult:
     """Rank a query's series by value; the value is the `label` of the highest (or lowest, order: asc)."""
@@ -150,3 +145,11 @@ def top(ctx: ActionContext, params: TopParams) -> ActionResult:
         "series": len(samples),
     }
     return ActionResult(value=value, output=output)
+
+
+def _plan_query(ctx: ActionContext, params: QueryParams) -> Plan:
+    return _ran("prometheus.query", query, _queried, ctx, params)
+
+
+def _plan_top(ctx: ActionContext, params: TopParams) -> Plan:
+    return _ran("prometheus.top", top, _ranked, ctx, params)
