@@ -278,6 +278,7 @@ def test_paging_and_failover_plans_send_nothing_and_write_nothing(engine: Engine
             slack_channel="#ops",
             pagerduty_routing_key=ROUTING_KEY,
             pagerduty_url=pagerduty.url,
+            http_allowed_hosts=["127.0.0.1"],
         )
         group = FailoverGroup.model_validate(
             {
@@ -298,8 +299,15 @@ def test_paging_and_failover_plans_send_nothing_and_write_nothing(engine: Engine
             {"action": "failover.switch", "with": {"service": "api"}},
             {"action": "verify.resolved", "with": {"within": "5m"}},
             {"action": "wait", "with": {"duration": "30s"}},
+            # Pointed at the PagerDuty stand-in: it proves nothing is sent.
+            {"action": "http.request", "with": {"url": pagerduty.url, "method": "POST"}},
+            {"action": "notify.webhook", "with": {"url": pagerduty.url}},
+            {"action": "notify.webhook", "with": {"url": "http://elsewhere.invalid/hook"}},
+            {"action": "alertmanager.expire_silence", "with": {"silence_id": "abc"}},
+            {"action": "http.request", "with": {"url": "http://elsewhere.invalid/"}, "on_failure": "continue"},
         ]
         result = plan(settings, engine, steps, failover=(group,), incident=INCIDENT)
+        host = pagerduty.url.removeprefix("http://").rstrip("/")
         assert sentences(result) == [
             "step 1: page PagerDuty (critical) with dedup key controlplane-incident-42",
             "step 2: post incident #42's message to #ops on Slack: Disabling graph chat",
@@ -310,6 +318,13 @@ def test_paging_and_failover_plans_send_nothing_and_write_nothing(engine: Engine
             "step 7: fail over api eu → us (us-east)",
             "step 8: verify incident #42 resolves within 5 min (now unknown)",
             "step 9: wait 30 s",
+            f"step 10: send POST to {host} (expects HTTP 200, 201, 202, 204)",
+            f"step 11: POST the webhook to {host}",
+            "step 12: send no webhook: host 'elsewhere.invalid' is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS"
+            " (not delivered)",
+            "step 13: expire silence abc in Alertmanager",
+            "step 14: send GET to elsewhere.invalid (expects HTTP 200, 201, 202, 204): refused "
+            "(host 'elsewhere.invalid' is not in CONTROLPLANE_HTTP_ALLOWED_HOSTS)",
         ]
         assert pagerduty.requests == [] and slack.requests == []
         for table in (
