@@ -118,3 +118,33 @@ def webhook_plan(ctx: ActionContext, url: str) -> Plan:
         )
     change = {"via": "webhook", "host": host}
     return Plan(action="notify.webhook", target=host, change=change, sentence=f"POST the webhook to {host}")
+
+
+def escalation_text(ctx: ActionContext, reason: str) -> str:
+    """What notify.escalate sends: the rule, the run, the reason, and the incident's link last (kept when cut)."""
+    text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {reason}"
+    url = ctx.ports.incident_url(ctx.incident.id) if ctx.incident else None
+    return f"{text[:39_000]} {url}" if url else text[:40_000]
+
+
+# The actions' plans, by their parameters (paging.py's models: typed there, read here by name).
+
+
+def plan_slack(ctx: ActionContext, params: Any) -> Plan:
+    return slack_plan(ctx, "notify.slack", params.text, params.channel or ctx.ports.slack_channel)
+
+
+def plan_pagerduty(ctx: ActionContext, params: Any) -> Plan:
+    return pagerduty_plan(ctx, "notify.pagerduty", params.action, params.summary, params.severity)
+
+
+def plan_webhook(ctx: ActionContext, params: Any) -> Plan:
+    return webhook_plan(ctx, params.url)
+
+
+def plan_oncall(ctx: ActionContext, params: Any) -> Plan:
+    return routed_plan(ctx, "notify.oncall", params.text, fallback=False)
+
+
+def plan_escalate(ctx: ActionContext, params: Any) -> Plan:
+    return routed_plan(ctx, "notify.escalate", escalation_text(ctx, params.reason), fallback=True)

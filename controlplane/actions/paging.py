@@ -28,11 +28,13 @@ from controlplane.actions.base import ActionContext, ActionResult, IncidentView,
 from controlplane.actions.http import allowed_target
 from controlplane.actions.notify_plans import (
     configured_route,
+    escalation_text,
     incident_now,
-    pagerduty_plan,
-    routed_plan,
-    slack_plan,
-    webhook_plan,
+    plan_escalate,
+    plan_oncall,
+    plan_pagerduty,
+    plan_slack,
+    plan_webhook,
 )
 from controlplane.actions.notify_plans import severity as incident_severity
 from controlplane.integrations import pagerduty, slack
@@ -225,12 +227,7 @@ def _posted(params: SlackParams, output: dict[str, Any]) -> str:
     return _undelivered("post to Slack", output) or f"Posted {where}{channel} on Slack"
 
 
-@action(
-    "notify.slack",
-    params=SlackParams,
-    describe_effect=_posted,
-    plan=lambda ctx, p: slack_plan(ctx, "notify.slack", p.text, p.channel or ctx.ports.slack_channel),
-)
+@action("notify.slack", params=SlackParams, describe_effect=_posted, plan=plan_slack)
 def notify_slack(ctx: ActionContext, params: SlackParams) -> ActionResult:
     """Post to Slack: the incident's message first, then replies in its thread; never fails the playbook."""
     channel = params.channel or ctx.ports.slack_channel
@@ -302,12 +299,7 @@ def _paged(params: PagerDutyParams, output: dict[str, Any]) -> str:
     return _undelivered(f"{event} the PagerDuty alert", output) or described
 
 
-@action(
-    "notify.pagerduty",
-    params=PagerDutyParams,
-    describe_effect=_paged,
-    plan=lambda ctx, p: pagerduty_plan(ctx, "notify.pagerduty", p.action, p.summary, p.severity),
-)
+@action("notify.pagerduty", params=PagerDutyParams, describe_effect=_paged, plan=plan_pagerduty)
 def notify_pagerduty(ctx: ActionContext, params: PagerDutyParams) -> ActionResult:
     """Trigger, acknowledge or resolve the incident's PagerDuty alert (one per incident); never fails the playbook."""
     return deliver(ctx, "pagerduty", lambda: send_pagerduty(ctx, params.action, params.summary, params.severity))
@@ -352,11 +344,7 @@ def _posted_webhook(_params: WebhookParams, output: dict[str, Any]) -> str:
 
 
 @action(
-    "notify.webhook",
-    params=WebhookParams,
-    target=_webhook_target,
-    describe_effect=_posted_webhook,
-    plan=lambda ctx, p: webhook_plan(ctx, p.url),
+    "notify.webhook", params=WebhookParams, target=_webhook_target, describe_effect=_posted_webhook, plan=plan_webhook
 )
 def notify_webhook(ctx: ActionContext, params: WebhookParams) -> ActionResult:
     """POST a templated body to a host or host:port in CONTROLPLANE_HTTP_ALLOWED_HOSTS; never fails the playbook."""
@@ -406,12 +394,7 @@ def _send_to(ctx: ActionContext, target: str, text: str, severity: str) -> Actio
     return result
 
 
-@action(
-    "notify.oncall",
-    params=OncallParams,
-    describe_effect=_told,
-    plan=lambda ctx, p: routed_plan(ctx, "notify.oncall", p.text, fallback=False),
-)
+@action("notify.oncall", params=OncallParams, describe_effect=_told, plan=plan_oncall)
 def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
     """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
     severity = incident_severity(ctx, incident_now(ctx))
@@ -426,23 +409,12 @@ def _escalated(_params: EscalateParams, output: dict[str, Any]) -> str:
     return _routed(output, paged="Escalated to on-call", posted="Escalated to on-call", logged="the escalation")
 
 
-def _escalation_text(ctx: ActionContext, reason: str) -> str:
-    text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {reason}"
-    url = ctx.ports.incident_url(ctx.incident.id) if ctx.incident else None
-    return f"{text[:39_000]} {url}" if url else text[:40_000]  # the link last: a cut reason keeps it
-
-
-@action(
-    "notify.escalate",
-    params=EscalateParams,
-    describe_effect=_escalated,
-    plan=lambda ctx, p: routed_plan(ctx, "notify.escalate", _escalation_text(ctx, p.reason), fallback=True),
-)
+@action("notify.escalate", params=EscalateParams, describe_effect=_escalated, plan=plan_escalate)
 def notify_escalate(ctx: ActionContext, params: EscalateParams) -> ActionResult:
     """Tell on-call that automation failed, routed like notify.oncall, with the incident's link: sent for
     every page of playbooks/pages.py (a failed run, an expired approval, a loop breaker that tripped).
     When the routed channel is not configured, the other one is used, else the log (at error level)."""
-    text = _escalation_text(ctx, params.reason)
+    text = escalation_text(ctx, params.reason)
     severity = incident_severity(ctx, incident_now(ctx))
     routed = route(severity, ctx.ports.notify_routes)
     target = configured_route(ctx, routed)
