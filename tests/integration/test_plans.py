@@ -13,7 +13,16 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from controlplane.actions.base import AlertView, IncidentView
+from controlplane.actions.base import (
+    ActionContext,
+    ActionRegistry,
+    ActionResult,
+    AlertView,
+    IncidentView,
+    NoParams,
+    Plan,
+    action,
+)
 from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.playbooks.contexts import ActionContexts, build_ports
@@ -340,3 +349,30 @@ def test_paging_and_failover_plans_send_nothing_and_write_nothing(engine: Engine
     finally:
         slack.close()
         pagerduty.close()
+
+
+def test_a_plan_function_that_tries_to_write_fails_its_step_instead_of_writing(engine: Engine) -> None:
+    """The ports a plan gets refuse the control plane's own writes: an action's plan that audits is an error."""
+    mine = ActionRegistry()
+
+    def careless(ctx: ActionContext, _params: NoParams) -> Plan:
+        ctx.audit("test.note", {"text": "written during a plan"})
+        return Plan(action="test.careless", sentence="nothing")
+
+    @action("test.careless", params=NoParams, plan=careless, into=mine)
+    def _careless(_ctx: ActionContext, _params: NoParams) -> ActionResult:
+        """Writes in its plan."""
+        return ActionResult()
+
+    rules = RuleSet()
+    contexts = ActionContexts(ports=build_ports(Settings(), engine), clock=lambda: T0, rules=lambda: rules)
+    result = plan_playbook(
+        registry=mine,
+        contexts=contexts,
+        rule=Rule.model_validate({"name": "fix", "match": {"alertname": "X"}, "playbook": "pb"}),
+        playbook=Playbook.model_validate({"name": "pb", "steps": [{"action": "test.careless"}]}),
+        incident=INCIDENT,
+    )
+    assert result.steps[0].status == "error"
+    assert result.steps[0].error == "PlanWriteRefused: a plan must not write: audit.record was called"
+    assert count_rows(engine, "audit_events") == 0
