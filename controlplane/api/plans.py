@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, Field, model_validator
 
-from controlplane.api.deps import AdminDep, ServicesDep
+from controlplane.api.deps import MAX_ID, AdminDep, ServicesDep
 from controlplane.api.errors import error_responses
 from controlplane.playbooks.plan_request import plan_rule
 
-router = APIRouter(prefix="/api/v1", tags=["rules"], responses=error_responses(401, 403, 404, 422))
+# 422 is FastAPI's own (an invalid body: PlanIn refuses both subjects or none), documented as FastAPI does.
+router = APIRouter(prefix="/api/v1", tags=["rules"], responses=error_responses(401, 403, 404))
 
 
 class PlanIn(BaseModel):
@@ -19,7 +20,7 @@ class PlanIn(BaseModel):
 
     labels: dict[str, str] | None = Field(default=None, max_length=200)
     annotations: dict[str, str] = Field(default_factory=dict, max_length=200)
-    incident_id: int | None = Field(default=None, ge=1)
+    incident_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
     @model_validator(mode="after")
     def _one(self) -> PlanIn:
