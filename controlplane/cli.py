@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, check, init, demo, render."""
+"""The `controlplane` command: serve, migrate, check, init, demo, render, plan."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controlplane import __version__
+from controlplane import __version__, plan_cli
 from controlplane.checks import CheckResult, check_alert_rules, check_dashboards
 from controlplane.config import ENV_PREFIX, Settings, SettingsError, http_url, load_settings
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     hashpw = sub.add_parser("hash-password", help="print an argon2 hash of a console password (for console_users)")
     hashpw.set_defaults(func=cmd_hash_password)
+    plan_cli.add_parser(sub)
     return parser
 
 

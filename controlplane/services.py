@@ -59,6 +59,7 @@ class Services:
     approval_timeouts: ApprovalTimeouts
     pager: Pager
     ledger_sweeps: LedgerSweeps
+    contexts: ActionContexts  # the service's ports and clock, with the rules in force: what plans read through
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -160,6 +161,7 @@ class Services:
             approval_timeouts=approval_timeouts,
             pager=pager,
             ledger_sweeps=ledger_sweeps,
+            contexts=ActionContexts(ports=ports, clock=utcnow, rules=lambda: rules.current),
         )
         elector.on_change = services.leadership_changed
         metrics.watch_open_incidents(services.open_incidents_or_none)

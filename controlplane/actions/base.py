@@ -7,7 +7,8 @@ is what rule files are checked against at load time; `inverse` names the action 
 (the default rollback); `blast_radius` may refuse a call that would act too widely; `target`
 names what it acts on, which keys the circuit breaker and the bulkhead (resilience/), or is
 None when the call names nothing the rule files or settings define; `describe_effect` says what
-a call did in the operator's words, for the console and the API (playbooks/summary.py).
+a call did in the operator's words, for the console and the API (playbooks/summary.py); `plan`
+says what a call would do, without doing it (a `Plan`; playbooks/planning.py plans whole playbooks).
 """
 
 from __future__ import annotations
@@ -132,7 +133,45 @@ class ActionResult:
     recheck_at: datetime | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What one call would do, decided on the target's current state without changing it.
+
+    `sentence` says it in the operator's words ("scale agents/langgraph 3 → 6 replicas (bounds 1..20)");
+    `change` says it as data ({"from": 3, "to": 6, "bounds": [1, 20]}), for a console, an approval or a
+    test to compare; `target` is what it acts on, as the rule file names it (None: nothing named).
+    `refused` is the bound or blast-radius limit that would refuse the call, in the words the step's
+    failure would use; `noop` is True when the target is already as wanted (the call would change
+    nothing). A read-only action runs during a plan (its `ran` is the result later steps' templates
+    see); a mutating one only reads.
+    """
+
+    action: str
+    sentence: str
+    target: str | None = None
+    change: Mapping[str, Any] = field(default_factory=dict)
+    refused: str | None = None
+    noop: bool = False
+    ran: ActionResult | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (the API's and the console's form)."""
+        out: dict[str, Any] = {
+            "action": self.action,
+            "target": self.target,
+            "change": dict(self.change),
+            "sentence": self.sentence,
+            "refused": self.refused,
+            "noop": self.noop,
+        }
+        if self.ran is not None:
+            out["result"] = {"value": self.ran.value, "output": self.ran.output}
+        return out
+
+
 ActionFunc = Callable[[ActionContext, Any], ActionResult]
+# What a call would do: reads the target through ctx.ports and never calls a mutating endpoint.
+PlanFunc = Callable[[ActionContext, P], Plan]
 # The effect a finished call had, from its parameters and its recorded output (`value` and the
 # ActionResult's output keys): one short sentence in the operator's words, such as "Disabled graph
 # chat on langgraph". Pure: it is called when a step is shown, on what the step's row holds, so a
@@ -144,13 +183,11 @@ DescribeEffect = Callable[[P, dict[str, Any]], str]
 class ActionSpec(Generic[P]):
     """An action as the registry holds it: its name, parameter model and `func`, then its optional parts.
 
-    Room for the next part of the contract, a read-only plan (what the call would change, without
-    changing it: dry runs, shadow mode, approvals): a field `plan: Callable[[ActionContext, P], Plan]
-    | None = None` after `func`, and a `plan=` keyword on `action()`. Everything after `func` is
-    keyword-only, so that field goes in without touching any action or any caller; an action
-    without a plan keeps today's dry run (`would_call`), and gains one when it is written. A plan
-    reads what it needs through the same ports (a ConfigMap key, `GET /graphs`, the incident);
-    since they are the only way out of an action, contexts.py can hand a plan read-only ones.
+    `plan` says what a call would change, without changing it (plans, shadow mode, approvals): it
+    reads what it needs through the same ports (a ConfigMap key, `GET /graphs`, the incident) and
+    never calls a mutating endpoint; every built-in action has one (a test walks the registry).
+    The planner (playbooks/planning.py) also runs `blast_radius`, the very check a step runs
+    before its call, so a plan and a call cannot disagree on a refusal.
 
     `describe_effect` is the plan's past tense: the change a call made, from its params and output,
     where a plan will say the change it would make. `reads_only` marks an action that changes
@@ -171,6 +208,7 @@ class ActionSpec(Generic[P]):
     target: Callable[[ActionContext, P], str | None] | None = None
     describe_effect: DescribeEffect[P] | None = None
     reads_only: bool = False
+    plan: PlanFunc[P] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -180,6 +218,7 @@ class ActionSpec(Generic[P]):
             "inverse": self.inverse,
             "blast_radius": self.blast_radius_doc or None,
             "reads_only": self.reads_only,
+            "plans": self.plan is not None,
         }
 
     def target_of(self, ctx: ActionContext, params: P) -> str | None:
@@ -239,6 +278,7 @@ def action(
     target: Callable[[ActionContext, P], str | None] | None = None,
     describe_effect: DescribeEffect[P] | None = None,
     reads_only: bool = False,
+    plan: PlanFunc[P] | None = None,
     into: ActionRegistry | None = None,
 ) -> Callable[[Callable[[ActionContext, P], ActionResult]], Callable[[ActionContext, P], ActionResult]]:
     """Declare `func` as action `name`; its docstring's first line is its description.
@@ -261,6 +301,7 @@ def action(
             target=target,
             describe_effect=describe_effect,
             reads_only=reads_only,
+            plan=plan,
         )
         setattr(func, _SPEC, spec)
         if into is not None:

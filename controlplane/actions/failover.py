@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.errors import DomainError
 from controlplane.rules.schema import NAME_PATTERN
 
@@ -37,6 +37,32 @@ def _switched(params: SwitchParams, output: dict[str, Any]) -> str:
     return f"Failed over {service} from {output.get('from')} to {to}{region}"
 
 
+def _plan(ctx: ActionContext, params: SwitchParams) -> Plan:
+    try:
+        preview = ctx.ports.failover.preview(params.service, params.to, groups=ctx.failover)
+    except DomainError as exc:  # what the switch would refuse with: unhealthy target, nowhere to go
+        return Plan(
+            action="failover.switch",
+            target=params.service,
+            change={"to": params.to},
+            sentence=f"fail over {params.service}: refused ({exc.message})",
+            refused=exc.message,
+        )
+    region = f" ({preview.to_region})" if preview.to_region else ""
+    change = {
+        "from": preview.from_endpoint,
+        "to": preview.to_endpoint,
+        "from_region": preview.from_region,
+        "to_region": preview.to_region,
+    }
+    noop = preview.from_endpoint == preview.to_endpoint
+    if noop:
+        sentence = f"leave {params.service} on {preview.to_endpoint}{region}: already active"
+    else:
+        sentence = f"fail over {params.service} {preview.from_endpoint} → {preview.to_endpoint}{region}"
+    return Plan(action="failover.switch", target=params.service, change=change, sentence=sentence, noop=noop)
+
+
 @action(
     "failover.switch",
     params=SwitchParams,
@@ -44,6 +70,7 @@ def _switched(params: SwitchParams, output: dict[str, Any]) -> str:
     blast_radius_doc="only to a healthy endpoint of the same service (its failover group in the rule files)",
     target=_target,
     describe_effect=_switched,
+    plan=_plan,
 )
 def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     """Make another endpoint of a service active; refuses an unhealthy target."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.durations import Duration, format_duration, spoken
 
 
@@ -19,7 +19,13 @@ def _waited(params: WaitParams, _output: dict[str, Any]) -> str:
     return f"Waited {spoken(params.duration)}"
 
 
-@action("wait", params=WaitParams, describe_effect=_waited, reads_only=True)
+def _plan_wait(_ctx: ActionContext, params: WaitParams) -> Plan:
+    # A plan does not wait: it says how long the run would pause.
+    duration = format_duration(params.duration)
+    return Plan(action="wait", change={"duration": duration}, sentence=f"wait {spoken(params.duration)}", noop=True)
+
+
+@action("wait", params=WaitParams, describe_effect=_waited, reads_only=True, plan=_plan_wait)
 def wait(ctx: ActionContext, params: WaitParams) -> ActionResult:
     """Pause the playbook without holding a worker: the execution is released and resumed later."""
     until = ctx.step_started_at + params.duration
@@ -37,7 +43,26 @@ def _verified(_params: VerifyResolvedParams, output: dict[str, Any]) -> str:
     return f"Verified the incident resolved after {spoken(timedelta(seconds=output.get('resolved_after_s', 0)))}"
 
 
-@action("verify.resolved", params=VerifyResolvedParams, describe_effect=_verified, reads_only=True)
+def _plan_verify(ctx: ActionContext, params: VerifyResolvedParams) -> Plan:
+    # A plan does not poll: it reads the incident's status once and says what the run would wait for.
+    within = spoken(params.within)
+    if ctx.incident is None:
+        refused = "verify.resolved needs an incident; this execution has none"
+        return Plan(action="verify.resolved", sentence=f"verify the incident resolves: {refused}", refused=refused)
+    state = ctx.ports.incidents.current(ctx.incident.id)
+    status = state.status if state is not None else None
+    change = {"incident": ctx.incident.id, "status": status, "within": format_duration(params.within)}
+    sentence = f"verify incident #{ctx.incident.id} resolves within {within} (now {status or 'unknown'})"
+    return Plan(action="verify.resolved", change=change, sentence=sentence, noop=True)
+
+
+@action(
+    "verify.resolved",
+    params=VerifyResolvedParams,
+    describe_effect=_verified,
+    reads_only=True,
+    plan=_plan_verify,
+)
 def verify_resolved(ctx: ActionContext, params: VerifyResolvedParams) -> ActionResult:
     """Succeed once the incident has resolved; fail (then on_failure: escalate) if it has not by the deadline."""
     if ctx.incident is None:

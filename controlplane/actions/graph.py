@@ -18,7 +18,15 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Params, action
+from controlplane.actions.base import (
+    ActionContext,
+    ActionError,
+    ActionResult,
+    BlastRadiusExceeded,
+    Params,
+    Plan,
+    action,
+)
 from controlplane.rules.schema import Target
 
 # A graph name is a URL path segment and a ConfigMap list item: no '/', ',' or spaces, whatever
@@ -86,12 +94,7 @@ def _refuse_too_many(ctx: ActionContext, params: GraphParams) -> str | None:
     """
     try:
         target = ctx.target(params.target)
-        if target.kind == "http":
-            state = ctx.ports.admin_api.request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
-            return disable_refusal(target, params.graph, list(state["disabled"]), list(state["enabled"]))
-        namespace, configmap = kube_target(target)
-        current = ctx.ports.kubernetes.read_configmap_key(namespace=namespace, name=configmap, key=DISABLED_KEY)
-        return disable_refusal(target, params.graph, split_graphs(current), None)
+        return disable_refusal(target, params.graph, *graph_state(ctx, target))
     except Exception as exc:
         ctx.log.info("graph.bounds_unread", target=params.target, error=str(exc))
         return None
@@ -121,6 +124,7 @@ def _described(verb: str, state: str) -> Callable[[GraphParams, dict[str, Any]],
     blast_radius_doc=BOUNDS_DOC,
     target=target_name,
     describe_effect=_described("Disabled", "disabled"),
+    plan=lambda ctx, params: _planner(enabled=False)(ctx, params),
 )
 def disable(ctx: ActionContext, params: GraphParams) -> ActionResult:
     """Stop running one graph on a target; a graph already disabled is left as it is."""
@@ -133,6 +137,7 @@ def disable(ctx: ActionContext, params: GraphParams) -> ActionResult:
     inverse="graph.disable",
     target=target_name,
     describe_effect=_described("Enabled", "enabled"),
+    plan=lambda ctx, params: _planner(enabled=True)(ctx, params),
 )
 def enable(ctx: ActionContext, params: GraphParams) -> ActionResult:
     """Run one graph again on a target; a graph already enabled is left as it is."""
@@ -185,3 +190,50 @@ def _set(ctx: ActionContext, params: GraphParams, *, enabled: bool) -> ActionRes
             "disabled_graphs": disabled_after,
         },
     )
+
+
+# -- plans: the graphs as they are, and what the call would change ----------------------------------
+
+
+def graph_state(ctx: ActionContext, target: Target) -> tuple[list[str], list[str] | None]:
+    """(disabled, enabled) graphs of the target as it is now; enabled is None where it is not known (kubernetes)."""
+    if target.kind == "http":
+        state = ctx.ports.admin_api.request(target, "GET", "/graphs", timeout=ctx.time_left(TIMEOUT_SECONDS))
+        return list(state["disabled"]), list(state["enabled"])
+    namespace, configmap = kube_target(target)
+    current = ctx.ports.kubernetes.read_configmap_key(namespace=namespace, name=configmap, key=DISABLED_KEY)
+    return split_graphs(current), None
+
+
+def _planner(enabled: bool) -> Callable[[ActionContext, GraphParams], Plan]:
+    name, verb = ("graph.enable", "enable") if enabled else ("graph.disable", "disable")
+
+    def plan(ctx: ActionContext, params: GraphParams) -> Plan:
+        target = ctx.target(params.target)
+        disabled, running = graph_state(ctx, target)
+        noop = (params.graph not in disabled) == enabled
+        after = [g for g in disabled if g != params.graph] if enabled else sorted({*disabled, params.graph})
+        change = {
+            "graph": params.graph,
+            "from": "disabled" if params.graph in disabled else "enabled",
+            "to": "enabled" if enabled else "disabled",
+            "disabled_before": disabled,
+            "disabled_after": disabled if noop else after,
+            "max_disabled_graphs": target.max_disabled_graphs,
+        }
+        counts = f"at most {target.max_disabled_graphs} disabled"
+        if running is not None:
+            total = len(set(running) | set(disabled))
+            counts = f"{len(running)} of {total} enabled; {counts}"
+        else:
+            counts = f"{len(disabled)} disabled now; {counts}"
+        state = "enabled" if enabled else "disabled"
+        if noop:
+            sentence = f"leave graph {params.graph} on {target.name}: already {state} ({counts})"
+        else:
+            sentence = f"{verb} graph {params.graph} on {target.name} ({counts})"
+        # The same bounds the pre-step check and the write apply (disable_refusal).
+        refused = None if enabled else disable_refusal(target, params.graph, disabled, running)
+        return Plan(action=name, target=target.name, change=change, sentence=sentence, refused=refused, noop=noop)
+
+    return plan

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.integrations.http import check_url, host_of, url_parts
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
@@ -79,6 +79,17 @@ def _requested(params: HttpRequestParams, output: dict[str, Any]) -> str:
     return f"Sent {params.method} to {host_of(params.url)}: HTTP {output.get('status_code')}"
 
 
+def _plan(ctx: ActionContext, params: HttpRequestParams) -> Plan:
+    # Nothing is sent: even a GET may change something on a service a rule calls.
+    host = host_of(params.url)
+    return Plan(
+        action="http.request",
+        target=_target(ctx, params),
+        change={"method": params.method, "host": host, "expect_status": params.expect_status},
+        sentence=f"send {params.method} to {host} (expects HTTP {', '.join(map(str, params.expect_status))})",
+    )
+
+
 @action(
     "http.request",
     params=HttpRequestParams,
@@ -86,6 +97,7 @@ def _requested(params: HttpRequestParams, output: dict[str, Any]) -> str:
     blast_radius_doc="only hosts (or host:port) listed in CONTROLPLANE_HTTP_ALLOWED_HOSTS",
     target=_target,
     describe_effect=_requested,
+    plan=_plan,
 )
 def http_request(ctx: ActionContext, params: HttpRequestParams) -> ActionResult:
     """Send one HTTP request to a host or host:port in CONTROLPLANE_HTTP_ALLOWED_HOSTS; 5xx and connection errors retry.

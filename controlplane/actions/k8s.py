@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.rules.schema import Target
 
 BOUNDS_DOC = "replicas stay within the target's [min_replicas, max_replicas]: a request outside is clamped"
@@ -109,6 +109,7 @@ def _scaled(_params: ScaleParams, output: dict[str, Any]) -> str:
     blast_radius_doc=BOUNDS_DOC,
     target=_breaker_key,
     describe_effect=_scaled,
+    plan=lambda ctx, params: plan_scale(ctx, params),
 )
 def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
     """Scale the target's workload to `replicas`, by `delta` or by `factor`, clamped to the target's bounds.
@@ -154,7 +155,13 @@ def _restarted(_params: TargetParams, output: dict[str, Any]) -> str:
     return f"Restarted the pods of {where}"
 
 
-@action("k8s.rollout_restart", params=TargetParams, target=_breaker_key, describe_effect=_restarted)
+@action(
+    "k8s.rollout_restart",
+    params=TargetParams,
+    target=_breaker_key,
+    describe_effect=_restarted,
+    plan=lambda ctx, params: plan_rollout_restart(ctx, params),
+)
 def rollout_restart(ctx: ActionContext, params: TargetParams) -> ActionResult:
     """Restart the target's pods as `kubectl rollout restart` does; a retried or resumed step restarts once.
 
@@ -192,6 +199,7 @@ def _patched(_params: HpaParams, output: dict[str, Any]) -> str:
     blast_radius_doc="the HPA's minReplicas and maxReplicas stay within the target's bounds: outside is clamped",
     target=_breaker_key,
     describe_effect=_patched,
+    plan=lambda ctx, params: plan_patch_hpa(ctx, params),
 )
 def patch_hpa(ctx: ActionContext, params: HpaParams) -> ActionResult:
     """Set the target's HPA minReplicas and/or maxReplicas, clamped to the target's bounds.
@@ -227,3 +235,75 @@ def patch_hpa(ctx: ActionContext, params: HpaParams) -> ActionResult:
         "bounds": [target.min_replicas, target.max_replicas],
     }
     return ActionResult(value={"min_replicas": min_replicas, "max_replicas": max_replicas}, output=output)
+
+
+# -- plans: what each call would do, read from the cluster without a write -----------------------
+
+
+def _bounds_note(requested: int, wanted: int, target: Target) -> str:
+    if requested > wanted:
+        return f"asked for {requested}; clamped to max_replicas {target.max_replicas}"
+    if requested < wanted:
+        return f"asked for {requested}; clamped to min_replicas {target.min_replicas}"
+    return f"bounds {target.min_replicas}..{target.max_replicas}"
+
+
+def plan_scale(ctx: ActionContext, params: ScaleParams) -> Plan:
+    target, namespace, name = _workload(ctx, params)
+    current = ctx.ports.kubernetes.read_scale(namespace=namespace, name=name, kind=target.kind_of_workload)
+    requested = requested_replicas(current, params)
+    wanted = _bounded(requested, target)  # the very computation the call makes on the replicas it reads
+    where = f"{namespace}/{name}"
+    change = {
+        "workload": f"{target.kind_of_workload}/{name}",
+        "namespace": namespace,
+        "from": current,
+        "to": wanted,
+        "requested": requested,
+        "clamped": requested != wanted,
+        "bounds": [target.min_replicas, target.max_replicas],
+    }
+    note = _bounds_note(requested, wanted, target)
+    if wanted == current:
+        sentence = f"leave {where} at {current} replicas: already as wanted ({note})"
+    else:
+        sentence = f"scale {where} {current} → {wanted} replicas ({note})"
+    return Plan(action="k8s.scale", target=target.name, change=change, sentence=sentence, noop=wanted == current)
+
+
+def plan_rollout_restart(ctx: ActionContext, params: TargetParams) -> Plan:
+    target, namespace, name = _workload(ctx, params)
+    replicas = ctx.ports.kubernetes.read_scale(namespace=namespace, name=name, kind=target.kind_of_workload)
+    change = {"workload": f"{target.kind_of_workload}/{name}", "namespace": namespace, "replicas": replicas}
+    plural = "" if replicas == 1 else "s"
+    sentence = f"restart the pods of {namespace}/{name} ({replicas} replica{plural}, replaced one by one)"
+    return Plan(action="k8s.rollout_restart", target=target.name, change=change, sentence=sentence)
+
+
+def plan_patch_hpa(ctx: ActionContext, params: HpaParams) -> Plan:
+    target = ctx.target(params.target, "kubernetes")
+    if not target.hpa:
+        raise ActionError(f"target {target.name!r} names no `hpa` to patch")
+    assert target.namespace is not None
+    old_min, old_max = ctx.ports.kubernetes.read_hpa(namespace=target.namespace, name=target.hpa)
+    new_min = old_min if params.min_replicas is None else _bounded(params.min_replicas, target)
+    new_max = old_max if params.max_replicas is None else _bounded(params.max_replicas, target)
+    where = f"{target.namespace}/{target.hpa}"
+    change = {
+        "hpa": target.hpa,
+        "namespace": target.namespace,
+        "from": {"min_replicas": old_min, "max_replicas": old_max},
+        "to": {"min_replicas": new_min, "max_replicas": new_max},
+        "bounds": [target.min_replicas, target.max_replicas],
+    }
+    # The call refuses this at the write (integrations/kubernetes.py patch_hpa); the plan says so first.
+    refused = f"minReplicas {new_min} would be above maxReplicas {new_max}" if new_min > new_max else None
+    noop = (new_min, new_max) == (old_min, old_max)
+    bounds = f"bounds {target.min_replicas}..{target.max_replicas}"
+    if noop:
+        sentence = f"leave autoscaler {where} at min {old_min}, max {old_max}: already as wanted ({bounds})"
+    else:
+        sentence = f"set autoscaler {where} min {old_min} → {new_min}, max {old_max} → {new_max} ({bounds})"
+    return Plan(
+        action="k8s.patch_hpa", target=target.name, change=change, sentence=sentence, refused=refused, noop=noop
+    )

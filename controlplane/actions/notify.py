@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from controlplane.actions.base import ActionContext, ActionResult, Params, action, clip
+from controlplane.actions.notify_plans import log_plan
 
 
 class LogParams(Params):
@@ -16,7 +17,12 @@ def _logged(params: LogParams, _output: dict[str, Any]) -> str:
     return f"Wrote to the service log: {clip(params.text)}"
 
 
-@action("notify.log", params=LogParams, describe_effect=_logged)
+@action(
+    "notify.log",
+    params=LogParams,
+    describe_effect=_logged,
+    plan=lambda _ctx, params: log_plan("notify.log", params.text, params.level),
+)
 def notify_log(ctx: ActionContext, params: LogParams) -> ActionResult:
     """Write a message to the service log (and the step output), for playbooks without a pager."""
     getattr(ctx.log, params.level)("notify.log", text=params.text, rule=ctx.rule)

@@ -26,6 +26,17 @@ from pydantic import Field
 from controlplane import runbooks
 from controlplane.actions.base import ActionContext, ActionResult, IncidentView, Params, action, clip
 from controlplane.actions.http import allowed_target
+from controlplane.actions.notify_plans import (
+    configured_route,
+    escalation_text,
+    incident_now,
+    plan_escalate,
+    plan_oncall,
+    plan_pagerduty,
+    plan_slack,
+    plan_webhook,
+)
+from controlplane.actions.notify_plans import severity as incident_severity
 from controlplane.integrations import pagerduty, slack
 from controlplane.integrations.http import check_url, host_of, url_parts
 from controlplane.integrations.pagerduty import PagerDutyClient, PagerDutyError
@@ -112,16 +123,6 @@ def _configured(client: Client | None, service: str, setting: str) -> Client:
     return client
 
 
-def _incident_now(ctx: ActionContext) -> IncidentView | None:
-    """The incident as it is now: the context holds a copy from when the execution was created."""
-    if ctx.incident is None:
-        return None
-    state = ctx.ports.incidents.current(ctx.incident.id)
-    if state is None:
-        return ctx.incident
-    return replace(ctx.incident, status=state.status, severity=state.severity, title=state.title)
-
-
 def _runbook(ctx: ActionContext) -> str | None:
     """The alert's runbook_url as an absolute http(s) link (controlplane/runbooks.py), when it has one: a path
     opens nowhere from Slack or PagerDuty, so without CONTROLPLANE_PUBLIC_URL only absolute ones are linked."""
@@ -158,7 +159,7 @@ def _root_shown(ctx: ActionContext, incident_id: int, channel: str) -> _Root | N
 def send_slack(ctx: ActionContext, text: str, channel: str) -> dict[str, Any]:
     """Post `text`: the incident's first message in `channel` is its root, later ones are thread replies."""
     client = _configured(ctx.ports.slack, "Slack", "SLACK_TOKEN")
-    incident = _incident_now(ctx)
+    incident = incident_now(ctx)
     if incident is None:
         message = with_retries(lambda: client.post(channel=channel, text=slack.escape(text)))
         return {"channel": channel, "channel_id": message.channel, "ts": message.ts}
@@ -226,7 +227,7 @@ def _posted(params: SlackParams, output: dict[str, Any]) -> str:
     return _undelivered("post to Slack", output) or f"Posted {where}{channel} on Slack"
 
 
-@action("notify.slack", params=SlackParams, describe_effect=_posted)
+@action("notify.slack", params=SlackParams, describe_effect=_posted, plan=plan_slack)
 def notify_slack(ctx: ActionContext, params: SlackParams) -> ActionResult:
     """Post to Slack: the incident's message first, then replies in its thread; never fails the playbook."""
     channel = params.channel or ctx.ports.slack_channel
@@ -257,7 +258,7 @@ def send_pagerduty(
     severity: pagerduty.Severity | None = None,
 ) -> dict[str, Any]:
     client = _configured(ctx.ports.pagerduty, "PagerDuty", "PAGERDUTY_ROUTING_KEY")
-    incident = _incident_now(ctx)
+    incident = incident_now(ctx)
     dedup = pagerduty.dedup_key(incident.id) if incident else f"controlplane-execution-{ctx.execution_id}"
     url = ctx.ports.incident_url(incident.id) if incident else None
     alert_summary = ctx.alert.annotations.get("summary", "") if ctx.alert else ""
@@ -298,7 +299,7 @@ def _paged(params: PagerDutyParams, output: dict[str, Any]) -> str:
     return _undelivered(f"{event} the PagerDuty alert", output) or described
 
 
-@action("notify.pagerduty", params=PagerDutyParams, describe_effect=_paged)
+@action("notify.pagerduty", params=PagerDutyParams, describe_effect=_paged, plan=plan_pagerduty)
 def notify_pagerduty(ctx: ActionContext, params: PagerDutyParams) -> ActionResult:
     """Trigger, acknowledge or resolve the incident's PagerDuty alert (one per incident); never fails the playbook."""
     return deliver(ctx, "pagerduty", lambda: send_pagerduty(ctx, params.action, params.summary, params.severity))
@@ -342,7 +343,9 @@ def _posted_webhook(_params: WebhookParams, output: dict[str, Any]) -> str:
     return _undelivered("send the webhook", output) or described
 
 
-@action("notify.webhook", params=WebhookParams, target=_webhook_target, describe_effect=_posted_webhook)
+@action(
+    "notify.webhook", params=WebhookParams, target=_webhook_target, describe_effect=_posted_webhook, plan=plan_webhook
+)
 def notify_webhook(ctx: ActionContext, params: WebhookParams) -> ActionResult:
     """POST a templated body to a host or host:port in CONTROLPLANE_HTTP_ALLOWED_HOSTS; never fails the playbook."""
     return deliver(ctx, "webhook", lambda: send_webhook(ctx, params))
@@ -358,10 +361,6 @@ class OncallParams(Params):
 def _log_only(ctx: ActionContext, text: str, severity: str) -> dict[str, Any]:
     ctx.log.warning("notify.oncall", text=text, severity=severity, rule=ctx.rule)
     return {"level": "warning"}
-
-
-def _severity(ctx: ActionContext, incident: IncidentView | None) -> str:
-    return incident.severity if incident else (ctx.alert.labels.get("severity", "none") if ctx.alert else "none")
 
 
 _ROUTE_NAME = {"pagerduty": "PagerDuty", "slack": "Slack", "log": "the service log"}
@@ -395,10 +394,10 @@ def _send_to(ctx: ActionContext, target: str, text: str, severity: str) -> Actio
     return result
 
 
-@action("notify.oncall", params=OncallParams, describe_effect=_told)
+@action("notify.oncall", params=OncallParams, describe_effect=_told, plan=plan_oncall)
 def notify_oncall(ctx: ActionContext, params: OncallParams) -> ActionResult:
     """Tell on-call by the incident's severity (CONTROLPLANE_NOTIFY_ROUTES): PagerDuty, Slack or the log."""
-    severity = _severity(ctx, _incident_now(ctx))
+    severity = incident_severity(ctx, incident_now(ctx))
     return _send_to(ctx, route(severity, ctx.ports.notify_routes), params.text, severity)
 
 
@@ -406,30 +405,19 @@ class EscalateParams(Params):
     reason: str = Field(min_length=1, description="Why the playbook gave up")
 
 
-def _configured_route(ctx: ActionContext, target: str) -> str:
-    """The routed channel if it is configured, else the other paging channel that is, else the log: a page
-    about failed automation must not be lost to a channel nobody set up."""
-    configured = {"pagerduty": ctx.ports.pagerduty is not None, "slack": ctx.ports.slack is not None, "log": True}
-    if configured[target]:
-        return target
-    return next(name for name in ("pagerduty", "slack", "log") if configured[name])
-
-
 def _escalated(_params: EscalateParams, output: dict[str, Any]) -> str:
     return _routed(output, paged="Escalated to on-call", posted="Escalated to on-call", logged="the escalation")
 
 
-@action("notify.escalate", params=EscalateParams, describe_effect=_escalated)
+@action("notify.escalate", params=EscalateParams, describe_effect=_escalated, plan=plan_escalate)
 def notify_escalate(ctx: ActionContext, params: EscalateParams) -> ActionResult:
     """Tell on-call that automation failed, routed like notify.oncall, with the incident's link: sent for
     every page of playbooks/pages.py (a failed run, an expired approval, a loop breaker that tripped).
     When the routed channel is not configured, the other one is used, else the log (at error level)."""
-    text = f"Remediation escalated to a human: rule {ctx.rule}, execution #{ctx.execution_id}: {params.reason}"
-    url = ctx.ports.incident_url(ctx.incident.id) if ctx.incident else None
-    text = f"{text[:39_000]} {url}" if url else text[:40_000]  # the link last: a cut reason keeps it
-    severity = _severity(ctx, _incident_now(ctx))
+    text = escalation_text(ctx, params.reason)
+    severity = incident_severity(ctx, incident_now(ctx))
     routed = route(severity, ctx.ports.notify_routes)
-    target = _configured_route(ctx, routed)
+    target = configured_route(ctx, routed)
     result = _send_to(ctx, target, text, severity)
     if target != routed:
         result.output["routed"] = routed  # where it should have gone: that channel is not configured

@@ -88,8 +88,16 @@ class SilencesPort(Protocol):
 
     def expire(self, silence_id: str, *, now: datetime) -> bool: ...
 
+    def firing(self, matchers: dict[str, str]) -> int:
+        """How many firing, unsilenced alerts the matchers match now (read only: a plan's count)."""
+        ...
+
 
 class FailoverPort(Protocol):
+    def preview(self, service: str, to: str | None, *, groups: Mapping[str, FailoverGroup]) -> SwitchPreview:
+        """Where a switch would go from where, read only (a plan); raises DomainError where the switch would."""
+        ...
+
     def switch(
         self,
         service: str,
@@ -105,6 +113,17 @@ class FailoverPort(Protocol):
     ) -> SwitchResult:
         """Make `to` (or the best healthy endpoint) active; raises DomainError when it cannot."""
         ...
+
+
+@dataclass(frozen=True)
+class SwitchPreview:
+    """A failover switch as a plan sees it: the active endpoint, the one it would make active, their regions."""
+
+    service: str
+    from_endpoint: str
+    to_endpoint: str
+    from_region: str | None
+    to_region: str | None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.integrations.prometheus import PrometheusError, Reduce, Sample
 
 RANKING_LIMIT = 50  # keeps a step's recorded output small on a query returning thousands of series
@@ -66,7 +66,24 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-@action("prometheus.query", params=QueryParams, target=_target, describe_effect=_queried, reads_only=True)
+def _ran(name: str, func: Any, describe: Any, ctx: ActionContext, params: Any) -> Plan:
+    """The plan of a query: it only reads, so it runs, and later steps' templates see its value."""
+    result: ActionResult = func(ctx, params)
+    found = describe(params, {"value": result.value, **result.output})
+    sentence = f"query Prometheus (runs during the plan): {found[0].lower()}{found[1:]}"
+    change = {"query": params.query, "value": result.value}
+    url = ctx.ports.prometheus_url
+    return Plan(action=name, target=url, change=change, sentence=sentence, noop=True, ran=result)
+
+
+@action(
+    "prometheus.query",
+    params=QueryParams,
+    target=_target,
+    describe_effect=_queried,
+    reads_only=True,
+    plan=lambda ctx, params: _plan_query(ctx, params),
+)
 def query(ctx: ActionContext, params: QueryParams) -> ActionResult:
     """Run an instant PromQL query; the value is its samples [{labels, value}], or one number with `reduce`."""
     url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
@@ -87,7 +104,14 @@ def _ranked(params: TopParams, output: dict[str, Any]) -> str:
     return f"Found {params.label} {output.get('value')} {which}{of} ({_shown(output.get('top_value'))})"
 
 
-@action("prometheus.top", params=TopParams, target=_target, describe_effect=_ranked, reads_only=True)
+@action(
+    "prometheus.top",
+    params=TopParams,
+    target=_target,
+    describe_effect=_ranked,
+    reads_only=True,
+    plan=lambda ctx, params: _plan_top(ctx, params),
+)
 def top(ctx: ActionContext, params: TopParams) -> ActionResult:
     """Rank a query's series by value; the value is the `label` of the highest (or lowest, order: asc)."""
     url, client = ctx.ports.prometheus_url, ctx.ports.prometheus
@@ -121,3 +145,11 @@ def top(ctx: ActionContext, params: TopParams) -> ActionResult:
         "series": len(samples),
     }
     return ActionResult(value=value, output=output)
+
+
+def _plan_query(ctx: ActionContext, params: QueryParams) -> Plan:
+    return _ran("prometheus.query", query, _queried, ctx, params)
+
+
+def _plan_top(ctx: ActionContext, params: TopParams) -> Plan:
+    return _ran("prometheus.top", top, _ranked, ctx, params)

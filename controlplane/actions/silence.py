@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.durations import Duration, format_duration, spoken
 from controlplane.integrations.alertmanager import AlertmanagerError
 from controlplane.silences.service import MAX_SILENCE
@@ -64,6 +64,19 @@ def _silenced(params: SilenceParams, output: dict[str, Any]) -> str:
     return f"Silenced {matchers} in Alertmanager for {spoken(params.duration)}"
 
 
+def _plan_silence(ctx: ActionContext, params: SilenceParams) -> Plan:
+    labels = _matchers(ctx, params)
+    shown = ",".join(f"{name}={value}" for name, value in sorted(labels.items()))
+    try:
+        firing: int | None = ctx.ports.silences.firing(labels) if any(labels.values()) else None
+    except AlertmanagerError as exc:
+        raise _action_error(exc) from None
+    change = {"matchers": labels, "duration": format_duration(params.duration), "firing": firing}
+    counted = "" if firing is None else f" (matches {firing} firing alert{'' if firing == 1 else 's'})"
+    sentence = f"silence {shown or 'nothing'} for {format_duration(params.duration)}{counted}"
+    return Plan(action="alertmanager.silence", target=ctx.ports.alertmanager_url, change=change, sentence=sentence)
+
+
 @action(
     "alertmanager.silence",
     params=SilenceParams,
@@ -72,6 +85,7 @@ def _silenced(params: SilenceParams, output: dict[str, Any]) -> str:
     blast_radius_doc="at least one matcher with a value; at most 7 days",
     target=lambda ctx, _params: ctx.ports.alertmanager_url,
     describe_effect=_silenced,
+    plan=_plan_silence,
 )
 def silence(ctx: ActionContext, params: SilenceParams) -> ActionResult:
     """Silence the incident's alerts (or the given matchers) in Alertmanager for a while; value: the silence id."""
@@ -118,6 +132,12 @@ def _expired(params: ExpireParams, output: dict[str, Any]) -> str:
     params=ExpireParams,
     target=lambda ctx, _params: ctx.ports.alertmanager_url,
     describe_effect=_expired,
+    plan=lambda ctx, params: Plan(
+        action="alertmanager.expire_silence",
+        target=ctx.ports.alertmanager_url,
+        change={"silence_id": params.silence_id},
+        sentence=f"expire silence {params.silence_id} in Alertmanager",
+    ),
 )
 def expire_silence(ctx: ActionContext, params: ExpireParams) -> ActionResult:
     """Expire a silence (the rollback of alertmanager.silence); one already expired or gone counts as done."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, action
+from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
 from controlplane.actions.graph import TIMEOUT_SECONDS, kube_target, target_name
 from controlplane.rules.schema import Target
 
@@ -55,7 +55,23 @@ def _checked(params: StorageParams, output: dict[str, Any]) -> str:
     return f"Checked checkpoint storage on {target}: {output.get('active')} active, unhealthy: {unhealthy}"
 
 
-@action("storage.check", params=StorageParams, target=target_name, describe_effect=_checked, reads_only=True)
+def _plan_check(ctx: ActionContext, params: StorageParams) -> Plan:
+    """A check only reads: it runs during a plan, so later steps' templates see what it found."""
+    result = check(ctx, params)
+    sentence = "check checkpoint storage on {}: {} active, unhealthy: {}".format(
+        result.output["target"], result.output["active"], ", ".join(result.output["unhealthy"]) or "none"
+    )
+    return Plan(action="storage.check", target=params.target, sentence=sentence, change={}, noop=True, ran=result)
+
+
+@action(
+    "storage.check",
+    params=StorageParams,
+    target=target_name,
+    describe_effect=_checked,
+    reads_only=True,
+    plan=_plan_check,
+)
 def check(ctx: ActionContext, params: StorageParams) -> ActionResult:
     """Report each checkpoint backend's health and which one is active; the value is the active backend."""
     target = _http_target(ctx, params, "storage.check")
@@ -87,10 +103,15 @@ def _refuse_unhealthy(ctx: ActionContext, params: SwitchParams) -> str | None:
     except Exception as exc:
         ctx.log.info("storage.health_unread", target=params.target, error=str(exc))
         return None
-    if state.get("active") == params.backend:
+    return unhealthy_refusal(target, state, params.backend)
+
+
+def unhealthy_refusal(target: Target, state: dict[str, Any], backend: str) -> str | None:
+    """Why switching to `backend` is refused on the target's storage `state` (GET /storage), or None."""
+    if state.get("active") == backend:
         return None  # already there: nothing moves
-    if not _health(state).get(params.backend, False):
-        return f"checkpoint storage {params.backend!r} of target {target.name!r} is unhealthy; not switching to it"
+    if not _health(state).get(backend, False):
+        return f"checkpoint storage {backend!r} of target {target.name!r} is unhealthy; not switching to it"
     return None
 
 
@@ -109,6 +130,7 @@ def _switched(params: SwitchParams, output: dict[str, Any]) -> str:
     blast_radius_doc="never onto a backend the target reports unhealthy (http targets; the service refuses too)",
     target=target_name,
     describe_effect=_switched,
+    plan=lambda ctx, params: _plan_switch(ctx, params),
 )
 def switch(ctx: ActionContext, params: SwitchParams) -> ActionResult:
     """Make `backend` the active checkpoint storage; the value is the new backend, output.previous the old."""
@@ -145,7 +167,13 @@ def _cleaned(params: CleanupParams, output: dict[str, Any]) -> str:
     return f"Removed {removed} corrupted checkpoint{plural} from {where}{output.get('target', params.target)}"
 
 
-@action("storage.cleanup_corrupted", params=CleanupParams, target=target_name, describe_effect=_cleaned)
+@action(
+    "storage.cleanup_corrupted",
+    params=CleanupParams,
+    target=target_name,
+    describe_effect=_cleaned,
+    plan=lambda ctx, params: _plan_cleanup(ctx, params),
+)
 def cleanup_corrupted(ctx: ActionContext, params: CleanupParams) -> ActionResult:
     """Remove the checkpoints corrupted while storage was failing; the value is how many were removed."""
     target = _http_target(ctx, params, "storage.cleanup_corrupted")
@@ -162,3 +190,39 @@ def cleanup_corrupted(ctx: ActionContext, params: CleanupParams) -> ActionResult
     return ActionResult(
         value=removed, output={"target": target.name, "removed": removed, "by_backend": answer.get("by_backend", {})}
     )
+
+
+# -- plans: the backends as they are, and what the call would change ---------------------------------
+
+
+def _plan_switch(ctx: ActionContext, params: SwitchParams) -> Plan:
+    target = ctx.target(params.target)
+    change: dict[str, Any] = {"to": params.backend}
+    refused = None
+    if target.kind == "http":
+        state = ctx.ports.admin_api.request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
+        current = str(state.get("active"))
+        change["health"] = _health(state)
+        refused = unhealthy_refusal(target, state, params.backend)
+    else:
+        namespace, configmap = kube_target(target)
+        value = ctx.ports.kubernetes.read_configmap_key(namespace=namespace, name=configmap, key=STORAGE_KEY)
+        current = value or DEFAULT_BACKEND
+    change["from"] = current
+    noop = current == params.backend
+    if noop:
+        sentence = f"leave checkpoint storage on {target.name} at {current}: already as wanted"
+    else:
+        sentence = f"switch checkpoint storage on {target.name} {current} → {params.backend}"
+    return Plan(
+        action="storage.switch", target=target.name, change=change, sentence=sentence, refused=refused, noop=noop
+    )
+
+
+def _plan_cleanup(ctx: ActionContext, params: CleanupParams) -> Plan:
+    target = _http_target(ctx, params, "storage.cleanup_corrupted")
+    state = ctx.ports.admin_api.request(target, "GET", "/storage", timeout=ctx.time_left(TIMEOUT_SECONDS))
+    which = params.backend or "every backend"
+    change = {"backend": params.backend, "active": state.get("active"), "health": _health(state)}
+    sentence = f"remove corrupted checkpoints from {which} on {target.name} (active: {state.get('active')})"
+    return Plan(action="storage.cleanup_corrupted", target=target.name, change=change, sentence=sentence)

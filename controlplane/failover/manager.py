@@ -145,6 +145,22 @@ class FailoverManager:
                 at=now,
             )
 
+    def preview(self, service: str, to: str | None = None) -> tuple[str, str]:
+        """(active endpoint, the one `switch` would make active), read without a write or a lock (a plan).
+
+        Raises what `switch` would raise: NotFound for an unknown service or endpoint, Conflict for
+        an unhealthy target or no healthy endpoint to go to.
+        """
+        group = self._group(service)
+        if to is not None:
+            thresholds.switch_target(group, to)
+        with self._engine.connect() as conn:
+            active = repository.active_view(conn, group).endpoint
+            state = thresholds.GroupState(group, active, repository.read_health(conn, group))
+        settled = thresholds.leave_removed(state)
+        change = thresholds.manual_switch(settled.after, to, actor="plan", reason="plan")
+        return change.before.active, change.after.active
+
     def sync(self) -> None:
         """Create the state of groups new in the rule files, and move services off removed endpoints."""
         now = self._clock()

@@ -89,6 +89,12 @@ class AlertmanagerClient:
     def list_silences(self) -> list[SilenceInfo]:
         return [SilenceInfo.from_api(item) for item in self._request("GET", "/api/v2/silences").json()]
 
+    def firing_alerts(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """GET /api/v2/alerts: the active, unsilenced alerts whose labels equal `labels` (a read only)."""
+        params = [("active", "true"), ("silenced", "false"), ("inhibited", "false")]
+        params += [("filter", f"{name}={json_string(value)}") for name, value in sorted(labels.items())]
+        return list(self._request("GET", "/api/v2/alerts", params=params).json())
+
     def expire(self, silence_id: str) -> bool:
         """DELETE /api/v2/silence/{id}. False when Alertmanager no longer knows it (it was garbage-collected)."""
         try:
@@ -99,10 +105,12 @@ class AlertmanagerClient:
             raise
         return True
 
-    def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    def _request(self, method: str, path: str, json: Any = None, params: Any = None) -> httpx.Response:
         url = self.url + path
         try:
-            response = httpx.request(method, url, json=json, timeout=self._timeout, follow_redirects=False)
+            response = httpx.request(
+                method, url, json=json, params=params, timeout=self._timeout, follow_redirects=False
+            )
         except httpx.TransportError as exc:
             raise AlertmanagerError(f"{method} {url}: {type(exc).__name__}: {exc}", retriable=True) from None
         if response.is_success:
@@ -113,6 +121,11 @@ class AlertmanagerClient:
             retriable=(status >= 500 and "silence not found" not in response.text) or status == 429,
             status=status,
         )
+
+
+def json_string(value: str) -> str:
+    """A matcher value quoted as Alertmanager's filter syntax reads it (`"..."` with escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _rfc3339(value: datetime) -> str:

@@ -305,6 +305,13 @@ def read_configmap_key(
     return None if value is None else str(value)
 
 
+def read_hpa(settings: Settings, *, namespace: str, name: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[int, int]:
+    """The HPA's (minReplicas, maxReplicas), read only (a plan's read)."""
+    obj = _Object("horizontalpodautoscalers", "autoscaling", namespace, name)
+    spec = _call("get", obj, _autoscaling(settings).read_namespaced_horizontal_pod_autoscaler, timeout).get("spec", {})
+    return int(spec.get("minReplicas", 1)), int(spec["maxReplicas"])
+
+
 def update_configmap_key(
     settings: Settings,
     *,
@@ -340,6 +347,13 @@ class KubernetesClient:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings  # read on each call: a missing configuration fails the step, not the service
+
+    def read_scale(self, *, namespace: str, name: str, kind: str) -> int:
+        """The workload's replicas, read only (a plan's read)."""
+        return read_scale(self._settings, namespace=namespace, name=name, kind=kind)[0]
+
+    def read_hpa(self, *, namespace: str, name: str) -> tuple[int, int]:
+        return read_hpa(self._settings, namespace=namespace, name=name)
 
     def update_scale(self, *, namespace: str, name: str, kind: str, compute: Callable[[int], int]) -> tuple[int, int]:
         return update_scale(self._settings, namespace=namespace, name=name, kind=kind, compute=compute)

@@ -9,7 +9,7 @@ is the step's index, or 1000 + its index for its rollback; a page about the exec
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from controlplane import audit as audit_trail
 from controlplane import notify_threads
 from controlplane.actions.base import ActionContext, AlertView, IncidentView
-from controlplane.actions.ports import ActionPorts, IncidentState
+from controlplane.actions.ports import ActionPorts, IncidentState, SwitchPreview
 from controlplane.config import Settings
 from controlplane.db.engine import write_transaction
 from controlplane.errors import NotFound
@@ -64,6 +64,13 @@ class ActionContexts:
         """The context of a page about an execution (playbooks/pages.py): its alert and incident, its own key."""
         return self._context(execution_id, rule, context, _NOT_A_STEP, key, "page", self.clock(), None, dry_run=False)
 
+    def for_plan(
+        self, *, rule: str, context: dict[str, Any], index: int, ports: ActionPorts, deadline: float | None
+    ) -> ActionContext:
+        """The context a plan (planning.py) hands step `index`: no execution (id 0), its own key, the given ports."""
+        ctx = self._context(0, rule, context, index, f"plan:{index}", f"step {index + 1}", self.clock(), deadline)
+        return replace(ctx, ports=ports, dry_run=True)
+
     def _context(
         self,
         execution_id: int,
@@ -75,7 +82,7 @@ class ActionContexts:
         started_at: datetime,
         deadline: float | None,
         *,
-        dry_run: bool,
+        dry_run: bool = False,
     ) -> ActionContext:
         rules = self.rules() if self.rules is not None else None
         incident = context.get("incident")
@@ -191,6 +198,13 @@ class _Threads:
 @dataclass(frozen=True)
 class _Failover:
     engine: Engine
+
+    def preview(self, service: str, to: str | None, *, groups: Mapping[str, FailoverGroup]) -> SwitchPreview:
+        manager = FailoverManager(self.engine, groups=lambda: groups)
+        before, after = manager.preview(service, to)
+        group = groups[service]
+        regions = {e.name: e.region or None for e in group.endpoints}
+        return SwitchPreview(service, before, after, regions.get(before), regions.get(after))
 
     def switch(
         self,

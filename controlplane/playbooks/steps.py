@@ -143,24 +143,11 @@ class StepAttempt:
 
     def validate(self) -> tuple[ActionSpec[Any], Any]:
         """The action and its typed parameters, or InvalidStep saying what is wrong."""
-        try:
-            spec = self.services.registry.get(self.action)
-        except UnknownAction:
-            raise InvalidStep(f"unknown action {self.action!r}") from None
-        try:
-            return spec, spec.params.model_validate(self.inputs)
-        except ValidationError as exc:
-            errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InvalidStep(f"invalid inputs for {self.action}: {errors}") from None
+        return validated(self.services.registry, self.action, self.inputs)
 
     def out_of_bounds(self, spec: ActionSpec[Any], ctx: ActionContext, params: Any) -> str | None:
         """Why the call would act more widely than its bounds allow, or None."""
-        if spec.blast_radius is None:
-            return None
-        try:
-            return spec.blast_radius(ctx, params)
-        except Exception as exc:  # a bounds check that cannot decide must refuse, not crash the run
-            return f"could not check the bounds: {_describe(exc)}"
+        return bounds_refusal(spec, ctx, params)
 
     def call_with_retries(self, spec: ActionSpec[Any], ctx: ActionContext, params: Any) -> StepOutcome:
         """Call through the target's breaker and bulkhead, retried by the step's policy; record the outcome."""
@@ -186,7 +173,7 @@ class StepAttempt:
         self.services.metrics.step_duration.labels(self.action, "failed" if failure else "ok").observe(elapsed)
         if failure is not None or result is None:
             output = failure.output if isinstance(failure, ActionError) else {}
-            error = _describe(failure) if failure is not None else "no result"
+            error = describe_error(failure) if failure is not None else "no result"
             return self.fail(error, attempts=attempts, duration=elapsed, output=output)
         output = {"value": result.value, **result.output}
         if result.recheck_at is not None:
@@ -275,11 +262,36 @@ class StepAttempt:
             self.run.steps[self.step.id] = {"value": value, "output": output, "status": status}
 
 
+def validated(registry: ActionRegistry, action: str, inputs: dict[str, Any]) -> tuple[ActionSpec[Any], Any]:
+    """The action and its typed parameters from rendered inputs, or InvalidStep saying what is wrong.
+
+    A run and a plan (planning.py) validate a step alike."""
+    try:
+        spec = registry.get(action)
+    except UnknownAction:
+        raise InvalidStep(f"unknown action {action!r}") from None
+    try:
+        return spec, spec.params.model_validate(inputs)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidStep(f"invalid inputs for {action}: {errors}") from None
+
+
+def bounds_refusal(spec: ActionSpec[Any], ctx: ActionContext, params: Any) -> str | None:
+    """Why the call would act more widely than its bounds allow, or None: checked before a call, and in a plan."""
+    if spec.blast_radius is None:
+        return None
+    try:
+        return spec.blast_radius(ctx, params)
+    except Exception as exc:  # a bounds check that cannot decide must refuse, not crash the run
+        return f"could not check the bounds: {describe_error(exc)}"
+
+
 def _target_failed(exc: BaseException) -> bool:
     """What counts against a target's circuit: it timed out, refused or failed (5xx); not our own refusals."""
     return not isinstance(exc, BlastRadiusExceeded) and is_retriable(exc)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, ActionError) else f"{type(exc).__name__}: {text}"

@@ -135,6 +135,10 @@ class Silences:
             )
         return known
 
+    def firing(self, matchers: dict[str, str]) -> int:
+        """How many firing, unsilenced alerts the matchers match in Alertmanager (a plan's read only)."""
+        return len(AlertmanagerClient(self.alertmanager_url).firing_alerts(matchers))
+
 
 def silence_incident(
     *, engine: Engine, alertmanager_url: str, incident_id: int, duration: str, comment: str, actor: str, now: datetime

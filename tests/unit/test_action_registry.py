@@ -34,3 +34,11 @@ def test_each_registry_is_its_own() -> None:
     assert "test.only_here" in first
     assert "test.only_here" not in second and "test.only_here" not in build_registry()
     assert first.get("test.only_here").description == "A test's own action."
+
+
+def test_every_built_in_action_can_plan() -> None:
+    """Plans, shadow mode and approvals show what a step would do: an action without a plan would show nothing."""
+    registry = build_registry()
+    without = [spec.name for spec in registry.specs() if spec.plan is None]
+    assert without == []
+    assert all(spec.describe()["plans"] for spec in registry.specs())
