@@ -17,22 +17,17 @@ step says `on_failure: continue`, as it would end the run.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from controlplane.actions.base import ActionRegistry, AlertView, IncidentView, Plan
-from controlplane.actions.ports import ActionPorts, AuditPort, FailoverPort, SilencesPort, SwitchPreview, ThreadsPort
-from controlplane.failover.schemas import SwitchResult
+from controlplane.actions.ports import ActionPorts
 from controlplane.playbooks.contexts import ActionContexts
+from controlplane.playbooks.plan_ports import read_only
 from controlplane.playbooks.render import RenderError, evaluate_condition, render_value
 from controlplane.playbooks.steps import DEFAULT_STEP_TIMEOUT, InvalidStep, bounds_refusal, describe_error, validated
-from controlplane.rules.schema import FailoverGroup, Playbook, Rule, Step
-
-
-class PlanWriteRefused(RuntimeError):
-    """A plan's step tried to write: a plan function must only read."""
+from controlplane.rules.schema import Playbook, Rule, Step
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,70 +197,3 @@ class _Planner:
         if step.when is not None and not evaluate_condition(step.when, tctx, lenient=True):
             return None
         return render_value(step.with_, tctx, lenient=True)
-
-
-# -- ports that read and refuse to write ----------------------------------------------------------
-
-
-def read_only(ports: ActionPorts) -> ActionPorts:
-    """The service's ports with every write of the control plane's own refused (PlanWriteRefused)."""
-    return replace(
-        ports,
-        audit=_Audit(ports.audit),
-        threads=_Threads(ports.threads),
-        silences=_Silences(ports.silences),
-        failover=_Failover(ports.failover),
-    )
-
-
-def _refuse(what: str) -> PlanWriteRefused:
-    return PlanWriteRefused(f"a plan must not write: {what} was called")
-
-
-@dataclass(frozen=True)
-class _Audit:
-    inner: AuditPort
-
-    def record(self, **_kwargs: Any) -> None:
-        raise _refuse("audit.record")
-
-    def details(
-        self, action: str, *, execution_id: int | None = None, incident_id: int | None = None
-    ) -> list[dict[str, Any]]:
-        return self.inner.details(action, execution_id=execution_id, incident_id=incident_id)
-
-
-@dataclass(frozen=True)
-class _Threads:
-    inner: ThreadsPort
-
-    def thread_of(self, *, incident_id: int, channel: str) -> str | None:
-        return self.inner.thread_of(incident_id=incident_id, channel=channel)
-
-    def remember(self, **_kwargs: Any) -> str:
-        raise _refuse("threads.remember")
-
-
-@dataclass(frozen=True)
-class _Silences:
-    inner: SilencesPort
-
-    def for_step(self, **_kwargs: Any) -> str:
-        raise _refuse("silences.for_step")
-
-    def expire(self, silence_id: str, *, now: datetime) -> bool:
-        raise _refuse("silences.expire")
-
-    def firing(self, matchers: dict[str, str]) -> int:
-        return self.inner.firing(matchers)
-
-
-@dataclass(frozen=True)
-class _Failover:
-    inner: FailoverPort
-
-    def preview(self, service: str, to: str | None, *, groups: Mapping[str, FailoverGroup]) -> SwitchPreview:
-        return self.inner.preview(service, to, groups=groups)
-
-    def switch(self, service: str, to: str | None, **_kwargs: Any) -> SwitchResult:
-        raise _refuse("failover.switch")

@@ -28,6 +28,7 @@ from controlplane.actions.base import (
     UnknownAction,
 )
 from controlplane.playbooks.contexts import ActionContexts
+from controlplane.playbooks.plan_ports import read_only
 from controlplane.playbooks.render import RenderError, evaluate_condition, render_value
 from controlplane.playbooks.step_store import FINISHED, Phase, Run, StepStore
 from controlplane.resilience.bulkhead import Bulkheads, CallTimeout, SlotTimeout
@@ -128,8 +129,7 @@ class StepAttempt:
         except InvalidStep as exc:
             return self.fail(str(exc))
         if self.run.dry_run:
-            self.record("skipped", output={"dry_run": True, "would_call": self.action})
-            return StepOutcome("done")
+            return self.plan_instead(spec, params)
         started_at = self.row.started_at if self.row is not None else self.services.clock()
         self.record("running", output={})
         # The bounds check may call the target too: the step's timeout bounds it (each attempt gets its own).
@@ -255,6 +255,33 @@ class StepAttempt:
     def audit_refusal(self, reason: str) -> None:
         detail = {"step": self.index, "action": self.action, "reason": reason}
         self.services.store.audit(self.run, "step.refused", detail)
+
+    def plan_instead(self, spec: ActionSpec[Any], params: Any) -> StepOutcome:
+        """A shadow (dry) run's step: the action's plan, read from its target through ports that refuse
+        every write, instead of its call. A read-only action runs, so later steps' templates see its
+        value; a plan that would be refused fails the step as the call would (a dry run pages nobody)."""
+        output: dict[str, Any] = {"dry_run": True, "would_call": self.action}
+        if spec.plan is None:
+            self.record("skipped", output=output)
+            return StepOutcome("done")
+        deadline = time.monotonic() + self.timeout
+        ctx = self.services.contexts.for_step(self.run, self.phase, self.index, self.services.clock(), deadline)
+        ctx = replace(ctx, ports=read_only(ctx.ports), dry_run=True)
+        try:
+            refusal = bounds_refusal(spec, ctx, params)
+            plan = spec.plan(ctx, params)
+        except Exception as exc:  # the target could not be read: say so, as the call would have failed
+            return self.fail(f"cannot plan {self.action}: {describe_error(exc)}", output=output)
+        if refusal and not plan.refused:
+            plan = replace(plan, refused=refusal)
+        output["plan"] = plan.as_dict()
+        if plan.ran is not None:
+            output["value"] = plan.ran.value
+        if plan.refused:
+            return self.fail(f"would be refused: {plan.refused}", output=output)
+        self.record("skipped", output=output)
+        self._remember(output.get("value"), output, "skipped")
+        return StepOutcome("done")
 
     def _remember(self, value: Any, output: dict[str, Any], status: str) -> None:
         """What later steps' templates see as `steps.<id>`."""

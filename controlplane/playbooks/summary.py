@@ -79,12 +79,19 @@ def summarize(
         return _sentence(["waiting for approval"])
     forward = sorted((s for s in steps if s.phase == "forward"), key=lambda s: s.index)
     if execution.dry_run:
-        would = [str(s.output.get("would_call") or s.action) for s in forward if s.output.get("dry_run")]
-        shown = ", ".join(would) if would else "nothing yet"
-        return _sentence([f"dry run: would have called {shown}" + ("" if status == "dry_run" else f"; {status}")])
+        would = [_would(s) for s in forward if s.output.get("dry_run") and "result" not in s.output.get("plan", {})]
+        shown = "; ".join(would) if would else "nothing yet"
+        ended = "" if status == "dry_run" else f"; {_outcome(execution, forward, [], registry)}"
+        return _sentence([f"shadow run, nothing was changed: would {shown}{ended}", *paged])
     parts = [effect for s in forward if (effect := _summarized(s, registry)) is not None]
     parts.append(_outcome(execution, forward, [s for s in steps if s.phase == "rollback"], registry))
     return _sentence([*parts, *paged])
+
+
+def _would(step: StepOut) -> str:
+    """What a shadow run's step would have done: its plan's sentence, or the call it would have made."""
+    plan = step.output.get("plan") or {}
+    return str(plan.get("sentence") or f"call {step.output.get('would_call') or step.action}")
 
 
 _PAGED = {

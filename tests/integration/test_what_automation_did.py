@@ -179,9 +179,16 @@ def test_a_playbook_run_reads_as_what_it_did(app: TestClient, database_url: str,
 
 def test_a_failed_run_names_its_step_from_one_and_why(app: TestClient) -> None:
     [incident_id] = post_alerts(app, alert("GraphBroken", "b", {"site": "nowhere"}))
-    failed = wait_for("the run fails", lambda: (d := execution_of(app, incident_id))["status"] == "failed" and d, 10)
+    paged = "; paged on-call via PagerDuty"  # the page about the failure, sent after it was committed
+    failed = wait_for(
+        "the run fails and on-call is paged",
+        lambda: (d := execution_of(app, incident_id))["summary"].endswith(paged) and d,
+        10,
+    )
     why = "unknown target 'nowhere' (defined in rule files: sample)"
-    assert failed["summary"] == f"Wrote to the service log: about to disable b; failed at step 2 (graph.disable): {why}"
+    assert failed["summary"] == (
+        f"Wrote to the service log: about to disable b; failed at step 2 (graph.disable): {why}{paged}"
+    )
     assert failed["reason"] == f"step 2 (graph.disable) failed: {why}"
     log_in(app, "viewer")
     block = run_block(app.get(f"/incidents/{incident_id}").text, failed["id"])

@@ -166,12 +166,15 @@ def test_runs_that_did_not_act() -> None:
         "Not run: cooldown: last run 2 min ago"
     )
     assert summarize(execution("cancelled", reason="rejected by user:ann"), []) == "Cancelled: rejected by user:ann"
+    planned = {"dry_run": True, "would_call": "graph.disable", "plan": {"sentence": "disable graph chat on prod"}}
+    ran = {"dry_run": True, "would_call": "prometheus.top", "plan": {"sentence": "query", "result": {"value": "chat"}}}
     would = [
-        step(0, "prometheus.top", "skipped", output={"dry_run": True, "would_call": "prometheus.top"}),
-        step(1, "graph.disable", "skipped", output={"dry_run": True, "would_call": "graph.disable"}),
+        step(0, "prometheus.top", "skipped", output=ran),  # a read-only step ran: not a change
+        step(1, "graph.disable", "skipped", output=planned),
+        step(2, "notify.oncall", "skipped", output={"dry_run": True, "would_call": "notify.oncall"}),  # no plan
     ]
     assert summarize(execution("dry_run", dry_run=True), would) == (
-        "Dry run: would have called prometheus.top, graph.disable"
+        "Shadow run, nothing was changed: would disable graph chat on prod; call notify.oncall"
     )
 
 
