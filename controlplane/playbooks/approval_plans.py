@@ -1,0 +1,90 @@
+"""Owns the change an approval is for: the plan of an execution that waits for approval, and its digest.
+
+A person approves a concrete change ("scale agents/langgraph 3 → 6 replicas"), not a playbook's
+name. The approval card shows the execution's plan, made from its own snapshot (playbook, params,
+alert and incident) against the targets as they are now, and carries the plan's digest. When the
+approval comes back, the plan is made again: if the world moved (replicas are 8 now, another graph
+was disabled), the digest differs and the approval is refused with the new plan, to approve again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import Connection, select
+
+from controlplane.actions.base import ActionRegistry, AlertView, IncidentView
+from controlplane.db.tables import executions_t
+from controlplane.errors import Conflict, NotFound
+from controlplane.playbooks.contexts import ActionContexts
+from controlplane.playbooks.planning import ExecutionPlan, plan_playbook
+from controlplane.rules.schema import Playbook, Rule
+
+
+def plan_of(
+    conn: Connection, *, execution_id: int, registry: ActionRegistry, contexts: ActionContexts
+) -> ExecutionPlan:
+    """The plan of the execution's own playbook snapshot, for its alert and incident, on the targets now."""
+    row = conn.execute(
+        select(
+            executions_t.c.rule_name, executions_t.c.playbook, executions_t.c.params, executions_t.c.context
+        ).where(executions_t.c.id == execution_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"execution {execution_id} not found")
+    playbook = Playbook.model_validate(row.playbook)
+    # The run's parameters were merged when it was made (playbook defaults, then the rule's): the snapshot is it.
+    rule = Rule(name=row.rule_name, match={"alertname": "~"}, playbook=playbook.name, params=row.params)
+    incident, alert = row.context.get("incident"), row.context.get("alert")
+    return plan_playbook(
+        registry=registry,
+        contexts=contexts,
+        rule=rule,
+        playbook=playbook.model_copy(update={"params": {}}),
+        alert=AlertView(**alert) if alert else None,
+        incident=IncidentView(**incident) if incident else None,
+    )
+
+
+def digest(plan: ExecutionPlan) -> str:
+    """What identifies the change a plan describes: each step's action, inputs, status and change (not its
+    wording or when it was made), so the same change has the same digest."""
+    steps = [
+        {
+            "action": step.action,
+            "status": step.status,
+            "inputs": step.inputs,
+            "change": dict(step.plan.change) if step.plan else None,
+            "refused": step.plan.refused if step.plan else None,
+            "noop": step.plan.noop if step.plan else None,
+            "error": step.error,
+        }
+        for step in plan.steps
+    ]
+    text = json.dumps({"steps": steps, "stopped": plan.stopped}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class PlanDrifted(Conflict):
+    """The change is not the one the approver saw: approve the new plan instead."""
+
+    def __init__(self, plan: ExecutionPlan) -> None:
+        sentences = "; ".join(step.sentence for step in plan.steps)
+        super().__init__(f"the change is no longer the one you approved; it is now: {sentences}. Approve it again")
+        self.plan = plan
+
+
+def check_unchanged(
+    conn: Connection,
+    *,
+    execution_id: int,
+    seen: str,
+    registry: ActionRegistry,
+    contexts: ActionContexts,
+) -> ExecutionPlan:
+    """The execution's plan made again; PlanDrifted when its digest is not `seen` (the one the approver saw)."""
+    plan = plan_of(conn, execution_id=execution_id, registry=registry, contexts=contexts)
+    if digest(plan) != seen:
+        raise PlanDrifted(plan)
+    return plan
