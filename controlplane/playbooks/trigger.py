@@ -181,6 +181,7 @@ class _Executions:
             "decided_at": None,
             "guard": decision.guard,
             "page_on_failure": rule.page_on_failure,
+            "approvals_required": rule.guards.approvals if rule.guards.approval else 1,
             "outcome": None,
             "outcome_at": None,
         }
