@@ -62,6 +62,8 @@ class ConsoleUser(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[^\s:]+$")
     role: ConsoleRole = "viewer"
     password_hash: SecretStr
+    # Their Slack member ID (U…/W…, "Copy member ID" in Slack): Approve/Reject clicked in Slack count as theirs.
+    slack_user: str | None = Field(default=None, pattern=r"^[UW][A-Z0-9]{2,30}$")
 
     @field_validator("password_hash")
     @classmethod
@@ -133,6 +135,9 @@ class Settings(BaseSettings):
     slack_token: SecretStr | None = None
     slack_token_file: Path | None = None
     slack_channel: str = "#oncall"
+    # Verifies Slack's interactive requests (Approve/Reject buttons): the app's "Signing Secret".
+    slack_signing_secret: SecretStr | None = None
+    slack_signing_secret_file: Path | None = None
     slack_api_url: str = "https://slack.com/api/"
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_routing_key_file: Path | None = None
@@ -205,7 +210,7 @@ class Settings(BaseSettings):
             return self
         if self.webhook_token is None:
             raise ValueError("webhook_token (or webhook_token_file) is required in production")
-        for name in ("webhook_token", "admin_token", "read_token"):
+        for name in ("webhook_token", "admin_token", "read_token", "slack_signing_secret"):
             _refuse_weak(name, getattr(self, name))
         password = urlsplit(self.database_url).password
         if password is not None and unquote(password).lower() in _PLACEHOLDER_SECRETS:
@@ -256,7 +261,15 @@ class Settings(BaseSettings):
 
 
 # Secrets that may come from a file instead: <name>_file holds the value (surrounding whitespace dropped).
-_SECRETS = ("webhook_token", "admin_token", "read_token", "slack_token", "pagerduty_routing_key", "session_secret")
+_SECRETS = (
+    "webhook_token",
+    "admin_token",
+    "read_token",
+    "slack_token",
+    "slack_signing_secret",
+    "pagerduty_routing_key",
+    "session_secret",
+)
 MIN_SECRET_LENGTH = 32
 
 

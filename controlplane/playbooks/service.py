@@ -142,7 +142,9 @@ def _decide(
     return get_execution(conn=conn, execution_id=execution_id)
 
 
-def approve(*, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime) -> ExecutionDetail:
+def approve(
+    *, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime, via: str = "console"
+) -> ExecutionDetail:
     """Count `actor`'s approval; the execution runs once its `approvals_required` distinct people approved.
 
     Each approval is audited (`execution.approval_given`, who); the last one also `execution.approved`
@@ -174,7 +176,7 @@ def approve(*, conn: Connection, execution_id: int, actor: str, reason: str, now
         action=APPROVAL_GIVEN,
         incident_id=incident_id,
         execution_id=execution_id,
-        detail={"reason": reason, "approvals": len(given), "required": required},
+        detail={"reason": reason, "approvals": len(given), "required": required, "via": via},
         now=now,
     )
     if len(given) < required:
