@@ -64,7 +64,9 @@ def test_approvals_imply_approval_and_refuse_approval_false() -> None:
 
 def test_two_people_approve_in_the_console_and_the_same_one_twice_is_refused(app: TestClient) -> None:
     incident_id, execution_id = waiting_execution(app, "ns-two")
-    assert approve_as(app, "alice", execution_id) == 200
+    log_in(app, "alice")
+    first = app.post(f"/executions/{execution_id}/approve", data={"csrf_token": csrf(app, "/approvals")}, headers=HX)
+    assert first.status_code == 200 and "is counted: 1 of 2 approvals (alice)" in first.text  # not "approved"
     assert status_of(app, execution_id) == "awaiting_approval"  # one of two: it still waits
     assert "1 of 2 approvals (alice)" in app.get("/approvals").text
     assert "1 of 2 approvals (alice)" in app.get(f"/incidents/{incident_id}").text
