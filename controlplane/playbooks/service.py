@@ -166,8 +166,8 @@ def approve(
     given = approvers(conn=conn, execution_ids=[execution_id]).get(execution_id, [])
     if actor in given:
         raise Conflict(
-            f"{actor} already approved execution {execution_id}: it needs {required} approvals "
-            f"from different people ({len(given)} of {required} so far: {', '.join(given)})"
+            f"{actor.removeprefix('user:')} already approved execution {execution_id}: it needs {required} "
+            f"approvals from different people, and has {approval_progress(required, given)}"
         )
     given.append(actor)
     audit(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from controlplane import flows
+from controlplane.errors import Conflict
 from controlplane.rules.schema import Guards
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import console_app, console_users, csrf, log_in, post_alerts
@@ -111,3 +116,40 @@ def test_a_reject_by_anyone_cancels_after_one_approval(app: TestClient) -> None:
     assert status_of(app, execution_id) == "cancelled"
     late = app.post(f"/executions/{execution_id}/approve", data={"csrf_token": token}, headers=HX)
     assert late.status_code == 409 and "cancelled" in late.text
+
+
+def test_two_approvals_at_once_are_both_counted_and_the_same_person_at_once_only_once(app: TestClient) -> None:
+    services = app.app.state.services  # type: ignore[attr-defined]
+    _, together = waiting_execution(app, "ns-together")
+    _, twice = waiting_execution(app, "ns-twice")
+
+    def approve_all(execution_id: int, actors: list[str]) -> list[str]:
+        start = threading.Barrier(len(actors))
+
+        def one(actor: str) -> str:
+            start.wait()
+            try:
+                flows.approve_execution(
+                    engine=services.engine,
+                    execution_id=execution_id,
+                    actor=actor,
+                    reason="",
+                    now=datetime.now(UTC),
+                    wake=lambda: None,
+                )
+            except Conflict as exc:
+                return str(exc)
+            return "ok"
+
+        with ThreadPoolExecutor(len(actors)) as pool:
+            return list(pool.map(one, actors))
+
+    assert approve_all(together, ["user:alice", "user:bob"]) == ["ok", "ok"]
+    detail = app.get(f"/api/v1/executions/{together}").json()
+    assert detail["status"] != "awaiting_approval" and sorted(detail["approved_by"]) == ["user:alice", "user:bob"]
+    assert [e["action"] for e in detail["timeline"]].count("execution.approved") == 1
+
+    outcomes = approve_all(twice, ["user:alice", "user:alice"])
+    assert outcomes.count("ok") == 1
+    assert "alice already approved" in next(outcome for outcome in outcomes if outcome != "ok")
+    assert app.get(f"/api/v1/executions/{twice}").json()["approved_by"] == ["user:alice"]
