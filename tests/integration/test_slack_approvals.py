@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from controlplane.config import SettingsError, load_settings
 from controlplane.integrations.slack import APPROVE, REJECT
-from tests.helpers import PASSWORD_HASH, console_app, post_alerts, wait_for
+from tests.helpers import PASSWORD_HASH, console_app, csrf, log_in, post_alerts, wait_for
 from tests.standins.slack import TOKEN, Interaction, Message, SlackStandIn
 
 INTERACTIONS = "/api/v1/slack/interactions"
@@ -169,3 +169,16 @@ def test_production_refuses_a_weak_signing_secret_and_reads_it_from_a_file(tmp_p
     settings = load_settings(**production, slack_signing_secret_file=secret)
     assert settings.slack_signing_secret is not None
     assert settings.slack_signing_secret.get_secret_value() == "e4b1c7d09a3f5e2b8c6d1a0f9e7b3c5d"
+
+
+def test_approving_in_the_console_then_in_slack_is_the_same_person_twice(app: TestClient, slack: SlackStandIn) -> None:
+    execution_id, message = approval_message(app, slack, "ns-both")
+    log_in(app, "alice")
+    token = csrf(app, "/approvals")
+    assert app.post(f"/executions/{execution_id}/approve", data={"csrf_token": token}).status_code == 200
+    click = slack.click(message, user=ALICE, action_id=APPROVE)
+    assert send(app, click).status_code == 200
+    told = wait_for("alice is told", lambda: slack.responses_to(click), 5)
+    assert "alice already approved" in told[0]["text"]
+    wait_for("the message counts the console's approval", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
+    assert app.get(f"/api/v1/executions/{execution_id}").json()["approved_by"] == ["user:alice"]
