@@ -63,13 +63,22 @@ class ConsoleUser(BaseModel):
     role: ConsoleRole = "viewer"
     password_hash: SecretStr
     # Their Slack member ID (U…/W…, "Copy member ID" in Slack): Approve/Reject clicked in Slack count as theirs.
-    slack_user: str | None = Field(default=None, pattern=r"^[UW][A-Z0-9]{2,30}$")
+    slack_user: str | None = None
 
     @field_validator("password_hash")
     @classmethod
     def _argon2(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().startswith("$argon2"):
             raise ValueError("password_hash must be an argon2 hash: make one with `controlplane hash-password`")
+        return value
+
+    @field_validator("slack_user")
+    @classmethod
+    def _slack_member_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[UW][A-Z0-9]{2,30}", value):
+            raise ValueError(
+                f"slack_user {value!r} is not a Slack member ID: use one like U0123ABCD (Slack profile, Copy member ID)"
+            )
         return value
 
 
@@ -240,6 +249,9 @@ class Settings(BaseSettings):
         names = [user.name for user in self.console_users]
         if len(set(names)) != len(names):
             raise ValueError("console_users: user names must be unique")
+        linked = [user.slack_user for user in self.console_users if user.slack_user]
+        if len(set(linked)) != len(linked):  # a click must count as one person, and the same one every time
+            raise ValueError("console_users: each slack_user may belong to one user only")
         if self.environment != "production":
             return self
         if self.session_secret is None and not self.is_sqlite:

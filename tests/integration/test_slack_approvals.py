@@ -182,3 +182,10 @@ def test_approving_in_the_console_then_in_slack_is_the_same_person_twice(app: Te
     assert "alice already approved" in told[0]["text"]
     wait_for("the message counts the console's approval", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
     assert app.get(f"/api/v1/executions/{execution_id}").json()["approved_by"] == ["user:alice"]
+
+
+def test_a_slack_user_linked_to_two_console_users_is_refused() -> None:
+    with pytest.raises(SettingsError, match="slack_user may belong to one user only"):
+        load_settings(console_users=[user("alice", "operator", ALICE), user("mallory", "admin", ALICE)])
+    with pytest.raises(SettingsError, match="not a Slack member ID"):
+        load_settings(console_users=[user("alice", "operator", "alice@example.com")])
