@@ -21,6 +21,7 @@ from controlplane.integrations.slack import ApprovalCard, SlackClient, SlackErro
 from controlplane.integrations.slack_interactions import InteractionVerifier
 from controlplane.playbooks import service
 from controlplane.playbooks.pages import DuePage, Sent
+from controlplane.playbooks.schemas import ExecutionDetail
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +52,17 @@ def card(conn: Connection, execution_id: int, *, incident_url: IncidentUrl, chan
         incident_title=title,
         url=incident_url(run.incident_id) if run.incident_id is not None else None,
         change=change,
-        outcome=None if waiting else f"Execution #{run.id} is {run.status.replace('_', ' ')}: {run.reason}",
+        outcome=None if waiting else _outcome(run),
     )
+
+
+def _outcome(run: ExecutionDetail) -> str:
+    # Said from the approvals, not the reason: a worker may already have run it and changed the reason.
+    status = run.status.replace("_", " ")
+    if run.approved_by and len(run.approved_by) >= run.approvals_required:
+        names = ", ".join(actor.removeprefix("user:") for actor in run.approved_by)
+        return f"Approved by {names}; execution #{run.id} is {status}"
+    return f"Execution #{run.id} is {status}: {run.reason}"
 
 
 @dataclass(frozen=True)

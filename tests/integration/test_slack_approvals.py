@@ -105,7 +105,7 @@ def test_the_message_has_buttons_and_two_operators_approve_in_slack(app: TestCli
 
     assert send(app, slack.click(message, user=BOB, action_id=APPROVE)).status_code == 200
     wait_for("the execution succeeds", lambda: status_of(app, execution_id) == "succeeded", 10)
-    wait_for("the message shows the outcome", lambda: "approved by user:alice, user:bob" in shown(message), 5)
+    wait_for("the message shows the outcome", lambda: "Approved by alice, bob; execution #" in shown(message), 5)
     assert all(b["type"] != "actions" for b in message.blocks or [])  # no buttons once decided
     detail = app.get(f"/api/v1/executions/{execution_id}").json()
     given = [
