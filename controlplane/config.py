@@ -62,12 +62,23 @@ class ConsoleUser(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[^\s:]+$")
     role: ConsoleRole = "viewer"
     password_hash: SecretStr
+    # Their Slack member ID (U…/W…, "Copy member ID" in Slack): Approve/Reject clicked in Slack count as theirs.
+    slack_user: str | None = None
 
     @field_validator("password_hash")
     @classmethod
     def _argon2(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().startswith("$argon2"):
             raise ValueError("password_hash must be an argon2 hash: make one with `controlplane hash-password`")
+        return value
+
+    @field_validator("slack_user")
+    @classmethod
+    def _slack_member_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[UW][A-Z0-9]{2,30}", value):
+            raise ValueError(
+                f"slack_user {value!r} is not a Slack member ID: use one like U0123ABCD (Slack profile, Copy member ID)"
+            )
         return value
 
 
@@ -133,6 +144,9 @@ class Settings(BaseSettings):
     slack_token: SecretStr | None = None
     slack_token_file: Path | None = None
     slack_channel: str = "#oncall"
+    # Verifies Slack's interactive requests (Approve/Reject buttons): the app's "Signing Secret".
+    slack_signing_secret: SecretStr | None = None
+    slack_signing_secret_file: Path | None = None
     slack_api_url: str = "https://slack.com/api/"
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_routing_key_file: Path | None = None
@@ -205,7 +219,7 @@ class Settings(BaseSettings):
             return self
         if self.webhook_token is None:
             raise ValueError("webhook_token (or webhook_token_file) is required in production")
-        for name in ("webhook_token", "admin_token", "read_token"):
+        for name in ("webhook_token", "admin_token", "read_token", "slack_signing_secret"):
             _refuse_weak(name, getattr(self, name))
         password = urlsplit(self.database_url).password
         if password is not None and unquote(password).lower() in _PLACEHOLDER_SECRETS:
@@ -235,6 +249,9 @@ class Settings(BaseSettings):
         names = [user.name for user in self.console_users]
         if len(set(names)) != len(names):
             raise ValueError("console_users: user names must be unique")
+        linked = [user.slack_user for user in self.console_users if user.slack_user]
+        if len(set(linked)) != len(linked):  # a click must count as one person, and the same one every time
+            raise ValueError("console_users: each slack_user may belong to one user only")
         if self.environment != "production":
             return self
         if self.session_secret is None and not self.is_sqlite:
@@ -256,7 +273,15 @@ class Settings(BaseSettings):
 
 
 # Secrets that may come from a file instead: <name>_file holds the value (surrounding whitespace dropped).
-_SECRETS = ("webhook_token", "admin_token", "read_token", "slack_token", "pagerduty_routing_key", "session_secret")
+_SECRETS = (
+    "webhook_token",
+    "admin_token",
+    "read_token",
+    "slack_token",
+    "slack_signing_secret",
+    "pagerduty_routing_key",
+    "session_secret",
+)
 MIN_SECRET_LENGTH = 32
 
 

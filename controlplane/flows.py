@@ -14,19 +14,25 @@ One alert, from the route to its first step:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from controlplane.config import ConsoleUser
 from controlplane.db.engine import write_transaction
+from controlplane.errors import Conflict, NotFound
 from controlplane.incidents import service as incidents
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult
+from controlplane.integrations.slack import ApprovalCard
+from controlplane.integrations.slack_interactions import Click
 from controlplane.metricrules.evaluator import Evaluation
 from controlplane.playbooks import service as executions
+from controlplane.playbooks import slack_approvals
 from controlplane.playbooks.schemas import ExecutionDetail
+from controlplane.playbooks.slack_approvals import DECIDERS, IncidentUrl
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.holder import RulesHolder
 from controlplane.rules.loader import RuleSet
@@ -106,7 +112,7 @@ def on_metric_rule_evaluated(evaluation: Evaluation, *, wake: Wake, expire_silen
 
 
 def approve_execution(
-    *, engine: Engine, execution_id: int, actor: str, reason: str, now: datetime, wake: Wake
+    *, engine: Engine, execution_id: int, actor: str, reason: str, now: datetime, wake: Wake, via: str = "console"
 ) -> ExecutionDetail:
     """Approve an execution awaiting approval, commit, then wake the workers so it runs now, not at the next poll.
 
@@ -114,9 +120,67 @@ def approve_execution(
     visible and go back to sleep for a whole poll.
     """
     with write_transaction(engine) as conn:
-        detail = executions.approve(conn=conn, execution_id=execution_id, actor=actor, reason=reason, now=now)
+        detail = executions.approve(conn=conn, execution_id=execution_id, actor=actor, reason=reason, now=now, via=via)
     wake()
     return detail
+
+
+@dataclass(frozen=True)
+class SlackAnswer:
+    refusal: str | None  # told to the person who clicked, them alone
+    card: ApprovalCard | None  # the approval message as it should now read; None: no such execution
+
+
+def decide_from_slack(
+    *,
+    engine: Engine,
+    click: Click,
+    users: Mapping[str, ConsoleUser],
+    now: datetime,
+    wake: Wake,
+    incident_url: IncidentUrl,
+) -> SlackAnswer:
+    """An Approve or Reject clicked in Slack, as the console user mapped to that Slack user: the same approval
+    as the console's (two-person approval counts it), refused with a reason for anyone else."""
+    user = users.get(click.slack_user)
+    refusal: str | None = None
+    if user is None:
+        refusal = (
+            f"Your Slack user {click.slack_user} is not linked to a console user, so your click was not counted: "
+            f"ask an admin to add `slack_user: {click.slack_user}` to your entry in the console users file."
+        )
+    elif user.role not in DECIDERS:
+        refusal = f"{user.name} is a {user.role} in the console: approving or rejecting needs the operator role."
+    else:
+        actor = f"user:{user.name}"
+        try:
+            if click.decision == "approve":
+                approve_execution(
+                    engine=engine,
+                    execution_id=click.execution_id,
+                    actor=actor,
+                    reason="",
+                    now=now,
+                    wake=wake,
+                    via="slack",
+                )
+            else:
+                with write_transaction(engine) as conn:
+                    executions.reject(
+                        conn=conn,
+                        execution_id=click.execution_id,
+                        actor=actor,
+                        reason=f"rejected by {actor} in Slack",
+                        now=now,
+                    )
+        except (Conflict, NotFound) as exc:
+            refusal = str(exc)
+    with engine.connect() as conn:
+        try:
+            shown: ApprovalCard | None = slack_approvals.card(conn, click.execution_id, incident_url=incident_url)
+        except NotFound:
+            shown = None
+    return SlackAnswer(refusal, shown)
 
 
 def resolve_incident(

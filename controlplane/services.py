@@ -28,8 +28,9 @@ from controlplane.playbooks.approvals import ApprovalTimeouts
 from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.playbooks.executor import Executor, utcnow
 from controlplane.playbooks.ledger import LedgerSweeps
-from controlplane.playbooks.page_sender import EscalationSender
+from controlplane.playbooks.page_sender import page_sender
 from controlplane.playbooks.pages import Pager
+from controlplane.playbooks.slack_approvals import SlackApprovals
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
@@ -60,6 +61,7 @@ class Services:
     pager: Pager
     ledger_sweeps: LedgerSweeps
     contexts: ActionContexts  # the service's ports and clock, with the rules in force: what plans read through
+    slack_approvals: SlackApprovals | None = None  # None: no signing secret, Slack's buttons are not accepted
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -74,7 +76,7 @@ class Services:
         ports = build_ports(settings, engine)  # once per service: every step and page shares its clients
         pager = Pager(
             engine,
-            send=EscalationSender(engine, ActionContexts(ports=ports, clock=utcnow), registry),
+            send=page_sender(engine, ActionContexts(ports=ports, clock=utcnow), registry),
             poll_seconds=settings.pager_poll_seconds,
             counted=lambda kind, outcome: metrics.pages.labels(kind, outcome).inc(),
         )
@@ -162,6 +164,15 @@ class Services:
             pager=pager,
             ledger_sweeps=ledger_sweeps,
             contexts=ActionContexts(ports=ports, clock=utcnow, rules=lambda: rules.current),
+            slack_approvals=SlackApprovals.build(
+                settings.slack_signing_secret.get_secret_value(),
+                slack=ports.slack,
+                users=settings.console_users,
+                incident_url=ports.incident_url,
+                api_url=settings.slack_api_url,
+            )
+            if settings.slack_signing_secret is not None
+            else None,
         )
         elector.on_change = services.leadership_changed
         metrics.watch_open_incidents(services.open_incidents_or_none)

@@ -186,6 +186,9 @@ class Execution(Base):
     # The effectiveness ledger (playbooks/ledger.py): resolved | not_resolved | rolled_back | failed | recurred.
     outcome: Mapped[str | None] = mapped_column(String(16))
     outcome_at: Mapped[datetime | None]
+    # The rule's `approvals`, kept when it was created: a reload does not change who must still approve.
+    # Who approved so far is in the audit trail (`execution.approval_given`), not here.
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
 
 class ExecutionStep(Base):

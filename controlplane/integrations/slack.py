@@ -14,6 +14,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
 
 # Block Kit limits: a header's plain text, a section's text.
 _HEADER_MAX = 150
@@ -94,8 +95,93 @@ def incident_blocks(card: IncidentCard) -> list[dict[str, Any]]:
     return blocks
 
 
+APPROVE, REJECT = "execution.approve", "execution.reject"  # the buttons' action_id; their value: the execution id
+
+
+@dataclass(frozen=True)
+class ApprovalCard:
+    """What the message asking for an approval shows; `outcome` set once decided (the buttons then go)."""
+
+    execution_id: int
+    rule: str
+    playbook: str
+    reason: str
+    progress: str  # "0 of 2 approvals"
+    incident_id: int | None = None
+    incident_title: str | None = None
+    url: str | None = None  # the incident's page in the console
+    change: str | None = None  # what it would do (its plan), when known
+    outcome: str | None = None  # "Approved by alice, bob", "Rejected by carol", "execution is cancelled"
+
+
+def approval_text(card: ApprovalCard) -> str:
+    state = card.outcome or f"needs approval ({card.progress})"
+    return escape(f"Execution #{card.execution_id} of rule {card.rule}: {state}")
+
+
+def approval_blocks(card: ApprovalCard) -> list[dict[str, Any]]:
+    """Block Kit: what would run and why, then Approve/Reject buttons, or the outcome once decided."""
+    incident = f"#{card.incident_id} {card.incident_title or ''}".strip() if card.incident_id else "none"
+    incident = f"<{_link_target(card.url)}|{escape(incident)}>" if card.url and card.incident_id else escape(incident)
+    title = (
+        f"Approval needed: execution #{card.execution_id}"
+        if card.outcome is None
+        else f"Execution #{card.execution_id}"
+    )
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:_HEADER_MAX]}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Rule*\n{escape(card.rule)}"},
+                {"type": "mrkdwn", "text": f"*Playbook*\n{escape(card.playbook)}"},
+                {"type": "mrkdwn", "text": f"*Incident*\n{incident}"},
+                {"type": "mrkdwn", "text": f"*Approvals*\n{escape(card.progress)}"},
+            ],
+        },
+    ]
+    if card.change:  # the plan: what approving would change
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(card.change)[:_SECTION_MAX]}})
+    if card.reason.strip():
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(card.reason)[:_SECTION_MAX]}]})
+    if card.outcome is not None:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{escape(card.outcome)}*"}})
+        return blocks
+    value = str(card.execution_id)
+    blocks.append(
+        {
+            "type": "actions",
+            "block_id": f"approval-{value}",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": APPROVE,
+                    "value": value,
+                    "style": "primary",
+                    "text": {"type": "plain_text", "text": "Approve"},
+                },
+                {
+                    "type": "button",
+                    "action_id": REJECT,
+                    "value": value,
+                    "style": "danger",
+                    "text": {"type": "plain_text", "text": "Reject"},
+                    "confirm": {
+                        "title": {"type": "plain_text", "text": "Reject?"},
+                        "text": {"type": "plain_text", "text": f"Reject execution #{value}? It will not run."},
+                        "confirm": {"type": "plain_text", "text": "Reject"},
+                        "deny": {"type": "plain_text", "text": "Keep waiting"},
+                    },
+                },
+            ],
+        }
+    )
+    return blocks
+
+
 class SlackClient:
     def __init__(self, token: str, *, base_url: str, timeout: float = 10.0) -> None:
+        self._timeout = max(1, round(timeout))
         self._client = WebClient(
             token=token,
             base_url=base_url if base_url.endswith("/") else base_url + "/",
@@ -121,6 +207,14 @@ class SlackClient:
             "chat.update", lambda: self._client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
         )
         return SlackMessage(channel=str(data["channel"]), ts=str(data["ts"]))
+
+    def respond(self, response_url: str, text: str) -> None:
+        """Answer the person who clicked, them alone (ephemeral), at the interaction's `response_url`."""
+        response = WebhookClient(response_url, timeout=self._timeout, retry_handlers=[]).send(
+            text=escape(text), response_type="ephemeral", replace_original=False
+        )
+        if response.status_code != 200:
+            raise SlackError(f"response_url: HTTP {response.status_code} {response.body[:200]}", retriable=False)
 
     @staticmethod
     def _call(method: str, call: Any) -> dict[str, Any]:

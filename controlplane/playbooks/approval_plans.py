@@ -27,9 +27,9 @@ def plan_of(
 ) -> ExecutionPlan:
     """The plan of the execution's own playbook snapshot, for its alert and incident, on the targets now."""
     row = conn.execute(
-        select(
-            executions_t.c.rule_name, executions_t.c.playbook, executions_t.c.params, executions_t.c.context
-        ).where(executions_t.c.id == execution_id)
+        select(executions_t.c.rule_name, executions_t.c.playbook, executions_t.c.params, executions_t.c.context).where(
+            executions_t.c.id == execution_id
+        )
     ).first()
     if row is None:
         raise NotFound(f"execution {execution_id} not found")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -9,7 +10,8 @@ from sqlalchemy import Engine, select
 from controlplane.actions.base import ActionRegistry
 from controlplane.db.tables import executions_t
 from controlplane.playbooks.contexts import ActionContexts
-from controlplane.playbooks.pages import DuePage, Sent
+from controlplane.playbooks.pages import DuePage, Send, Sent
+from controlplane.playbooks.slack_approvals import ApprovalRequestSender
 
 ESCALATE = "notify.escalate"  # the action that tells on-call automation failed (actions/paging.py)
 
@@ -34,3 +36,23 @@ class EscalationSender:
         result = spec.func(ctx, spec.params.model_validate({"reason": page.reason}))
         error = result.output.get("error")
         return Sent(route=str(result.output.get("route", "log")), delivered=result.value is True, error=error)
+
+
+@dataclass(frozen=True)
+class PageSenders:
+    """Sends each page with the sender of its kind (an approval request is not an escalation), else `default`."""
+
+    by_kind: Mapping[str, Send]
+    default: Send
+
+    def __call__(self, page: DuePage) -> Sent:
+        return self.by_kind.get(page.kind, self.default)(page)
+
+
+def page_sender(engine: Engine, contexts: ActionContexts, registry: ActionRegistry) -> PageSenders:
+    """The Pager's sender: approval requests to Slack (or the log), every other page through `notify.escalate`."""
+    ports = contexts.ports
+    return PageSenders(
+        {"approval_requested": ApprovalRequestSender(engine, ports.slack, ports.slack_channel, ports.incident_url)},
+        default=EscalationSender(engine, contexts, registry),
+    )

@@ -26,7 +26,8 @@ from controlplane.db.tables import dialect_insert, pages_t
 
 log = structlog.get_logger(__name__)
 
-Kind = Literal["execution_failed", "approval_expired", "quarantined"]
+# approval_requested is not a failure: it asks for an approval, in Slack (playbooks/slack_approvals.py).
+Kind = Literal["execution_failed", "approval_expired", "quarantined", "approval_requested"]
 MAX_ATTEMPTS = 5  # claims of one page; a page that no sender got through by then is given up, and logged
 CLAIM = timedelta(seconds=60)  # longer than one send with its retries (paging.py: 3 tries, a few seconds)
 

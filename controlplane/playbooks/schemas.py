@@ -55,6 +55,7 @@ class ExecutionOut(BaseModel):
     # The ledger (playbooks/ledger.py): resolved, not_resolved, rolled_back, failed, recurred; None until settled.
     outcome: str | None
     outcome_at: datetime | None
+    approvals_required: int = 1  # distinct people who must approve before it runs (the rule's `approvals`)
 
 
 class ExecutionDetail(ExecutionOut):
@@ -67,6 +68,11 @@ class ExecutionDetail(ExecutionOut):
     playbook: dict[str, Any]
     steps: list[StepOut]
     timeline: list[AuditEventOut]
+    approved_by: list[str] = Field(
+        default_factory=list,
+        description="Who approved so far, in order (from the audit trail); it runs once approvals_required people have",
+    )
+    approval_progress: str = Field(default="", description="While awaiting approval: '1 of 2 approvals (alice)'")
 
 
 class ExecutionPage(BaseModel):

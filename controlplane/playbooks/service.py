@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select, update
 
 from controlplane.actions.base import ActionRegistry
+from controlplane.audit import audit
 from controlplane.db.tables import audit_t, executions_t, steps_t
 from controlplane.errors import Conflict, NotFound
 from controlplane.incidents.schemas import AuditEventOut
@@ -78,7 +79,35 @@ def get_execution(*, conn: Connection, execution_id: int, registry: ActionRegist
         ).mappings()
     ]
     summary = summarize(ExecutionOut(**{k: row[k] for k in ExecutionOut.model_fields}), steps, registry, timeline)
-    return ExecutionDetail(**row, summary=summary, steps=steps, timeline=timeline)
+    approved_by = [event.actor for event in timeline if event.action == APPROVAL_GIVEN]
+    progress = approval_progress(row["approvals_required"], approved_by) if row["status"] == "awaiting_approval" else ""
+    return ExecutionDetail(
+        **row, summary=summary, steps=steps, timeline=timeline, approved_by=approved_by, approval_progress=progress
+    )
+
+
+APPROVAL_GIVEN = "execution.approval_given"  # one person's approval; the execution runs once enough people gave one
+
+
+def approval_progress(required: int, given: Sequence[str]) -> str:
+    """'1 of 2 approvals (alice)': where an execution awaiting approval stands, for the console, API and Slack."""
+    who = ", ".join(actor.removeprefix("user:") for actor in given)
+    counted = f"{len(given)} of {required} approval{'' if required == 1 else 's'}"
+    return f"{counted} ({who})" if who else counted
+
+
+def approvers(*, conn: Connection, execution_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Who approved each execution so far, in order, from the audit trail."""
+    if not execution_ids:
+        return {}
+    given: dict[int, list[str]] = {}
+    for execution_id, actor in conn.execute(
+        select(audit_t.c.execution_id, audit_t.c.actor)
+        .where(audit_t.c.execution_id.in_(execution_ids), audit_t.c.action == APPROVAL_GIVEN)
+        .order_by(audit_t.c.id)
+    ):
+        given.setdefault(execution_id, []).append(actor)
+    return given
 
 
 def _decide(
@@ -113,9 +142,64 @@ def _decide(
     return get_execution(conn=conn, execution_id=execution_id)
 
 
-def approve(*, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime) -> ExecutionDetail:
+def approve(
+    *, conn: Connection, execution_id: int, actor: str, reason: str, now: datetime, via: str = "console"
+) -> ExecutionDetail:
+    """Count `actor`'s approval; the execution runs once its `approvals_required` distinct people approved.
+
+    Each approval is audited (`execution.approval_given`, who); the last one also `execution.approved`
+    and moves it to pending. The same person approving twice is refused: two-person approval means two.
+    """
+    # Touching the row locks it (PostgreSQL; SQLite's write transaction is exclusive already): two people
+    # approving at once are counted one after the other, so neither approval is lost and none counts twice.
+    locked = conn.execute(
+        update(executions_t)
+        .where(executions_t.c.id == execution_id, executions_t.c.status == "awaiting_approval")
+        .values(updated_at=now)
+        .returning(executions_t.c.approvals_required, executions_t.c.incident_id)
+    ).first()
+    if locked is None:
+        return _decide(  # raises NotFound or Conflict, saying what state it is in
+            conn, execution_id, "pending", {"awaiting_approval"}, actor=actor, reason=reason, now=now, verb="approved"
+        )
+    required, incident_id = locked.approvals_required, locked.incident_id
+    given = approvers(conn=conn, execution_ids=[execution_id]).get(execution_id, [])
+    if actor in given:
+        raise Conflict(
+            f"{actor.removeprefix('user:')} already approved execution {execution_id}: it needs {required} "
+            f"approvals from different people, and has {approval_progress(required, given)}"
+        )
+    given.append(actor)
+    audit(
+        conn,
+        actor=actor,
+        action=APPROVAL_GIVEN,
+        incident_id=incident_id,
+        execution_id=execution_id,
+        detail={"reason": reason, "approvals": len(given), "required": required, "via": via},
+        now=now,
+    )
+    if len(given) < required:
+        return get_execution(conn=conn, execution_id=execution_id)
+    audit(
+        conn,
+        actor=actor,
+        action="execution.approved",
+        incident_id=incident_id,
+        execution_id=execution_id,
+        detail={"reason": reason, "approved_by": given},
+        now=now,
+    )
+    by = ", ".join(given)
     return _decide(
-        conn, execution_id, "pending", {"awaiting_approval"}, actor=actor, reason=reason, now=now, verb="approved"
+        conn,
+        execution_id,
+        "pending",
+        {"awaiting_approval"},
+        actor=by[:255],
+        reason=reason or f"approved by {by}",
+        now=now,
+        verb="approved",
     )
 
 

@@ -181,6 +181,7 @@ class _Executions:
             "decided_at": None,
             "guard": decision.guard,
             "page_on_failure": rule.page_on_failure,
+            "approvals_required": rule.guards.approvals if rule.guards.approval else 1,
             "outcome": None,
             "outcome_at": None,
         }
@@ -192,6 +193,16 @@ class _Executions:
         if inserted is not None:  # None: a redelivery, this trigger has its execution already
             self.guarding.started(rule, guard_key, inserted.id, decision.dry_run)
             self._made.append((order, self._record(inserted.id, values, decision)))
+            if decision.status == "awaiting_approval":  # ask in Slack, after the commit (pages.py)
+                pages.record(
+                    self.conn,
+                    kind="approval_requested",
+                    execution_id=inserted.id,
+                    incident_id=incident.id if incident else None,
+                    rule=rule.name,
+                    reason=decision.reason,
+                    now=self.now,
+                )
 
     def finish(self) -> list[Triggered]:
         """Insert the suppressed ones, write the audit rows; what was made, in the order added."""

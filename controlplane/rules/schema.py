@@ -71,6 +71,8 @@ class Guards(_Strict):
     max_runs: MaxRuns | None = None  # per rule, over a sliding window
     max_concurrent: int | None = Field(default=None, ge=1)  # per rule, executions not yet finished
     approval: bool = False  # wait in awaiting_approval until a person approves
+    # How many distinct people must approve; giving it (even 1) implies `approval: true`.
+    approvals: int = Field(default=1, ge=1, le=5)
     # With approval: cancelled when nobody decides in time, so a late click does not act on a stale alert.
     approval_timeout: Duration = DEFAULT_APPROVAL_TIMEOUT
     dry_run: bool = False  # record what would run, call nothing
@@ -83,6 +85,15 @@ class Guards(_Strict):
         if value <= timedelta(0):
             raise ValueError("must be longer than 0s: an execution waits this long for approval, then is cancelled")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _approvals_imply_approval(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "approvals" in data:
+            if data.get("approval", True) is False:
+                raise ValueError("`approvals` asks for approval: drop `approval: false`")
+            data = {**data, "approval": True}
+        return data
 
 
 class MetricCondition(_Strict):

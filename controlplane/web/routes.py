@@ -221,7 +221,7 @@ def decide(
         raise InvalidInput(f"unknown decision {decision!r}: approve, reject or cancel")
     reason = form.get("reason", "")[:2000]
     if decision == "approve":
-        flows.approve_execution(
+        run = flows.approve_execution(
             engine=services.engine,
             execution_id=execution_id,
             actor=user.actor,
@@ -229,6 +229,9 @@ def decide(
             now=now_utc(),
             wake=services.wake_workers,
         )
+        if run.status == "awaiting_approval":  # counted, but it needs another person: do not say "approved"
+            counted = f"Your approval of execution #{execution_id} is counted: {run.approval_progress}."
+            return done(request, counted, form, "/approvals")
     else:
         with write_tx(services.engine) as conn:
             _DECISIONS[decision](conn=conn, execution_id=execution_id, actor=user.actor, reason=reason, now=now_utc())

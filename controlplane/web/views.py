@@ -161,6 +161,11 @@ class ExecutionView:
         return self.execution.status == "awaiting_approval"
 
     @property
+    def approval_progress(self) -> str:  # "1 of 2 approvals (alice)", from its audit trail
+        given = [event.actor for event in self.events if event.action == executions.APPROVAL_GIVEN]
+        return executions.approval_progress(self.execution.approvals_required, given)
+
+    @property
     def cancellable(self) -> bool:
         return self.execution.status in ACTIVE
 
@@ -288,6 +293,11 @@ class ApprovalView:
     incident_title: str | None
     params: dict[str, Any]
     rule_match: dict[str, str] | None = None  # the `match:` of the rule in force by that name, if an alert rule
+    approved_by: tuple[str, ...] = ()  # who approved so far, when it needs more than one
+
+    @property
+    def approval_progress(self) -> str:  # "1 of 2 approvals (alice)"
+        return executions.approval_progress(self.execution.approvals_required, self.approved_by)
 
 
 def approvals(*, conn: Connection, ruleset: RuleSet | None = None, limit: int = 200) -> list[ApprovalView]:
@@ -307,8 +317,15 @@ def approvals(*, conn: Connection, ruleset: RuleSet | None = None, limit: int = 
         else []
     )
     rules = ruleset or RuleSet.empty()
+    given = executions.approvers(conn=conn, execution_ids=[run.id for run in waiting])
     return [
-        ApprovalView(run, titles.get(run.incident_id), params.get(run.id) or {}, _match_of(rules.rule(run.rule_name)))
+        ApprovalView(
+            run,
+            titles.get(run.incident_id),
+            params.get(run.id) or {},
+            _match_of(rules.rule(run.rule_name)),
+            tuple(given.get(run.id, ())),
+        )
         for run in waiting
     ]
 

@@ -33,7 +33,7 @@ from controlplane.ingest.store import ingest_notification
 from controlplane.playbooks import service
 from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.playbooks.executor import Executor
-from controlplane.playbooks.page_sender import EscalationSender
+from controlplane.playbooks.page_sender import page_sender
 from controlplane.playbooks.pages import Pager
 from controlplane.playbooks.schemas import ExecutionDetail
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
@@ -171,7 +171,7 @@ def engine_harness(engine: Engine, settings: Settings, clock: Clock | None = Non
         sleep=lambda _s: None,
         ports=ports,
     )
-    sender = EscalationSender(engine, ActionContexts(ports=ports, clock=clock), registry)
+    sender = page_sender(engine, ActionContexts(ports=ports, clock=clock), registry)
     pager = Pager(engine, send=sender, clock=clock)
     worker = Worker(
         engine=engine,

@@ -15,10 +15,19 @@ against this server (its `base_url` pointed at `url`). What it keeps of Slack's 
 Knobs for tests: `ratelimit_next(n, retry_after)`, `fail_next(n, status)` (a 5xx with an HTML
 body, as a load balancer in front of Slack answers), `requests` (everything received) and
 `messages` (what a channel would show, with replies and edits).
+
+Interactivity, the other direction: `click(message, user, action_id)` builds the request Slack sends
+to an app's Request URL when someone clicks a button: a form body `payload=<block_actions JSON>`,
+signed as Slack signs (`X-Slack-Signature: v0=HMAC-SHA256(secret, "v0:<ts>:<body>")` and
+`X-Slack-Request-Timestamp`). `secret=` signs with another secret (a forgery), `at=` stamps another
+time (stale); sending the same `Interaction` twice is a replay. Each click carries a `response_url`
+on this server (`POST /actions/<n>`); what the app answers there is kept in `responses`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.server
 import itertools
 import json
@@ -26,13 +35,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from tests.helpers import LoopbackHTTP
 
 TOKEN = "xoxb-0000000000-standin-token"
 CHANNELS = {"#oncall": "C0ONCALL001", "#alerts": "C0ALERTS001"}
 BOT_USER = "U0CONTROLPL"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # the app's Signing Secret (Basic Information page)
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One signed request Slack would send to the app's interactivity Request URL."""
+
+    body: bytes
+    headers: dict[str, str]
+    response_url: str
 
 
 @dataclass
@@ -65,6 +84,8 @@ class SlackStandIn:
     channels: dict[str, str] = field(default_factory=lambda: dict(CHANNELS))
     messages: list[Message] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
+    signing_secret: str = SIGNING_SECRET
+    responses: list[dict[str, Any]] = field(default_factory=list)  # what apps posted to response_urls
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -97,6 +118,67 @@ class SlackStandIn:
 
     def close(self) -> None:
         self._http.close()
+
+    # -- interactivity -------------------------------------------------------------------
+
+    def click(
+        self,
+        message: Message,
+        *,
+        user: str,
+        action_id: str,
+        secret: str | None = None,
+        at: float | None = None,
+    ) -> Interaction:
+        """The signed request for `user` clicking the button `action_id` of `message` (a block_actions payload)."""
+        button = next(
+            element
+            for block in message.blocks or []
+            if block.get("type") == "actions"
+            for element in block["elements"]
+            if element.get("action_id") == action_id
+        )
+        response_url = f"{self._http.url}/actions/{next(self._ts)}"
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "team_id": "T0STANDIN"},
+            "api_app_id": "A0CONTROLPL",
+            "token": "legacy-verification-token",  # deprecated by Slack, ignored by apps that check signatures
+            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
+            "channel": {"id": message.channel, "name": "oncall"},
+            "message": _as_api(message),
+            "response_url": response_url,
+            "trigger_id": "1234.5678.abcd",
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": "approval",
+                    "value": button.get("value", ""),
+                    "text": button["text"],
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        timestamp = str(int(time.time() if at is None else at))
+        digest = hmac.new(
+            (secret or self.signing_secret).encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256
+        ).hexdigest()
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": f"v0={digest}",
+        }
+        return Interaction(body, headers, response_url)
+
+    def responses_to(self, interaction: Interaction) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.responses if r["url"] == interaction.response_url]
+
+    def _respond(self, path: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.responses.append({"url": f"{self._http.url}{path}", **body})
 
     # -- the API -------------------------------------------------------------------------
 
@@ -174,6 +256,13 @@ def _handler(standin: SlackStandIn) -> type[http.server.BaseHTTPRequestHandler]:
             args: dict[str, Any] = (
                 json.loads(raw or "{}") if content_type == "application/json" else dict(parse_qsl(raw))
             )
+            if self.path.startswith("/actions/"):  # an app answering a click at its response_url
+                standin._respond(self.path, json.loads(raw or "{}"))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                return
             auth = self.headers.get("Authorization") or ""
             bearer = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
             method = self.path.split("?")[0].removeprefix("/api/")
