@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from controlplane import flows
 from controlplane.api.deps import MAX_ID, AdminDep, ConnDep, IdPath, ReaderDep, ServicesDep, WriteConnDep
 from controlplane.api.errors import error_responses
-from controlplane.playbooks import service
+from controlplane.playbooks import approval_plans, service
 from controlplane.playbooks.schemas import (
     AutomationChange,
     AutomationOut,
@@ -47,12 +47,32 @@ def get_execution(conn: ConnDep, services: ServicesDep, execution_id: IdPath) ->
     return service.get_execution(conn=conn, execution_id=execution_id, registry=services.registry)
 
 
+@router.get(
+    "/executions/{execution_id}/plan",
+    summary="What the execution would do now, step by step, read from its targets; approve with its plan_digest",
+    responses=error_responses(403, 404),
+)
+def execution_plan(conn: ConnDep, _actor: AdminDep, services: ServicesDep, execution_id: IdPath) -> dict[str, Any]:
+    plan = approval_plans.plan_of(
+        conn, execution_id=execution_id, registry=services.registry, contexts=services.contexts
+    )
+    return {**plan.as_dict(), "plan_digest": approval_plans.digest(plan)}
+
+
 @router.post(
     "/executions/{execution_id}/approve", summary="Approve an execution awaiting approval", responses=DECISION_ERRORS
 )
 def approve(
     actor: AdminDep, services: ServicesDep, execution_id: IdPath, body: Decision | None = None
 ) -> ExecutionDetail:
+    if body is not None and body.plan_digest is not None:
+        approval_plans.check_unchanged(
+            services.engine,
+            execution_id=execution_id,
+            seen=body.plan_digest,
+            registry=services.registry,
+            contexts=services.contexts,
+        )
     return flows.approve_execution(
         engine=services.engine,
         execution_id=execution_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 
 from controlplane.actions.base import ActionRegistry, AlertView, IncidentView
 from controlplane.db.tables import executions_t
@@ -76,15 +76,13 @@ class PlanDrifted(Conflict):
 
 
 def check_unchanged(
-    conn: Connection,
-    *,
-    execution_id: int,
-    seen: str,
-    registry: ActionRegistry,
-    contexts: ActionContexts,
+    engine: Engine, *, execution_id: int, seen: str, registry: ActionRegistry, contexts: ActionContexts
 ) -> ExecutionPlan:
-    """The execution's plan made again; PlanDrifted when its digest is not `seen` (the one the approver saw)."""
-    plan = plan_of(conn, execution_id=execution_id, registry=registry, contexts=contexts)
+    """The execution's plan made again (reading its targets, outside any write transaction); PlanDrifted when
+    its digest is not `seen`, the one the approver saw. The approval that follows is its own transaction: a
+    change in the moment between the two is not caught (the step's own bounds still hold then)."""
+    with engine.connect() as conn:
+        plan = plan_of(conn, execution_id=execution_id, registry=registry, contexts=contexts)
     if digest(plan) != seen:
         raise PlanDrifted(plan)
     return plan

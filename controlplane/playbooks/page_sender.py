@@ -11,7 +11,7 @@ from controlplane.actions.base import ActionRegistry
 from controlplane.db.tables import executions_t
 from controlplane.playbooks.contexts import ActionContexts
 from controlplane.playbooks.pages import DuePage, Send, Sent
-from controlplane.playbooks.slack_approvals import ApprovalRequestSender
+from controlplane.playbooks.slack_approvals import ApprovalRequestSender, Planner
 
 ESCALATE = "notify.escalate"  # the action that tells on-call automation failed (actions/paging.py)
 
@@ -53,6 +53,10 @@ def page_sender(engine: Engine, contexts: ActionContexts, registry: ActionRegist
     """The Pager's sender: approval requests to Slack (or the log), every other page through `notify.escalate`."""
     ports = contexts.ports
     return PageSenders(
-        {"approval_requested": ApprovalRequestSender(engine, ports.slack, ports.slack_channel, ports.incident_url)},
+        {
+            "approval_requested": ApprovalRequestSender(
+                engine, ports.slack, ports.slack_channel, ports.incident_url, Planner(registry, contexts)
+            )
+        },
         default=EscalationSender(engine, contexts, registry),
     )

@@ -98,3 +98,5 @@ class DryRunChange(AutomationChange):
 
 class Decision(BaseModel):
     reason: Text = Field(default="", max_length=2000)
+    # Approve only this change: the digest of the plan the approver saw (GET .../plan); refused (409) if it moved.
+    plan_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")

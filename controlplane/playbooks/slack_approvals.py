@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import Connection, Engine, select
 
+from controlplane.actions.base import ActionRegistry
 from controlplane.actions.paging import with_retries
 from controlplane.config import ConsoleUser
 from controlplane.db.tables import incidents_t
 from controlplane.integrations.slack import ApprovalCard, SlackClient, SlackError, approval_blocks, approval_text
 from controlplane.integrations.slack_interactions import InteractionVerifier
-from controlplane.playbooks import service
+from controlplane.playbooks import approval_plans, service
+from controlplane.playbooks.contexts import ActionContexts
 from controlplane.playbooks.pages import DuePage, Sent
 from controlplane.playbooks.schemas import ExecutionDetail
 
@@ -66,6 +68,25 @@ def _outcome(run: ExecutionDetail) -> str:
 
 
 @dataclass(frozen=True)
+class Planner:
+    """The plan of an execution awaiting approval (approval_plans.py) as lines for the approval message; None
+    when it cannot be planned (the message then asks for the playbook, as the console says)."""
+
+    registry: ActionRegistry
+    contexts: ActionContexts
+
+    def __call__(self, conn: Connection, execution_id: int) -> str | None:
+        try:
+            plan = approval_plans.plan_of(
+                conn, execution_id=execution_id, registry=self.registry, contexts=self.contexts
+            )
+        except Exception as exc:  # a target that cannot be read must not keep the question from being asked
+            log.warning("approval.plan_failed", execution_id=execution_id, error=f"{type(exc).__name__}: {exc}")
+            return None
+        return "\n".join(f"• {step.sentence.split(': ', 1)[-1]}" for step in plan.steps) or None
+
+
+@dataclass(frozen=True)
 class ApprovalRequestSender:
     """Sends a page of kind `approval_requested`: the Slack message with Approve/Reject, or a log line
     when Slack is not configured (the console's approvals page lists it either way)."""
@@ -74,10 +95,12 @@ class ApprovalRequestSender:
     slack: SlackClient | None
     channel: str
     incident_url: IncidentUrl
+    planner: Planner | None = None  # the change approving would make, shown above the buttons
 
     def __call__(self, page: DuePage) -> Sent:
         with self.engine.connect() as conn:
-            shown = card(conn, page.execution_id, incident_url=self.incident_url)
+            change = self.planner(conn, page.execution_id) if self.planner is not None else None
+            shown = card(conn, page.execution_id, incident_url=self.incident_url, change=change)
         if shown.outcome is not None:  # decided (in the console) before the message went out: nothing to ask
             return Sent(route="log", delivered=True, error=None)
         if self.slack is None:

@@ -15,7 +15,7 @@ from controlplane.api.deps import MAX_ID, IdPath, ServicesDep
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incident_service
 from controlplane.incidents.schemas import IncidentStatus
-from controlplane.playbooks import quarantine
+from controlplane.playbooks import approval_plans, quarantine
 from controlplane.playbooks import service as executions
 from controlplane.silences import service as silences
 from controlplane.text import printable
@@ -206,6 +206,7 @@ def silence(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
 def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     with services.engine.connect() as conn:
         waiting = views.approvals(conn=conn, ruleset=services.rules.current)
+    waiting = views.with_plans(waiting, engine=services.engine, registry=services.registry, contexts=services.contexts)
     return page(request, services, ApprovalsScreen(waiting=waiting))
 
 
@@ -221,6 +222,14 @@ def decide(
         raise InvalidInput(f"unknown decision {decision!r}: approve, reject or cancel")
     reason = form.get("reason", "")[:2000]
     if decision == "approve":
+        if form.get("plan_digest"):  # approve the change the card showed, not whatever it has become
+            approval_plans.check_unchanged(
+                services.engine,
+                execution_id=execution_id,
+                seen=form["plan_digest"][:64],
+                registry=services.registry,
+                contexts=services.contexts,
+            )
         run = flows.approve_execution(
             engine=services.engine,
             execution_id=execution_id,

@@ -11,21 +11,23 @@ import hashlib
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, Engine, and_, func, select
 
 from controlplane.actions.base import ActionRegistry
 from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, metric_states_t, steps_t
 from controlplane.errors import NotFound
 from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
-from controlplane.playbooks import ledger, quarantine
+from controlplane.playbooks import approval_plans, ledger, quarantine
 from controlplane.playbooks import service as executions
+from controlplane.playbooks.contexts import ActionContexts
+from controlplane.playbooks.planning import ExecutionPlan
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.state import ACTIVE
 from controlplane.playbooks.summary import described, summarize
@@ -294,10 +296,31 @@ class ApprovalView:
     params: dict[str, Any]
     rule_match: dict[str, str] | None = None  # the `match:` of the rule in force by that name, if an alert rule
     approved_by: tuple[str, ...] = ()  # who approved so far, when it needs more than one
+    plan: ExecutionPlan | None = None  # the change it would make now (approval_plans.py); None: not planned
+    plan_digest: str = ""  # sent back with the approval: a plan that moved since is refused
+    plan_error: str = ""  # why it could not be planned (the approver then approves the playbook, unseen)
 
     @property
     def approval_progress(self) -> str:  # "1 of 2 approvals (alice)"
         return executions.approval_progress(self.execution.approvals_required, self.approved_by)
+
+
+def with_plans(
+    items: list[ApprovalView], *, engine: Engine, registry: ActionRegistry, contexts: ActionContexts
+) -> list[ApprovalView]:
+    """Each approval with the plan of its change, made now (its targets are read, nothing is written)."""
+    planned = []
+    for item in items:
+        try:
+            with engine.connect() as conn:
+                plan = approval_plans.plan_of(
+                    conn, execution_id=item.execution.id, registry=registry, contexts=contexts
+                )
+        except Exception as exc:  # a target that cannot be read: say so on the card, approve without a plan
+            planned.append(replace(item, plan_error=f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        planned.append(replace(item, plan=plan, plan_digest=approval_plans.digest(plan)))
+    return planned
 
 
 def approvals(*, conn: Connection, ruleset: RuleSet | None = None, limit: int = 200) -> list[ApprovalView]:

@@ -90,6 +90,8 @@ def test_the_message_has_buttons_and_two_operators_approve_in_slack(app: TestCli
     execution_id, message = approval_message(app, slack, "ns-slack")
     assert message.channel == "C0ONCALL001"
     assert "Approval needed" in shown(message) and "0 of 2 approvals" in shown(message)
+    # The change approving would make, planned when the message went out (approval_plans.py).
+    assert "write to the service log (info): approved in Slack for ns-slack" in shown(message)
     buttons = [e["action_id"] for b in message.blocks or [] if b["type"] == "actions" for e in b["elements"]]
     assert buttons == [APPROVE, REJECT]
 
