@@ -121,6 +121,7 @@ def _replay_page(conn: Connection, sandbox: Sandbox, tally: Tally, rows: Sequenc
     for execution in history.executions_of(conn, [row.id for row in rows]):
         real[execution.rule_name, execution.alert_id] = execution
         sandbox.learn(execution)
+        sandbox.saw_active(execution)
         if execution.alert_id not in when or execution.created_at < when[execution.alert_id]:
             when[execution.alert_id] = execution.created_at
     candidates = [

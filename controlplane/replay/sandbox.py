@@ -9,9 +9,14 @@ The model (what makes the guards decide as the service did):
   real one ended, in the real one's status, and its ledger outcome becomes `resolved` when the real one's
   did (a run whose outcome is `recurred` now counts as resolved from its end: the trigger marks it
   recurred again when its key fires). So `active`, `max_concurrent` and the loop breaker see what the
-  service saw. One the service did not run (a candidate rule set decided otherwise) is assumed to take
-  the rule's mean real duration (0 when it never ran) and succeed without a settled outcome; one that
-  waits for approval, to be cancelled when its approval timeout passes.
+  service saw. An end counts from when the service's guards last saw the run in progress, if later than
+  its `finished_at` (a suppression by `active` names the run): on PostgreSQL a worker's end commits a few
+  milliseconds after its clock read, and a trigger in between still saw the run. (`max_concurrent` names
+  no run: a trigger within those milliseconds of an end may count it either way; so may one at the very
+  instant of an end, which counts as ended.)
+- One the service did not run (a candidate rule set decided otherwise) is assumed to take the rule's mean
+  real duration (0 when it never ran) and succeed without a settled outcome; one that waits for approval,
+  to be cancelled when its approval timeout passes.
 - The sandbox starts from the service's state at the start of the range: the executions the guards
   could still see then (within the longest guard window, or still in progress) and the quarantines.
   Quarantines are lifted when the service's quarantine of the same rule and key was lifted; the global
@@ -21,6 +26,7 @@ The model (what makes the guards decide as the service did):
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,6 +64,8 @@ _LIFT = (
     )
     .values(lifted_at=bindparam("at"), lifted_by="replay", lift_reason="lifted then in the service's history")
 )
+_ACTIVE_RUN = re.compile(r"execution #(\d+) for ")
+_TICK = timedelta(microseconds=1)
 _MADE = select(_e.id, _e.rule_name, _e.alert_id, _e.guard_key, _e.status, _e.guard, _e.dry_run).where(
     _e.id > bindparam("after")
 )
@@ -93,6 +101,7 @@ class Sandbox:
     _last_id: int = 0
     _incidents: set[int] = field(default_factory=set)
     _durations: dict[str, tuple[timedelta, int]] = field(default_factory=dict)
+    _seen_active: dict[int, datetime] = field(default_factory=dict)  # real execution id -> last seen in progress
 
     def __post_init__(self) -> None:
         self.engine = create_engine("sqlite://", poolclass=StaticPool)
@@ -171,6 +180,10 @@ class Sandbox:
         while self._events and self._events[0][0] <= now:
             at, _, kind, args = heapq.heappop(self._events)
             if kind == "finish":
+                seen = self._seen_active.get(args[2])
+                if seen is not None and seen >= at:  # the service's guards still saw it in progress then
+                    self._at(seen + _TICK, kind, *args)
+                    continue
                 self.conn.execute(_FINISH, {"eid": args[0], "to": args[1], "at": at})
             elif kind == "resolved":
                 self.conn.execute(_RESOLVED, {"eid": args[0], "at": at})
@@ -194,7 +207,14 @@ class Sandbox:
 
     def _finish_as_real(self, execution_id: int, real: Any) -> None:
         if real.finished_at is not None and real.status in TERMINAL_RUN:
-            self._at(real.finished_at, "finish", execution_id, real.status)
+            self._at(real.finished_at, "finish", execution_id, real.status, real.id)
+
+    def saw_active(self, real: Any) -> None:
+        """A real suppression by `active` names the run the guards saw in progress at its creation."""
+        found = _ACTIVE_RUN.match(real.reason) if real.guard == "active" else None
+        if found is not None:
+            run = int(found.group(1))
+            self._seen_active[run] = max(self._seen_active.get(run, real.created_at), real.created_at)
 
     def learn(self, real: Any) -> None:
         """A real run's duration: what a run the service did not make is assumed to take, for its rule."""
@@ -254,10 +274,12 @@ class Sandbox:
             return
         rule = self.rules.rule(row.rule_name)
         if row.status == "awaiting_approval" and rule is not None:
-            self._at(now + rule.guards.approval_timeout, "finish", row.id, "cancelled")
+            self._at(now + rule.guards.approval_timeout, "finish", row.id, "cancelled", None)
             return
         total, n = self._durations.get(row.rule_name, (timedelta(0), 0))
-        self._at(now + (total / n if n else timedelta(0)), "finish", row.id, "dry_run" if row.dry_run else "succeeded")
+        self._at(
+            now + (total / n if n else timedelta(0)), "finish", row.id, "dry_run" if row.dry_run else "succeeded", None
+        )
 
 
 def _alert_row(a: Any) -> dict[str, Any]:
