@@ -141,18 +141,16 @@ def main() -> int:
     rate = report["alerts"] / report["seconds"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     print(f"replay of {report['alerts']:,} alerts with the shipped rules (commit {commit.strip()}):")
-    print(
-        f"  {report['seconds']:.2f} s in the replay = {rate:,.0f} alerts/s  [target >= 20,000/s: {'met' if rate >= 20_000 else 'BELOW'}]"
-    )
+    verdict = "met" if rate >= 20_000 else "BELOW"
+    print(f"  {report['seconds']:.2f} s in the replay = {rate:,.0f} alerts/s  [target >= 20,000/s: {verdict}]")
     print(f"  {wall:.2f} s for the whole command (interpreter start, imports, rule loading)")
     print(f"  peak RSS of the command: {peak_mb:.0f} MB")
     for rule in report["per_rule"]:
-        print(
-            f"  {rule['rule']}: would run {rule['would_run']}, suppressed {sum(rule['suppressed'].values())} {rule['suppressed']}"
-        )
-    print(
-        f"  self-check: {'reproduces history, decision for decision' if report['differences'] == 0 else str(report['differences']) + ' decisions differ'}"
-    )
+        suppressed = rule["suppressed"]
+        print(f"  {rule['rule']}: would run {rule['would_run']}, suppressed {sum(suppressed.values())} {suppressed}")
+    differences = report["differences"]
+    check = "reproduces history, decision for decision" if differences == 0 else f"{differences} decisions differ"
+    print(f"  self-check: {check}")
     return 0 if report["differences"] == 0 else 1
 
 

@@ -116,6 +116,7 @@ def _run(
 
 def _replay_page(conn: Connection, sandbox: Sandbox, tally: Tally, rows: Sequence[Any]) -> None:
     """One page of alerts: batches by the moment the service triggered them, then the comparison."""
+    rows = list({row.id: row for row in reversed(rows)}.values())[::-1]  # an alert in two incidents: the first
     real: dict[tuple[str, int], Any] = {}
     when: dict[int, datetime] = {}
     for execution in history.executions_of(conn, [row.id for row in rows]):

@@ -11,9 +11,9 @@ The model (what makes the guards decide as the service did):
   recurred again when its key fires). So `active`, `max_concurrent` and the loop breaker see what the
   service saw. An end counts from when the service's guards last saw the run in progress, if later than
   its `finished_at` (a suppression by `active` names the run): on PostgreSQL a worker's end commits a few
-  milliseconds after its clock read, and a trigger in between still saw the run. (`max_concurrent` names
-  no run: a trigger within those milliseconds of an end may count it either way; so may one at the very
-  instant of an end, which counts as ended.)
+  milliseconds after its clock read, and a trigger in between still saw the run. A suppression by
+  `max_concurrent` names no run: the rule's runs that ended up to COMMIT_LAG before it count as still in
+  progress then. (An end at the very instant of a trigger counts as ended.)
 - One the service did not run (a candidate rule set decided otherwise) is assumed to take the rule's mean
   real duration (0 when it never ran) and succeed without a settled outcome; one that waits for approval,
   to be cancelled when its approval timeout passes.
@@ -25,6 +25,7 @@ The model (what makes the guards decide as the service did):
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import re
 from collections.abc import Iterable, Sequence
@@ -66,6 +67,7 @@ _LIFT = (
 )
 _ACTIVE_RUN = re.compile(r"execution #(\d+) for ")
 _TICK = timedelta(microseconds=1)
+COMMIT_LAG = timedelta(seconds=2)  # how long after its clock read a worker's end may commit
 _MADE = select(_e.id, _e.rule_name, _e.alert_id, _e.guard_key, _e.status, _e.guard, _e.dry_run).where(
     _e.id > bindparam("after")
 )
@@ -102,6 +104,7 @@ class Sandbox:
     _incidents: set[int] = field(default_factory=set)
     _durations: dict[str, tuple[timedelta, int]] = field(default_factory=dict)
     _seen_active: dict[int, datetime] = field(default_factory=dict)  # real execution id -> last seen in progress
+    _seen_full: dict[str, list[datetime]] = field(default_factory=dict)  # rule -> when max_concurrent held
 
     def __post_init__(self) -> None:
         self.engine = create_engine("sqlite://", poolclass=StaticPool)
@@ -180,8 +183,8 @@ class Sandbox:
         while self._events and self._events[0][0] <= now:
             at, _, kind, args = heapq.heappop(self._events)
             if kind == "finish":
-                seen = self._seen_active.get(args[2])
-                if seen is not None and seen >= at:  # the service's guards still saw it in progress then
+                seen = self._seen_in_progress(at, args[2], args[3])
+                if seen is not None:  # the service's guards still saw it in progress then
                     self._at(seen + _TICK, kind, *args)
                     continue
                 self.conn.execute(_FINISH, {"eid": args[0], "to": args[1], "at": at})
@@ -207,14 +210,25 @@ class Sandbox:
 
     def _finish_as_real(self, execution_id: int, real: Any) -> None:
         if real.finished_at is not None and real.status in TERMINAL_RUN:
-            self._at(real.finished_at, "finish", execution_id, real.status, real.id)
+            self._at(real.finished_at, "finish", execution_id, real.status, real.id, real.rule_name)
 
     def saw_active(self, real: Any) -> None:
-        """A real suppression by `active` names the run the guards saw in progress at its creation."""
+        """A real suppression by `active` names the run the guards saw in progress at its creation; one by
+        `max_concurrent` says the rule's runs that had just ended were still seen in progress."""
         found = _ACTIVE_RUN.match(real.reason) if real.guard == "active" else None
         if found is not None:
             run = int(found.group(1))
             self._seen_active[run] = max(self._seen_active.get(run, real.created_at), real.created_at)
+        elif real.guard == "max_concurrent":
+            bisect.insort(self._seen_full.setdefault(real.rule_name, []), real.created_at)
+
+    def _seen_in_progress(self, end: datetime, real_id: int | None, rule: str) -> datetime | None:
+        """The last moment after `end` at which the service's guards still saw the run in progress, if any."""
+        seen = self._seen_active.get(real_id) if real_id is not None else None
+        full = self._seen_full.get(rule, [])
+        last_full = bisect.bisect_right(full, end + COMMIT_LAG)
+        held = full[last_full - 1] if last_full and full[last_full - 1] >= end else None
+        return max([at for at in (seen, held) if at is not None and at >= end], default=None)
 
     def learn(self, real: Any) -> None:
         """A real run's duration: what a run the service did not make is assumed to take, for its rule."""
@@ -274,12 +288,11 @@ class Sandbox:
             return
         rule = self.rules.rule(row.rule_name)
         if row.status == "awaiting_approval" and rule is not None:
-            self._at(now + rule.guards.approval_timeout, "finish", row.id, "cancelled", None)
+            self._at(now + rule.guards.approval_timeout, "finish", row.id, "cancelled", None, row.rule_name)
             return
         total, n = self._durations.get(row.rule_name, (timedelta(0), 0))
-        self._at(
-            now + (total / n if n else timedelta(0)), "finish", row.id, "dry_run" if row.dry_run else "succeeded", None
-        )
+        status = "dry_run" if row.dry_run else "succeeded"
+        self._at(now + (total / n if n else timedelta(0)), "finish", row.id, status, None, row.rule_name)
 
 
 def _alert_row(a: Any) -> dict[str, Any]:

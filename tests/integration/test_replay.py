@@ -124,6 +124,23 @@ def test_replay_with_the_rules_in_force_reproduces_history(engine: Engine, tmp_p
     assert fingerprint(engine) == before  # nothing written to the service's database
 
 
+@pytest.mark.parametrize("minute", [61, 130])
+def test_a_range_that_starts_mid_history_starts_from_the_state_then(
+    engine: Engine, tmp_path: Path, minute: int
+) -> None:
+    # At 61 minutes keys are quarantined and runs in progress; at 130 automation is paused.
+    directory = rules_dir(tmp_path, "in-force")
+    busy_history(engine, directory)
+    start = T0 + timedelta(minutes=minute)
+
+    report = replay(engine, rules=load(directory), rules_label="x", default_group_by=GROUP_BY, start=start, end=END)
+
+    assert report.reproduces, report.lines()
+    assert 0 < report.alerts < 131
+    suppressed = Counter(guard for r in report.per_rule for guard in r.suppressed)
+    assert "paused" in suppressed and "active" in suppressed
+
+
 def test_a_longer_cooldown_shows_which_runs_it_would_have_stopped(engine: Engine, tmp_path: Path) -> None:
     # One key firing every 7 minutes for an hour, each run lasting a minute. With cooldown 10m the
     # service ran at 0, 14, 28, 42, 56; with 30m it would run at 0 and 35 only.
