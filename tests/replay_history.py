@@ -51,7 +51,7 @@ class History:
     def run(self) -> None:
         while self._events:
             now, _, kind, args = heapq.heappop(self._events)
-            with write_transaction(self.engine) as conn:
+            with write_transaction(self.engine, sync="normal") as conn:
                 getattr(self, "_" + kind)(conn, now, *args)
                 ledger.settle_due(conn, now=now)
 

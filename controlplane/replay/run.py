@@ -84,8 +84,9 @@ def _run(
     done = 0
     partial = False
     try:
+        span = lookback(rules)
         sandbox.seed(
-            history.executions_before(conn, start=start, lookback=start - lookback(rules)),
+            history.executions_before(conn, start=start, lookback=start - span),
             history.quarantines_until(conn, end=end),
             start=start,
         )
@@ -94,7 +95,9 @@ def _run(
             if should_stop():
                 partial = True
                 break
-            _replay_page(conn, sandbox, tally, rows)
+            moment = _replay_page(conn, sandbox, tally, rows)
+            if moment is not None:
+                sandbox.prune(moment, span)
             done += len(rows)
             if progress is not None:
                 progress(done, total)
@@ -114,8 +117,9 @@ def _run(
     )
 
 
-def _replay_page(conn: Connection, sandbox: Sandbox, tally: Tally, rows: Sequence[Any]) -> None:
-    """One page of alerts: batches by the moment the service triggered them, then the comparison."""
+def _replay_page(conn: Connection, sandbox: Sandbox, tally: Tally, rows: Sequence[Any]) -> datetime | None:
+    """One page of alerts: batches by the moment the service triggered them, then the comparison. The last
+    moment replayed (None when no alert matched a rule)."""
     rows = list({row.id: row for row in reversed(rows)}.values())[::-1]  # an alert in two incidents: the first
     real: dict[tuple[str, int], Any] = {}
     when: dict[int, datetime] = {}
@@ -138,7 +142,9 @@ def _replay_page(conn: Connection, sandbox: Sandbox, tally: Tally, rows: Sequenc
 
     candidates.sort(key=lambda row: (moment(row), row.id))
     made: dict[tuple[str, int], Made] = {}
+    last = None
     for now, batch in groupby(candidates, key=moment):
+        last = now
         for one in sandbox.trigger(now, list(batch), real):
             made[one.rule, one.alert_id] = one
     for key in sorted(set(real) | set(made)):
@@ -150,3 +156,4 @@ def _replay_page(conn: Connection, sandbox: Sandbox, tally: Tally, rows: Sequenc
             decision(r.status, r.guard, r.dry_run) if r else "no execution",
             decision(m.status, m.guard, m.dry_run) if m else "no execution",
         )
+    return last

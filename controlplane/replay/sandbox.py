@@ -37,7 +37,16 @@ from sqlalchemy import Connection, bindparam, create_engine, select, update
 from sqlalchemy.pool import StaticPool
 
 from controlplane.db.models import Base
-from controlplane.db.tables import alerts_t, automation_t, executions_t, incidents_t, links_t, quarantines_t
+from controlplane.db.tables import (
+    alerts_t,
+    audit_t,
+    automation_t,
+    executions_t,
+    incidents_t,
+    links_t,
+    pages_t,
+    quarantines_t,
+)
 from controlplane.playbooks.trigger import trigger_for_alerts
 from controlplane.replay.history import Switch
 from controlplane.rules.loader import RuleSet
@@ -112,6 +121,17 @@ class Sandbox:
         self.conn: Connection = self.engine.connect()
         self.conn.begin()  # one transaction, never committed: the sandbox is thrown away
         self._metric_rules = {rule.name: rule for rule in self.rules.metric_rules}
+
+    def prune(self, now: datetime, lookback: timedelta) -> None:
+        """Forget what no guard reads any more, so a long replay stays as fast and small as a short one: the
+        alerts already triggered, the audit trail, pages, and executions ended before every guard's window."""
+        before = now - lookback
+        e = executions_t.c
+        self.conn.execute(
+            executions_t.delete().where(e.finished_at.is_not(None), e.finished_at < before, e.created_at < before)
+        )
+        for table in (links_t, alerts_t, audit_t, pages_t):
+            self.conn.execute(table.delete())
 
     def close(self) -> None:
         self.conn.close()

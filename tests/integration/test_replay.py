@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pty
+import signal
+import subprocess
+import sys
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +21,8 @@ from sqlalchemy import Engine, text
 from controlplane.actions.builtin import build_registry
 from controlplane.app import create_app
 from controlplane.cli import main
+from controlplane.db import migrate
+from controlplane.db.engine import make_engine
 from controlplane.replay.report import ReplayReport
 from controlplane.replay.run import RangeTooLarge, replay
 from controlplane.rules.loader import RuleSet, load_rules
@@ -249,3 +256,36 @@ def test_cli_replays_and_checks(
     assert main(["replay", *window, "--rules", str(candidate), "--check", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["differences"] > 0 and report["rules"] == str(candidate)
+
+
+def test_on_a_terminal_ctrl_c_stops_with_a_partial_report(tmp_path: Path) -> None:
+    # The real command in a child process, its stderr a terminal: the progress line, then Ctrl-C.
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    directory = rules_dir(tmp_path, "in-force", cheap="loop_breaker: false")
+    history = History(engine, load(directory), run_for=timedelta(seconds=30), resolve_after=None)
+    for n in range(2500):
+        history.fire(n * 0.25, "DiskFull", f"d{n % 50}")
+    history.run()
+    engine.dispose()
+    controller, terminal = pty.openpty()
+    window = ["--from", T0.isoformat(), "--to", END.isoformat(), "--database-url", url, "--rules", str(directory)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "replay", *window],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    os.close(terminal)
+    seen = b""
+    while b"alerts/s" not in seen:
+        seen += os.read(controller, 1024)
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=60)
+    os.close(controller)
+
+    assert b"2,000 / 2,500 alerts" in seen and b"left" in seen
+    assert child.returncode == 130
+    assert out.startswith("PARTIAL (stopped): replay of") and "2,000 of 2,500 alerts" in out
