@@ -197,6 +197,19 @@ def test_replay_of_alerts_the_running_service_took_over_its_webhook(database_url
         restart = next(r for r in report["per_rule"] if r["rule"] == "restart-worker")
         assert restart["would_run"] == restart["ran"] == 3  # a, b, c; the repeats of a and b cool down
         assert sum(restart["suppressed"].values()) == 3
+        # A candidate rules directory on the server (cheap-fix in dry run: its run would only have been
+        # recorded); a directory that does not load is refused with its errors.
+        candidate = rules_dir(tmp_path, "candidate", cheap="dry_run: true")
+        other = client.post("/api/v1/replay", json={"since": "1h", "rules_dir": str(candidate)}, headers=admin)
+        assert other.status_code == 200 and other.json()["rules"] == str(candidate)
+        cheap = next(r for r in other.json()["per_rule"] if r["rule"] == "cheap-fix")
+        assert (cheap["would_run"], cheap["ran"], cheap["differences"]) == (1, 1, 1), cheap
+        [differs] = [d for d in other.json()["first_differences"] if d["rule"] == "cheap-fix"]
+        assert (differs["actual"], differs["replayed"]) == ("run", "dry run")
+        broken = client.post(
+            "/api/v1/replay", json={"since": "1h", "rules_dir": str(tmp_path / "nowhere")}, headers=admin
+        )
+        assert broken.status_code == 422 and "nowhere" in broken.json()["error"]
         # Without the admin token, and beyond the bounds: a clear 4xx.
         assert client.post("/api/v1/replay", json={"since": "1d"}).status_code in (401, 403)
         too_long = client.post("/api/v1/replay", json={"since": "90d"}, headers=admin)
