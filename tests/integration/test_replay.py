@@ -195,17 +195,22 @@ def test_replay_of_alerts_the_running_service_took_over_its_webhook(database_url
         report = response.json()
         assert report["differences"] == 0 and report["alerts"] == 9, report["first_differences"]
         restart = next(r for r in report["per_rule"] if r["rule"] == "restart-worker")
-        assert restart["would_run"] == restart["ran"] == 3  # a, b, c; the repeats of a and b cool down
-        assert sum(restart["suppressed"].values()) == 3
+        # a, b, c ran (unless c came while a and b ran: max_concurrent 2); the repeats of a and b cool down.
+        assert restart["would_run"] == restart["ran"] in (2, 3)
+        assert (
+            restart["suppressed"] == restart["ran_suppressed"]
+            and sum(restart["suppressed"].values()) == 6 - restart["ran"]
+        )
         # A candidate rules directory on the server (cheap-fix in dry run: its run would only have been
         # recorded); a directory that does not load is refused with its errors.
         candidate = rules_dir(tmp_path, "candidate", cheap="dry_run: true")
         other = client.post("/api/v1/replay", json={"since": "1h", "rules_dir": str(candidate)}, headers=admin)
         assert other.status_code == 200 and other.json()["rules"] == str(candidate)
         cheap = next(r for r in other.json()["per_rule"] if r["rule"] == "cheap-fix")
-        assert (cheap["would_run"], cheap["ran"], cheap["differences"]) == (1, 1, 1), cheap
-        [differs] = [d for d in other.json()["first_differences"] if d["rule"] == "cheap-fix"]
-        assert (differs["actual"], differs["replayed"]) == ("run", "dry run")
+        # (how many ran depends on whether a run ended before the next alert came: each did so in dry run)
+        assert cheap["would_run"] == cheap["ran"] == cheap["differences"] >= 1, cheap
+        differs = [(d["actual"], d["replayed"]) for d in other.json()["first_differences"] if d["rule"] == "cheap-fix"]
+        assert differs == [("run", "dry run")] * cheap["ran"]
         broken = client.post(
             "/api/v1/replay", json={"since": "1h", "rules_dir": str(tmp_path / "nowhere")}, headers=admin
         )
