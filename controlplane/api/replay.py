@@ -17,7 +17,8 @@ from controlplane.replay.report import ReplayReport
 from controlplane.replay.run import replay
 from controlplane.rules.loader import RuleLoadError, load_rules
 
-router = APIRouter(prefix="/api/v1", tags=["replay"], responses=error_responses(401, 403, 422, 503))
+# 422: FastAPI documents it (a body that is not a ReplayRequest); ours (a range too long) fits its schema too.
+router = APIRouter(prefix="/api/v1", tags=["replay"], responses=error_responses(400, 401, 403, 503))
 MAX_ALERTS = 200_000  # about 10 s of replay: longer belongs on the command line, with its progress line
 MAX_SPAN = timedelta(days=31)
 
@@ -38,9 +39,13 @@ def post_replay(_admin: AdminDep, services: ServicesDep, body: ReplayRequest) ->
     end = _aware(body.end) if body.end else datetime.now(UTC)
     if (body.since is None) == (body.start is None):
         raise InvalidInput("give either since (e.g. 7d) or from (and optionally to)")
-    start = end - body.since if body.since is not None else _aware(body.start)  # type: ignore[arg-type]
-    if end - start > MAX_SPAN:
-        raise InvalidInput(f"the range is {(end - start).days} days: at most {MAX_SPAN.days} can be replayed here")
+    span = body.since if body.since is not None else end - _aware(body.start)  # type: ignore[arg-type]
+    if span > MAX_SPAN:
+        raise InvalidInput(f"the range is {span.days} days: at most {MAX_SPAN.days} can be replayed here")
+    try:
+        start = end - span
+    except OverflowError:
+        raise InvalidInput(f"the range starts before the year 1: {end.isoformat()} - {span}") from None
     if body.rules_dir is None:
         rules, label = services.rules.current, str(services.rules.directory)
     else:
