@@ -1,4 +1,4 @@
-"""The `controlplane` command: serve, migrate, check, init, demo, render, plan."""
+"""The `controlplane` command: serve, migrate, check, init, demo, render, plan, replay (replay/command.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from controlplane import __version__, plan_cli
 from controlplane.checks import CheckResult, check_alert_rules, check_dashboards
 from controlplane.config import ENV_PREFIX, Settings, SettingsError, http_url, load_settings
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
+from controlplane.replay import command as replay_command
 from controlplane.rules.loader import RuleLoadError, RuleSet
 
 RULES_SETTING = f"{ENV_PREFIX}RULES_DIR"
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw = sub.add_parser("hash-password", help="print an argon2 hash of a console password (for console_users)")
     hashpw.set_defaults(func=cmd_hash_password)
     plan_cli.add_parser(sub)
+    replay_command.add_parser(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +22,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.actions.builtin import build_registry
+from controlplane.db.engine import make_engine
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 from controlplane.demo import BINARIES, Stack
+from controlplane.replay.run import replay
+from controlplane.rules.loader import load_rules
 from tests import helpers
 from tests.conftest import require_binary
 
@@ -177,6 +182,27 @@ def test_checkpoint_failures_switch_to_backup_storage(stack: Stack) -> None:
     assert execution["playbook_name"] == "switch-to-backup-storage"
     switch = next(s for s in execution["steps"] if s["action"] == "storage.switch")
     assert (switch["status"], switch["output"]["previous"]) == ("succeeded", "primary")
+
+
+def test_replay_reproduces_the_loops_history(stack: Stack) -> None:
+    """`controlplane replay` of what the loops above stored, with the rules in force (the stack's sped-up
+    copy), makes every decision the service made; and it reads the database while the service runs."""
+    engine = make_engine(f"sqlite:///{stack.workdir / 'controlplane.db'}")
+    try:
+        now = datetime.now(UTC)
+        report = replay(
+            engine,
+            rules=load_rules(stack.workdir / "rules", build_registry()),
+            rules_label="in force",
+            default_group_by=["alertname", "namespace"],
+            start=now - timedelta(hours=1),
+            end=now + timedelta(minutes=1),
+        )
+    finally:
+        engine.dispose()
+    assert report.reproduces, report.lines()
+    ran = {r.rule: r.ran for r in report.per_rule}
+    assert ran.get("high-error-rate", 0) >= 1 and ran.get("checkpoint-failures", 0) >= 1, report.lines()
 
 
 def test_clustered_alertmanagers_run_the_playbook_once(tmp_path: Path) -> None:
