@@ -19,7 +19,7 @@ from controlplane.playbooks import approval_plans, quarantine
 from controlplane.playbooks import service as executions
 from controlplane.silences import service as silences
 from controlplane.text import printable
-from controlplane.web import csrf, views
+from controlplane.web import approvals_view, csrf, rules_view, views
 from controlplane.web.auth import BUSY_RETRY_AFTER_SECONDS, Session
 from controlplane.web.console import (
     AdminDep,
@@ -205,8 +205,10 @@ def silence(request: Request, services: ServicesDep, user: OperatorDep, form: Fo
 @router.get("/approvals")
 def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     with services.engine.connect() as conn:
-        waiting = views.approvals(conn=conn, ruleset=services.rules.current)
-    waiting = views.with_plans(waiting, engine=services.engine, registry=services.registry, contexts=services.contexts)
+        waiting = approvals_view.approvals(conn=conn, ruleset=services.rules.current)
+    waiting = approvals_view.with_plans(
+        waiting, engine=services.engine, registry=services.registry, contexts=services.contexts
+    )
     return page(request, services, ApprovalsScreen(waiting=waiting))
 
 
@@ -265,7 +267,7 @@ def lift_quarantine(
 def rules_page(request: Request, services: ServicesDep, _user: ViewerDep) -> Response:
     holder = services.rules
     with services.engine.connect() as conn:
-        view = views.rules_view(
+        view = rules_view.rules_view(
             conn=conn,
             ruleset=holder.current,
             now=now_utc(),

@@ -16,15 +16,10 @@ from controlplane.incidents.schemas import IncidentPage
 from controlplane.playbooks.guards import Automation
 from controlplane.resilience.circuit_breaker import BreakerSnapshot
 from controlplane.runbooks import Runbook
+from controlplane.web.approvals_view import ApprovalView
 from controlplane.web.auth import User
-from controlplane.web.views import (
-    INCIDENT_STATUSES,
-    SEVERITIES,
-    ApprovalView,
-    IncidentFilters,
-    IncidentView,
-    RulesView,
-)
+from controlplane.web.rules_view import RulesView
+from controlplane.web.views import INCIDENT_STATUSES, SEVERITIES, IncidentFilters, IncidentView
 
 
 @dataclass(frozen=True)

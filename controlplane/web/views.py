@@ -11,28 +11,24 @@ import hashlib
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, func, select
 
 from controlplane.actions.base import ActionRegistry
-from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, metric_states_t, steps_t
+from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, steps_t
 from controlplane.errors import NotFound
 from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
-from controlplane.playbooks import approval_plans, ledger, quarantine
+from controlplane.playbooks import quarantine
 from controlplane.playbooks import service as executions
-from controlplane.playbooks.contexts import ActionContexts
-from controlplane.playbooks.planning import ExecutionPlan
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.state import ACTIVE
 from controlplane.playbooks.summary import described, summarize
-from controlplane.rules.loader import RuleSet
-from controlplane.rules.schema import Playbook, Rule
 from controlplane.silences import service as silence_service
 
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
@@ -283,201 +279,4 @@ def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistr
         executions_hidden=len(runs) >= EXECUTIONS_SHOWN,
         silences=silences,
         quarantines=held,
-    )
-
-
-# -- approvals -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApprovalView:
-    execution: ExecutionOut
-    incident_title: str | None
-    params: dict[str, Any]
-    rule_match: dict[str, str] | None = None  # the `match:` of the rule in force by that name, if an alert rule
-    approved_by: tuple[str, ...] = ()  # who approved so far, when it needs more than one
-    plan: ExecutionPlan | None = None  # the change it would make now (approval_plans.py); None: not planned
-    plan_digest: str = ""  # sent back with the approval: a plan that moved since is refused
-    plan_error: str = ""  # why it could not be planned (the approver then approves the playbook, unseen)
-
-    @property
-    def approval_progress(self) -> str:  # "1 of 2 approvals (alice)"
-        return executions.approval_progress(self.execution.approvals_required, self.approved_by)
-
-
-def with_plans(
-    items: list[ApprovalView], *, engine: Engine, registry: ActionRegistry, contexts: ActionContexts
-) -> list[ApprovalView]:
-    """Each approval with the plan of its change, made now (its targets are read, nothing is written)."""
-    planned = []
-    for item in items:
-        try:
-            with engine.connect() as conn:
-                plan = approval_plans.plan_of(
-                    conn, execution_id=item.execution.id, registry=registry, contexts=contexts
-                )
-        except Exception as exc:  # a target that cannot be read: say so on the card, approve without a plan
-            planned.append(replace(item, plan_error=f"{type(exc).__name__}: {exc}"[:300]))
-            continue
-        planned.append(replace(item, plan=plan, plan_digest=approval_plans.digest(plan)))
-    return planned
-
-
-def approvals(*, conn: Connection, ruleset: RuleSet | None = None, limit: int = 200) -> list[ApprovalView]:
-    """The executions awaiting approval, each with its incident's title, its params and its rule's matchers."""
-    waiting = executions.list_executions(conn=conn, statuses=["awaiting_approval"], limit=limit).items
-    incident_ids = {run.incident_id for run in waiting if run.incident_id is not None}
-    titles = dict(
-        conn.execute(select(incidents_t.c.id, incidents_t.c.title).where(incidents_t.c.id.in_(incident_ids))).all()
-        if incident_ids
-        else []
-    )
-    params = dict(
-        conn.execute(
-            select(executions_t.c.id, executions_t.c.params).where(executions_t.c.id.in_([r.id for r in waiting]))
-        ).all()
-        if waiting
-        else []
-    )
-    rules = ruleset or RuleSet.empty()
-    given = executions.approvers(conn=conn, execution_ids=[run.id for run in waiting])
-    return [
-        ApprovalView(
-            run,
-            titles.get(run.incident_id),
-            params.get(run.id) or {},
-            _match_of(rules.rule(run.rule_name)),
-            tuple(given.get(run.id, ())),
-        )
-        for run in waiting
-    ]
-
-
-def _match_of(rule: Rule | None) -> dict[str, str] | None:
-    return dict(rule.match) if rule is not None and rule.match is not None else None
-
-
-# -- rules and playbooks -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricStateView:
-    state: str
-    last_value: float | None
-    last_evaluated_at: datetime | None
-    last_error: str | None
-    consecutive_errors: int
-    active_since: datetime | None
-
-
-@dataclass(frozen=True)
-class RuleView:
-    rule: Rule
-    last_run_at: datetime | None  # latest execution that was not suppressed
-    last_guard_key: str | None
-    cooldown_left: timedelta | None  # for the last run's guard key; None when no cooldown is running
-    runs_in_window: int | None  # None without a max_runs guard
-    metric: MetricStateView | None
-    outcomes: dict[str, ledger.Record] = field(default_factory=dict)  # period (24h, 7d) -> its record
-    # Shadow rules: their runs since the rules were loaded, "would run" or the guard that would have blocked.
-    shadow_runs: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        return "metric" if self.rule.when is not None else "alert"
-
-
-@dataclass(frozen=True)
-class RulesView:
-    rules: list[RuleView]
-    playbooks: list[Playbook]
-    loaded_at: datetime | None
-    errors: list[str]
-    directory: str
-    quarantines: list[dict[str, Any]] = field(default_factory=list)  # not lifted yet, newest first
-
-
-def rules_view(
-    *, conn: Connection, ruleset: RuleSet, now: datetime, loaded_at: datetime | None, errors: list[str], directory: str
-) -> RulesView:
-    """Guard state the way guards.decide() counts it: suppressed executions never count as runs."""
-    counted = executions_t.c.status != "suppressed"
-    latest = (
-        select(executions_t.c.rule_name, func.max(executions_t.c.created_at).label("at"))
-        .where(counted)
-        .group_by(executions_t.c.rule_name)
-        .subquery()
-    )
-    last: dict[str, tuple[datetime, str]] = {
-        row.rule_name: (row.created_at, row.guard_key)
-        for row in conn.execute(
-            select(executions_t.c.rule_name, executions_t.c.created_at, executions_t.c.guard_key).join(
-                latest,
-                and_(executions_t.c.rule_name == latest.c.rule_name, executions_t.c.created_at == latest.c.at),
-            )
-        )
-    }
-    windows = {r.name: r.guards.max_runs.per for r in ruleset.rules if r.guards.max_runs}
-    recent: defaultdict[str, list[datetime]] = defaultdict(list)
-    if windows:
-        for row in conn.execute(
-            select(executions_t.c.rule_name, executions_t.c.created_at).where(
-                counted,
-                executions_t.c.rule_name.in_(list(windows)),
-                executions_t.c.created_at > now - max(windows.values()),
-            )
-        ):
-            recent[row.rule_name].append(row.created_at)
-    metric = {
-        row.rule_name: MetricStateView(
-            row.state,
-            row.last_value,
-            row.last_evaluated_at,
-            row.last_error,
-            row.consecutive_errors,
-            row.active_since,
-        )
-        for row in conn.execute(select(metric_states_t))
-    }
-    shadow: defaultdict[str, dict[str, int]] = defaultdict(dict)
-    shadow_rules = [rule.name for rule in ruleset.rules if rule.shadow]
-    if shadow_rules and loaded_at is not None:
-        e = executions_t.c
-        for row in conn.execute(
-            select(e.rule_name, e.guard, func.count().label("n"))
-            .where(e.rule_name.in_(shadow_rules), e.dry_run.is_(True), e.created_at >= loaded_at)
-            .group_by(e.rule_name, e.guard)
-        ):
-            shadow[row.rule_name][row.guard or "would run"] = int(row.n)
-    outcomes: defaultdict[str, dict[str, ledger.Record]] = defaultdict(dict)
-    for record in ledger.records(conn, now=now):
-        outcomes[record.rule][record.period] = record
-    views = []
-    for rule in ruleset.rules:
-        at, key = last.get(rule.name, (None, None))
-        cooldown_left = None
-        if at is not None and rule.guards.cooldown and at + rule.guards.cooldown > now:
-            cooldown_left = at + rule.guards.cooldown - now
-        runs = None
-        if rule.name in windows:
-            runs = sum(1 for t in recent[rule.name] if t > now - windows[rule.name])
-        views.append(
-            RuleView(
-                rule,
-                at,
-                key,
-                cooldown_left,
-                runs,
-                metric.get(rule.name),
-                outcomes.get(rule.name, {}),
-                shadow.get(rule.name, {}),
-            )
-        )
-    return RulesView(
-        rules=views,
-        playbooks=list(ruleset.playbooks.values()),
-        loaded_at=loaded_at,
-        errors=errors,
-        directory=directory,
-        quarantines=quarantine.active(conn),
     )

@@ -26,7 +26,7 @@ from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.db.tables import audit_t, executions_t, incidents_t
 from controlplane.rules.loader import RuleSet, load_rules
-from controlplane.web import views
+from controlplane.web import rules_view
 from controlplane.web.auth import LoginThrottle, console_user
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
@@ -593,7 +593,7 @@ playbooks:
                     updated_at=at,
                 )
             )
-        view = views.rules_view(conn=conn, ruleset=ruleset, now=now, loaded_at=now, errors=[], directory="rules")
+        view = rules_view.rules_view(conn=conn, ruleset=ruleset, now=now, loaded_at=now, errors=[], directory="rules")
     engine.dispose()
     (rule,) = view.rules
     assert rule.runs_in_window == 2  # the one 90 min ago left the window; suppressed ones never count
