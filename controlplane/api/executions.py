@@ -50,9 +50,9 @@ def get_execution(conn: ConnDep, services: ServicesDep, execution_id: IdPath) ->
 @router.get(
     "/executions/{execution_id}/plan",
     summary="What the execution would do now, step by step, read from its targets; approve with its plan_digest",
-    responses=error_responses(403, 404),
+    responses=error_responses(404, 409),
 )
-def execution_plan(conn: ConnDep, _actor: AdminDep, services: ServicesDep, execution_id: IdPath) -> dict[str, Any]:
+def execution_plan(conn: ConnDep, services: ServicesDep, execution_id: IdPath) -> dict[str, Any]:
     plan = approval_plans.plan_of(
         conn, execution_id=execution_id, registry=services.registry, contexts=services.contexts
     )

@@ -26,13 +26,14 @@ def plan_of(
     conn: Connection, *, execution_id: int, registry: ActionRegistry, contexts: ActionContexts
 ) -> ExecutionPlan:
     """The plan of the execution's own playbook snapshot, for its alert and incident, on the targets now."""
+    e = executions_t.c
     row = conn.execute(
-        select(executions_t.c.rule_name, executions_t.c.playbook, executions_t.c.params, executions_t.c.context).where(
-            executions_t.c.id == execution_id
-        )
+        select(e.rule_name, e.status, e.reason, e.playbook, e.params, e.context).where(e.id == execution_id)
     ).first()
     if row is None:
         raise NotFound(f"execution {execution_id} not found")
+    if not row.playbook:  # a suppressed trigger keeps no playbook copy (trigger.py): there is nothing to plan
+        raise Conflict(f"execution {execution_id} was {row.status} ({row.reason}): it has no playbook to plan")
     playbook = Playbook.model_validate(row.playbook)
     # The run's parameters were merged when it was made (playbook defaults, then the rule's): the snapshot is it.
     rule = Rule(name=row.rule_name, match={"alertname": "~"}, playbook=playbook.name, params=row.params)

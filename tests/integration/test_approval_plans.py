@@ -60,7 +60,18 @@ def test_the_api_approves_the_plan_it_showed_and_refuses_one_the_world_moved_awa
     shown = app.get(f"/api/v1/executions/{run['id']}/plan", headers=ADMIN).json()
     [step] = shown["steps"]
     assert step["sentence"] == "step 1: disable graph a on sample (3 of 3 enabled; at most 2 disabled)"
-    assert app.get(f"/api/v1/executions/{run['id']}/plan").status_code == 401  # it reads targets: admin only
+    # Readers see it too (the approvals page shows it to viewers).
+    assert app.get(f"/api/v1/executions/{run['id']}/plan").json()["plan_digest"] == shown["plan_digest"]
+    # A trigger the guards suppressed keeps no playbook: nothing to plan, said so (the fuzz test found a 500).
+    again = {"labels": {"alertname": "GraphBroken", "graph_name": "a"}, "fingerprint": "fp-a2"}
+    assert app.post(WEBHOOK, json=sample_notification(again)).status_code == 200
+    [held] = app.get("/api/v1/executions", params={"status": "suppressed"}).json()["items"]
+    nothing = app.get(f"/api/v1/executions/{held['id']}/plan")
+    assert nothing.status_code == 409 and "no playbook to plan" in nothing.text
+    assert (
+        app.post(f"/api/v1/executions/{held['id']}/approve", json={"plan_digest": "0" * 16}, headers=ADMIN).status_code
+        == 409
+    )
 
     sample_app.client.admin("POST", "/graphs/b/disable")  # the world moves before the approval
     refused = app.post(
