@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, case, func, or_, select, update
+from sqlalchemy import Connection, Engine, case, func, literal_column, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
@@ -42,7 +42,10 @@ def mark_recurred(conn: Connection, *, rule: str, guard_key: str, now: datetime)
         conn.execute(
             update(executions_t)
             .where(
+                # Only succeeded runs are ever `resolved`: naming the status lets the lookup use
+                # ix_executions_rule_status_guard (rule, status, key); it runs once per key per ingest batch.
                 _e.rule_name == rule,
+                _e.status == literal_column("'succeeded'"),
                 _e.guard_key == guard_key,
                 _e.outcome == "resolved",
                 _e.finished_at > now - WINDOW,
