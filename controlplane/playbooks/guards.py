@@ -151,6 +151,10 @@ _GUARD_FACTS = select(
     .limit(1)
     .scalar_subquery()
     .label("quarantined"),
+    select(func.max(_q.lifted_at))
+    .where(_q.rule_name == _RULE, _q.guard_key == _KEY)
+    .scalar_subquery()
+    .label("lifted"),  # runs before the key's last lift do not count for the loop breaker
 )
 
 
@@ -201,8 +205,7 @@ def decide(conn: Connection, *, rule: Rule, guard_key: str, now: datetime, state
         return Decision("pending", True, f"{why}: actions are planned, not called{would}")
     breaker = guards.loop_breaker
     if breaker is not None:
-        lifted = quarantine.lifted_since(conn, rule=rule.name, guard_key=guard_key)
-        since = max(now - breaker.within, lifted) if lifted is not None else now - breaker.within
+        since = max(now - breaker.within, facts.lifted) if facts.lifted is not None else now - breaker.within
         runs = quarantine.counted_runs(conn, rule=rule.name, guard_key=guard_key, since=since)
         if len(runs) >= breaker.runs:
             reason = quarantine.reason_for(breaker, guard_key, runs)

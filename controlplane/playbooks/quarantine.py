@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, select, update
 
 from controlplane.audit import audit
 from controlplane.db.tables import executions_t, quarantines_t
@@ -25,11 +25,6 @@ from controlplane.rules.schema import LoopBreaker
 _e = executions_t.c
 _q = quarantines_t.c
 RAN = ("succeeded", "failed", "rolled_back")  # finished runs that acted; an active one suppresses by itself
-
-
-def lifted_since(conn: Connection, *, rule: str, guard_key: str) -> datetime | None:
-    """When the key's last quarantine was lifted: runs before it no longer count."""
-    return conn.execute(select(func.max(_q.lifted_at)).where(_q.rule_name == rule, _q.guard_key == guard_key)).scalar()
 
 
 @dataclass(frozen=True)
