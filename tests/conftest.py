@@ -101,6 +101,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def pagerduty_api() -> Iterator[Any]:
+    """A PagerDuty Events v2 stand-in on a loopback port (tests/standins/pagerduty.py)."""
+    from tests.standins.pagerduty import PagerDutyStandIn  # it imports tests.helpers, which imports this module
+
+    standin = PagerDutyStandIn()
+    yield standin
+    standin.close()
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     migrate.upgrade(engine)

@@ -29,13 +29,6 @@ PUBLIC_URL = "https://controlplane.example"
 
 
 @pytest.fixture
-def pagerduty_api() -> Iterator[PagerDutyStandIn]:
-    standin = PagerDutyStandIn()
-    yield standin
-    standin.close()
-
-
-@pytest.fixture
 def settings(database_url: str, pagerduty_api: PagerDutyStandIn) -> Settings:
     # The sample alert is critical: notify routes send critical to PagerDuty.
     return make_settings(

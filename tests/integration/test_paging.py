@@ -70,13 +70,6 @@ def slack_api() -> Iterator[SlackStandIn]:
     standin.close()
 
 
-@pytest.fixture
-def pagerduty_api() -> Iterator[PagerDutyStandIn]:
-    standin = PagerDutyStandIn()
-    yield standin
-    standin.close()
-
-
 @dataclass
 class WebhookSink:
     """A receiver that records what it is sent and answers `status`."""

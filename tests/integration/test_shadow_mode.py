@@ -37,13 +37,6 @@ playbooks:
 
 
 @pytest.fixture
-def pagerduty_api() -> Iterator[PagerDutyStandIn]:
-    standin = PagerDutyStandIn()
-    yield standin
-    standin.close()
-
-
-@pytest.fixture
 def app(
     database_url: str, tmp_path: Path, sample_app: SampleApp, pagerduty_api: PagerDutyStandIn
 ) -> Iterator[TestClient]:
