@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -24,6 +24,7 @@ from controlplane.integrations.prometheus import PrometheusClient
 from controlplane.leader import LEADER_LEASE_SECONDS, LeaderElector
 from controlplane.metricrules.evaluator import MetricRuleMetrics
 from controlplane.metricrules.scheduler import MetricRuleScheduler
+from controlplane.playbooks.approval_plans import RecentPlans
 from controlplane.playbooks.approvals import ApprovalTimeouts
 from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.playbooks.executor import Executor, utcnow
@@ -62,6 +63,8 @@ class Services:
     ledger_sweeps: LedgerSweeps
     contexts: ActionContexts  # the service's ports and clock, with the rules in force: what plans read through
     slack_approvals: SlackApprovals | None = None  # None: no signing secret, Slack's buttons are not accepted
+    # The approvals page's plans, kept a while: its redraws must not read every target each time.
+    recent_plans: RecentPlans = field(default_factory=RecentPlans)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -72,6 +72,7 @@ def approve(
             seen=body.plan_digest,
             registry=services.registry,
             contexts=services.contexts,
+            recent=services.recent_plans,
         )
     return flows.approve_execution(
         engine=services.engine,

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, select
 
@@ -77,13 +81,49 @@ class PlanDrifted(Conflict):
 
 
 def check_unchanged(
-    engine: Engine, *, execution_id: int, seen: str, registry: ActionRegistry, contexts: ActionContexts
+    engine: Engine,
+    *,
+    execution_id: int,
+    seen: str,
+    registry: ActionRegistry,
+    contexts: ActionContexts,
+    recent: RecentPlans | None = None,
 ) -> ExecutionPlan:
     """The execution's plan made again (reading its targets, outside any write transaction); PlanDrifted when
     its digest is not `seen`, the one the approver saw. The approval that follows is its own transaction: a
     change in the moment between the two is not caught (the step's own bounds still hold then)."""
     with engine.connect() as conn:
         plan = plan_of(conn, execution_id=execution_id, registry=registry, contexts=contexts)
+    if recent is not None:  # the approvals page then shows this plan, the one a refusal names
+        recent.put(execution_id, plan)
     if digest(plan) != seen:
         raise PlanDrifted(plan)
     return plan
+
+
+class RecentPlans:
+    """Plans of executions awaiting approval, kept `ttl` seconds: the approvals page redraws every few seconds
+    and must not read every target of every waiting execution each time. Staleness is safe: an approval with a
+    digest makes its plan again (check_unchanged). At most `size` plans are kept."""
+
+    def __init__(self, ttl: float = 30.0, size: int = 500, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._size, self._clock = ttl, size, clock
+        self._plans: OrderedDict[int, tuple[float, ExecutionPlan]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, execution_id: int, make: Callable[[], ExecutionPlan]) -> ExecutionPlan:
+        now = self._clock()
+        with self._lock:
+            kept = self._plans.get(execution_id)
+            if kept is not None and now - kept[0] < self._ttl:
+                return kept[1]
+        plan = make()  # outside the lock: it reads targets
+        self.put(execution_id, plan, now)
+        return plan
+
+    def put(self, execution_id: int, plan: ExecutionPlan, at: float | None = None) -> None:
+        with self._lock:
+            self._plans[execution_id] = (self._clock() if at is None else at, plan)
+            self._plans.move_to_end(execution_id)
+            while len(self._plans) > self._size:
+                self._plans.popitem(last=False)

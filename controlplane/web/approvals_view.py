@@ -4,6 +4,7 @@ who approved so far, and the plan of the change it would make."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -38,16 +39,25 @@ class ApprovalView:
 
 
 def with_plans(
-    items: list[ApprovalView], *, engine: Engine, registry: ActionRegistry, contexts: ActionContexts
+    items: list[ApprovalView],
+    *,
+    engine: Engine,
+    registry: ActionRegistry,
+    contexts: ActionContexts,
+    recent: approval_plans.RecentPlans,
 ) -> list[ApprovalView]:
-    """Each approval with the plan of its change, made now (its targets are read, nothing is written)."""
+    """Each approval with the plan of its change (its targets are read, nothing is written), made at most once
+    per `recent`'s time to live: the page redraws every few seconds."""
+
+    def make(execution_id: int) -> ExecutionPlan:
+        with engine.connect() as conn:
+            return approval_plans.plan_of(conn, execution_id=execution_id, registry=registry, contexts=contexts)
+
     planned = []
     for item in items:
+        run_id = item.execution.id
         try:
-            with engine.connect() as conn:
-                plan = approval_plans.plan_of(
-                    conn, execution_id=item.execution.id, registry=registry, contexts=contexts
-                )
+            plan = recent.get(run_id, partial(make, run_id))
         except Exception as exc:  # a target that cannot be read: say so on the card, approve without a plan
             planned.append(replace(item, plan_error=f"{type(exc).__name__}: {exc}"[:300]))
             continue

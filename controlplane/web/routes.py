@@ -207,7 +207,11 @@ def approvals_page(request: Request, services: ServicesDep, _user: ViewerDep) ->
     with services.engine.connect() as conn:
         waiting = approvals_view.approvals(conn=conn, ruleset=services.rules.current)
     waiting = approvals_view.with_plans(
-        waiting, engine=services.engine, registry=services.registry, contexts=services.contexts
+        waiting,
+        engine=services.engine,
+        registry=services.registry,
+        contexts=services.contexts,
+        recent=services.recent_plans,
     )
     return page(request, services, ApprovalsScreen(waiting=waiting))
 
@@ -231,6 +235,7 @@ def decide(
                 seen=form["plan_digest"][:64],
                 registry=services.registry,
                 contexts=services.contexts,
+                recent=services.recent_plans,
             )
         run = flows.approve_execution(
             engine=services.engine,
