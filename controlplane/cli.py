@@ -1,4 +1,5 @@
-"""The `controlplane` command: serve, migrate, check, init, demo, render, plan, replay (replay/command.py)."""
+"""The `controlplane` command: serve, migrate, check, init, demo, render, plan, replay (replay/command.py),
+test (scenarios/command.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from controlplane.config import ENV_PREFIX, Settings, SettingsError, http_url, l
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
 from controlplane.replay import command as replay_command
 from controlplane.rules.loader import RuleLoadError, RuleSet
+from controlplane.scenarios import command as test_command
 
 RULES_SETTING = f"{ENV_PREFIX}RULES_DIR"
 
@@ -193,7 +195,18 @@ def _count(n: int, noun: str) -> str:
 
 # Each checker validates one kind of configuration; `controlplane check` runs them all.
 # Alerting rules and dashboards are checked where they sit beside the rules directory (controlplane.checks).
-CHECKERS: list[Callable[[argparse.Namespace], CheckResult]] = [check_rules, check_alert_rules, check_dashboards]
+def check_rule_tests(args: argparse.Namespace) -> CheckResult:
+    directory = args.directory if args.directory is not None else _settings(args).rules_dir
+    errors, summary = test_command.check_rule_tests(directory)
+    return CheckResult(errors=errors, summary="" if errors else summary)
+
+
+CHECKERS: list[Callable[[argparse.Namespace], CheckResult]] = [
+    check_rules,
+    check_rule_tests,
+    check_alert_rules,
+    check_dashboards,
+]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -393,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.set_defaults(func=cmd_hash_password)
     plan_cli.add_parser(sub)
     replay_command.add_parser(sub)
+    test_command.add_parser(sub)
     return parser
 
 

@@ -20,7 +20,15 @@ from sqlalchemy import Engine
 from controlplane import audit as audit_trail
 from controlplane import notify_threads
 from controlplane.actions.base import ActionContext, AlertView, IncidentView
-from controlplane.actions.ports import ActionPorts, IncidentState, SwitchPreview
+from controlplane.actions.ports import (
+    ActionPorts,
+    AuditPort,
+    FailoverPort,
+    IncidentsPort,
+    IncidentState,
+    SwitchPreview,
+    ThreadsPort,
+)
 from controlplane.config import Settings
 from controlplane.db.engine import write_transaction
 from controlplane.errors import NotFound
@@ -109,12 +117,13 @@ class ActionContexts:
 def build_ports(settings: Settings, engine: Engine) -> ActionPorts:
     """The ports every action of one service shares: its database, its clients, the settings actions read."""
     slack_token, pagerduty_key = _secret(settings.slack_token), _secret(settings.pagerduty_routing_key)
+    audit, incidents_port, threads, failover = engine_ports(engine)
     return ActionPorts(
-        audit=_Audit(engine),
-        incidents=_Incidents(engine),
-        threads=_Threads(engine),
+        audit=audit,
+        incidents=incidents_port,
+        threads=threads,
         silences=silences.Silences(engine, settings.alertmanager_url),
-        failover=_Failover(engine),
+        failover=failover,
         kubernetes=KubernetesClient(settings),
         prometheus=PrometheusClient(settings.prometheus_url),
         admin_api=AdminApiClient(),
@@ -128,6 +137,11 @@ def build_ports(settings: Settings, engine: Engine) -> ActionPorts:
         prometheus_url=settings.prometheus_url,
         alertmanager_url=settings.alertmanager_url,
     )
+
+
+def engine_ports(engine: Engine) -> tuple[AuditPort, IncidentsPort, ThreadsPort, FailoverPort]:
+    """The ports that are the service's own database: audit, incidents, Slack threads, failover."""
+    return _Audit(engine), _Incidents(engine), _Threads(engine), _Failover(engine)
 
 
 def _secret(value: SecretStr | None) -> str | None:

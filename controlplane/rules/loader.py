@@ -68,8 +68,12 @@ class RuleSet:
         return next((r for r in self.rules if r.name == name), None)
 
 
-def load_rules(directory: Path, registry: ActionRegistry) -> RuleSet:
-    """Load and check every *.yaml / *.yml file directly in `directory`; raise RuleLoadError listing all errors."""
+def load_rules(directory: Path, registry: ActionRegistry, *, enable: frozenset[str] = frozenset()) -> RuleSet:
+    """Load and check every *.yaml / *.yml file directly in `directory`; raise RuleLoadError listing all errors.
+
+    Rules named in `enable` count as enabled whatever their files say (a scenario test of a rule
+    that is not switched on yet, scenarios/).
+    """
     if not directory.is_dir():
         raise RulesDirectoryError(directory, "not a directory" if directory.exists() else "no such directory")
     try:
@@ -89,7 +93,10 @@ def load_rules(directory: Path, registry: ActionRegistry) -> RuleSet:
     Checker(registry, loaded).run()
     if errors:
         raise RuleLoadError(errors)
-    rules = [item.model for item in loaded.rules]
+    rules = [
+        item.model.model_copy(update={"enabled": True}) if item.model.name in enable else item.model
+        for item in loaded.rules
+    ]
     matchers = {item.model.name: item.matchers for item in loaded.rules}
     return RuleSet(
         rules=rules,

@@ -51,7 +51,12 @@ def test_the_starter_directory_passes_check_with_its_own_alerting_and_dashboards
     capsys.readouterr()
     assert main(["check", "starter/rules"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[1].strip() for line in out] == ["starter/rules", "starter/alerting", "starter/dashboards"]
+    assert [line.split(":")[1].strip() for line in out] == [
+        "starter/rules",
+        "starter/rules/tests",
+        "starter/alerting",
+        "starter/dashboards",
+    ]
 
 
 def test_init_refuses_to_overwrite_and_writes_nothing_then_force_replaces(

@@ -1,0 +1,262 @@
+"""`controlplane test`: scenario files run the service's own ingest, guards and plans on a fake clock, offline.
+
+The shipped scenarios (`rules/tests/`) cover every default rule and must pass; a failing scenario
+names `file:line` and shows a diff; a broken scenario file is exit 2 with `file:line`; nothing
+touches the network; `controlplane check` runs the scenarios beside the rules.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.cli import main
+from controlplane.defaults import RULES_DIR
+from controlplane.rules.loader import load_rules
+from controlplane.scenarios.schema import read_scenarios
+
+SHIPPED = RULES_DIR / "tests"
+ERROR_QUERY = 'sum by (graph_name) (rate(langgraph_executions_total{status="error"}[5m]))'
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    """A copy of the default rules (with their scenarios) to change."""
+    directory = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, directory)
+    return directory
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_scenarios_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", str(SHIPPED)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.strip() == "9 of 9 scenarios passed"
+
+
+def test_every_default_rule_has_a_scenario() -> None:
+    from controlplane.actions.builtin import build_registry
+
+    tested: set[str] = set()
+    for path in SHIPPED.glob("*.yaml"):
+        parsed, problems = read_scenarios(path)
+        assert parsed is not None, problems
+        for _, scenario in parsed.scenarios:
+            tested |= {item["rule"] for item in scenario.expect.executions or [] if "rule" in item}
+    shipped = {rule.name for rule in load_rules(RULES_DIR, build_registry()).rules}
+    assert shipped <= tested, f"default rules without a scenario: {sorted(shipped - tested)}"
+
+
+def test_scenarios_never_touch_the_network(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    attempts: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise OSError("no network in a scenario")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    assert main(["test", str(SHIPPED)]) == 0
+    assert attempts == []
+
+
+FAILING = f"""\
+name: expectations that do not hold
+targets:
+  langgraph: {{graphs: [chat, search]}}
+prometheus:
+  - query: '{ERROR_QUERY}'
+    result: [{{labels: {{graph_name: search}}, value: 0.5}}]
+alerts:
+  - {{at: 0s, labels: {{alertname: LangGraphHighErrorRate, severity: critical, namespace: agents}}}}
+  - {{at: 5m, labels: {{alertname: LangGraphHighErrorRate, severity: critical, namespace: agents}}, status: resolved}}
+expect:
+  executions:
+    - at: 0s
+      rule: high-error-rate
+      decision: run
+      steps:
+        - '=~query Prometheus .*'
+        - disable graph chat on langgraph (2 of 2 enabled; at most 1 disabled)
+  pages: []
+"""
+
+
+def test_a_failing_scenario_names_file_and_line_and_shows_a_diff(
+    rules: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(rules / "tests" / "failing.yaml", FAILING)
+    assert main(["test", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"FAILED {path}:1: scenario 'expectations that do not hold'",
+        f"  {path}:17: expect.executions[0].steps[1]: expected 'disable graph chat on langgraph (2 of 2 enabled; at "
+        "most 1 disabled)', got 'disable graph search on langgraph (2 of 2 enabled; at most 1 disabled)'",
+        f"  {path}:15: expect.executions[0].steps: expected 2 steps, got 5; unexpected: status=planned "
+        "sentence=note on incident #1's timeline: Disabled graph search: highest error rate. LangGraphHighErrorRate; "
+        "status=planned sentence=page PagerDuty (critical) with dedup key controlplane-incident-1; status=planned "
+        "sentence=verify incident #1 resolves within 15 min (now open)",
+        "      --- expected executions",
+        "      +++ actual executions",
+        "      @@ -3,4 +3,7 @@",
+        "         decision: run",
+        "         steps:",
+        "         - =~query Prometheus .*",
+        "      -  - disable graph chat on langgraph (2 of 2 enabled; at most 1 disabled)",
+        "      +  - disable graph search on langgraph (2 of 2 enabled; at most 1 disabled)",
+        "      +  - 'note on incident #1''s timeline: Disabled graph search: highest error rate. "
+        "LangGraphHighErrorRate'",
+        "      +  - page PagerDuty (critical) with dedup key controlplane-incident-1",
+        "      +  - 'verify incident #1 resolves within 15 min (now open)'",
+        f"  {path}:18: expect.pages: expected 0 pages, got 1; unexpected: at=0s rule=high-error-rate "
+        "kind=notify.oncall to=pagerduty",
+        "      --- expected pages",
+        "      +++ actual pages",
+        "      @@ -1 +1,5 @@",
+        "      -[]",
+        "      +- at: 0s",
+        "      +  rule: high-error-rate",
+        "      +  kind: notify.oncall",
+        "      +  to: pagerduty",
+        "      +  text: page PagerDuty (critical) with dedup key controlplane-incident-1",
+        "0 of 1 scenarios passed",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alerts: [\n", ":2: invalid YAML: expected the node content, but found '<stream end>'"),
+        (
+            "alerts:\n  - {at: soon, labels: {alertname: X}}\nexpect: {}\n",
+            ":2: alerts[0].at: invalid duration 'soon': use a number of seconds or e.g. 30s, 5m, 1h30m, 2d",
+        ),
+        ("alerts:\n  - {at: 0s, labels: {alertname: X}}\nexpect: {}\nextra: 1\n", ":4: extra: unknown key"),
+        ("alerts:\n  - {at: 0s, labels: {severity: x}}\nexpect: {}\n", ":2: alerts[0].labels: an alert needs"),
+        (
+            "targets:\n  nowhere: {graphs: [a]}\nalerts:\n  - {at: 0s, labels: {alertname: X}}\nexpect: {}\n",
+            ":2: targets.nowhere: no such target in the rules (they define: langgraph, langgraph-k8s)",
+        ),
+        (
+            "targets:\n  langgraph-k8s: {graphs: [a]}\nalerts:\n  - {at: 0s, labels: {alertname: X}}\nexpect: {}\n",
+            ":2: targets.langgraph-k8s.replicas: Field required",
+        ),
+        (
+            "enable: [no-such-rule]\nalerts:\n  - {at: 0s, labels: {alertname: X}}\nexpect: {}\n",
+            ":1: enable[0]: no rule 'no-such-rule' in the rules",
+        ),
+        ("alerts:\n  - {at: 8d, labels: {alertname: X}}\nexpect: {}\n", ":1: a scenario runs at most 7 days"),
+    ],
+)
+def test_a_broken_scenario_file_is_exit_2_with_file_and_line(
+    rules: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(rules / "tests" / "broken.yaml", text)
+    assert main(["test", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}{message}" in err, err
+
+
+def test_a_shadow_rule_plans_but_changes_nothing_and_pages_nobody(
+    rules: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    langgraph = rules / "langgraph.yaml"
+    text = langgraph.read_text()
+    rule = "playbook: disable-problem-graph\n"
+    langgraph.write_text(text.replace(rule, rule + "    mode: shadow\n"))
+    path = write(
+        rules / "tests" / "shadow.yaml",
+        f"""\
+targets:
+  langgraph: {{graphs: [chat, search]}}
+prometheus:
+  - {{query: '{ERROR_QUERY}', result: [{{labels: {{graph_name: chat}}, value: 0.5}}]}}
+alerts:
+  - {{at: 0s, labels: {{alertname: LangGraphHighErrorRate, severity: critical, namespace: agents}}}}
+  - {{at: 11m, labels: {{alertname: LangGraphHighErrorRate, severity: critical, namespace: agents, pod: b}}}}
+expect:
+  executions:
+    - {{at: 0s, rule: high-error-rate, decision: dry_run, status: dry_run,
+       steps: ['=~query Prometheus .*', disable graph chat on langgraph (2 of 2 enabled; at most 1 disabled),
+               {{action: incident.annotate}}, {{action: notify.oncall}}, {{action: verify.resolved}}]}}
+    - {{at: 11m, rule: high-error-rate, decision: dry_run,
+       steps: ['=~query Prometheus .*', disable graph chat on langgraph (2 of 2 enabled; at most 1 disabled),
+               {{}}, {{}}, {{}}]}}
+  pages: []
+""",
+    )
+    assert main(["test", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_metric_rule_fires_after_its_for_and_runs_its_playbook(
+    rules: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(
+        rules / "metric.yaml",
+        """\
+rules:
+  - name: queue-backlog
+    when: {query: 'sum(langgraph_pending_runs)', above: 100, for: 2m, interval: 1m, labels: {severity: warning}}
+    playbook: page-resource-exhaustion
+""",
+    )
+    path = write(
+        rules / "tests" / "metric.yaml",
+        """\
+prometheus:
+  - {query: 'sum(langgraph_pending_runs)', at: 0s, result: [{value: 20}]}
+  - {query: 'sum(langgraph_pending_runs)', at: 3m, result: [{value: 250}]}
+  - {query: 'sum(langgraph_pending_runs)', at: 9m, result: [{value: 10}]}
+alerts:
+  - {at: 0s, labels: {alertname: Unrelated}}
+until: 12m
+expect:
+  incidents:
+    - {title: Unrelated, status: open}
+    - {status: resolved, opened_at: 5m, resolved_at: 9m}
+  executions:
+    - {at: 5m, rule: queue-backlog, decision: run, status: succeeded, ended_at: 9m}
+""",
+    )
+    assert main(["test", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_query_the_scenario_does_not_answer_fails_the_plan_and_says_which(
+    rules: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        rules / "tests" / "noanswer.yaml",
+        """\
+targets:
+  langgraph: {graphs: [chat]}
+alerts:
+  - {at: 0s, labels: {alertname: LangGraphHighErrorRate, severity: critical, namespace: agents}}
+expect:
+  executions:
+    - {rule: high-error-rate, status: failed, reason: '=~.*the scenario gives no answer to query .*prometheus:.*'}
+""",
+    )
+    assert main(["test", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_check_runs_the_scenarios_beside_the_rules(rules: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(rules)]) == 0
+    assert f"ok: {rules}/tests: 9 scenarios passed (controlplane test)" in capsys.readouterr().out
+    langgraph = rules / "langgraph.yaml"
+    guards = "cooldown: 10m, max_runs: {count: 3"
+    langgraph.write_text(langgraph.read_text().replace(guards, guards.replace("10m", "3m")))
+    assert main(["check", str(rules)]) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {rules}/tests/high-error-rate.yaml:3: scenario" in err
+    assert f"{rules}/tests/high-error-rate.yaml:37: expect.executions[1].guard: expected 'cooldown', got None" in err
