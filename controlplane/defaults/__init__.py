@@ -23,7 +23,8 @@ Written by `controlplane init` from the defaults shipped with controlplane {vers
 files and keep them in git; `controlplane init --force` writes the shipped versions again.
 
 - `rules/`: remediation rules, playbooks, targets and failover groups (`*.yaml`): what the
-  control plane does about which alert.
+  control plane does about which alert; `rules/tests/` holds their scenario tests
+  (`controlplane test rules/tests`: alerts over a fake clock, the executions, plans and pages expected).
 - `alerting/`: Prometheus alerting rules (`*.rules.yaml`), their promtool unit tests (`tests/`)
   and the runbooks their `runbook_url` points at (`RUNBOOKS.md`, served at /runbooks/RUNBOOKS.md).
   `${{CONTROLPLANE_PUBLIC_URL}}` in a `runbook_url` is left as it is here: the service fills it in
