@@ -194,9 +194,10 @@ def test_the_installed_package_is_what_runs(installed: Installed) -> None:
 def test_check_and_migrate_from_an_unrelated_directory(installed: Installed) -> None:
     check = installed.run("check")
     assert check.returncode == 0, check.stdout + check.stderr
-    # The packaged defaults: rules, and the alerting rules and dashboards beside them.
+    # The packaged defaults: rules, their scenario tests, and the alerting rules and dashboards beside them.
     summaries = check.stdout.splitlines()
-    assert len(summaries) == 3, check.stdout
+    assert len(summaries) == 4, check.stdout
+    assert "scenarios passed" in summaries[1], check.stdout
     assert all(_inside(line.removeprefix("ok: ").split(":")[0], installed.venv) for line in summaries), check.stdout
 
     database = installed.workdir / "migrated.db"
@@ -284,7 +285,7 @@ def test_init_writes_a_starter_directory_that_checks(installed: Installed) -> No
     written = installed.run("init", "starter")
     assert written.returncode == 0, written.stderr
     starter = installed.workdir / "starter"
-    for part in ("rules", "alerting", "alerting/tests", "dashboards"):
+    for part in ("rules", "rules/tests", "alerting", "alerting/tests", "dashboards"):
         assert any((starter / part).iterdir()), part
     assert (starter / "alerting" / "RUNBOOKS.md").is_file()
     assert "CONTROLPLANE_RULES_DIR=starter/rules" in (starter / "README.md").read_text()
