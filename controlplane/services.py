@@ -77,9 +77,11 @@ class Services:
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
         expiry = ExpiryOnResolve(engine, settings)
         ports = build_ports(settings, engine)  # once per service: every step and page shares its clients
+        # With the rules in force: a plan (the approval message's, the approvals page's) reads the targets they define.
+        contexts = ActionContexts(ports=ports, clock=utcnow, rules=lambda: rules.current)
         pager = Pager(
             engine,
-            send=page_sender(engine, ActionContexts(ports=ports, clock=utcnow), registry),
+            send=page_sender(engine, contexts, registry),
             poll_seconds=settings.pager_poll_seconds,
             counted=lambda kind, outcome: metrics.pages.labels(kind, outcome).inc(),
         )
@@ -166,7 +168,7 @@ class Services:
             approval_timeouts=approval_timeouts,
             pager=pager,
             ledger_sweeps=ledger_sweeps,
-            contexts=ActionContexts(ports=ports, clock=utcnow, rules=lambda: rules.current),
+            contexts=contexts,
             slack_approvals=SlackApprovals.build(
                 settings.slack_signing_secret.get_secret_value(),
                 slack=ports.slack,

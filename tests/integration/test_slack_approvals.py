@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from controlplane.config import SettingsError, load_settings
 from controlplane.integrations.slack import APPROVE, REJECT
 from tests.helpers import PASSWORD_HASH, console_app, csrf, log_in, post_alerts, wait_for
+from tests.sample_fixture import SampleApp
 from tests.standins.slack import TOKEN, Interaction, Message, SlackStandIn
 
 INTERACTIONS = "/api/v1/slack/interactions"
@@ -63,7 +64,13 @@ def app(database_url: str, tmp_path: Path, slack: SlackStandIn) -> Iterator[Test
 
 def approval_message(client: TestClient, slack: SlackStandIn, namespace: str) -> tuple[int, Message]:
     """An execution that needs two approvals, and the Slack message asking for them."""
-    post_alerts(client, {"fingerprint": f"fp-{namespace}", "labels": {"alertname": "NeedsTwo", "namespace": namespace}})
+    alert = {"fingerprint": f"fp-{namespace}", "labels": {"alertname": "NeedsTwo", "namespace": namespace}}
+    return message_for(client, slack, alert)
+
+
+def message_for(client: TestClient, slack: SlackStandIn, alert: dict[str, Any]) -> tuple[int, Message]:
+    """The execution `alert` makes wait for approval, and the Slack message asking for it."""
+    post_alerts(client, alert)
     items = client.get("/api/v1/executions", params={"status": "awaiting_approval"}).json()["items"]
     execution_id = items[0]["id"]
     message = wait_for(
@@ -86,14 +93,17 @@ def shown(message: Message) -> str:
     return repr(message.blocks)
 
 
+def buttons(message: Message) -> list[dict[str, Any]]:
+    return [e for b in message.blocks or [] if b["type"] == "actions" for e in b["elements"]]
+
+
 def test_the_message_has_buttons_and_two_operators_approve_in_slack(app: TestClient, slack: SlackStandIn) -> None:
     execution_id, message = approval_message(app, slack, "ns-slack")
     assert message.channel == "C0ONCALL001"
     assert "Approval needed" in shown(message) and "0 of 2 approvals" in shown(message)
     # The change approving would make, planned when the message went out (approval_plans.py).
     assert "write to the service log (info): approved in Slack for ns-slack" in shown(message)
-    buttons = [e["action_id"] for b in message.blocks or [] if b["type"] == "actions" for e in b["elements"]]
-    assert buttons == [APPROVE, REJECT]
+    assert [button["action_id"] for button in buttons(message)] == [APPROVE, REJECT]
 
     assert send(app, slack.click(message, user=ALICE, action_id=APPROVE)).status_code == 200
     wait_for("the message counts alice", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
@@ -191,3 +201,46 @@ def test_a_slack_user_linked_to_two_console_users_is_refused() -> None:
         load_settings(console_users=[user("alice", "operator", ALICE), user("mallory", "admin", ALICE)])
     with pytest.raises(SettingsError, match="not a Slack member ID"):
         load_settings(console_users=[user("alice", "operator", "alice@example.com")])
+
+
+TARGETED = """
+targets:
+  - {{name: sample, kind: http, url: "{url}/admin", max_disabled_graphs: 2}}
+rules:
+  - name: disable-failing-graph
+    match: {{alertname: GraphBroken}}
+    playbook: disable
+    guards: {{approvals: 2}}
+playbooks:
+  - name: disable
+    steps:
+      - action: graph.disable
+        with: {{target: sample, graph: "{{{{ alert.labels.graph_name }}}}"}}
+"""
+
+
+@pytest.fixture
+def targeted(database_url: str, tmp_path: Path, slack: SlackStandIn, sample_app: SampleApp) -> Iterator[TestClient]:
+    """The app with a rule whose change depends on the real sample service's state (which graphs are enabled)."""
+    users = [user("alice", "operator", ALICE), user("bob", "admin", BOB)]
+    with console_app(
+        database_url,
+        TARGETED.format(url=sample_app.url),
+        tmp_path,
+        users=users,
+        worker_poll_seconds=0.05,
+        pager_poll_seconds=0.05,
+        http_allowed_hosts=["127.0.0.1"],
+        slack_token=TOKEN,
+        slack_api_url=slack.url,
+        slack_signing_secret=slack.signing_secret,
+    ) as client:
+        yield client
+
+
+GRAPH_A = {"fingerprint": "fp-graph-a", "labels": {"alertname": "GraphBroken", "graph_name": "a"}}
+
+
+def test_the_message_shows_the_change_read_from_the_target(targeted: TestClient, slack: SlackStandIn) -> None:
+    _, message = message_for(targeted, slack, GRAPH_A)
+    assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
