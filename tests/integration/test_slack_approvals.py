@@ -1,5 +1,6 @@
 """Approvals in Slack: the message with Approve/Reject, signed clicks from the Slack stand-in (genuine, forged,
-stale, replayed), who may click, and the message updated with the outcome; on SQLite and PostgreSQL."""
+stale, replayed), who may click, the message updated with the outcome, and an Approve of a change the world
+moved away from (the real sample service) refused with the new change; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from controlplane.config import SettingsError, load_settings
 from controlplane.integrations.slack import APPROVE, REJECT
+from tests.conftest import ADMIN_TOKEN
 from tests.helpers import PASSWORD_HASH, console_app, csrf, log_in, post_alerts, wait_for
 from tests.sample_fixture import SampleApp
 from tests.standins.slack import TOKEN, Interaction, Message, SlackStandIn
@@ -244,3 +246,68 @@ GRAPH_A = {"fingerprint": "fp-graph-a", "labels": {"alertname": "GraphBroken", "
 def test_the_message_shows_the_change_read_from_the_target(targeted: TestClient, slack: SlackStandIn) -> None:
     _, message = message_for(targeted, slack, GRAPH_A)
     assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
+
+
+def test_an_approve_from_a_message_the_world_moved_away_from_is_refused_with_the_new_change(
+    targeted: TestClient, slack: SlackStandIn, sample_app: SampleApp
+) -> None:
+    execution_id, message = message_for(targeted, slack, GRAPH_A)
+    assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
+
+    # The first of two approvals, on the change the message shows; the updated message still shows it.
+    assert send(targeted, slack.click(message, user=ALICE, action_id=APPROVE)).status_code == 200
+    wait_for("the message counts alice", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
+    assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
+
+    sample_app.client.admin("POST", "/graphs/b/disable")  # the world moves while the message waits
+    stale = slack.click(message, user=BOB, action_id=APPROVE)  # bob approves what the message showed
+    assert send(targeted, stale).status_code == 200
+    told = wait_for("bob is told the change moved", lambda: slack.responses_to(stale), 5)
+    assert told[0]["response_type"] == "ephemeral"
+    assert "no longer the one you approved" in told[0]["text"] and "2 of 3 enabled" in told[0]["text"]
+    detail = targeted.get(f"/api/v1/executions/{execution_id}").json()
+    assert detail["status"] == "awaiting_approval" and detail["approved_by"] == ["user:alice"]
+    assert sample_app.client.graphs()["a"] is True
+    wait_for("the message shows the new change", lambda: "(2 of 3 enabled; at most 2 disabled)" in shown(message), 5)
+    assert "3 of 3 enabled" not in shown(message) and "1 of 2 approvals (alice)" in shown(message)
+
+    # The message's new buttons approve the new change: it runs.
+    assert send(targeted, slack.click(message, user=BOB, action_id=APPROVE)).status_code == 200
+    wait_for("graph a is disabled", lambda: sample_app.client.graphs()["a"] is False, 15)
+    wait_for("the execution succeeds", lambda: status_of(targeted, execution_id) == "succeeded", 10)
+    wait_for("the message shows the outcome", lambda: "Approved by alice, bob; execution #" in shown(message), 5)
+
+
+def test_an_approve_from_a_message_without_the_plan_digest_is_refused_with_the_change(
+    app: TestClient, slack: SlackStandIn
+) -> None:
+    """A message sent before approvals carried the plan's digest: nobody can tell which change it showed, so
+    the click is refused with the change as it is now, and the message updated to approve that."""
+    execution_id, message = approval_message(app, slack, "ns-old")
+    for button in buttons(message):  # the buttons of an older message: the execution id alone
+        button["value"] = str(execution_id)
+    old = slack.click(message, user=ALICE, action_id=APPROVE)
+    assert send(app, old).status_code == 200
+    told = wait_for("alice is told", lambda: slack.responses_to(old), 5)
+    assert "write to the service log (info): approved in Slack for ns-old" in told[0]["text"]
+    assert app.get(f"/api/v1/executions/{execution_id}").json()["approved_by"] == []
+    wait_for("the message's Approve carries more", lambda: buttons(message)[0]["value"] != str(execution_id), 5)
+
+    assert send(app, slack.click(message, user=ALICE, action_id=APPROVE)).status_code == 200
+    wait_for("the message counts alice", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
+    assert app.get(f"/api/v1/executions/{execution_id}").json()["approved_by"] == ["user:alice"]
+
+
+def test_an_approve_of_an_execution_decided_elsewhere_says_so_not_approve_again(
+    targeted: TestClient, slack: SlackStandIn, sample_app: SampleApp
+) -> None:
+    execution_id, message = message_for(targeted, slack, GRAPH_A)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert targeted.post(f"/api/v1/executions/{execution_id}/reject", headers=admin).status_code == 200
+    sample_app.client.admin("POST", "/graphs/b/disable")  # its plan has moved too: still nothing to approve
+    click = slack.click(message, user=ALICE, action_id=APPROVE)  # the message still has its buttons
+    assert send(targeted, click).status_code == 200
+    told = wait_for("alice is told", lambda: slack.responses_to(click), 5)
+    assert f"Execution #{execution_id} cannot be approved any more" in told[0]["text"]
+    assert "cancelled" in told[0]["text"] and "Approve it again" not in told[0]["text"]
+    wait_for("the message shows the outcome", lambda: not buttons(message), 5)
