@@ -31,8 +31,9 @@ from controlplane.integrations.slack_interactions import Click
 from controlplane.metricrules.evaluator import Evaluation
 from controlplane.playbooks import service as executions
 from controlplane.playbooks import slack_approvals
+from controlplane.playbooks.approval_plans import PlanDrifted
 from controlplane.playbooks.schemas import ExecutionDetail
-from controlplane.playbooks.slack_approvals import DECIDERS, IncidentUrl
+from controlplane.playbooks.slack_approvals import DECIDERS, IncidentUrl, Planner
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.holder import RulesHolder
 from controlplane.rules.loader import RuleSet
@@ -139,11 +140,17 @@ def decide_from_slack(
     now: datetime,
     wake: Wake,
     incident_url: IncidentUrl,
+    planner: Planner,
 ) -> SlackAnswer:
     """An Approve or Reject clicked in Slack, as the console user mapped to that Slack user: the same approval
-    as the console's (two-person approval counts it), refused with a reason for anyone else."""
+    as the console's (two-person approval counts it), refused with a reason for anyone else.
+
+    An Approve approves the change the message showed: the plan is made again, and if it moved (replicas
+    are 8 now, another graph was disabled) the approval is refused with the new change, and the message
+    shows it, its Approve now carrying the new plan's digest."""
     user = users.get(click.slack_user)
     refusal: str | None = None
+    drifted = False
     if user is None:
         refusal = (
             f"Your Slack user {click.slack_user} is not linked to a console user, so your click was not counted: "
@@ -155,6 +162,7 @@ def decide_from_slack(
         actor = f"user:{user.name}"
         try:
             if click.decision == "approve":
+                planner.check(engine, click.execution_id, click.seen)
                 approve_execution(
                     engine=engine,
                     execution_id=click.execution_id,
@@ -173,13 +181,19 @@ def decide_from_slack(
                         reason=f"rejected by {actor} in Slack",
                         now=now,
                     )
+        except PlanDrifted as exc:
+            refusal, drifted = str(exc), True
         except (Conflict, NotFound) as exc:
             refusal = str(exc)
     with engine.connect() as conn:
         try:
-            shown: ApprovalCard | None = slack_approvals.card(conn, click.execution_id, incident_url=incident_url)
+            shown: ApprovalCard | None = slack_approvals.card(
+                conn, click.execution_id, incident_url=incident_url, planner=planner
+            )
         except NotFound:
             shown = None
+    if drifted and shown is not None and shown.outcome is not None:  # decided meanwhile: no change to approve
+        refusal = f"Execution #{click.execution_id} cannot be approved any more: {shown.outcome}."
     return SlackAnswer(refusal, shown)
 
 

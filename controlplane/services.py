@@ -31,7 +31,7 @@ from controlplane.playbooks.executor import Executor, utcnow
 from controlplane.playbooks.ledger import LedgerSweeps
 from controlplane.playbooks.page_sender import page_sender
 from controlplane.playbooks.pages import Pager
-from controlplane.playbooks.slack_approvals import SlackApprovals
+from controlplane.playbooks.slack_approvals import Planner, SlackApprovals
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
@@ -77,9 +77,12 @@ class Services:
         breakers = CircuitBreakers(registry=metrics.registry, on_state_change=lambda *a: _audit_breaker(engine, *a))
         expiry = ExpiryOnResolve(engine, settings)
         ports = build_ports(settings, engine)  # once per service: every step and page shares its clients
+        # With the rules in force: a plan (the approval message's, the approvals page's) reads the targets they define.
+        contexts = ActionContexts(ports=ports, clock=utcnow, rules=lambda: rules.current)
+        recent_plans = RecentPlans()
         pager = Pager(
             engine,
-            send=page_sender(engine, ActionContexts(ports=ports, clock=utcnow), registry),
+            send=page_sender(engine, contexts, registry),
             poll_seconds=settings.pager_poll_seconds,
             counted=lambda kind, outcome: metrics.pages.labels(kind, outcome).inc(),
         )
@@ -166,16 +169,18 @@ class Services:
             approval_timeouts=approval_timeouts,
             pager=pager,
             ledger_sweeps=ledger_sweeps,
-            contexts=ActionContexts(ports=ports, clock=utcnow, rules=lambda: rules.current),
+            contexts=contexts,
             slack_approvals=SlackApprovals.build(
                 settings.slack_signing_secret.get_secret_value(),
                 slack=ports.slack,
                 users=settings.console_users,
                 incident_url=ports.incident_url,
                 api_url=settings.slack_api_url,
+                planner=Planner(registry, contexts, recent_plans),
             )
             if settings.slack_signing_secret is not None
             else None,
+            recent_plans=recent_plans,
         )
         elector.on_change = services.leadership_changed
         metrics.watch_open_incidents(services.open_incidents_or_none)

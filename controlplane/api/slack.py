@@ -47,6 +47,7 @@ async def interactions(request: Request, services: ServicesDep, background: Back
         now=datetime.now(UTC),
         wake=services.wake_workers,
         incident_url=slack.incident_url,
+        planner=slack.planner,
     )
     # Slack wants its 200 within 3 seconds: the answers to Slack go after it.
     background.add_task(_tell_slack, slack, click, answer)

@@ -95,7 +95,10 @@ def incident_blocks(card: IncidentCard) -> list[dict[str, Any]]:
     return blocks
 
 
-APPROVE, REJECT = "execution.approve", "execution.reject"  # the buttons' action_id; their value: the execution id
+# The buttons' action_id. Their value: the execution id; Approve's also carries the digest of the change the
+# message shows, `<id>:<digest>` (integrations/slack_interactions.py reads it back), so that a click approves
+# that change and no other (playbooks/approval_plans.py).
+APPROVE, REJECT = "execution.approve", "execution.reject"
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class ApprovalCard:
     incident_title: str | None = None
     url: str | None = None  # the incident's page in the console
     change: str | None = None  # what it would do (its plan), when known
+    plan_digest: str | None = None  # the digest of that plan: Approve approves this change only
     outcome: str | None = None  # "Approved by alice, bob", "Rejected by carol", "execution is cancelled"
 
 
@@ -148,6 +152,7 @@ def approval_blocks(card: ApprovalCard) -> list[dict[str, Any]]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{escape(card.outcome)}*"}})
         return blocks
     value = str(card.execution_id)
+    approve = f"{value}:{card.plan_digest}" if card.plan_digest else value
     blocks.append(
         {
             "type": "actions",
@@ -156,7 +161,7 @@ def approval_blocks(card: ApprovalCard) -> list[dict[str, Any]]:
                 {
                     "type": "button",
                     "action_id": APPROVE,
-                    "value": value,
+                    "value": approve,
                     "style": "primary",
                     "text": {"type": "plain_text", "text": "Approve"},
                 },

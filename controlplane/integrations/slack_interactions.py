@@ -10,6 +10,7 @@ at most REMEMBERED of them (a replay past that is stale anyway).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -110,9 +111,14 @@ class Click:
     slack_user: str
     decision: Literal["approve", "reject"]
     execution_id: int
+    seen: str | None  # the digest of the change the message showed (Approve); None from a message without one
     channel: str | None  # where the message is, to update it (chat.update)
     message_ts: str | None
     response_url: str | None  # where to answer that person alone (ephemeral)
+
+
+# A button's value (integrations/slack.py): the execution id, then on Approve the digest of the change shown.
+_VALUE = re.compile(r"(?P<id>[0-9]{1,18})(?::(?P<seen>[0-9a-f]{16}))?")
 
 
 def parse_click(body: bytes) -> Click:
@@ -128,12 +134,14 @@ def parse_click(body: bytes) -> Click:
         ) from None
     decisions = {APPROVE: "approve", REJECT: "reject"}
     action = next((a for a in payload.actions if a.action_id in decisions), None)
-    if payload.type != "block_actions" or action is None or not action.value.isdigit():
+    value = _VALUE.fullmatch(action.value) if action is not None else None
+    if payload.type != "block_actions" or action is None or value is None:
         raise InteractionRefused("not an Approve or Reject click on an approval message", status=400)
     return Click(
         slack_user=payload.user.id,
         decision="approve" if decisions[action.action_id] == "approve" else "reject",
-        execution_id=int(action.value),
+        execution_id=int(value["id"]),
+        seen=value["seen"],
         channel=payload.container.channel_id,
         message_ts=payload.container.message_ts,
         response_url=payload.response_url,

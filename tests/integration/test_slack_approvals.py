@@ -1,5 +1,6 @@
 """Approvals in Slack: the message with Approve/Reject, signed clicks from the Slack stand-in (genuine, forged,
-stale, replayed), who may click, and the message updated with the outcome; on SQLite and PostgreSQL."""
+stale, replayed), who may click, the message updated with the outcome, and an Approve of a change the world
+moved away from (the real sample service) refused with the new change; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from controlplane.config import SettingsError, load_settings
 from controlplane.integrations.slack import APPROVE, REJECT
+from tests.conftest import ADMIN_TOKEN
 from tests.helpers import PASSWORD_HASH, console_app, csrf, log_in, post_alerts, wait_for
+from tests.sample_fixture import SampleApp
 from tests.standins.slack import TOKEN, Interaction, Message, SlackStandIn
 
 INTERACTIONS = "/api/v1/slack/interactions"
@@ -63,7 +66,13 @@ def app(database_url: str, tmp_path: Path, slack: SlackStandIn) -> Iterator[Test
 
 def approval_message(client: TestClient, slack: SlackStandIn, namespace: str) -> tuple[int, Message]:
     """An execution that needs two approvals, and the Slack message asking for them."""
-    post_alerts(client, {"fingerprint": f"fp-{namespace}", "labels": {"alertname": "NeedsTwo", "namespace": namespace}})
+    alert = {"fingerprint": f"fp-{namespace}", "labels": {"alertname": "NeedsTwo", "namespace": namespace}}
+    return message_for(client, slack, alert)
+
+
+def message_for(client: TestClient, slack: SlackStandIn, alert: dict[str, Any]) -> tuple[int, Message]:
+    """The execution `alert` makes wait for approval, and the Slack message asking for it."""
+    post_alerts(client, alert)
     items = client.get("/api/v1/executions", params={"status": "awaiting_approval"}).json()["items"]
     execution_id = items[0]["id"]
     message = wait_for(
@@ -86,14 +95,17 @@ def shown(message: Message) -> str:
     return repr(message.blocks)
 
 
+def buttons(message: Message) -> list[dict[str, Any]]:
+    return [e for b in message.blocks or [] if b["type"] == "actions" for e in b["elements"]]
+
+
 def test_the_message_has_buttons_and_two_operators_approve_in_slack(app: TestClient, slack: SlackStandIn) -> None:
     execution_id, message = approval_message(app, slack, "ns-slack")
     assert message.channel == "C0ONCALL001"
     assert "Approval needed" in shown(message) and "0 of 2 approvals" in shown(message)
     # The change approving would make, planned when the message went out (approval_plans.py).
     assert "write to the service log (info): approved in Slack for ns-slack" in shown(message)
-    buttons = [e["action_id"] for b in message.blocks or [] if b["type"] == "actions" for e in b["elements"]]
-    assert buttons == [APPROVE, REJECT]
+    assert [button["action_id"] for button in buttons(message)] == [APPROVE, REJECT]
 
     assert send(app, slack.click(message, user=ALICE, action_id=APPROVE)).status_code == 200
     wait_for("the message counts alice", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
@@ -191,3 +203,111 @@ def test_a_slack_user_linked_to_two_console_users_is_refused() -> None:
         load_settings(console_users=[user("alice", "operator", ALICE), user("mallory", "admin", ALICE)])
     with pytest.raises(SettingsError, match="not a Slack member ID"):
         load_settings(console_users=[user("alice", "operator", "alice@example.com")])
+
+
+TARGETED = """
+targets:
+  - {{name: sample, kind: http, url: "{url}/admin", max_disabled_graphs: 2}}
+rules:
+  - name: disable-failing-graph
+    match: {{alertname: GraphBroken}}
+    playbook: disable
+    guards: {{approvals: 2}}
+playbooks:
+  - name: disable
+    steps:
+      - action: graph.disable
+        with: {{target: sample, graph: "{{{{ alert.labels.graph_name }}}}"}}
+"""
+
+
+@pytest.fixture
+def targeted(database_url: str, tmp_path: Path, slack: SlackStandIn, sample_app: SampleApp) -> Iterator[TestClient]:
+    """The app with a rule whose change depends on the real sample service's state (which graphs are enabled)."""
+    users = [user("alice", "operator", ALICE), user("bob", "admin", BOB)]
+    with console_app(
+        database_url,
+        TARGETED.format(url=sample_app.url),
+        tmp_path,
+        users=users,
+        worker_poll_seconds=0.05,
+        pager_poll_seconds=0.05,
+        http_allowed_hosts=["127.0.0.1"],
+        slack_token=TOKEN,
+        slack_api_url=slack.url,
+        slack_signing_secret=slack.signing_secret,
+    ) as client:
+        yield client
+
+
+GRAPH_A = {"fingerprint": "fp-graph-a", "labels": {"alertname": "GraphBroken", "graph_name": "a"}}
+
+
+def test_the_message_shows_the_change_read_from_the_target(targeted: TestClient, slack: SlackStandIn) -> None:
+    _, message = message_for(targeted, slack, GRAPH_A)
+    assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
+
+
+def test_an_approve_from_a_message_the_world_moved_away_from_is_refused_with_the_new_change(
+    targeted: TestClient, slack: SlackStandIn, sample_app: SampleApp
+) -> None:
+    execution_id, message = message_for(targeted, slack, GRAPH_A)
+    assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
+
+    # The first of two approvals, on the change the message shows; the updated message still shows it.
+    assert send(targeted, slack.click(message, user=ALICE, action_id=APPROVE)).status_code == 200
+    wait_for("the message counts alice", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
+    assert "disable graph a on sample (3 of 3 enabled; at most 2 disabled)" in shown(message)
+
+    sample_app.client.admin("POST", "/graphs/b/disable")  # the world moves while the message waits
+    stale = slack.click(message, user=BOB, action_id=APPROVE)  # bob approves what the message showed
+    assert send(targeted, stale).status_code == 200
+    told = wait_for("bob is told the change moved", lambda: slack.responses_to(stale), 5)
+    assert told[0]["response_type"] == "ephemeral"
+    assert "no longer the one you approved" in told[0]["text"] and "2 of 3 enabled" in told[0]["text"]
+    detail = targeted.get(f"/api/v1/executions/{execution_id}").json()
+    assert detail["status"] == "awaiting_approval" and detail["approved_by"] == ["user:alice"]
+    assert sample_app.client.graphs()["a"] is True
+    wait_for("the message shows the new change", lambda: "(2 of 3 enabled; at most 2 disabled)" in shown(message), 5)
+    assert "3 of 3 enabled" not in shown(message) and "1 of 2 approvals (alice)" in shown(message)
+
+    # The message's new buttons approve the new change: it runs.
+    assert send(targeted, slack.click(message, user=BOB, action_id=APPROVE)).status_code == 200
+    wait_for("graph a is disabled", lambda: sample_app.client.graphs()["a"] is False, 15)
+    wait_for("the execution succeeds", lambda: status_of(targeted, execution_id) == "succeeded", 10)
+    wait_for("the message shows the outcome", lambda: "Approved by alice, bob; execution #" in shown(message), 5)
+
+
+def test_an_approve_from_a_message_without_the_plan_digest_is_refused_with_the_change(
+    app: TestClient, slack: SlackStandIn
+) -> None:
+    """A message sent before approvals carried the plan's digest: nobody can tell which change it showed, so
+    the click is refused with the change as it is now, and the message updated to approve that."""
+    execution_id, message = approval_message(app, slack, "ns-old")
+    for button in buttons(message):  # the buttons of an older message: the execution id alone
+        button["value"] = str(execution_id)
+    old = slack.click(message, user=ALICE, action_id=APPROVE)
+    assert send(app, old).status_code == 200
+    told = wait_for("alice is told", lambda: slack.responses_to(old), 5)
+    assert "write to the service log (info): approved in Slack for ns-old" in told[0]["text"]
+    assert app.get(f"/api/v1/executions/{execution_id}").json()["approved_by"] == []
+    wait_for("the message's Approve carries more", lambda: buttons(message)[0]["value"] != str(execution_id), 5)
+
+    assert send(app, slack.click(message, user=ALICE, action_id=APPROVE)).status_code == 200
+    wait_for("the message counts alice", lambda: "1 of 2 approvals (alice)" in shown(message), 5)
+    assert app.get(f"/api/v1/executions/{execution_id}").json()["approved_by"] == ["user:alice"]
+
+
+def test_an_approve_of_an_execution_decided_elsewhere_says_so_not_approve_again(
+    targeted: TestClient, slack: SlackStandIn, sample_app: SampleApp
+) -> None:
+    execution_id, message = message_for(targeted, slack, GRAPH_A)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert targeted.post(f"/api/v1/executions/{execution_id}/reject", headers=admin).status_code == 200
+    sample_app.client.admin("POST", "/graphs/b/disable")  # its plan has moved too: still nothing to approve
+    click = slack.click(message, user=ALICE, action_id=APPROVE)  # the message still has its buttons
+    assert send(targeted, click).status_code == 200
+    told = wait_for("alice is told", lambda: slack.responses_to(click), 5)
+    assert f"Execution #{execution_id} cannot be approved any more" in told[0]["text"]
+    assert "cancelled" in told[0]["text"] and "Approve it again" not in told[0]["text"]
+    wait_for("the message shows the outcome", lambda: not buttons(message), 5)
