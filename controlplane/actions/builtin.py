@@ -8,7 +8,20 @@ from types import ModuleType
 from controlplane.actions.base import ActionRegistry, declared_in
 
 # The modules of controlplane.actions declaring built-in actions: a new one is named here or its actions are missing.
-NAMES = ("failover", "flow", "graph", "http", "incident", "k8s", "notify", "paging", "prometheus", "silence", "storage")
+NAMES = (
+    "failover",
+    "flow",
+    "graph",
+    "http",
+    "incident",
+    "k8s",
+    "llm",
+    "notify",
+    "paging",
+    "prometheus",
+    "silence",
+    "storage",
+)
 MODULES: tuple[ModuleType, ...] = tuple(import_module(f"controlplane.actions.{name}") for name in NAMES)
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from controlplane import durations
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
+# A model as `provider/model` (OpenTelemetry's gen_ai_provider_name and gen_ai_request_model, joined):
+# `anthropic/claude-sonnet-4`, `openai/gpt-4o`, `bedrock/anthropic.claude-3:1`; the model part may hold '/'.
+LLM_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$"
+LLM_TARGET_FIELDS = ("llm_models", "min_llm_concurrency", "min_token_budget", "max_disabled_tools")
 DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=1)
 
 
@@ -192,6 +197,15 @@ class Rule(_Strict):
         return self
 
 
+def _llm_model(value: str) -> str:
+    if not re.match(LLM_MODEL_PATTERN, value):
+        raise ValueError(f"{value!r} is not `provider/model` (e.g. anthropic/claude-sonnet-4, openai/gpt-4o)")
+    return value
+
+
+LlmModel = Annotated[str, AfterValidator(_llm_model)]
+
+
 class Target(_Strict):
     """Where remediation acts: a LangGraph deployment's admin API (`http`) or its Kubernetes objects.
 
@@ -211,6 +225,11 @@ class Target(_Strict):
     max_disabled_graphs: int = Field(default=1, ge=0)
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=20, ge=1)
+    # http: the LLM actions (actions/llm.py) and their bounds.
+    llm_models: list[LlmModel] = Field(default_factory=list)  # llm.failover's order
+    min_llm_concurrency: int = Field(default=1, ge=1)  # llm.limit never caps a graph's concurrent runs below it
+    min_token_budget: int = Field(default=1000, ge=1)  # llm.limit never sets a token budget (per minute) below it
+    max_disabled_tools: int = Field(default=1, ge=0)  # tool.disable never leaves more tools disabled
 
     @model_validator(mode="after")
     def _complete(self) -> Target:
@@ -218,6 +237,17 @@ class Target(_Strict):
             raise error_at("an http target needs `url`", "url")
         if self.kind == "kubernetes" and not self.namespace:
             raise error_at("a kubernetes target needs `namespace`", "namespace")
+        if self.kind == "kubernetes":
+            for name in LLM_TARGET_FIELDS:
+                if name in self.model_fields_set:
+                    raise error_at(
+                        f"`{name}` is for http targets: the LLM actions act through the service's admin API", name
+                    )
+        seen: set[str] = set()
+        for index, model in enumerate(self.llm_models):
+            if model in seen:
+                raise error_at(f"llm_models lists {model!r} twice", "llm_models", index)
+            seen.add(model)
         if self.min_replicas > self.max_replicas:
             raise error_at("min_replicas is above max_replicas", "min_replicas")
         return self

@@ -84,20 +84,52 @@ class Approval(_Strict):
     reject: bool = False
 
 
+# The sample service's defaults (sample/service.py): its provider/model catalogue and its tools.
+DEFAULT_MODELS = ("anthropic/claude-sonnet-4", "openai/gpt-4o", "google/gemini-2.5-pro")
+DEFAULT_TOOLS = ("search", "calculator")
+LlmFailure = Literal["overloaded", "rate_limited", "quota_exhausted", "timeout"]
+
+
+class Limits(_Strict):
+    """A graph's caps: concurrent runs and tokens per minute (None: no cap)."""
+
+    concurrency: int | None = Field(default=None, ge=1)
+    token_budget: int | None = Field(default=None, ge=1)
+
+
 class HttpTarget(_Strict):
-    """An `http` target (the admin API contract, as the sample service implements it), as it is at 0s."""
+    """An `http` target (the admin API contract, as the sample service implements it), as it is at 0s.
+
+    Its LLM side (`GET /llm`): the `models` it offers, in order (`provider/model`); each graph's model
+    (`graph_models`, default: the first); the models failing and how (`unhealthy: {model: overloaded}`);
+    its `tools` and which are `disabled_tools`; graphs' caps (`limits`).
+    """
 
     graphs: list[str] = Field(min_length=1)
     disabled: list[str] = Field(default_factory=list)
     storage: Literal["primary", "backup"] = "primary"
     broken_storage: list[Literal["primary", "backup"]] = Field(default_factory=list)
     corrupted: dict[Literal["primary", "backup"], int] = Field(default_factory=dict)
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
+    graph_models: dict[str, str] = Field(default_factory=dict)
+    unhealthy: dict[str, LlmFailure] = Field(default_factory=dict)
+    tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    disabled_tools: list[str] = Field(default_factory=list)
+    limits: dict[str, Limits] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known(self) -> HttpTarget:
-        unknown = sorted(set(self.disabled) - set(self.graphs))
-        if unknown:
-            raise ValueError(f"disabled graphs {unknown} are not in `graphs`")
+        for what, names, known, among in (
+            ("disabled graphs", self.disabled, self.graphs, "graphs"),
+            ("graphs of `graph_models`", self.graph_models, self.graphs, "graphs"),
+            ("graphs of `limits`", self.limits, self.graphs, "graphs"),
+            ("models of `graph_models`", self.graph_models.values(), self.models, "models"),
+            ("models of `unhealthy`", self.unhealthy, self.models, "models"),
+            ("disabled tools", self.disabled_tools, self.tools, "tools"),
+        ):
+            unknown = sorted(set(names) - set(known))
+            if unknown:
+                raise ValueError(f"{what} {unknown} are not in `{among}`")
         return self
 
 

@@ -36,6 +36,66 @@ EFFECTS: dict[str, list[tuple[dict[str, Any], dict[str, Any], str]]] = {
             "Enabled graph chat on langgraph",
         ),
     ],
+    "llm.failover": [
+        (
+            {"target": "langgraph", "graph": "chat"},
+            {"value": "openai/gpt-4o", "target": "langgraph", "graph": "chat", "model": "openai/gpt-4o",
+             "previous": "anthropic/claude-sonnet-4", "changed": True, "healthy": ["openai/gpt-4o"]},
+            "Moved graph chat on langgraph anthropic/claude-sonnet-4 → openai/gpt-4o",
+        ),
+        (
+            {"target": "langgraph", "graph": "chat", "to": "openai/gpt-4o"},
+            {"value": "openai/gpt-4o", "target": "langgraph", "graph": "chat", "model": "openai/gpt-4o",
+             "previous": "openai/gpt-4o", "changed": False, "healthy": ["openai/gpt-4o"]},
+            "Graph chat on langgraph was already on openai/gpt-4o; left as it was",
+        ),
+    ],
+    "llm.limit": [
+        (
+            {"target": "langgraph", "graph": "chat", "concurrency": 2, "token_budget": 20000},
+            {"value": {}, "target": "langgraph", "graph": "chat", "concurrency_limit": 2, "token_budget": 20000,
+             "previous": {"concurrency_limit": 0, "token_budget": 50000}, "changed": True},
+            "Set graph chat on langgraph to concurrency 2, token budget 20000 tokens/min "
+            "(was concurrency no cap, token budget 50000 tokens/min)",
+        ),
+        (
+            {"target": "langgraph", "graph": "chat", "concurrency": 2},
+            {"value": {}, "target": "langgraph", "graph": "chat", "concurrency_limit": 2, "token_budget": 0,
+             "previous": {"concurrency_limit": 2, "token_budget": 0}, "changed": False},
+            "Graph chat on langgraph already had concurrency 2, token budget none; left as it was",
+        ),
+    ],
+    "tool.disable": [
+        (
+            {"target": "langgraph", "tool": "search"},
+            {"value": "search", "target": "langgraph", "tool": "search", "before": "enabled", "after": "disabled",
+             "changed": True, "disabled_tools": ["search"]},
+            "Disabled tool search on langgraph",
+        ),
+        (
+            {"target": "langgraph", "tool": "search"},
+            {"value": "search", "target": "langgraph", "tool": "search", "before": "disabled", "after": "disabled",
+             "changed": False, "disabled_tools": ["search"]},
+            "Tool search was already disabled on langgraph; left as it was",
+        ),
+    ],
+    "tool.enable": [
+        (
+            {"target": "langgraph", "tool": "search"},
+            {"value": "search", "target": "langgraph", "tool": "search", "before": "disabled", "after": "enabled",
+             "changed": True, "disabled_tools": []},
+            "Enabled tool search on langgraph",
+        ),
+    ],
+    "graph.canary": [
+        (
+            {"target": "langgraph", "graph": "chat", "runs": 5, "max_latency": "10s"},
+            {"value": 5, "target": "langgraph", "graph": "chat", "model": "openai/gpt-4o", "runs": 5, "succeeded": 5,
+             "within_latency": 5, "min_success": 5, "max_latency_seconds": 10.0,
+             "latencies_seconds": [0.2, 0.3, 0.2, 0.4, 0.3], "slowest_seconds": 0.4},
+            "Canary on graph chat (openai/gpt-4o) on langgraph: 5 of 5 runs succeeded within 10 s",
+        ),
+    ],
     "storage.check": [
         (
             {"target": "langgraph"},
