@@ -382,6 +382,42 @@ def test_cooldown_per_group_key(harness: Harness) -> None:
     assert third.status == "pending"
 
 
+def test_a_cooldown_keyed_per_provider_and_model_does_not_block_the_fallback_model(harness: Harness) -> None:
+    """Issue 16: failing over off one model cools that model down, not the model the graph moved to."""
+    harness.rules = Rules("""
+rules:
+  - name: provider-failover
+    match: {alertname: LLMProviderErrors}
+    group_by: [alertname, gen_ai_provider_name, gen_ai_request_model]
+    playbook: fix
+    guards: {cooldown: 15m}
+playbooks:
+  - name: fix
+    steps:
+      - action: test.do
+        with: {text: "{{ alert.labels.gen_ai_provider_name }}/{{ alert.labels.gen_ai_request_model }}"}
+""")
+    claude = {"alertname": "LLMProviderErrors", "gen_ai_provider_name": "anthropic",
+              "gen_ai_request_model": "claude-sonnet-4"}  # fmt: skip
+    gpt = {**claude, "gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-4o"}
+    [first] = harness.fire(claude)
+    assert first.status == "pending"
+    harness.run_all()
+    harness.clock.advance(120)
+    [again] = harness.fire({**claude, "graph_name": "summarize"})  # the same model failing for another graph
+    assert (again.status, again.guard) == ("suppressed", "cooldown")
+    [fallback] = harness.fire(gpt)  # the model the graph moved to fails in turn: not cooled down
+    assert (fallback.status, fallback.guard) == ("pending", None)
+    [other_provider_same_name] = harness.fire({**claude, "gen_ai_provider_name": "bedrock"})
+    assert other_provider_same_name.status == "pending"  # keyed on the pair, not the model name alone
+    harness.run_all()
+    assert harness.calls == [
+        ("test.do", "anthropic/claude-sonnet-4"),
+        ("test.do", "openai/gpt-4o"),
+        ("test.do", "bedrock/claude-sonnet-4"),
+    ]
+
+
 def test_max_runs_per_window(harness: Harness) -> None:
     harness.rules = rules(TWO_STEPS, guards="{max_runs: {count: 2, per: 1h}}")
     statuses = []
