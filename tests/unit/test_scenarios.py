@@ -260,3 +260,98 @@ def test_check_runs_the_scenarios_beside_the_rules(rules: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert f"FAILED {rules}/tests/high-error-rate.yaml:3: scenario" in err
     assert f"{rules}/tests/high-error-rate.yaml:37: expect.executions[1].guard: expected 'cooldown', got None" in err
+
+
+LLM_RULES = """\
+targets:
+  - name: llm-under-test
+    kind: http
+    url: http://127.0.0.1:8000/admin
+    llm_models: [anthropic/claude-sonnet-4, openai/gpt-4o, google/gemini-2.5-pro]
+rules:
+  - name: test-model-failover
+    match: {alertname: TestModelErrors}
+    group_by: [alertname, gen_ai_provider_name, gen_ai_request_model]
+    playbook: test-model-failover
+    guards: {cooldown: 15m}
+  - name: test-agent-loop
+    match: {alertname: TestAgentLoop}
+    playbook: test-break-tool
+playbooks:
+  - name: test-model-failover
+    steps:
+      - id: moved
+        action: llm.failover
+        with: {target: llm-under-test, graph: "{{ alert.labels.graph_name }}"}
+        rollback:
+          action: llm.failover
+          with:
+            target: llm-under-test
+            graph: "{{ alert.labels.graph_name }}"
+            to: "{{ steps.moved.output.previous }}"
+      - action: llm.limit
+        with: {target: llm-under-test, graph: "{{ alert.labels.graph_name }}", concurrency: 4}
+      - action: graph.canary
+        with: {target: llm-under-test, graph: "{{ alert.labels.graph_name }}", runs: 5, max_latency: 10s}
+  - name: test-break-tool
+    steps:
+      - action: tool.disable
+        with: {target: llm-under-test, tool: "{{ alert.labels.tool_name }}"}
+"""
+
+LLM_SCENARIO = """\
+name: a provider outage fails the graph over, the world remembers where it went
+targets:
+  llm-under-test: {graphs: [chat, summarize], unhealthy: {anthropic/claude-sonnet-4: overloaded}}
+alerts:
+  - {at: 0s, labels: {alertname: TestModelErrors, graph_name: chat, gen_ai_provider_name: anthropic,
+                      gen_ai_request_model: claude-sonnet-4}}
+  - {at: 2m, labels: {alertname: TestModelErrors, graph_name: summarize, gen_ai_provider_name: anthropic,
+                      gen_ai_request_model: claude-sonnet-4}}
+  - {at: 5m, labels: {alertname: TestModelErrors, graph_name: chat, gen_ai_provider_name: openai,
+                      gen_ai_request_model: gpt-4o}}
+  - {at: 6m, labels: {alertname: TestAgentLoop, tool_name: search}}
+  - {at: 7m, labels: {alertname: TestAgentLoop, tool_name: calculator}}
+expect:
+  executions:
+    - at: 0s
+      rule: test-model-failover
+      decision: run
+      status: succeeded
+      steps:
+        - move graph chat on llm-under-test anthropic/claude-sonnet-4 → openai/gpt-4o (2 of 3 models healthy)
+        - 'cap graph chat on llm-under-test: concurrency no cap, token budget none → concurrency 4, token budget none
+          (floors: concurrency 1, token budget 1000)'
+        # planned before the run: the model chat is on before step 1 moves it
+        - send 5 canary runs through graph chat on llm-under-test (anthropic/claude-sonnet-4, overloaded now); pass
+          when 5 succeed within 10 s
+    - {at: 2m, rule: test-model-failover, decision: suppressed, guard: cooldown}
+    - at: 5m
+      rule: test-model-failover
+      decision: run
+      status: succeeded
+      steps:
+        - move graph chat on llm-under-test openai/gpt-4o → google/gemini-2.5-pro (2 of 3 models healthy)
+        - 'leave graph chat on llm-under-test at concurrency 4, token budget none: already as wanted (floors:
+          concurrency 1, token budget 1000)'
+        - '=~send 5 canary runs through graph chat on llm-under-test \\(openai/gpt-4o, healthy now\\).*'
+    - {at: 6m, rule: test-agent-loop, status: succeeded,
+       steps: [disable tool search on llm-under-test (0 of 2 disabled; at most 1 disabled)]}
+    - at: 7m
+      rule: test-agent-loop
+      status: failed
+      steps:
+        - status: refused
+          refused: "disabling tool 'calculator' would make 2 disabled tools on target 'llm-under-test', over its
+            max_disabled_tools of 1 (already disabled: search)"
+"""
+
+
+def test_llm_plans_read_the_worlds_llm_side_and_a_live_run_moves_it(
+    rules: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GET /llm answers from the scenario's target state; each run's failover, limit and tool change is made in
+    the world, so the next plan starts from there (chat is on gpt-4o at 5m, search is off at 7m)."""
+    write(rules / "llm-under-test.yaml", LLM_RULES)
+    path = write(rules / "tests" / "llm-under-test.yaml", LLM_SCENARIO)
+    assert main(["test", str(path)]) == 0, capsys.readouterr().err
