@@ -586,6 +586,19 @@ def _plan_canary(ctx: ActionContext, params: CanaryParams) -> Plan:
     return Plan(action="graph.canary", target=target.name, change=change, sentence=sentence)
 
 
+def count_within(answer: dict[str, Any], limit_seconds: float) -> int:
+    """The runs of a canary's answer that succeeded within `limit_seconds`: a failed run may answer fast too.
+
+    `outcomes` ("ok" or the error, one per run, as the sample service answers) pairs each run with its
+    latency; without them, no more successes are counted than runs within the bound.
+    """
+    latencies = [float(x) for x in answer.get("latencies_seconds", [])]
+    outcomes = [str(x) for x in answer.get("outcomes", [])]
+    if len(outcomes) == len(latencies):
+        return sum(1 for ok, x in zip(outcomes, latencies, strict=True) if ok == "ok" and x <= limit_seconds)
+    return min(int(answer.get("succeeded", 0)), sum(1 for x in latencies if x <= limit_seconds))
+
+
 @action(
     "graph.canary",
     params=CanaryParams,
@@ -606,10 +619,9 @@ def canary(ctx: ActionContext, params: CanaryParams) -> ActionResult:
     )
     limit_seconds = params.max_latency.total_seconds()
     latencies = [float(x) for x in answer.get("latencies_seconds", [])]
+    outcomes = [str(x) for x in answer.get("outcomes", [])]
     succeeded = int(answer.get("succeeded", 0))
-    # Latencies of every run sent: a run counts when it succeeded and was fast enough. The answer does not
-    # pair them, so count no more successes than runs within the bound.
-    within = min(succeeded, sum(1 for x in latencies if x <= limit_seconds))
+    within = count_within(answer, limit_seconds)
     output = {
         "target": target.name,
         "graph": params.graph,
@@ -620,6 +632,7 @@ def canary(ctx: ActionContext, params: CanaryParams) -> ActionResult:
         "min_success": params.needed,
         "max_latency_seconds": limit_seconds,
         "latencies_seconds": latencies,
+        "outcomes": outcomes,
         "slowest_seconds": max(latencies, default=0.0),
     }
     if within < params.needed:

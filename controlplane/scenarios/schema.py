@@ -34,7 +34,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controlplane.durations import Duration
+from controlplane.rules.schema import LlmModel
 from controlplane.rules.source import RuleFileError, Source, read_source
+from controlplane.sample.bodies import LLMError
+from controlplane.sample.llm import DEFAULT_MODELS, DEFAULT_TOOLS
 
 START = datetime(2026, 1, 1, tzinfo=UTC)  # the fake clock's 0s, unless a scenario says `start`
 LIMIT = timedelta(days=7)  # how far a scenario's clock may run: a test, not a simulation of a quarter
@@ -84,12 +87,6 @@ class Approval(_Strict):
     reject: bool = False
 
 
-# The sample service's defaults (sample/service.py): its provider/model catalogue and its tools.
-DEFAULT_MODELS = ("anthropic/claude-sonnet-4", "openai/gpt-4o", "google/gemini-2.5-pro")
-DEFAULT_TOOLS = ("search", "calculator")
-LlmFailure = Literal["overloaded", "rate_limited", "quota_exhausted", "timeout"]
-
-
 class Limits(_Strict):
     """A graph's caps: concurrent runs and tokens per minute (None: no cap)."""
 
@@ -110,9 +107,9 @@ class HttpTarget(_Strict):
     storage: Literal["primary", "backup"] = "primary"
     broken_storage: list[Literal["primary", "backup"]] = Field(default_factory=list)
     corrupted: dict[Literal["primary", "backup"], int] = Field(default_factory=dict)
-    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
+    models: list[LlmModel] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)
     graph_models: dict[str, str] = Field(default_factory=dict)
-    unhealthy: dict[str, LlmFailure] = Field(default_factory=dict)
+    unhealthy: dict[str, LLMError] = Field(default_factory=dict)
     tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
     disabled_tools: list[str] = Field(default_factory=list)
     limits: dict[str, Limits] = Field(default_factory=dict)

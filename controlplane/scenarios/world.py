@@ -1,8 +1,8 @@
 """Owns the world a scenario runs in: its targets in memory, a Prometheus that answers from the file, no network.
 
 - An `http` target is the admin API contract as the sample service implements it (sample/service.py),
-  held in memory: `GET /graphs` and `GET /storage` answer from it, and `GET /llm` from its LLM side
-  (`LlmTarget`: models and their health, each graph's model and caps, tools).
+  held in memory: `GET /graphs`, `GET /storage` and `GET /llm` (models and their health, each graph's
+  model and caps, tools: the service's `llm.LLMRuntime`) answer from it.
 - A `kubernetes` target is a workload's replicas, its HPA bounds and its ConfigMap keys, in memory.
 - Prometheus answers each query with the scenario's latest answer to it at the fake clock's time
   (queries are matched with their whitespace collapsed); a query the scenario does not answer fails
@@ -29,7 +29,8 @@ from controlplane.db.tables import alerts_t
 from controlplane.errors import ActionError
 from controlplane.integrations.prometheus import PrometheusClient, PrometheusError
 from controlplane.rules.schema import Target
-from controlplane.sample.service import DisableRequest, SampleService
+from controlplane.sample.bodies import DisableRequest, FaultRequest
+from controlplane.sample.service import SampleService
 from controlplane.scenarios.schema import Answer, HttpTarget, KubernetesTarget
 
 DISABLED_KEY = "disabled_graphs"  # the ConfigMap keys graph.* and storage.* use (actions/graph.py, storage.py)
@@ -71,95 +72,11 @@ class ScenarioPrometheus(PrometheusClient):
         ]
 
 
-@dataclass
-class LlmTarget:
-    """The LLM side of an http target in memory, as `GET /llm` of the admin API contract shows it.
-
-    Its changes answer as the contract's `POST`s do (`switch`, `set_limits`, `set_tool`), so a live
-    run's planned change is made here as the service would make it.
-    """
-
-    models: list[str]
-    graph_models: dict[str, str]  # graph -> its model now
-    unhealthy: dict[str, str]  # model -> how it fails (overloaded, rate_limited, quota_exhausted, timeout)
-    tools: list[str]
-    disabled_tools: set[str] = field(default_factory=set)
-    limits: dict[str, dict[str, int | None]] = field(default_factory=dict)  # graph -> its caps (None: none)
-
-    @classmethod
-    def of(cls, state: HttpTarget) -> LlmTarget:
-        return cls(
-            models=list(state.models),
-            graph_models={g: state.graph_models.get(g, state.models[0]) for g in state.graphs},
-            unhealthy=dict(state.unhealthy),
-            tools=list(state.tools),
-            disabled_tools=set(state.disabled_tools),
-            limits={
-                g: {"concurrency_limit": caps.concurrency, "token_budget": caps.token_budget}
-                for g, caps in state.limits.items()
-            },
-        )
-
-    def caps(self, graph: str) -> dict[str, int | None]:
-        return dict(self.limits.get(graph, {"concurrency_limit": None, "token_budget": None}))
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "models": [
-                {
-                    "model": m,
-                    "provider": m.split("/", 1)[0],
-                    "name": m.split("/", 1)[1],
-                    "healthy": m not in self.unhealthy,
-                    "failing": self.unhealthy.get(m),
-                }
-                for m in self.models
-            ],
-            "graphs": {g: {"model": m, **self.caps(g)} for g, m in self.graph_models.items()},
-            "tools": {t: {"enabled": t not in self.disabled_tools} for t in self.tools},
-            "queue": {"pending": 0, "running": 0, "workers": 4},
-        }
-
-    def _graph(self, graph: str) -> None:
-        if graph not in self.graph_models:
-            raise ActionError(f"no graph named {graph!r} (graphs: {', '.join(self.graph_models)})")
-
-    def switch(self, graph: str, model: str) -> dict[str, Any]:
-        self._graph(graph)
-        if model not in self.models:
-            raise ActionError(f"unknown model {model!r} (models: {', '.join(self.models)})")
-        previous = self.graph_models[graph]
-        self.graph_models[graph] = model
-        return {"graph": graph, "model": model, "previous": previous, "changed": previous != model}
-
-    def set_limits(self, graph: str, concurrency: int | None, token_budget: int | None) -> dict[str, Any]:
-        self._graph(graph)
-        previous = self.caps(graph)
-        caps = dict(previous)
-        for key, value in (("concurrency_limit", concurrency), ("token_budget", token_budget)):
-            if value is not None:
-                caps[key] = value or None  # 0 removes the cap
-        self.limits[graph] = caps
-        return {"graph": graph, **caps, "previous": previous, "changed": caps != previous}
-
-    def set_tool(self, tool: str, enabled: bool) -> dict[str, Any]:
-        if tool not in self.tools:
-            raise ActionError(f"no tool named {tool!r} (tools: {', '.join(self.tools)})")
-        changed = (tool in self.disabled_tools) == enabled
-        if enabled:
-            self.disabled_tools.discard(tool)
-        else:
-            self.disabled_tools.add(tool)
-        disabled = [t for t in self.tools if t in self.disabled_tools]
-        return {"tool": tool, "enabled": enabled, "changed": changed, "disabled": disabled}
-
-
 class ScenarioAdminApi:
     """Each `http` target's admin API, answered by an in-memory sample service (reads only)."""
 
-    def __init__(self, services: Mapping[str, SampleService], llm: Mapping[str, LlmTarget] | None = None) -> None:
+    def __init__(self, services: Mapping[str, SampleService]) -> None:
         self.services = services
-        self.llm = llm or {}
 
     def request(
         self,
@@ -180,8 +97,8 @@ class ScenarioAdminApi:
             return service.graphs_view()
         if path == "/storage":
             return service.storage_view()
-        if path == "/llm" and target.name in self.llm:
-            return self.llm[target.name].view()
+        if path == "/llm":
+            return service.llm.view()
         raise ActionError(f"target {target.name!r}: GET {path} is not part of the admin API a scenario models")
 
 
@@ -257,22 +174,28 @@ class World:
 
     targets: Mapping[str, Target]
     services: dict[str, SampleService] = field(default_factory=dict)
-    llm: dict[str, LlmTarget] = field(default_factory=dict)
     workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
     configmaps: dict[tuple[str, str], Workload] = field(default_factory=dict)
 
     def add(self, target: Target, state: HttpTarget | KubernetesTarget) -> None:
         if isinstance(state, HttpTarget):
-            service = SampleService(state.graphs)
+            service = SampleService(state.graphs, models=state.models, tools=state.tools)
             for graph in state.disabled:
                 service.disable(graph)
+            for model, failure in state.unhealthy.items():
+                service.inject(FaultRequest(model=model, llm_error=failure, error_rate=1.0))
+            for graph, model in state.graph_models.items():
+                service.llm.switch_model(graph, model)
+            for graph, caps in state.limits.items():
+                service.llm.set_limits(graph, caps.concurrency, caps.token_budget)
+            for tool in state.disabled_tools:
+                service.llm.set_tool(tool, False)
             service.active = state.storage
             for backend in state.broken_storage:
                 service.storage[backend].broken = True
             for backend, count in state.corrupted.items():
                 service.storage[backend].corrupted = count
             self.services[target.name] = service
-            self.llm[target.name] = LlmTarget.of(state)
             return
         namespace = target.namespace or "default"
         workload = Workload(replicas=state.replicas, hpa=state.hpa, configmap=dict(state.configmap))
@@ -282,7 +205,7 @@ class World:
             self.configmaps[(namespace, target.configmap)] = workload
 
     def clients(self) -> tuple[ScenarioAdminApi, ScenarioKubernetes]:
-        return ScenarioAdminApi(self.services, self.llm), ScenarioKubernetes(self.workloads, self.configmaps)
+        return ScenarioAdminApi(self.services), ScenarioKubernetes(self.workloads, self.configmaps)
 
     def apply(self, plan: Plan) -> None:
         """Make the change a live run's step planned (a refused or no-op plan changes nothing)."""
@@ -293,7 +216,6 @@ class World:
         if target is None:
             return
         service = self.services.get(target.name)
-        llm = self.llm.get(target.name)
         workload = self._workload_of(target)
         if plan.action in ("graph.disable", "graph.enable"):
             if service is not None:
@@ -312,19 +234,19 @@ class World:
             service.cleanup(change.get("backend"))
         elif plan.action == "k8s.scale" and workload is not None:
             workload.replicas = int(change["to"])
-        elif llm is not None:
-            self._apply_llm(llm, plan)
+        elif service is not None:
+            self._apply_llm(service, plan)
 
     @staticmethod
-    def _apply_llm(llm: LlmTarget, plan: Plan) -> None:
+    def _apply_llm(service: SampleService, plan: Plan) -> None:
         change = plan.change
         if plan.action == "llm.failover":
-            llm.switch(change["graph"], change["to"])
-        elif plan.action == "llm.limit":
-            llm.set_limits(change["graph"], change["to"]["concurrency_limit"], change["to"]["token_budget"])
+            service.llm.switch_model(change["graph"], change["to"])
+        elif plan.action == "llm.limit":  # 0 removes a cap, as the admin API's body says
+            service.llm.set_limits(change["graph"], change["to"]["concurrency_limit"], change["to"]["token_budget"])
         elif plan.action in ("tool.disable", "tool.enable"):
-            llm.set_tool(change["tool"], plan.action == "tool.enable")
-        # graph.canary sends runs and changes nothing
+            service.llm.set_tool(change["tool"], plan.action == "tool.enable")
+        # graph.canary sends runs: it changes nothing a later plan reads
 
     def _workload_of(self, target: Target) -> Workload | None:
         namespace = target.namespace or "default"
@@ -339,11 +261,13 @@ class World:
         out: dict[str, Any] = {}
         for name, service in self.services.items():
             graphs = service.graphs_view()
-            out[name] = {"disabled": graphs["disabled"], "storage": service.active}
-            llm = self.llm.get(name)
-            if llm is not None:
-                out[name] |= {"graph_models": dict(llm.graph_models), "disabled_tools": sorted(llm.disabled_tools)}
-                out[name] |= {"limits": {g: llm.caps(g) for g in sorted(llm.limits)}} if llm.limits else {}
+            llm = service.llm.view()
+            out[name] = {
+                "disabled": graphs["disabled"],
+                "storage": service.active,
+                "graph_models": {g: state["model"] for g, state in llm["graphs"].items()},
+                "disabled_tools": [t for t, state in llm["tools"].items() if not state["enabled"]],
+            }
         for name, target in self.targets.items():
             workload = self._workload_of(target)
             if workload is not None and name not in out:

@@ -1,9 +1,9 @@
 """llm.failover, llm.limit, tool.disable / tool.enable and graph.canary against the admin API's LLM contract.
 
-The target here is the contract's endpoints answered in memory from the scenario world's `LlmTarget`
-(the state `controlplane test` plans against), with the sample service's idempotency: a repeated key
-replays the first answer, the same key with another request is refused (422). Each action is called
-as the executor calls it, its blast-radius check first; each plan is asserted to send no POST.
+The target here is the sample service (sample/service.py, its LLM side sample/llm.py) called in process,
+with its idempotency: a repeated key replays the first answer, the same key with another request is
+refused (422). Each action is called as the executor calls it, its blast-radius check first; each plan
+is asserted to send no POST.
 tests/integration/test_llm_actions.py runs the same actions against the real sample service.
 """
 
@@ -12,33 +12,33 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
+from json import dumps
 from typing import Any
 
 import pytest
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Plan
 from controlplane.actions.builtin import build_registry
+from controlplane.actions.llm import count_within
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.playbooks.contexts import build_ports
 from controlplane.rules.schema import Target
-from controlplane.scenarios.schema import HttpTarget
-from controlplane.scenarios.world import LlmTarget
+from controlplane.sample.bodies import FaultRequest
+from controlplane.sample.errors import SampleError
+from controlplane.sample.service import SampleService
 
 registry = build_registry()
 CLAUDE, GPT, GEMINI = "anthropic/claude-sonnet-4", "openai/gpt-4o", "google/gemini-2.5-pro"
 MODELS = [CLAUDE, GPT, GEMINI]
 
 
-class ContractAdminApi:
-    """The LLM endpoints of the admin API contract, in memory; records every request."""
+class InProcessAdminApi:
+    """The sample service's admin API called in process, no socket: its own state, idempotency and refusals."""
 
-    def __init__(self, llm: LlmTarget) -> None:
-        self.llm = llm
+    def __init__(self, service: SampleService) -> None:
+        self.service = service
         self.requests: list[tuple[str, str, Any, str | None]] = []
-        self.answers: dict[str, tuple[tuple[str, str, Any], dict[str, Any]]] = {}
-        self.canary_latencies: list[float] = [0.2] * 20
-        self.canary_failures = 0
 
     def request(
         self, target: Target, method: str, path: str, *, json: Any = None, idempotency_key: str | None = None,
@@ -46,37 +46,27 @@ class ContractAdminApi:
     ) -> dict[str, Any]:  # fmt: skip
         self.requests.append((method, path, json, idempotency_key))
         if method == "GET" and path == "/llm":
-            return self.llm.view()
-        request = (method, path, json)
-        if idempotency_key is not None and idempotency_key in self.answers:
-            first, answer = self.answers[idempotency_key]
-            if first != request:
-                raise ActionError(f"answered 422: Idempotency-Key {idempotency_key!r} was first used for {first}")
-            return answer
-        answer = self._route(method, path, json or {})
-        if idempotency_key is not None:
-            self.answers[idempotency_key] = (request, answer)
+            return self.service.llm.view()
+        identity = f"{method} /admin{path} {dumps(json, sort_keys=True)}"
+        status, answer = self.service.once(idempotency_key, identity, lambda: self._route(path, json or {}))
+        if status != 200:
+            raise ActionError(f"target {target.name!r}: {method} {path} answered {status}: {answer['error']}")
         return answer
 
-    def _route(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if m := re.fullmatch(r"/graphs/([^/]+)/llm", path):
-            return self.llm.switch(m[1], body["model"])
-        if m := re.fullmatch(r"/graphs/([^/]+)/limits", path):
-            return self.llm.set_limits(m[1], body.get("concurrency"), body.get("token_budget"))
-        if m := re.fullmatch(r"/tools/([^/]+)/(disable|enable)", path):
-            return self.llm.set_tool(m[1], m[2] == "enable")
-        if m := re.fullmatch(r"/graphs/([^/]+)/canary", path):
-            runs = int(body["runs"])
-            latencies = self.canary_latencies[:runs]
-            return {
-                "graph": m[1],
-                "model": self.llm.graph_models[m[1]],
-                "runs": runs,
-                "succeeded": runs - self.canary_failures,
-                "latencies_seconds": latencies,
-                "max_latency_seconds": max(latencies),
-            }
-        raise AssertionError(f"not in the contract: {method} {path}")
+    def _route(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        llm = self.service.llm
+        try:
+            if m := re.fullmatch(r"/graphs/([^/]+)/llm", path):
+                return 200, llm.switch_model(m[1], body["model"])
+            if m := re.fullmatch(r"/graphs/([^/]+)/limits", path):
+                return 200, llm.set_limits(m[1], body.get("concurrency"), body.get("token_budget"))
+            if m := re.fullmatch(r"/tools/([^/]+)/(disable|enable)", path):
+                return 200, llm.set_tool(m[1], m[2] == "enable")
+            if m := re.fullmatch(r"/graphs/([^/]+)/canary", path):
+                return 200, llm.canary(m[1], int(body["runs"]))
+        except SampleError as exc:
+            return exc.status_code, {"error": str(exc)}
+        raise AssertionError(f"not in the contract: POST {path}")
 
     def posts(self) -> list[tuple[str, Any]]:
         return [(path, body) for method, path, body, _key in self.requests if method != "GET"]
@@ -99,9 +89,9 @@ class MemoryAudit:
 class Runner:
     """Calls an action as the executor does (its blast-radius check, then the call), or plans it."""
 
-    def __init__(self, *targets: Target, **state: Any) -> None:
-        self.llm = LlmTarget.of(HttpTarget.model_validate({"graphs": ["chat", "summarize"], **state}))
-        self.api = ContractAdminApi(self.llm)
+    def __init__(self, *targets: Target) -> None:
+        self.service = SampleService(["chat", "summarize"])
+        self.api = InProcessAdminApi(self.service)
         self.audit = MemoryAudit()
         self.targets = targets or (langgraph(),)
         engine = make_engine("sqlite://")  # never used: the ports that reach a database are replaced
@@ -127,6 +117,13 @@ class Runner:
             raise BlastRadiusExceeded(f"blast radius: {refusal}")
         return spec.func(self.ctx(key), parsed)
 
+    def fault(self, **body: Any) -> None:
+        self.service.inject(FaultRequest.model_validate(body))
+
+    def models(self) -> dict[str, str]:
+        """Graph -> its model now."""
+        return {graph: state["model"] for graph, state in self.service.llm.view()["graphs"].items()}
+
     def plan(self, name: str, **params: Any) -> Plan:
         spec = registry.get(name)
         assert spec.plan is not None
@@ -142,7 +139,8 @@ def langgraph(**fields: Any) -> Target:
 
 
 def test_failover_moves_the_graph_to_the_next_healthy_model_and_the_rollback_moves_it_back() -> None:
-    run = Runner(unhealthy={CLAUDE: "overloaded"})
+    run = Runner()
+    run.fault(model=CLAUDE, llm_error="overloaded")
     plan = run.plan("llm.failover", graph="chat")
     assert plan.sentence == f"move graph chat on default {CLAUDE} → {GPT} (2 of 3 models healthy)"
     assert (plan.refused, plan.noop, plan.change["to"]) == (None, False, GPT)
@@ -155,7 +153,7 @@ def test_failover_moves_the_graph_to_the_next_healthy_model_and_the_rollback_mov
         "healthy": [GPT, GEMINI],
     }  # fmt: skip
     assert run.api.posts() == [("/graphs/chat/llm", {"model": GPT})]
-    assert run.llm.graph_models == {"chat": GPT, "summarize": CLAUDE}  # the other graph stays
+    assert run.models() == {"chat": GPT, "summarize": CLAUDE}  # the other graph stays
 
     # The rollback names the model it left: refused while that one is still failing ...
     back = {"graph": "chat", "to": moved.output["previous"]}
@@ -164,18 +162,20 @@ def test_failover_moves_the_graph_to_the_next_healthy_model_and_the_rollback_mov
     assert run.plan("llm.failover", **back).refused == refusal
     with pytest.raises(BlastRadiusExceeded, match=refusal) as refused:
         run("llm.failover", key="7:1001", **back)
-    assert not refused.value.retriable and run.llm.graph_models["chat"] == GPT
+    assert not refused.value.retriable and run.models()["chat"] == GPT
     # ... and done once it recovered.
-    run.llm.unhealthy.clear()
+    run.service.clear_faults()
     assert run("llm.failover", key="7:1002", **back).output["previous"] == GPT
-    assert run.llm.graph_models["chat"] == CLAUDE
+    assert run.models()["chat"] == CLAUDE
     assert registry.get("llm.failover").inverse == "llm.failover"
 
 
 def test_failover_wraps_around_the_order_and_never_lands_on_a_failing_model() -> None:
-    run = Runner(graph_models={"chat": GEMINI}, unhealthy={CLAUDE: "quota_exhausted"})
+    run = Runner()
+    run.service.llm.switch_model("chat", GEMINI)
+    run.fault(model=CLAUDE, llm_error="quota_exhausted")
     assert run.plan("llm.failover", graph="chat").change["to"] == GPT  # after the last: the first, failing: next
-    run.llm.unhealthy[GPT] = "rate_limited"
+    run.fault(model=GPT, llm_error="rate_limited", error_rate=0.3)  # failing some of the time is failing
     refusal = f"no healthy model to fail over to: {CLAUDE} quota_exhausted, {GPT} rate_limited"
     assert run.refusal("llm.failover", graph="chat") == refusal
     plan = run.plan("llm.failover", graph="chat")
@@ -185,7 +185,7 @@ def test_failover_wraps_around_the_order_and_never_lands_on_a_failing_model() ->
     )
     with pytest.raises(BlastRadiusExceeded, match=refusal):
         run("llm.failover", graph="chat")
-    assert run.api.posts() == [] and run.llm.graph_models["chat"] == GEMINI
+    assert run.api.posts() == [] and run.models()["chat"] == GEMINI
 
 
 def test_failover_follows_the_targets_llm_models_only() -> None:
@@ -215,12 +215,13 @@ def test_failover_follows_the_targets_llm_models_only() -> None:
 def test_a_retried_failover_sends_the_model_its_first_attempt_chose() -> None:
     """The first switch went through but its answer was lost: a retry that read the state again would
     choose the model after the new one, and the service would refuse the key with another body."""
-    run = Runner(unhealthy={CLAUDE: "overloaded"})
+    run = Runner()
+    run.fault(model=CLAUDE, llm_error="overloaded")
     first = run("llm.failover", key="9:0", graph="chat")
     again = run("llm.failover", key="9:0", graph="chat")
     assert again.output == first.output and again.output["previous"] == CLAUDE
     assert run.api.posts() == [("/graphs/chat/llm", {"model": GPT})] * 2
-    assert run.llm.graph_models["chat"] == GPT
+    assert run.models()["chat"] == GPT and run.service.idempotency_view()["keys"]["9:0"]["received"] == 2
     # Another step (another key) chooses afresh, from where the graph is now.
     assert run("llm.failover", key="10:0", graph="chat").value == GEMINI
 
@@ -229,7 +230,8 @@ def test_a_retried_failover_sends_the_model_its_first_attempt_chose() -> None:
 
 
 def test_limit_caps_a_graph_within_the_targets_floors_and_the_rollback_restores_the_caps() -> None:
-    run = Runner(langgraph(min_llm_concurrency=2, min_token_budget=5000), limits={"chat": {"token_budget": 50000}})
+    run = Runner(langgraph(min_llm_concurrency=2, min_token_budget=5000))
+    run.service.llm.set_limits("chat", None, 50000)
     plan = run.plan("llm.limit", graph="chat", concurrency=4, token_budget=20000)
     assert plan.sentence == (
         "cap graph chat on default: concurrency no cap, token budget 50000 tokens/min → concurrency 4, token budget "
@@ -245,7 +247,8 @@ def test_limit_caps_a_graph_within_the_targets_floors_and_the_rollback_restores_
     previous = {k: str(v) for k, v in capped.output["previous"].items()}
     run("llm.limit", key="3:1001", graph="chat", concurrency=previous["concurrency_limit"],
         token_budget=previous["token_budget"])  # fmt: skip
-    assert run.llm.caps("chat") == {"concurrency_limit": None, "token_budget": 50000}
+    caps = run.service.llm.view()["graphs"]["chat"]
+    assert (caps["concurrency_limit"], caps["token_budget"]) == (None, 50000)
 
     below = "on graph 'chat' is below target 'default''s"
     for params, refusal in (
@@ -306,38 +309,52 @@ def test_tool_disable_is_bounded_by_max_disabled_tools_and_enable_undoes_it() ->
 
 
 def test_canary_passes_when_enough_runs_succeed_within_the_latency_bound_else_fails_the_step() -> None:
-    run = Runner(graph_models={"chat": GPT})
-    plan = run.plan("graph.canary", graph="chat", runs=5, max_latency="2s")
+    run = Runner()
+    run.service.llm.switch_model("chat", GPT)
+    plan = run.plan("graph.canary", graph="chat", runs=5, max_latency="5s")
     assert plan.sentence == (
-        f"send 5 canary runs through graph chat on default ({GPT}, healthy now); pass when 5 succeed within 2 s"
+        f"send 5 canary runs through graph chat on default ({GPT}, healthy now); pass when 5 succeed within 5 s"
     )
     assert not plan.noop and run.api.posts() == []  # a plan sends no runs
-    passed = run("graph.canary", graph="chat", runs=5, max_latency="2s")
-    assert passed.value == 5 and passed.output["model"] == GPT and passed.output["latencies_seconds"] == [0.2] * 5
+    passed = run("graph.canary", graph="chat", runs=5, max_latency="5s")
+    assert passed.value == 5 and passed.output["model"] == GPT and passed.output["outcomes"] == ["ok"] * 5
+    assert len(passed.output["latencies_seconds"]) == 5 and passed.output["slowest_seconds"] < 5
     # A canary measures now: no idempotency key, so a retried step sends new runs.
     assert [key for method, _, _, key in run.api.requests if method == "POST"] == [None]
 
-    run.api.canary_latencies = [0.2, 0.3, 3.5, 0.2, 0.4]
+    run.fault(model=GPT, ttft_seconds=8)  # every run succeeds, too slowly
     with pytest.raises(ActionError) as slow:
-        run("graph.canary", graph="chat", runs=5, max_latency="2s")
-    assert str(slow.value) == (
-        f"canary on graph chat ({GPT}) on default: 4 of 5 runs succeeded within 2 s, 5 needed "
-        "(5 succeeded; slowest 3.5 s)"
+        run("graph.canary", graph="chat", runs=5, max_latency="5s")
+    assert str(slow.value).startswith(
+        f"canary on graph chat ({GPT}) on default: 0 of 5 runs succeeded within 5 s, 5 needed (5 succeeded; slowest "
     )
-    assert not slow.value.retriable and slow.value.output["within_latency"] == 4
-    assert run("graph.canary", graph="chat", runs=5, max_latency="2s", min_success=4).value == 4
-    run.api.canary_failures = 2
-    with pytest.raises(ActionError, match="3 of 5 runs succeeded within 2 s, 4 needed") as failing:
-        run("graph.canary", graph="chat", runs=5, max_latency="2s", min_success=4, retriable=True)
-    assert failing.value.retriable
+    assert not slow.value.retriable and slow.value.output["within_latency"] == 0
+    assert run("graph.canary", graph="chat", runs=3, max_latency="30s").value == 3
+
+    run.service.clear_faults()
+    run.fault(model=GPT, llm_error="overloaded")  # failed runs answer fast: they still do not count
+    with pytest.raises(ActionError, match="0 of 5 runs succeeded within 5 s, 4 needed \\(0 succeeded") as failing:
+        run("graph.canary", graph="chat", runs=5, max_latency="5s", min_success=4, retriable=True)
+    assert failing.value.retriable and failing.value.output["outcomes"] == ["overloaded"] * 5
+    assert max(failing.value.output["latencies_seconds"]) < 1
     with pytest.raises(ValueError, match="min_success 6 is more than the 5 runs sent"):
         registry.get("graph.canary").params.model_validate({"graph": "chat", "runs": 5, "min_success": 6})
     with pytest.raises(ValueError, match="less than or equal to 20"):
         registry.get("graph.canary").params.model_validate({"graph": "chat", "runs": 21})
 
 
+def test_a_canary_answer_without_outcomes_counts_no_more_successes_than_fast_runs() -> None:
+    """The contract's answer pairs nothing: a run within the bound may be a fast failure."""
+    answer = {"succeeded": 2, "latencies_seconds": [0.1, 0.2, 9.0, 9.0]}
+    assert count_within(answer, 5.0) == 2
+    assert count_within({**answer, "succeeded": 4}, 5.0) == 2
+    paired = {**answer, "outcomes": ["overloaded", "ok", "ok", "ok"]}
+    assert count_within(paired, 5.0) == 1 and count_within(paired, 10.0) == 3
+
+
 def test_the_plan_of_a_canary_on_a_failing_model_says_so() -> None:
-    run = Runner(unhealthy={CLAUDE: "overloaded"})
+    run = Runner()
+    run.fault(model=CLAUDE, llm_error="overloaded")
     assert "(anthropic/claude-sonnet-4, overloaded now)" in run.plan("graph.canary", graph="chat").sentence
 
 

@@ -153,6 +153,16 @@ def test_a_failing_scenario_names_file_and_line_and_shows_a_diff(
             ":2: targets.langgraph-k8s.replicas: Field required",
         ),
         (
+            "targets:\n  langgraph: {graphs: [a], unhealthy: {openai/gpt-5: overloaded}}\nalerts:\n"
+            "  - {at: 0s, labels: {alertname: X}}\nexpect: {}\n",
+            ":2: targets.langgraph: models of `unhealthy` ['openai/gpt-5'] are not in `models`",
+        ),
+        (
+            "targets:\n  langgraph: {graphs: [a], models: [gpt-4o]}\nalerts:\n  - {at: 0s, labels: {alertname: X}}\n"
+            "expect: {}\n",
+            ":2: targets.langgraph.models[0]: 'gpt-4o' is not `provider/model`",
+        ),
+        (
             "enable: [no-such-rule]\nalerts:\n  - {at: 0s, labels: {alertname: X}}\nexpect: {}\n",
             ":1: enable[0]: no rule 'no-such-rule' in the rules",
         ),
