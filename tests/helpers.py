@@ -193,6 +193,21 @@ def action_context(
     )
 
 
+class MemoryAudit:
+    """The audit port in memory, for an action called directly (no execution row for its trail to name):
+    what it records, and reads back (llm.failover's choice, read by a retry of the step)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int | None, dict[str, Any]]] = []
+
+    def record(self, *, actor: str, action: str, incident_id: int | None, execution_id: int | None,
+               detail: dict[str, Any], now: datetime) -> None:  # fmt: skip
+        self.rows.append((action, execution_id, detail))
+
+    def details(self, action: str, *, execution_id: int | None = None, incident_id: int | None = None) -> list[Any]:
+        return [d for a, e, d in reversed(self.rows) if a == action and e == execution_id]
+
+
 def console_users(**roles: str) -> list[dict[str, str]]:
     """Console users by name (name=role), each logging in with PASSWORD."""
     return [{"name": name, "role": role, "password_hash": PASSWORD_HASH} for name, role in roles.items()]

@@ -27,6 +27,7 @@ from controlplane.rules.schema import Target
 from controlplane.sample.bodies import FaultRequest
 from controlplane.sample.errors import SampleError
 from controlplane.sample.service import SampleService
+from tests.helpers import MemoryAudit
 
 registry = build_registry()
 CLAUDE, GPT, GEMINI = "anthropic/claude-sonnet-4", "openai/gpt-4o", "google/gemini-2.5-pro"
@@ -70,20 +71,6 @@ class InProcessAdminApi:
 
     def posts(self) -> list[tuple[str, Any]]:
         return [(path, body) for method, path, body, _key in self.requests if method != "GET"]
-
-
-class MemoryAudit:
-    """The audit port in memory: what llm.failover records before a switch, read back by a retry."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, int | None, dict[str, Any]]] = []
-
-    def record(self, *, actor: str, action: str, incident_id: int | None, execution_id: int | None,
-               detail: dict[str, Any], now: datetime) -> None:  # fmt: skip
-        self.rows.append((action, execution_id, detail))
-
-    def details(self, action: str, *, execution_id: int | None = None, incident_id: int | None = None) -> list[Any]:
-        return [d for a, e, d in reversed(self.rows) if a == action and e == execution_id]
 
 
 class Runner:
