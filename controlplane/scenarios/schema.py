@@ -27,6 +27,7 @@ compared item by item, in order, and must have as many items as the scenario giv
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from controlplane.durations import Duration
 from controlplane.rules.schema import LlmModel
 from controlplane.rules.source import RuleFileError, Source, read_source
 from controlplane.sample.bodies import LLMError
-from controlplane.sample.llm import DEFAULT_MODELS, DEFAULT_TOOLS
+from controlplane.sample.llm import DEFAULT_MODELS, DEFAULT_TOOLS, MODEL_ID
 
 START = datetime(2026, 1, 1, tzinfo=UTC)  # the fake clock's 0s, unless a scenario says `start`
 LIMIT = timedelta(days=7)  # how far a scenario's clock may run: a test, not a simulation of a quarter
@@ -113,6 +114,14 @@ class HttpTarget(_Strict):
     tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
     disabled_tools: list[str] = Field(default_factory=list)
     limits: dict[str, Limits] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _modelled(cls, models: list[str]) -> list[str]:
+        for model in models:  # what the sample service can hold (its model part has no '/')
+            if not re.fullmatch(MODEL_ID, model):
+                raise ValueError(f"{model!r}: the scenario's sample service takes models matching {MODEL_ID}")
+        return models
 
     @model_validator(mode="after")
     def _known(self) -> HttpTarget:
