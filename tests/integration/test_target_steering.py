@@ -135,6 +135,10 @@ def test_a_graph_name_that_would_change_the_request_path_fails_the_step_without_
         ("alertmanager.expire_silence", "silence_id", "a/b"),
         ("alertmanager.expire_silence", "silence_id", ".."),
         ("failover.switch", "service", ".."),
+        ("tool.disable", "tool", ".."),
+        ("tool.enable", "tool", "search/../../graphs"),
+        ("graph.canary", "graph", "chat/disable"),
+        ("llm.limit", "graph", "."),
     ],
 )
 def test_inputs_that_go_into_a_url_path_are_refused_by_their_action(action: str, field: str, value: str) -> None:
