@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -409,3 +410,15 @@ def test_the_model_catalogue_is_configurable_and_checked() -> None:
         timeout=60,
     )
     assert refused.returncode == 2 and "model 'gpt-4o' is not provider/model" in refused.stderr
+
+
+def test_the_readme_documents_every_metric_the_sample_exports(sample: Sample) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Its metrics", 1)[1].split("### Its admin API", 1)[0]
+    documented = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    exported = {
+        f.name + ("_total" if f.type == "counter" else "")
+        for f in text_string_to_metric_families(sample.http.get("/metrics").text)
+        if not f.name.endswith("_created")  # prometheus_client's creation timestamps
+    }
+    assert documented == exported
