@@ -37,7 +37,7 @@ from controlplane.actions.base import (
     action,
 )
 from controlplane.actions.graph import GRAPH_NAME, TIMEOUT_SECONDS, GraphName, target_name
-from controlplane.durations import Duration, spoken
+from controlplane.durations import Duration, format_duration, spoken
 from controlplane.rules.schema import LlmModel, Target
 
 CHOSEN = "llm.failover.chosen"  # audited before the switch: a retried step keeps the model it chose
@@ -556,12 +556,19 @@ class CanaryParams(Params):
     def needed(self) -> int:
         return self.min_success or self.runs
 
+    @property
+    def bound(self) -> str:
+        """max_latency as a person reads it; under a second in milliseconds (`spoken` would say `0 s`)."""
+        return (
+            spoken(self.max_latency) if self.max_latency >= timedelta(seconds=1) else format_duration(self.max_latency)
+        )
+
 
 def _canary_passed(params: CanaryParams, output: dict[str, Any]) -> str:
     graph, target = output.get("graph", params.graph), output.get("target", params.target)
     return (
         f"Canary on graph {graph} ({output.get('model')}) on {target}: {output.get('value')} of "
-        f"{output.get('runs', params.runs)} runs succeeded within {spoken(params.max_latency)}"
+        f"{output.get('runs', params.runs)} runs succeeded within {params.bound}"
     )
 
 
@@ -573,7 +580,7 @@ def _plan_canary(ctx: ActionContext, params: CanaryParams) -> Plan:
     health = view.health(model)
     sentence = (
         f"send {params.runs} canary runs through graph {params.graph} on {target.name} ({model}, {health} now); "
-        f"pass when {params.needed} succeed within {spoken(params.max_latency)}"
+        f"pass when {params.needed} succeed within {params.bound}"
     )
     change = {
         "graph": params.graph,
@@ -638,7 +645,7 @@ def canary(ctx: ActionContext, params: CanaryParams) -> ActionResult:
     if within < params.needed:
         raise ActionError(
             f"canary on graph {params.graph} ({answer.get('model')}) on {target.name}: {within} of "
-            f"{output['runs']} runs succeeded within {spoken(params.max_latency)}, {params.needed} needed "
+            f"{output['runs']} runs succeeded within {params.bound}, {params.needed} needed "
             f"({succeeded} succeeded; slowest {output['slowest_seconds']:.3g} s)",
             retriable=params.retriable,
             output=output,

@@ -324,6 +324,8 @@ def test_canary_passes_when_enough_runs_succeed_within_the_latency_bound_else_fa
         run("graph.canary", graph="chat", runs=5, max_latency="5s", min_success=4, retriable=True)
     assert failing.value.retriable and failing.value.output["outcomes"] == ["overloaded"] * 5
     assert max(failing.value.output["latencies_seconds"]) < 1
+    with pytest.raises(ActionError, match="0 of 1 runs succeeded within 300ms"):
+        run("graph.canary", graph="chat", runs=1, max_latency="300ms")
     with pytest.raises(ValueError, match="min_success 6 is more than the 5 runs sent"):
         registry.get("graph.canary").params.model_validate({"graph": "chat", "runs": 5, "min_success": 6})
     with pytest.raises(ValueError, match="less than or equal to 20"):
