@@ -1,4 +1,9 @@
-"""Owns what `controlplane demo` does and prints: inject a fault, narrate the loop as it happens, print the timeline."""
+"""Owns what `controlplane demo` does and prints: inject a fault, narrate the loop as it happens, print the timeline.
+
+Two acts, each a whole loop on its own incident: a graph starts failing and is disabled (act 1);
+the primary LLM provider starts answering 529 (overloaded), the graphs still on it fail over to
+the next healthy model and a canary proves it (act 2).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,23 @@ from typing import Any, TextIO
 from controlplane.demo.stack import MissingBinaries, Stack
 
 ALERT = "LangGraphHighErrorRate"
+PROVIDER_ALERT = "LLMProviderErrors"
 TERMINAL = frozenset({"suppressed", "succeeded", "failed", "rolled_back", "cancelled", "dry_run"})
 
 
 class Narrator:
-    """Polls every API of the stack and prints each change of the loop once, as it happens."""
+    """Polls every API of the stack and prints each change of one act's loop once, as it happens.
 
-    def __init__(self, stack: Stack, graph: str, out: TextIO) -> None:
+    Act 1 (`graph` given) watches a failing graph; act 2 (`model` given) a failing LLM model.
+    """
+
+    def __init__(
+        self, stack: Stack, out: TextIO, *, alert: str = ALERT, graph: str | None = None, model: str | None = None
+    ) -> None:
         self.stack = stack
+        self.alert = alert
         self.graph = graph
+        self.model = model
         self.out = out
         self.started = time.monotonic()
         self.seen: set[str] = set()
@@ -35,20 +48,25 @@ class Narrator:
 
     def poll(self) -> bool:
         """Print what changed since the last poll, in the loop's order; True once incident and executions ended."""
-        s = self.stack
-        firing = s.prometheus_alerts(ALERT)
+        s, name = self.stack, self.alert
+        firing = s.prometheus_alerts(name)
         for alert in firing:
-            value = float(alert["value"])
-            where = f"graph {alert['labels'].get('graph_name')} failing {value:.0%} of executions"
-            self.say(f"prom-{alert['state']}", f"Prometheus: {ALERT} {alert['state']} ({where})")
-        if "prom-firing" in self.seen and not firing:
-            self.say("prom-resolved", f"Prometheus: {ALERT} no longer firing")
-        for alert in s.api("/api/v1/alerts", alertname=ALERT)["items"]:
+            labels, value = alert["labels"], float(alert["value"])
+            if self.model is None:
+                where = f"graph {labels.get('graph_name')} failing {value:.0%} of executions"
+            else:
+                model = f"{labels.get('gen_ai_provider_name')}/{labels.get('gen_ai_request_model')}"
+                where = f"{model} answers {labels.get('outcome')} to {value:.0%} of graph {labels.get('graph_name')}"
+            key = f"prom-{alert['state']}-{labels.get('graph_name')}"
+            self.say(key, f"Prometheus: {name} {alert['state']} ({where})")
+        if any(key.startswith("prom-firing") for key in self.seen) and not firing:
+            self.say("prom-resolved", f"Prometheus: {name} no longer firing")
+        for alert in s.api("/api/v1/alerts", alertname=name)["items"]:
             received = f"received {alert['receive_count']}x from Alertmanager"
             self.say(f"alert-{alert['id']}", f"control plane: webhook stored alert #{alert['id']} ({received})")
             if alert["status"] == "resolved":
                 self.say(f"alert-{alert['id']}-resolved", f"control plane: alert #{alert['id']} resolved (notified)")
-        incident = s.incident_for(ALERT)
+        incident = s.incident_for(name)
         executions: list[dict[str, Any]] = []
         if incident is not None:
             url = f"{s.controlplane_url}/incidents/{incident['id']}"
@@ -58,10 +76,7 @@ class Narrator:
             executions = s.api("/api/v1/executions", incident_id=incident["id"])["items"]
             for execution in reversed(executions):
                 self._execution(execution["id"])
-        graphs = {g["name"]: g["enabled"] for g in s.admin("GET", "/graphs")["graphs"]}
-        if not graphs.get(self.graph, True):
-            self.say("disabled", f"sample service: graph {self.graph} is disabled, no longer executed")
-        self._error_rate()
+        self._sample_side()
         self.incident, self.executions = incident, executions
         ended = all(e["status"] in TERMINAL for e in executions)
         return incident is not None and incident["status"] == "resolved" and bool(executions) and ended
@@ -82,14 +97,29 @@ class Narrator:
         if detail["status"] not in ("pending", "running", "waiting"):
             self.say(f"exec-{execution_id}-end", f"control plane: {name} {detail['status']}: {detail['summary']}")
 
-    def _error_rate(self) -> None:
-        """Errors/s of the failing graph, printed every 2 s while it changes: rising, then falling to 0."""
+    def _sample_side(self) -> None:
+        """What the sample service shows: the graph disabled (act 1), graphs moved off the model (act 2)."""
+        s = self.stack
+        if self.graph is not None:
+            graphs = {g["name"]: g["enabled"] for g in s.admin("GET", "/graphs")["graphs"]}
+            if not graphs.get(self.graph, True):
+                self.say("disabled", f"sample service: graph {self.graph} is disabled, no longer executed")
+            self._rate(f"errors/s of graph {self.graph}", s.error_rate(self.graph))
+            return
+        assert self.model is not None
+        for graph, state in s.admin("GET", "/llm")["graphs"].items():
+            if state["model"] != self.model:
+                self.say(f"moved-{graph}", f"sample service: graph {graph} now runs on {state['model']}")
+        self._rate(f"failed requests/s to {self.model}", s.llm_error_rate(self.model))
+
+    def _rate(self, what: str, value: float) -> None:
+        """A rate, printed every 2 s while it changes: rising, then falling to 0."""
         now = time.monotonic()
         if now - self.last_rate_at < 2:
             return
-        rate = round(self.stack.error_rate(self.graph), 1)
+        rate = round(value, 1)
         if rate != self.last_rate and (rate or self.last_rate):
-            print(f"[{now - self.started:6.1f}s]   errors/s of graph {self.graph}: {rate:g}", file=self.out, flush=True)
+            print(f"[{now - self.started:6.1f}s]   {what}: {rate:g}", file=self.out, flush=True)
             self.last_rate, self.last_rate_at = rate, now
 
 
@@ -129,22 +159,26 @@ def _print_urls(stack: Stack, out: TextIO) -> None:
 
 
 def _drive(stack: Stack, *, graph: str, timeout: float, keep: bool, out: TextIO) -> int:
-    print(f"\ninjecting faults: graph {graph} now fails every execution (error_rate 1.0)", file=out, flush=True)
+    print(f"\nact 1: graph {graph} now fails every execution (fault error_rate 1.0)", file=out, flush=True)
     stack.admin("POST", "/faults", {"graph": graph, "error_rate": 1.0})
-    narrator = Narrator(stack, graph, out)
-    deadline = time.monotonic() + timeout
-    while not narrator.poll():
-        if time.monotonic() > deadline:
-            print(f"\nthe loop did not complete within {timeout:g}s.\n{stack.logs()}", file=out, flush=True)
-            return 1
-        time.sleep(0.5)
-    took = time.monotonic() - narrator.started
-    assert narrator.incident is not None
-    _print_timeline(stack, narrator.incident["id"], out)
-    if any(e["status"] != "succeeded" for e in narrator.executions):
-        print(f"\nthe playbook did not succeed.\n{stack.logs()}", file=out, flush=True)
+    first = _act(stack, Narrator(stack, out, graph=graph), timeout, out)
+    if first is None:
         return 1
-    print(f"\nloop complete in {took:.0f}s: alert -> incident -> playbook -> graph disabled -> resolved", file=out)
+    print(f"\nact 1 complete in {first:.0f}s: alert -> incident -> playbook -> graph disabled -> resolved", file=out)
+
+    model = stack.admin("GET", "/llm")["models"][0]["model"]
+    print(f"\nact 2: {model}, the primary model, now answers 529 overloaded to every request", file=out, flush=True)
+    stack.admin("POST", "/faults", {"model": model, "llm_error": "overloaded", "error_rate": 1.0})
+    narrator = Narrator(stack, out, alert=PROVIDER_ALERT, model=model)
+    second = _act(stack, narrator, timeout, out)
+    if second is None:
+        return 1
+    moved = sorted({state["model"] for state in stack.admin("GET", "/llm")["graphs"].values()} - {model})
+    print(
+        f"\nact 2 complete in {second:.0f}s: provider 529 -> alert -> failover to {', '.join(moved)} "
+        "-> canary passed -> resolved",
+        file=out,
+    )
     if keep:
         print("the stack keeps running; Ctrl-C stops it.", file=out, flush=True)
         while True:  # until Ctrl-C, or until one of the processes dies (then say which, and why)
@@ -152,6 +186,23 @@ def _drive(stack: Stack, *, graph: str, timeout: float, keep: bool, out: TextIO)
             for process in stack.processes:
                 process.check_alive()
     return 0
+
+
+def _act(stack: Stack, narrator: Narrator, timeout: float, out: TextIO) -> float | None:
+    """Narrate one act until its incident resolved and its executions ended; its duration, None if it failed."""
+    deadline = time.monotonic() + timeout
+    while not narrator.poll():
+        if time.monotonic() > deadline:
+            print(f"\nthe loop did not complete within {timeout:g}s.\n{stack.logs()}", file=out, flush=True)
+            return None
+        time.sleep(0.5)
+    took = time.monotonic() - narrator.started
+    assert narrator.incident is not None
+    _print_timeline(stack, narrator.incident["id"], out)
+    if any(e["status"] != "succeeded" for e in narrator.executions):
+        print(f"\nthe playbook did not succeed.\n{stack.logs()}", file=out, flush=True)
+        return None
+    return took
 
 
 def _print_timeline(stack: Stack, incident_id: int, out: TextIO) -> None:

@@ -359,6 +359,14 @@ class Stack:
         result = self.query(f'sum(rate(langgraph_executions_total{{graph_name="{graph}",status="error"}}[{window}]))')
         return float(result[0]["value"][1]) if result else 0.0
 
+    def llm_error_rate(self, model: str) -> float:
+        """Failed LLM requests per second to `model` (`provider/name`), over the alert's (scaled) window."""
+        provider, _, name = model.partition("/")
+        window = scale("5m", self.time_scale, minimum=5)
+        labels = f'gen_ai_provider_name="{provider}",gen_ai_request_model="{name}",outcome!="ok"'
+        result = self.query(f"sum(rate(langgraph_llm_requests_total{{{labels}}}[{window}]))")
+        return float(result[0]["value"][1]) if result else 0.0
+
 
 def _env_without_controlplane() -> dict[str, str]:
     # The children get their settings from the stack alone: a stray CONTROLPLANE_* would change them.

@@ -35,6 +35,8 @@ pytestmark = pytest.mark.slow
 
 ERROR_ALERT = "LangGraphHighErrorRate"
 CHECKPOINT_ALERT = "LangGraphCheckpointFailures"
+PROVIDER_ALERT = "LLMProviderErrors"
+QUOTA_ALERT = "LLMQuotaExhausted"
 GRAPH = "chat"
 # The playbook's steps in order; each must appear as step.succeeded on the incident's timeline.
 DISABLE_STEPS = ["prometheus.top", "graph.disable", "incident.annotate", "notify.oncall", "verify.resolved"]
@@ -184,6 +186,98 @@ def test_checkpoint_failures_switch_to_backup_storage(stack: Stack) -> None:
     assert (switch["status"], switch["output"]["previous"]) == ("succeeded", "primary")
 
 
+def llm_requests(stack: Stack, model: str, outcome: str | None = None) -> float:
+    """The sample's own count of LLM requests to `model` (`provider/name`), from its /metrics."""
+    provider, _, name = model.partition("/")
+    text = stack.http.get(f"{stack.sample_url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "langgraph_llm_requests_total"
+        and (sample.labels["gen_ai_provider_name"], sample.labels["gen_ai_request_model"]) == (provider, name)
+        and outcome in (None, sample.labels["outcome"])
+    )
+
+
+def graphs_on(stack: Stack, model: str) -> list[str]:
+    return sorted(g for g, state in stack.admin("GET", "/llm")["graphs"].items() if state["model"] == model)
+
+
+def run_llm_loop(stack: Stack, fault: dict[str, Any], alertname: str) -> tuple[list[dict[str, Any]], float, list[str]]:
+    """Inject `fault` on the graphs' model, wait until the alert's incident resolved and its runs ended; their
+    details, the seconds from the fault to the resolved incident, and the graphs that were on the model."""
+    model = fault["model"]
+    graphs = graphs_on(stack, model)
+    assert graphs, f"no graph runs on {model}"
+    injected = time.monotonic()
+    stack.admin("POST", "/faults", fault)
+    try:
+        incident = wait_for(stack, lambda: resolved_incident(stack, alertname), f"{alertname} fires and resolves", 90)
+        took = time.monotonic() - injected
+        runs = wait_for(stack, lambda: finished_executions(stack, incident["id"]), "the playbooks finish", 30)
+        details = [stack.api(f"/api/v1/executions/{run['id']}") for run in runs]
+        moved = {graph: stack.admin("GET", "/llm")["graphs"][graph]["model"] for graph in graphs}
+    finally:
+        stack.admin("DELETE", "/faults")
+        for graph in graphs:
+            stack.admin("POST", f"/graphs/{graph}/llm", {"model": model})
+    assert all(to != model for to in moved.values()), f"graphs still on {model}: {moved}"
+    return details, took, graphs
+
+
+def steps_of(execution: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(step["action"], step["status"]) for step in execution["steps"] if step["phase"] == "forward"]
+
+
+def test_a_provider_outage_fails_graphs_over_and_a_canary_proves_it(stack: Stack) -> None:
+    """The primary model answers 529 overloaded: each graph on it moves to the next healthy model, the canary
+    passes there, and the alert, no longer fed, resolves the incident."""
+    model = stack.admin("GET", "/llm")["models"][0]["model"]
+    fault = {"model": model, "llm_error": "overloaded", "error_rate": 1.0}
+    executions, took, graphs = run_llm_loop(stack, fault, PROVIDER_ALERT)
+    print(f"provider outage: fault -> resolved incident in {took:.1f}s (alert windows / {stack.time_scale:g})")
+    assert sorted(e["steps"][0]["inputs"]["graph"] for e in executions) == graphs  # one run per graph
+    for execution in executions:
+        assert (execution["rule_name"], execution["status"]) == ("llm-provider-outage", "succeeded"), execution
+        assert steps_of(execution) == [
+            ("llm.failover", "succeeded"),
+            ("graph.canary", "succeeded"),
+            ("incident.annotate", "succeeded"),
+            ("notify.oncall", "succeeded"),
+            ("verify.resolved", "succeeded"),
+        ]
+        failover, canary = execution["steps"][0], execution["steps"][1]
+        assert failover["output"]["previous"] == model and failover["output"]["value"] != model
+        assert canary["output"]["value"] == 5  # every synthetic run succeeded on the new model
+
+
+def test_an_exhausted_quota_pages_and_fails_over_without_a_retry_storm(stack: Stack) -> None:
+    """Quota refusals cannot be retried away: on-call is paged first, the graphs leave the model, and the
+    requests to the exhausted model stop there (bounded: nothing keeps calling it)."""
+    model = stack.admin("GET", "/llm")["graphs"]["search"]["model"]
+    refused_before = llm_requests(stack, model, "quota_exhausted")
+    fault = {"model": model, "llm_error": "quota_exhausted", "error_rate": 1.0}
+    executions, took, graphs = run_llm_loop(stack, fault, QUOTA_ALERT)
+    refused = llm_requests(stack, model, "quota_exhausted") - refused_before
+    print(f"quota exhausted: fault -> resolved incident in {took:.1f}s; {refused:g} requests refused for quota")
+    for execution in executions:
+        assert (execution["rule_name"], execution["status"]) == ("llm-quota-exhausted", "succeeded"), execution
+        assert [action for action, _ in steps_of(execution)] == [
+            "notify.oncall",  # paged before anything else
+            "llm.failover",
+            "graph.canary",
+            "verify.resolved",
+        ]
+        retried = [s["action"] for s in execution["steps"] if s["attempts"] > 1 and s["action"] != "verify.resolved"]
+        assert not retried, f"retried against a refusing provider: {retried}"  # verify.resolved polls, by design
+    # Bounded: at most one request per graph per tick reached the model while the alert took to fire and act
+    # (no retries on top), and none after: the graphs left it.
+    assert 0 < refused <= len(graphs) * (took / stack.tick + 5)
+    time.sleep(10 * stack.tick)
+    assert llm_requests(stack, model, "quota_exhausted") - refused_before == refused
+
+
 def test_replay_reproduces_the_loops_history(stack: Stack) -> None:
     """`controlplane replay` of what the loops above stored, with the rules in force (the stack's sped-up
     copy), makes every decision the service made; and it reads the database while the service runs."""
@@ -202,7 +296,9 @@ def test_replay_reproduces_the_loops_history(stack: Stack) -> None:
         engine.dispose()
     assert report.reproduces, report.lines()
     ran = {r.rule: r.ran for r in report.per_rule}
-    assert ran.get("high-error-rate", 0) >= 1 and ran.get("checkpoint-failures", 0) >= 1, report.lines()
+    assert all(ran.get(rule, 0) >= 1 for rule in ("high-error-rate", "checkpoint-failures", "llm-provider-outage")), (
+        report.lines()
+    )
 
 
 def test_clustered_alertmanagers_run_the_playbook_once(tmp_path: Path) -> None:
