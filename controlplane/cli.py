@@ -129,6 +129,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_sample_app(args: argparse.Namespace) -> int:
     from controlplane.sample.app import serve
+    from controlplane.sample.llm import parse_models
 
     try:
         token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
@@ -140,8 +141,17 @@ def cmd_sample_app(args: argparse.Namespace) -> int:
         return 2
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()]
     try:
-        serve(host=args.host, port=args.port, graphs=graphs, interval=args.interval, admin_token=token, seed=args.seed)
-    except ValueError as exc:  # a graph name the service refuses
+        models = parse_models(args.llm_models)
+        serve(
+            host=args.host,
+            port=args.port,
+            graphs=graphs,
+            interval=args.interval,
+            admin_token=token,
+            seed=args.seed,
+            models=models,
+        )
+    except ValueError as exc:  # a graph name or model the service refuses
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -363,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--interval", type=float, default=0.2, help="seconds between runs of each graph")
     sample.add_argument("--admin-token-file", type=Path, help="file holding the /admin API's bearer token")
     sample.add_argument("--seed", type=int, default=0, help="seed of the simulated outcomes")
+    sample.add_argument(
+        "--llm-models",
+        default="anthropic/claude-sonnet-4,openai/gpt-4o,google/gemini-2.5-pro",
+        help="comma-separated provider/model catalogue; every graph starts on the first",
+    )
     sample.set_defaults(func=cmd_sample_app)
     provision = sub.add_parser("provision", help="push shipped configuration into the tools around the control plane")
     targets = provision.add_subparsers(dest="target", required=True)

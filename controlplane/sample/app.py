@@ -10,21 +10,25 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controlplane.sample.service import (
+from controlplane.sample.bodies import (
+    CanaryRequest,
     CleanupRequest,
     DisableRequest,
     FaultRequest,
-    SampleError,
-    SampleService,
+    LimitsRequest,
+    ModelRequest,
     SwitchRequest,
 )
+from controlplane.sample.errors import SampleError
+from controlplane.sample.llm import DEFAULT_MODELS
+from controlplane.sample.service import SampleService
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 
@@ -112,6 +116,33 @@ def create_app(service: SampleService, *, interval: float = 0.2, admin_token: st
     def enable(name: str, request: Request, key: IdempotencyKey = None) -> JSONResponse:
         return command(request, key, None, lambda: service.enable(name))
 
+    @admin.get("/llm")
+    def llm() -> dict[str, Any]:
+        return service.llm.view()
+
+    @admin.post("/graphs/{name}/llm")
+    def switch_model(name: str, body: ModelRequest, request: Request, key: IdempotencyKey = None) -> JSONResponse:
+        return command(request, key, body, lambda: service.llm.switch_model(name, body.model))
+
+    @admin.post("/graphs/{name}/limits")
+    def limits(name: str, body: LimitsRequest, request: Request, key: IdempotencyKey = None) -> JSONResponse:
+        return command(request, key, body, lambda: service.llm.set_limits(name, body.concurrency, body.token_budget))
+
+    @admin.post("/graphs/{name}/canary")
+    def canary(
+        name: str, request: Request, key: IdempotencyKey = None, body: CanaryRequest | None = None
+    ) -> JSONResponse:
+        runs = body.runs if body is not None else CanaryRequest().runs
+        return command(request, key, body, lambda: service.llm.canary(name, runs))
+
+    @admin.post("/tools/{name}/disable")
+    def disable_tool(name: str, request: Request, key: IdempotencyKey = None) -> JSONResponse:
+        return command(request, key, None, lambda: service.llm.set_tool(name, enabled=False))
+
+    @admin.post("/tools/{name}/enable")
+    def enable_tool(name: str, request: Request, key: IdempotencyKey = None) -> JSONResponse:
+        return command(request, key, None, lambda: service.llm.set_tool(name, enabled=True))
+
     @admin.get("/storage")
     def storage() -> dict[str, Any]:
         return service.storage_view()
@@ -156,6 +187,7 @@ def serve(
     interval: float,
     admin_token: str | None = None,
     seed: int = 0,
+    models: Sequence[str] = DEFAULT_MODELS,
 ) -> None:
     """Run the sample service in the foreground (the `controlplane sample-app` command)."""
     import signal
@@ -165,5 +197,6 @@ def serve(
 
     # uvicorn re-raises SIGTERM after its graceful shutdown; a clean stop should exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    app = create_app(SampleService(graphs, seed=seed), interval=interval, admin_token=admin_token)
+    service = SampleService(graphs, seed=seed, models=models)  # before uvicorn: a bad name exits 2, not a traceback
+    app = create_app(service, interval=interval, admin_token=admin_token)
     uvicorn.run(app, host=host, port=port, access_log=False, timeout_graceful_shutdown=5)

@@ -1,5 +1,7 @@
 """Owns the sample service's state: graphs, checkpoint storage, injected faults, seed 004's metrics, idempotency.
 
+Its LLM side (models, tools, run queue, tokens, canaries) is `llm.LLMRuntime`, composed here as `llm`.
+
 Executions are simulated, not slept: each tick "runs" every enabled graph once, draws its
 outcome from a seeded random generator (error_rate 0 or 1 makes it certain) and records the
 duration it would have taken. That keeps the service deterministic and cheap enough for tests
@@ -8,18 +10,23 @@ while its /metrics look like a LangGraph deployment's.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Backend = Literal["primary", "backup"]
+from controlplane.sample.bodies import Backend, DisableRequest, FaultRequest
+from controlplane.sample.errors import Refused, SampleError, UnknownGraph, unknown
+from controlplane.sample.llm import DEFAULT_MODELS, DEFAULT_TOOLS, LLMRuntime
+
+__all__ = ["Answer", "DisableRequest", "FaultRequest", "Refused", "SampleError", "SampleService", "UnknownGraph"]
+
 BACKENDS: tuple[Backend, ...] = ("primary", "backup")
 NODES = ("plan", "act", "respond")  # every sample graph has the same three nodes
 FAILING_NODE = "act"  # where injected errors are raised, so retries carry a node name
@@ -30,72 +37,6 @@ MAX_IDEMPOTENCY_KEYS = 10_000  # oldest keys are forgotten beyond this: memory s
 
 
 Answer = tuple[int, dict[str, Any]]  # an admin request's HTTP status and JSON body
-
-
-class SampleError(Exception):
-    """A request the service refuses; `status_code` is what the admin API answers."""
-
-    status_code = 400
-
-    def __init__(self, message: str, **detail: Any) -> None:
-        super().__init__(message)
-        self.detail = detail
-
-
-class UnknownGraph(SampleError):
-    status_code = 404
-
-
-class Refused(SampleError):
-    """The request conflicts with the service's state or a bound the caller sent (409)."""
-
-    status_code = 409
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DisableRequest(_Body):
-    """Optional bounds the caller wants enforced atomically with the disable (the control plane sends both)."""
-
-    max_disabled: int | None = Field(default=None, ge=0)
-    keep_one_enabled: bool = False
-
-
-class SwitchRequest(_Body):
-    backend: Backend
-
-
-class CleanupRequest(_Body):
-    backend: Backend | None = None  # None: every backend
-
-
-class FaultRequest(_Body):
-    """One fault: on a graph (error_rate, latency_seconds, interrupt_rate), a storage backend, or /health."""
-
-    graph: str | None = None
-    error_rate: float | None = Field(default=None, ge=0, le=1)
-    latency_seconds: float | None = Field(default=None, ge=0, le=3600)
-    interrupt_rate: float | None = Field(default=None, ge=0, le=1)
-    storage: Backend | None = None
-    broken: bool | None = None
-    healthy: bool | None = None  # False: /health answers 503 (for failover tests)
-
-    @model_validator(mode="after")
-    def _one_subject(self) -> FaultRequest:
-        graph_fault = (self.error_rate, self.latency_seconds, self.interrupt_rate) != (None, None, None)
-        if self.graph is not None and not graph_fault:
-            raise ValueError("a graph fault needs error_rate, latency_seconds or interrupt_rate")
-        if self.storage is not None and self.broken is None:
-            raise ValueError("a storage fault needs `broken`")
-        if graph_fault and self.graph is None:
-            raise ValueError("error_rate, latency_seconds and interrupt_rate need `graph`")
-        if self.broken is not None and self.storage is None:
-            raise ValueError("`broken` needs `storage`")
-        if (self.graph, self.storage, self.healthy) == (None, None, None):
-            raise ValueError("name a `graph`, a `storage` backend or `healthy`")
-        return self
 
 
 @dataclass
@@ -166,12 +107,27 @@ class SampleMetrics:
         self.interrupts = Counter(
             "langgraph_interrupts_total", "Graph interrupts", ["graph_name", "node_name", "reason"], registry=r
         )
+        self.checkpointer_up = Gauge(
+            "langgraph_checkpointer_up",
+            "1 if the checkpointer's health check passed, else 0",
+            ["backend_type"],
+            registry=r,
+        )
 
 
 class SampleService:
     """The whole service state behind one lock: the ticker and admin requests never interleave."""
 
-    def __init__(self, graphs: Sequence[str], *, seed: int = 0, base_duration: float = 0.02) -> None:
+    def __init__(
+        self,
+        graphs: Sequence[str],
+        *,
+        seed: int = 0,
+        base_duration: float = 0.02,
+        models: Sequence[str] = DEFAULT_MODELS,
+        tools: Sequence[str] = DEFAULT_TOOLS,
+        workers: int | None = None,
+    ) -> None:
         if not graphs:
             raise ValueError("the sample service needs at least one graph")
         for name in graphs:
@@ -182,7 +138,11 @@ class SampleService:
         self.storage = {name: Storage(name) for name in BACKENDS}
         self.active: Backend = "primary"
         self.healthy = True
+        self.checkpointer_check_fails = False  # fault: the health check itself cannot run
         self.metrics = SampleMetrics()
+        self.llm = LLMRuntime(
+            graphs, self.metrics.registry, self.lock, seed=seed, models=models, tools=tools, workers=workers
+        )
         self._rng = random.Random(seed)
         self._base_duration = base_duration
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
@@ -194,6 +154,8 @@ class SampleService:
         for backend in BACKENDS:
             for status in ("success", "error"):
                 self.metrics.checkpoint_saves.labels(backend, status)
+            # Read at each scrape, so the gauge is never older than the state it reports.
+            self.metrics.checkpointer_up.labels(backend).set_function(functools.partial(self.checkpointer_up, backend))
         self._update_active_gauge()
 
     # -- reads -------------------------------------------------------------------------------
@@ -209,6 +171,12 @@ class SampleService:
     def storage_view(self) -> dict[str, Any]:
         with self.lock:
             return {"active": self.active, "backends": {name: s.view() for name, s in self.storage.items()}}
+
+    def checkpointer_up(self, backend: Backend) -> float:
+        """1 when the health check of `backend` ran and passed; 0 when it failed or could not run (fails closed)."""
+        if self.checkpointer_check_fails:
+            return 0.0
+        return 0.0 if self.storage[backend].broken else 1.0
 
     def ready(self) -> str | None:
         """Why the service is not ready, or None: it cannot save checkpoints to a broken active backend."""
@@ -256,8 +224,10 @@ class SampleService:
 
     def inject(self, fault: FaultRequest) -> dict[str, Any]:
         with self.lock:
-            if fault.graph is not None:
-                graph = self._graph(fault.graph)
+            graph = self._graph(fault.graph) if fault.graph is not None else None
+            self.llm.check(fault)  # every subject is known before anything changes
+            self.llm.inject(fault)
+            if graph is not None:
                 for attr in GRAPH_FAULTS:
                     value = getattr(fault, attr)
                     if value is not None:
@@ -266,6 +236,8 @@ class SampleService:
                 self.storage[fault.storage].broken = fault.broken
             if fault.healthy is not None:
                 self.healthy = fault.healthy
+            if fault.checkpointer_check_fails is not None:
+                self.checkpointer_check_fails = fault.checkpointer_check_fails
             return self.faults_view()
 
     def clear_faults(self) -> dict[str, Any]:
@@ -275,6 +247,8 @@ class SampleService:
             for storage in self.storage.values():
                 storage.broken = False
             self.healthy = True
+            self.checkpointer_check_fails = False
+            self.llm.clear_faults()
             return self.faults_view()
 
     def faults_view(self) -> dict[str, Any]:
@@ -291,6 +265,8 @@ class SampleService:
                 },
                 "broken_storage": [s.name for s in self.storage.values() if s.broken],
                 "healthy": self.healthy,
+                "checkpointer_check_fails": self.checkpointer_check_fails,
+                "llm": self.llm.faults_view(),
             }
 
     # -- idempotency ---------------------------------------------------------------------------
@@ -329,12 +305,13 @@ class SampleService:
     # -- the graphs running ----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Run every enabled graph once: outcome, durations, retries, interrupts and a checkpoint save each."""
+        """Run every enabled graph once (as the run queue allows): outcome, durations, retries, interrupts,
+        a checkpoint save, and its LLM request and tool calls each."""
         with self.lock:
             self.ticks += 1
-            for graph in self.graphs.values():
-                if graph.enabled:
-                    self._execute(graph)
+            for name in self.llm.dispatch([g.name for g in self.graphs.values() if g.enabled]):
+                self._execute(self.graphs[name])
+                self.llm.run(name)
 
     def _execute(self, graph: Graph) -> None:
         m = self.metrics
@@ -362,8 +339,7 @@ class SampleService:
     def _graph(self, name: str) -> Graph:
         graph = self.graphs.get(name)
         if graph is None:
-            known = ", ".join(self.graphs)
-            raise UnknownGraph(f"no graph named {name!r} (graphs: {known})")
+            raise UnknownGraph(unknown("graph", name, self.graphs))
         return graph
 
     def _check_bounds(self, graph: Graph, bounds: DisableRequest) -> None:

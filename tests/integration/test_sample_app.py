@@ -61,7 +61,13 @@ def test_fault_injection_errors_latency_interrupts_and_clearing(sample_app: Samp
     assert c.metric("langgraph_interrupts_total", graph_name="b", node_name="respond", reason="human_review") >= 1
     assert c.admin("GET", "/faults")["graphs"]["a"]["error_rate"] == 1.0
     c.clear_faults()
-    assert c.admin("GET", "/faults") == {"graphs": {}, "broken_storage": [], "healthy": True}
+    assert c.admin("GET", "/faults") == {
+        "graphs": {},
+        "broken_storage": [],
+        "healthy": True,
+        "checkpointer_check_fails": False,
+        "llm": {"models": {}, "graphs": {}, "tools": {}, "backlog": 0},
+    }
     errors = c.metric("langgraph_executions_total", graph_name="a", status="error")
     c.wait_until(lambda: c.metric("langgraph_executions_total", graph_name="a", status="success") >= 3)
     assert c.metric("langgraph_executions_total", graph_name="a", status="error") == errors
