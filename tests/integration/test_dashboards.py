@@ -1,10 +1,11 @@
 """The dashboards in dashboards/ against a real Prometheus: every panel query parses and returns data.
 
 One Prometheus scrapes, every second, the sample LangGraph service (faults injected, so error,
-retry, interrupt and checkpoint-failure series exist), a running control plane (driven through
-webhooks, a failing playbook, a failing metric rule and a failover switch, so its event-driven
-series exist), and a stand-in for the database pool gauges the sample does not model. It also
-loads alerting/*.rules.yaml, so the alerts are seen evaluating on the same live series.
+retry, interrupt and checkpoint-failure series exist and each LLM alert's failure happens), a
+running control plane (driven through webhooks, a failing playbook, a failing metric rule and a
+failover switch, so its event-driven series exist), and a stand-in for the database pool gauges
+the sample does not model. It also loads alerting/*.rules.yaml, so the alerts are seen evaluating
+on the same live series.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ QUERIES = [q for path in sorted((DEFAULTS_DIR / "dashboards").glob("*.json")) fo
 # The sample service models no database; this stand-in serves its pool at 90% (45 of 50).
 DB_POOL = {"langgraph_db_connections_active": 45.0, "langgraph_db_connections_max": 50.0}
 WAIT = 20.0
+LLM_ALERTS = {
+    "LLMProviderErrors",
+    "LLMQuotaExhausted",
+    "LLMFirstTokenSlow",
+    "LLMTokenSpike",
+    "LangGraphAgentLoop",
+    "LangGraphRunBacklog",
+    "LangGraphCheckpointerDown",
+}
 
 # A playbook that fails (Prometheus is a closed port) after one retry and escalates, a metric rule
 # that cannot evaluate, a failover group on the sample app: each feeds one of the panels.
@@ -184,6 +194,24 @@ def drive_controlplane(url: str) -> None:
             time.sleep(0.1)
 
 
+def inject_llm_faults(sample: SampleApp) -> None:
+    """Each failure of llm.rules.yaml on its own graph, model or tool, so each alert has one cause.
+
+    chat stays on the first model (slow first tokens) and loops on search; search moves to gpt-4o,
+    which answers overloaded; summarize moves to gemini, whose quota is spent. Runs pile up, and
+    the checkpointer's check cannot run.
+    """
+    client = sample.client
+    client.admin("POST", "/graphs/search/llm", json={"model": "openai/gpt-4o"})
+    client.admin("POST", "/graphs/summarize/llm", json={"model": "google/gemini-2.5-pro"})
+    client.fault(model="anthropic/claude-sonnet-4", ttft_seconds=8)
+    client.fault(model="openai/gpt-4o", llm_error="overloaded", error_rate=1.0)
+    client.fault(model="google/gemini-2.5-pro", llm_error="quota_exhausted", error_rate=1.0)
+    client.fault(graph="chat", loop_tool="search")
+    client.fault(backlog=20)
+    client.fault(checkpointer_check_fails=True)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = require_binary("prometheus")
@@ -195,6 +223,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sample.client.fault(graph="chat", error_rate=0.5)
         sample.client.fault(graph="search", interrupt_rate=0.5)
         sample.client.fault(storage="primary", broken=True)
+        inject_llm_faults(sample)
         jobs = {
             "langgraph": (sample.url.removeprefix("http://"), "agents"),
             "langgraph-db": (pool.address, "agents"),
@@ -211,8 +240,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pool.close()
 
 
-def test_both_dashboards_are_found_and_pass_the_check() -> None:
-    assert {q.file.name for q in QUERIES} == {"langgraph.json", "controlplane.json"}
+def test_every_dashboard_is_found_and_passes_the_check() -> None:
+    assert {q.file.name for q in QUERIES} == {"langgraph.json", "llm.json", "controlplane.json"}
     result = check_dashboards(argparse.Namespace(directory=DEFAULTS_DIR / "rules"))
     assert result.errors == []
 
@@ -249,6 +278,39 @@ def test_the_injected_faults_raise_their_alerts(stack: Stack) -> None:
     assert error_rate["labels"]["namespace"] == "agents"  # incidents group by namespace: it must survive
     groups = stack.prometheus.api("/api/v1/rules")["data"]["groups"]
     assert {r["name"]: r["health"] for g in groups for r in g["rules"] if r["health"] != "ok"} == {}
+
+
+def test_the_llm_faults_raise_their_alerts_with_the_labels_remediation_keys_on(stack: Stack) -> None:
+    """llm.rules.yaml on the sample's real series: each fault's alert, carrying graph and model where it has them."""
+    model = {
+        "anthropic": {"gen_ai_provider_name": "anthropic", "gen_ai_request_model": "claude-sonnet-4"},
+        "openai": {"gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-4o"},
+        "google": {"gen_ai_provider_name": "google", "gen_ai_request_model": "gemini-2.5-pro"},
+    }
+    expected = [
+        {"alertname": "LLMProviderErrors", "graph_name": "search", **model["openai"], "outcome": "overloaded"},
+        {"alertname": "LLMQuotaExhausted", "graph_name": "summarize", **model["google"]},
+        {"alertname": "LLMFirstTokenSlow", **model["anthropic"]},
+        {"alertname": "LangGraphAgentLoop", "graph_name": "chat", "tool_name": "search"},
+        {"alertname": "LangGraphRunBacklog", "job": "langgraph"},
+        {"alertname": "LangGraphCheckpointerDown", "job": "langgraph"},
+    ]
+
+    def alerts() -> list[dict[str, str]] | None:
+        found = [a["labels"] for a in stack.prometheus.api("/api/v1/alerts")["data"]["alerts"]]
+        raised = all(any(want.items() <= labels.items() for labels in found) for want in expected)
+        return found if raised else None
+
+    found = stack.prometheus.wait_until(alerts, "the LLM faults' alerts")
+    assert all(labels["namespace"] == "agents" for labels in found if labels["alertname"] in LLM_ALERTS)
+    # Quota refusals are not a provider outage, and only the looping graph loops.
+    errors = [a for a in found if a["alertname"] == "LLMProviderErrors"]
+    assert {(a["graph_name"], a["gen_ai_request_model"], a["outcome"]) for a in errors} == {
+        ("search", "gpt-4o", "overloaded")
+    }
+    loops = {(a["graph_name"], a["tool_name"]) for a in found if a["alertname"] == "LangGraphAgentLoop"}
+    assert loops == {("chat", "search")}
+    assert not [a for a in found if a["alertname"] == "LLMTokenSpike"]  # no baseline an hour ago: never
 
 
 def test_pausing_automation_shows_on_the_gauge(stack: Stack) -> None:
