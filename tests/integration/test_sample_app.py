@@ -187,7 +187,14 @@ def test_the_sample_app_command(tmp_path: Path) -> None:
     token_file.write_text("cli-admin-token\n")
     port = free_port()
     command = [sys.executable, "-m", "controlplane", "sample-app", "--port", str(port), "--graphs", "x,y"]
-    command += ["--interval", "0.05", "--admin-token-file", str(token_file)]
+    command += [
+        "--interval",
+        "0.05",
+        "--admin-token-file",
+        str(token_file),
+        "--llm-models",
+        "openai/gpt-4o,local/llama",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -202,6 +209,9 @@ def test_the_sample_app_command(tmp_path: Path) -> None:
             time.sleep(0.05)
         graphs = httpx.get(f"{url}/admin/graphs", headers={"Authorization": "Bearer cli-admin-token"}).json()
         assert graphs["enabled"] == ["x", "y"]
+        llm = httpx.get(f"{url}/admin/llm", headers={"Authorization": "Bearer cli-admin-token"}).json()
+        assert [m["model"] for m in llm["models"]] == ["openai/gpt-4o", "local/llama"]
+        assert llm["graphs"]["x"]["model"] == "openai/gpt-4o"
         assert "langgraph_executions_total" in httpx.get(f"{url}/metrics").text
     finally:
         process.terminate()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controlplane.sample.app import create_app
 from controlplane.sample.llm import RECURSION_LIMIT, parse_models
 from controlplane.sample.service import SampleService
+from tests.sample_fixture import SampleApp
 
 CLAUDE = {"gen_ai_provider_name": "anthropic", "gen_ai_request_model": "claude-sonnet-4"}
 GPT = {"gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-4o"}
@@ -129,8 +130,8 @@ def test_an_overloaded_model_fails_every_request_and_shows_unhealthy_until_clear
     s = sample
     s.tick()
     s.fault(model="anthropic/claude-sonnet-4", llm_error="overloaded", error_rate=1.0)
-    assert s.model("anthropic/claude-sonnet-4") | {"healthy": False} == s.model("anthropic/claude-sonnet-4")
-    assert s.model("anthropic/claude-sonnet-4")["failing"] == "overloaded"
+    claude = s.model("anthropic/claude-sonnet-4")
+    assert (claude["healthy"], claude["failing"]) == (False, "overloaded")
     assert s.model("openai/gpt-4o")["healthy"] is True
     ttft = s.metric("gen_ai_server_time_to_first_token_seconds_count", **CLAUDE)
     s.tick(5)
@@ -422,3 +423,10 @@ def test_the_readme_documents_every_metric_the_sample_exports(sample: Sample) ->
         if not f.name.endswith("_created")  # prometheus_client's creation timestamps
     }
     assert documented == exported
+
+
+def test_the_served_app_ticks_the_llm_side_too(sample_app: SampleApp) -> None:
+    c = sample_app.client
+    c.fault(model="anthropic/claude-sonnet-4", llm_error="rate_limited", error_rate=1.0)
+    c.wait_until(lambda: c.metric("langgraph_llm_requests_total", graph_name="a", outcome="rate_limited") >= 3)
+    assert c.metric("langgraph_tool_calls_total", graph_name="a", tool_name="calculator", status="success") >= 3
