@@ -198,10 +198,12 @@ def inject_llm_faults(sample: SampleApp) -> None:
     """Each failure of llm.rules.yaml on its own graph, model or tool, so each alert has one cause.
 
     chat stays on the first model (slow first tokens) and loops on search; search moves to gpt-4o,
-    which answers overloaded; summarize moves to gemini, whose quota is spent. Runs pile up, and
-    the checkpointer's check cannot run.
+    which answers overloaded; summarize moves to gemini, whose quota is spent; plan gets a token
+    budget far below its use, so the service refuses most of its requests as rate_limited. Runs
+    pile up, and the checkpointer's check cannot run.
     """
     client = sample.client
+    client.admin("POST", "/graphs/plan/limits", json={"token_budget": 1000})
     client.admin("POST", "/graphs/search/llm", json={"model": "openai/gpt-4o"})
     client.admin("POST", "/graphs/summarize/llm", json={"model": "google/gemini-2.5-pro"})
     client.fault(model="anthropic/claude-sonnet-4", ttft_seconds=8)
@@ -219,7 +221,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     pool = MetricsTarget()
     for name, value in DB_POOL.items():
         pool.set(name, {}, value)
-    with run_sample_app(("chat", "search", "summarize")) as sample, serve_controlplane(workdir, sample.url) as cp:
+    graphs = ("chat", "search", "summarize", "plan")
+    with run_sample_app(graphs) as sample, serve_controlplane(workdir, sample.url) as cp:
         sample.client.fault(graph="chat", error_rate=0.5)
         sample.client.fault(graph="search", interrupt_rate=0.5)
         sample.client.fault(storage="primary", broken=True)
@@ -303,7 +306,9 @@ def test_the_llm_faults_raise_their_alerts_with_the_labels_remediation_keys_on(s
 
     found = stack.prometheus.wait_until(alerts, "the LLM faults' alerts")
     assert all(labels["namespace"] == "agents" for labels in found if labels["alertname"] in LLM_ALERTS)
-    # Quota refusals are not a provider outage, and only the looping graph loops.
+    refused = 'sum(rate(langgraph_llm_requests_total{graph_name="plan", outcome="rate_limited"}[1m])) > 0'
+    assert stack.prometheus.api("/api/v1/query", query=refused)["data"]["result"], "plan's budget refuses nothing"
+    # Quota refusals and a graph's own token budget are not a provider outage; only the looping graph loops.
     errors = [a for a in found if a["alertname"] == "LLMProviderErrors"]
     assert {(a["graph_name"], a["gen_ai_request_model"], a["outcome"]) for a in errors} == {
         ("search", "gpt-4o", "overloaded")
