@@ -150,9 +150,11 @@ class Execution(Base):
         # The ledger's outcomes of the last days (the Rules page): only runs that ended, not a storm's suppressed ones.
         Index(
             "ix_executions_finished_runs",
+            "status",
             "finished_at",
             "rule_name",
             "outcome",
+            "dry_run",
             sqlite_where=FINISHED_RUN,
             postgresql_where=FINISHED_RUN,
         ),

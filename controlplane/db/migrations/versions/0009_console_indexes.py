@@ -34,7 +34,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_executions_finished_runs",
         "executions",
-        ["finished_at", "rule_name", "outcome"],
+        ["status", "finished_at", "rule_name", "outcome", "dry_run"],  # covering: the ledger reads no row
         sqlite_where=FINISHED_RUN,
         postgresql_where=FINISHED_RUN,
     )
