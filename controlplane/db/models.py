@@ -81,7 +81,10 @@ class Incident(Base):
     """Alerts grouped by a key (default alertname + namespace) while any of them fires."""
 
     __tablename__ = "incidents"
-    __table_args__ = (Index("ix_incidents_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_incidents_status_id", "status", "id"),
+        Index("ix_incidents_severity_id", "severity", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(1024), index=True)
@@ -130,6 +133,7 @@ class AuditEvent(Base):
 
 
 COUNTED = text("status != 'suppressed'")  # executions that count against cooldown and max_runs
+FINISHED_RUN = text("status IN ('succeeded', 'failed', 'rolled_back')")  # runs that ended (playbooks/ledger.py)
 
 
 class Execution(Base):
@@ -140,7 +144,20 @@ class Execution(Base):
         # The same alert delivered twice (HA pair, retries) creates one execution per rule.
         UniqueConstraint("rule_name", "trigger_key", name="uq_executions_trigger"),
         Index("ix_executions_runnable", "status", "wake_at"),
-        Index("ix_executions_incident", "incident_id"),
+        # An incident's runs newest first (the console), and its latest one that was not suppressed.
+        Index("ix_executions_incident_id", "incident_id", "id"),
+        Index("ix_executions_incident_counted", "incident_id", "id", sqlite_where=COUNTED, postgresql_where=COUNTED),
+        # The ledger's outcomes of the last days (the Rules page): only runs that ended, not a storm's suppressed ones.
+        Index(
+            "ix_executions_finished_runs",
+            "status",
+            "finished_at",
+            "rule_name",
+            "outcome",
+            "dry_run",
+            sqlite_where=FINISHED_RUN,
+            postgresql_where=FINISHED_RUN,
+        ),
         # The guards' queries (playbooks/guards.py). A storm leaves one suppressed row per alert:
         # cooldown and max_runs count only the others, so their indexes leave suppressed rows out.
         Index("ix_executions_rule_status_guard", "rule_name", "status", "guard_key"),

@@ -49,18 +49,16 @@ def states(conn: Connection, incident_ids: Sequence[int]) -> dict[int, Automatio
     if not incident_ids:
         return {}
     ids = list(incident_ids)
-    latest = dict(
-        conn.execute(
-            select(_e.incident_id, func.max(_e.id)).where(_e.incident_id.in_(ids)).group_by(_e.incident_id)
-        ).all()
-    )
-    acted = dict(
-        conn.execute(
-            select(_e.incident_id, func.max(_e.id))
-            .where(_e.incident_id.in_(ids), _e.status != literal_column("'suppressed'"))
-            .group_by(_e.incident_id)
-        ).all()
-    )
+    # Each incident's newest run and newest counted run, one index probe each (a storm's incident has
+    # tens of thousands of suppressed runs: grouping them all would read every one).
+    inner = executions_t.alias("own")
+    newest = select(func.max(inner.c.id)).where(inner.c.incident_id == incidents_t.c.id)
+    counted = newest.where(inner.c.status != literal_column("'suppressed'"))
+    found_runs = conn.execute(
+        select(incidents_t.c.id, newest.scalar_subquery(), counted.scalar_subquery()).where(incidents_t.c.id.in_(ids))
+    ).all()
+    latest = {incident_id: last for incident_id, last, _ in found_runs if last is not None}
+    acted = {incident_id: last for incident_id, _, last in found_runs if last is not None}
     wanted = set(latest.values()) | set(acted.values())
     rows = {
         r.id: (r.status, r.guard)

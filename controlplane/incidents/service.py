@@ -12,9 +12,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection, RowMapping, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    ScalarSelect,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from controlplane.audit import audit
 from controlplane.db.tables import alerts_t, audit_t, incidents_t, links_t
@@ -35,11 +46,18 @@ _ALERT_COLUMNS = [alerts_t.c[name] for name in AlertOut.model_fields]
 _INCIDENT_COLUMNS = [incidents_t.c[name] for name in IncidentOut.model_fields if name in incidents_t.c]
 
 
-def alert_counts(conn: Connection, incident_ids: Sequence[int]) -> defaultdict[int, tuple[int, int]]:
-    """(firing, total) alerts per incident; (0, 0) for an incident without alerts."""
+def alert_counts(
+    conn: Connection, incident_ids: Sequence[int], *, cap: int | None = None
+) -> defaultdict[int, tuple[int, int]]:
+    """(firing, total) alerts per incident; (0, 0) for an incident without alerts.
+
+    With `cap`, each count stops at `cap + 1` (a page shows it as "cap+"): a storm's incident holds
+    tens of thousands of alerts, and counting them all is most of what its page would cost."""
     counts: defaultdict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
     if not incident_ids:
         return counts
+    if cap is not None:
+        return _capped_alert_counts(conn, incident_ids, cap, counts)
     rows = conn.execute(
         select(
             links_t.c.incident_id,
@@ -52,6 +70,31 @@ def alert_counts(conn: Connection, incident_ids: Sequence[int]) -> defaultdict[i
     )
     for r in rows:
         counts[r.incident_id] = (int(r.firing or 0), int(r.total))
+    return counts
+
+
+def _capped_alert_counts(
+    conn: Connection, incident_ids: Sequence[int], cap: int, counts: defaultdict[int, tuple[int, int]]
+) -> defaultdict[int, tuple[int, int]]:
+    def counted(*where: ColumnElement[bool]) -> ScalarSelect[int]:
+        links = (
+            select(links_t.c.alert_id)
+            .where(links_t.c.incident_id == incidents_t.c.id, *where)
+            .correlate(incidents_t)
+            .limit(cap + 1)
+            .subquery()
+        )
+        return select(func.count()).select_from(links).scalar_subquery()
+
+    firing = alerts_t.c.status == literal_column("'firing'")
+    is_firing = select(alerts_t.c.id).where(alerts_t.c.id == links_t.c.alert_id, firing).exists()
+    rows = conn.execute(
+        select(incidents_t.c.id, counted(is_firing).label("firing"), counted().label("total")).where(
+            incidents_t.c.id.in_(incident_ids)
+        )
+    )
+    for r in rows:
+        counts[r.id] = (int(r.firing), int(r.total))
     return counts
 
 
@@ -69,10 +112,22 @@ def list_incidents(
     automation_failed: bool = False,
     limit: int = 50,
     before: int | None = None,
+    count_cap: int | None = None,
+    search_window: int | None = None,
 ) -> IncidentPage:
     """Incidents newest first, keyset-paged by `before`; `text` matches title or key (the console's search),
-    `automation_failed` keeps those whose latest run failed or rolled back."""
+    `automation_failed` keeps those whose latest run failed or rolled back; alert counts stop at
+    `count_cap + 1` when it is given (see alert_counts).
+
+    No index serves a search for text inside titles, so it reads every incident it passes. With
+    `search_window`, a text search looks at the `search_window` ids below the cursor at most: the page
+    may then hold fewer matches (none, even) and `next_cursor` goes on below the ids it looked at."""
     query = select(*_INCIDENT_COLUMNS).order_by(incidents_t.c.id.desc()).limit(limit + 1)
+    floor = None
+    if text and search_window is not None:
+        top = before if before is not None else conn.execute(select(func.max(incidents_t.c.id))).scalar()
+        floor = (top or 0) - search_window
+        query = query.where(incidents_t.c.id >= floor)
     if statuses:
         query = query.where(incidents_t.c.status.in_(statuses))
     if severity:
@@ -90,12 +145,16 @@ def list_incidents(
     more = len(rows) > limit
     rows = rows[:limit]
     ids = [r["id"] for r in rows]
-    counts, states = alert_counts(conn, ids), automation.states(conn, ids)
+    counts, states = alert_counts(conn, ids, cap=count_cap), automation.states(conn, ids)
     items = [
         IncidentOut(**r, alerts_firing=counts[r["id"]][0], alerts_total=counts[r["id"]][1], automation=states[r["id"]])
         for r in rows
     ]
-    return IncidentPage(items=items, next_cursor=items[-1].id if more else None)
+    cursor = items[-1].id if more else None
+    if cursor is None and floor is not None:  # the window ran out: older incidents lie beyond it
+        older = conn.execute(select(incidents_t.c.id).where(incidents_t.c.id < floor).limit(1)).first()
+        cursor = floor if older is not None else None
+    return IncidentPage(items=items, next_cursor=cursor)
 
 
 # An incident's alerts and timeline are paged: a storm's incident holds tens of thousands of alerts.
@@ -121,6 +180,27 @@ class IncidentRecord:
     execution_of: dict[int, int]  # audit event id -> the execution that wrote it
 
 
+def firing_first(
+    conn: Connection, incident_id: int, limit: int, columns: Sequence[ColumnElement[Any]]
+) -> list[RowMapping]:
+    """`columns` of the incident's newest `limit` alerts, the firing ones first (what the console shows).
+
+    Newest first in the incident's own link index, in two passes (firing, then the others), each
+    stopping at `limit`: one ORDER BY on the status would sort all of a storm's alerts."""
+    firing = alerts_t.c.status == literal_column("'firing'")
+    newest = (
+        select(*columns)
+        .join(links_t, links_t.c.alert_id == alerts_t.c.id)
+        .where(links_t.c.incident_id == incident_id)
+        .order_by(links_t.c.alert_id.desc())
+        .limit(limit)
+    )
+    rows = list(conn.execute(newest.where(firing)).mappings())
+    if len(rows) < limit:
+        rows += conn.execute(newest.where(~firing).limit(limit - len(rows))).mappings().all()
+    return rows
+
+
 def incident_alerts(
     *,
     conn: Connection,
@@ -137,14 +217,14 @@ def incident_alerts(
         .limit(limit + 1)
     )
     if order == "firing_first":
-        query = query.order_by(case((alerts_t.c.status == "firing", 0), else_=1), alerts_t.c.id.desc())
-    else:
-        query = query.order_by(alerts_t.c.id)
+        shown = firing_first(conn, incident_id, limit, _ALERT_COLUMNS)
+        return AlertPage(items=[AlertOut(**r) for r in shown], next_cursor=None)
+    query = query.order_by(alerts_t.c.id)
     if after is not None:
         query = query.where(alerts_t.c.id > after)
     rows = conn.execute(query).mappings().all()
     items = [AlertOut(**r) for r in rows[:limit]]
-    more = len(rows) > limit and order == "oldest"
+    more = len(rows) > limit
     return AlertPage(items=items, next_cursor=items[-1].id if more else None)
 
 
@@ -190,10 +270,12 @@ def incident_detail(
     events_limit: int = DETAIL_EVENTS,
     alerts_order: AlertOrder = "oldest",
     events_window: EventWindow = "oldest",
+    count_cap: int | None = None,
 ) -> IncidentRecord:
-    """The incident with its alert counts, a page of its alerts and a page of its timeline, or NotFound."""
+    """The incident with its alert counts (stopping at `count_cap + 1` if given), a page of its alerts and a
+    page of its timeline, or NotFound."""
     row = incident_row(conn=conn, incident_id=incident_id)
-    firing, total = alert_counts(conn, [incident_id])[incident_id]
+    firing, total = alert_counts(conn, [incident_id], cap=count_cap)[incident_id]
     alerts = incident_alerts(conn=conn, incident_id=incident_id, limit=alerts_limit, order=alerts_order)
     newest = events_window == "newest"
     rows, more = _events(conn, incident_id, limit=events_limit, newest=newest)

@@ -96,6 +96,8 @@ class Record:
 
 
 PERIODS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+# Literals, as the partial index ix_executions_finished_runs says it (db/models.py): a parameter would not match it.
+FINISHED_RUN = _e.status.in_([literal_column(f"'{s}'") for s in ("succeeded", "failed", "rolled_back")])
 
 
 def records(conn: Connection, *, now: datetime, by_key: bool = False, rule: str | None = None) -> list[Record]:
@@ -108,7 +110,7 @@ def records(conn: Connection, *, now: datetime, by_key: bool = False, rule: str 
             select(*columns, func.count().label("finished"), *counts)
             .where(
                 _e.finished_at > now - length,
-                _e.status.in_(("succeeded", "failed", "rolled_back")),
+                FINISHED_RUN,
                 _e.dry_run.is_(False),
             )
             .group_by(*columns)

@@ -117,13 +117,13 @@ def active(conn: Connection, *, rule: str | None = None, guard_key: str | None =
 
 def of_incident(conn: Connection, *, incident_id: int) -> list[dict[str, object]]:
     """Quarantines not lifted yet that stop a rule acting on a key this incident's alerts triggered."""
-    keys = select(_e.rule_name, _e.guard_key).where(_e.incident_id == incident_id).distinct().subquery()
-    query = (
-        select(quarantines_t)
-        .join(keys, (keys.c.rule_name == _q.rule_name) & (keys.c.guard_key == _q.guard_key))
-        .where(_q.lifted_at.is_(None))
-        .order_by(_q.id.desc())
+    # From the quarantines in force (few), not from the incident's runs: a storm's incident has tens of thousands.
+    triggered_here = (
+        select(_e.id)
+        .where(_e.incident_id == incident_id, _e.rule_name == _q.rule_name, _e.guard_key == _q.guard_key)
+        .exists()
     )
+    query = select(quarantines_t).where(_q.lifted_at.is_(None), triggered_here).order_by(_q.id.desc())
     return [dict(row) for row in conn.execute(query).mappings()]
 
 

@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 from controlplane import runbooks
 from controlplane.durations import format_duration, spoken
 from controlplane.rules import matchers
+from controlplane.web import views
 from controlplane.web.screens import PageContext, Screen
 from controlplane.web.views import EventLine
 
@@ -126,6 +127,12 @@ def runbook(url: str | None) -> str:
     return runbooks.link(url, public_url=None) or ""
 
 
+def counted(value: int) -> str:
+    """An alert count, which the console stops at ALERTS_COUNTED: `1,000+` beyond it."""
+    cap = views.ALERTS_COUNTED
+    return f"{cap:,}+" if value > cap else str(value)
+
+
 def severity_class(severity: str | None) -> str:
     return SEVERITY_CLASS.get((severity or "").lower(), "sev-none")
 
@@ -150,6 +157,7 @@ class Templates:
             link=link,
             runbook=runbook,
             severity=severity_class,
+            counted=counted,
             matchers=matchers.shown,
         )
         # Macros as globals: a block rendered alone (jinja2-fragments) does not see its template's imports.

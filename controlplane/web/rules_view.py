@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, literal_column, select
 
 from controlplane.db.tables import executions_t, metric_states_t
 from controlplane.playbooks import ledger, quarantine
@@ -58,7 +58,8 @@ def rules_view(
     *, conn: Connection, ruleset: RuleSet, now: datetime, loaded_at: datetime | None, errors: list[str], directory: str
 ) -> RulesView:
     """Guard state the way guards.decide() counts it: suppressed executions never count as runs."""
-    counted = executions_t.c.status != "suppressed"
+    # A literal, not a parameter: the partial indexes that leave a storm's suppressed runs out match only it.
+    counted = executions_t.c.status != literal_column("'suppressed'")
     latest = (
         select(executions_t.c.rule_name, func.max(executions_t.c.created_at).label("at"))
         .where(counted)
@@ -68,10 +69,12 @@ def rules_view(
     last: dict[str, tuple[datetime, str]] = {
         row.rule_name: (row.created_at, row.guard_key)
         for row in conn.execute(
-            select(executions_t.c.rule_name, executions_t.c.created_at, executions_t.c.guard_key).join(
+            select(executions_t.c.rule_name, executions_t.c.created_at, executions_t.c.guard_key)
+            .join(
                 latest,
                 and_(executions_t.c.rule_name == latest.c.rule_name, executions_t.c.created_at == latest.c.at),
             )
+            .where(counted)
         )
     }
     windows = {r.name: r.guards.max_runs.per for r in ruleset.rules if r.guards.max_runs}

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from sqlalchemy import Connection, func, select
 
 from controlplane.actions.base import ActionRegistry
-from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, steps_t
+from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, steps_t
 from controlplane.errors import NotFound
 from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
@@ -38,6 +38,10 @@ PAGE_SIZE = 50
 ALERTS_SHOWN = 200
 EVENTS_SHOWN = 500
 EXECUTIONS_SHOWN = 100
+# Alert counts stop here ("1,000+"): counting a storm's 50,000 alerts would be most of a page's time.
+ALERTS_COUNTED = 1_000
+# A text search reads this many incidents per page at most (no index finds text inside a title).
+SEARCH_WINDOW = 20_000
 
 # Audit events written again and again while nothing changes (one per poll of a wait): one line each run of them.
 REPEATING = frozenset({"execution.waiting"})
@@ -84,6 +88,8 @@ def list_incidents(*, conn: Connection, filters: IncidentFilters) -> IncidentPag
         automation_failed=filters.automation_failed,
         limit=filters.limit,
         before=filters.before,
+        count_cap=ALERTS_COUNTED,
+        search_window=SEARCH_WINDOW,
     )
 
 
@@ -192,11 +198,16 @@ class IncidentView:
     incident: IncidentOut
     alerts: list[AlertOut]
     timeline: list[TimelineEntry]
-    alerts_hidden: int  # beyond ALERTS_SHOWN
+    alerts_hidden: int  # beyond ALERTS_SHOWN (of the first ALERTS_COUNTED)
     events_hidden: int  # older than the newest EVENTS_SHOWN
     executions_hidden: bool  # there may be more than EXECUTIONS_SHOWN
     silences: list[SilenceView] = field(default_factory=list)
     quarantines: list[dict[str, Any]] = field(default_factory=list)  # loop breakers holding its rules
+
+    @property
+    def alerts_uncounted(self) -> bool:
+        """It holds more than ALERTS_COUNTED alerts: alerts_hidden is a lower bound."""
+        return self.incident.alerts_total > ALERTS_COUNTED
 
     @property
     def can_acknowledge(self) -> bool:
@@ -210,25 +221,32 @@ class IncidentView:
 def incident_version(*, conn: Connection, incident_id: int) -> str:
     """A digest of what the detail's live block shows: while it is unchanged, a refresh has nothing to redraw
     (and does not fold up the steps the reader opened). The minute is in it so relative times stay right."""
-    of_incident = executions_t.c.incident_id == incident_id
-    runs = select(executions_t.c.id).where(of_incident)
+    # Bounded like the page: its shown alerts (their receive counts), its newest runs and their steps.
+    shown = incidents.firing_first(conn, incident_id, ALERTS_SHOWN, [alerts_t.c.last_received_at])
+    runs = (
+        select(executions_t.c.id, executions_t.c.updated_at)
+        .where(executions_t.c.incident_id == incident_id)
+        .order_by(executions_t.c.id.desc())
+        .limit(EXECUTIONS_SHOWN)
+        .subquery()
+    )
     row = conn.execute(
         select(
             incidents_t.c.updated_at,
             incidents_t.c.status,
             select(func.max(audit_t.c.id)).where(audit_t.c.incident_id == incident_id).scalar_subquery(),
-            select(func.max(alerts_t.c.last_received_at))
-            .select_from(links_t.join(alerts_t, links_t.c.alert_id == alerts_t.c.id))
-            .where(links_t.c.incident_id == incident_id)
+            select(func.max(runs.c.id)).scalar_subquery(),
+            select(func.max(runs.c.updated_at)).scalar_subquery(),
+            select(func.count(steps_t.c.finished_at))
+            .where(steps_t.c.execution_id.in_(select(runs.c.id)))
             .scalar_subquery(),
-            select(func.max(executions_t.c.updated_at)).where(of_incident).scalar_subquery(),
-            select(func.count(steps_t.c.finished_at)).where(steps_t.c.execution_id.in_(runs)).scalar_subquery(),
-            select(func.max(steps_t.c.id)).where(steps_t.c.execution_id.in_(runs)).scalar_subquery(),
+            select(func.max(steps_t.c.id)).where(steps_t.c.execution_id.in_(select(runs.c.id))).scalar_subquery(),
         ).where(incidents_t.c.id == incident_id)
     ).first()
     if row is None:
         raise NotFound(f"incident {incident_id} not found")
-    return hashlib.sha256(repr((tuple(row), int(time.time() // 60))).encode()).hexdigest()[:16]
+    seen = (tuple(row), max((r["last_received_at"] for r in shown), default=None), int(time.time() // 60))
+    return hashlib.sha256(repr(seen).encode()).hexdigest()[:16]
 
 
 def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistry | None = None) -> IncidentView:
@@ -241,6 +259,7 @@ def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistr
         events_limit=EVENTS_SHOWN,
         alerts_order="firing_first",  # bounded: in a storm thousands of alerts share one incident
         events_window="newest",
+        count_cap=ALERTS_COUNTED,
     )
     runs = executions.list_executions(conn=conn, incident_id=incident_id, limit=EXECUTIONS_SHOWN).items
     ids = [run.id for run in runs]
@@ -274,7 +293,7 @@ def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistr
         incident=record.incident,
         alerts=alerts,
         timeline=timeline,
-        alerts_hidden=record.incident.alerts_total - len(alerts),
+        alerts_hidden=min(record.incident.alerts_total, ALERTS_COUNTED) - len(alerts),
         events_hidden=record.events_before,
         executions_hidden=len(runs) >= EXECUTIONS_SHOWN,
         silences=silences,

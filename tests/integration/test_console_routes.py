@@ -26,7 +26,7 @@ from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.db.tables import audit_t, executions_t, incidents_t
 from controlplane.rules.loader import RuleSet, load_rules
-from controlplane.web import rules_view
+from controlplane.web import rules_view, views
 from controlplane.web.auth import LoginThrottle, console_user
 from controlplane.web.routes import safe_next
 from tests.alertmanager_server import AlertmanagerServer
@@ -665,6 +665,38 @@ def test_a_storm_incident_page_stays_bounded(app: TestClient, login: Login) -> N
     page = client.get(f"/incidents/{incident_id}").text
     assert page.count('<article class="alert alert-firing">') == 200
     assert "10 more alerts are not shown" in page and "210 of 210" in page
+
+
+def test_alert_counts_stop_at_the_cap(app: TestClient, login: Login, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting a storm's alerts would cost more than the rest of the page: beyond the cap it says "N+"."""
+    monkeypatch.setattr(views, "ALERTS_COUNTED", 150)
+    (incident_id,) = set(post_alerts(app, *({"fingerprint": f"fp-storm-{n}"} for n in range(210))))
+    client = login("viewer")
+    page = client.get(f"/incidents/{incident_id}").text
+    assert page.count('<article class="alert alert-firing">') == 200
+    assert "150+ of 150+" in page and "more alerts are not shown" in page
+    assert "150+ / 150+" in client.get("/incidents").text
+    assert app.get(f"/api/v1/incidents/{incident_id}").json()["alerts_total"] == 210  # the API counts them all
+
+
+def test_a_search_reads_a_window_of_incidents_per_page(
+    app: TestClient, login: Login, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text search reads a bounded number of incidents per page; "Older" searches on until the oldest."""
+    monkeypatch.setattr(views, "SEARCH_WINDOW", 5)
+    post_alerts(app, *({"fingerprint": f"fp-{n}", "labels": {"namespace": f"ns-{n:02d}"}} for n in range(12)))
+    client = login("viewer")
+    pages, found, path = 0, 0, "/incidents?q=ns-00"
+    while path:
+        text = client.get(path).text
+        found += text.count('<tr class="sev-')
+        pages += 1
+        if found == 0:
+            assert "No incidents match these filters among those after #" in text
+        older = re.search(r'rel="next" href="([^"]+)"', text)
+        path = older.group(1).replace("&amp;", "&") if older else ""
+    assert (found, pages) == (1, 3)  # ns-00 is the oldest of 12: in the third window of 5
+    assert client.get("/incidents?q=ns-11").text.count('<tr class="sev-') == 1
 
 
 def test_cookies_are_secure_over_https_without_a_public_url(database_url: str) -> None:
