@@ -68,7 +68,13 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = make_engine(settings.database_url)
+        # The pool grows with the worker threads (each holds a connection only for a statement or a
+        # short transaction): SQLAlchemy's default 5 + 10 overflow would make them queue for one.
+        engine = make_engine(
+            settings.database_url,
+            pool_size=5 + settings.worker_threads // 4,
+            max_overflow=10 + settings.worker_threads // 2,
+        )
         metrics = Metrics()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             metrics.registry.register(collector)

@@ -119,11 +119,6 @@ class StepStore:
 
     # -- the execution -------------------------------------------------------------------
 
-    def advance(self, run: Run, index: int) -> None:
-        """Move the run on to step `index`, renewing the lease."""
-        with self._write() as conn:
-            self._fence(conn, run, current_step=index, lease_expires_at=self._lease_until())
-
     def transition(
         self,
         run: Run,
@@ -134,10 +129,15 @@ class StepStore:
         also_audit: tuple[str, dict[str, Any]] | None = None,
         outcome: str | None = None,
         page: bool = False,
+        current_step: int | None = None,
     ) -> None:
         """Move the run to `to` while the claim holds. In the same transaction: `also_audit`, the ledger's
-        `outcome`, and with `page` a page telling on-call why it ended (playbooks/pages.py)."""
+        `outcome`, `current_step` (past its last step when done), and with `page` a page telling on-call
+        why it ended (playbooks/pages.py)."""
         now = self._clock()
+        values: dict[str, Any] = {"outcome": outcome, "outcome_at": now} if outcome else {}
+        if current_step is not None:
+            values["current_step"] = current_step
         with self._write() as conn:
             ok = transition(
                 conn,
@@ -149,7 +149,7 @@ class StepStore:
                 owner=run.owner,
                 incident_id=run.incident_id,
                 detail=detail,
-                values={"outcome": outcome, "outcome_at": now} if outcome else None,
+                values=values or None,
             )
             if not ok:
                 raise LeaseLost()
@@ -217,11 +217,15 @@ class StepStore:
         if duration is not None:
             values["duration_ms"] = round(duration * 1000, 3)
         run, existing = place.run, place.row
+        # A forward step's first record also moves the run on to it: no write of its own between steps
+        # (a step found finished on resume, before its run moved on, is taken as it ended: steps.py).
+        progress = {"current_step": place.index} if place.phase == "forward" else {}
         with self._write() as conn:
-            self._fence(conn, run, lease_expires_at=self._lease_until())
+            self._fence(conn, run, lease_expires_at=self._lease_until(), **progress)
             if existing is None:
-                conn.execute(
-                    dialect_insert(conn, steps_t).values(
+                written = conn.execute(
+                    dialect_insert(conn, steps_t)
+                    .values(
                         execution_id=run.id,
                         phase=place.phase,
                         index=place.index,
@@ -230,9 +234,12 @@ class StepStore:
                         idempotency_key=f"{run.id}:{place.phase}:{place.index}",
                         **{"attempts": 0, **values},
                     )
-                )
+                    .returning(*steps_t.c)
+                ).one()
             else:
-                conn.execute(update(steps_t).where(steps_t.c.id == existing.id).values(**values))
+                written = conn.execute(
+                    update(steps_t).where(steps_t.c.id == existing.id).values(**values).returning(*steps_t.c)
+                ).one()
             if done or (status == "running" and existing is None):
                 detail = {
                     "phase": place.phase,
@@ -242,9 +249,7 @@ class StepStore:
                     "error": error,
                 }
                 self._audit(conn, run, f"step.{status}", detail, now=now)
-        row = self.step_row(run, place.phase, place.index)
-        assert row is not None  # written above, and step rows are never deleted
-        return row
+        return written
 
     def wait(self, place: StepPlace, *, output: dict[str, Any], attempts: int, until: datetime) -> None:
         """Release the execution until `until`: no worker sleeps through a wait."""
