@@ -95,7 +95,8 @@ def send(url: str, run: str, count: int, rate: float | None, concurrency: int) -
     return time.perf_counter() - began
 
 
-def latencies(url: str, run: str, count: int, timeout: float = 120.0) -> list[float]:
+def latencies(url: str, run: str, count: int, timeout: float = 120.0) -> tuple[list[float], float]:
+    """Each alert's received -> first step started, ms; and from the first received to the last started, s."""
     engine = create_engine(url, poolclass=NullPool)
     query = text("""
         SELECT a.first_received_at AS received, s.started_at AS started
@@ -120,7 +121,10 @@ def latencies(url: str, run: str, count: int, timeout: float = 120.0) -> list[fl
     def parse(v: object) -> datetime:
         return v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
 
-    return [(parse(r.started) - parse(r.received)).total_seconds() * 1000 for r in rows]  # type: ignore[attr-defined]
+    received = [parse(r.received) for r in rows]  # type: ignore[attr-defined]
+    started = [parse(r.started) for r in rows]  # type: ignore[attr-defined]
+    span = (max(started) - min(received)).total_seconds()
+    return [(b - a).total_seconds() * 1000 for a, b in zip(received, started, strict=True)], span
 
 
 def check(engine: object, run: str, count: int, deadline: float) -> None:
@@ -143,11 +147,12 @@ def check(engine: object, run: str, count: int, deadline: float) -> None:
         raise SystemExit(f"check FAILED: {len(rows)} executions for {count} alerts; not run exactly once: {bad[:5]}")
 
 
-def report(name: str, values: list[float], seconds: float, count: int) -> None:
+def report(name: str, measured: tuple[list[float], float], seconds: float, count: int) -> None:
+    values, span = measured
     print(
         f"{name:<22} {count:>6} alerts in {seconds:6.1f}s   p50 {statistics.median(values):7.2f} ms"
         f"   p90 {percentile(values, 0.9):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms"
-        f"   max {max(values):7.2f} ms"
+        f"   max {max(values):7.2f} ms   first received -> last started {span:5.1f}s"
     )
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Row, and_, or_, select, update
+from sqlalchemy import Connection, Engine, Integer, Row, Select, and_, bindparam, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
@@ -37,6 +37,29 @@ log = structlog.get_logger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _runnable(*, locked: bool) -> Select[Any]:
+    """The oldest runnable executions, `b_limit` of them at `b_now`; `locked`: FOR UPDATE SKIP LOCKED (PostgreSQL)."""
+    c = executions_t.c
+    now = bindparam("b_now", type_=c.wake_at.type)
+    runnable = or_(
+        and_(c.status == "pending", or_(c.wake_at.is_(None), c.wake_at <= now)),
+        and_(c.status == "waiting", c.wake_at <= now),
+        and_(c.status == "running", c.lease_expires_at < now),  # its worker died
+    )
+    query = (
+        select(c.id, c.status, c.claims, c.lease_owner, c.rule_name, c.incident_id, c.dry_run, c.page_on_failure)
+        .where(runnable)
+        .order_by(c.id)
+        .limit(bindparam("b_limit", type_=Integer))
+    )
+    return query.with_for_update(skip_locked=True) if locked else query
+
+
+# Built once (building a statement costs more CPU than SQLite takes to run it), run with parameters.
+_RUNNABLE = _runnable(locked=False)
+_RUNNABLE_LOCKED = _runnable(locked=True)
 
 
 def claim_next(conn: Connection, *, owner: str, now: datetime, lease: timedelta, max_claims: int) -> int | None:
@@ -53,23 +76,11 @@ def claim_batch(
     `max_claims` times is failed instead (and not returned)."""
     if not owners:
         return []
-    c = executions_t.c
-    runnable = or_(
-        and_(c.status == "pending", or_(c.wake_at.is_(None), c.wake_at <= now)),
-        and_(c.status == "waiting", c.wake_at <= now),
-        and_(c.status == "running", c.lease_expires_at < now),  # its worker died
-    )
-    query = (
-        select(c.id, c.status, c.claims, c.lease_owner, c.rule_name, c.incident_id, c.dry_run, c.page_on_failure)
-        .where(runnable)
-        .order_by(c.id)
-        .limit(len(owners))
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+    query = _RUNNABLE_LOCKED if conn.dialect.name == "postgresql" else _RUNNABLE
+    rows = conn.execute(query, {"b_now": now, "b_limit": len(owners)}).all()
     claimed: list[tuple[int, str]] = []
     free = iter(owners)
-    for row in conn.execute(query).all():
+    for row in rows:
         owner = next(free)
         if _claim_row(conn, row, owner=owner, now=now, lease=lease, max_claims=max_claims):
             claimed.append((row.id, owner))
@@ -79,7 +90,6 @@ def claim_batch(
 def _claim_row(
     conn: Connection, row: Row[*tuple[Any, ...]], *, owner: str, now: datetime, lease: timedelta, max_claims: int
 ) -> bool:
-    c = executions_t.c
     takeover = row.status == "running"
     if takeover and row.claims >= max_claims:
         reason = f"its worker was lost {row.claims} times (last: {row.lease_owner}); not retried again"
@@ -116,8 +126,8 @@ def _claim_row(
             "lease_owner": owner,
             "lease_expires_at": now + lease,
             "claims": row.claims + (0 if row.status == "waiting" else 1),
-            "started_at": c.started_at if row.status != "pending" else now,
             "wake_at": None,
+            **({"started_at": now} if row.status == "pending" else {}),  # a resumed run keeps its start
         },
         # A waiting execution re-checking is routine; claims and takeovers are worth a line.
         audit_it=row.status != "waiting",
