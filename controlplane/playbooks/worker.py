@@ -266,15 +266,17 @@ class Worker:
                 log.exception("worker.error")
                 self._stopping.wait(self._poll)  # back off, then retry
                 continue
-            pool = self._pool
             for index, (execution_id, owner) in enumerate(claimed):
-                if pool is None or self._stopping.is_set():
-                    # Stopping: let go of what was not started; its lease expires and a replica resumes it.
+                # Claimed ones run even when stopping: stop() waits for them before it shuts the pool.
+                try:
+                    if self._pool is None:
+                        raise RuntimeError("the pool is shut")
+                    self._pool.submit(self._run_logged, execution_id, owner)
+                except RuntimeError:  # stop() gave up waiting for this loop: let the rest go, a replica resumes them
                     with self._lock:
                         for left, _owner in claimed[index:]:
                             self._running.pop(left, None)
                     break
-                pool.submit(self._run_logged, execution_id, owner)
             if len(claimed) < wanted:
                 self._wake.wait(self._poll)
 

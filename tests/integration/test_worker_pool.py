@@ -207,3 +207,17 @@ def test_a_cancelled_execution_calls_no_further_step_while_others_run_on(engine:
     for execution_id in cancelled:
         assert (f"{execution_id}:forward:1", "test.after") not in calls.made
     assert sorted(calls.made.values()) == [1] * len(calls.made)
+
+
+def test_stopping_lets_the_claimed_executions_finish_and_claims_no_more(engine: Engine, database_url: str) -> None:
+    """A rolling restart: what the pool claimed ends (none is left `running` for a takeover); the rest waits."""
+    calls = Calls()
+    ids = fire(engine, 3 * THREADS, TWO_NETWORK_STEPS)
+    with service_worker(database_url, calls, "svc0") as worker:
+        worker.notify()
+        wait_for("the pool to fill", lambda: calls.most_in_flight >= THREADS // 2 or None, 10)
+    # service_worker's exit stopped the worker: every execution it claimed ended, the others were never claimed.
+    counted = statuses(engine)
+    assert counted["running"] == 0, counted
+    assert 0 < counted["succeeded"] < len(ids) and counted["succeeded"] + counted["pending"] == len(ids), counted
+    assert sorted(calls.made.values()) == [1] * (2 * counted["succeeded"])
