@@ -119,7 +119,9 @@ class Settings(BaseSettings):
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
     worker_lease_seconds: float = Field(default=30.0, ge=1)  # a claim not heartbeated this long is taken over
     worker_poll_seconds: float = Field(default=1.0, gt=0)
-    worker_threads: int = Field(default=2, ge=1, le=64)
+    # Executions in flight per replica: a pool sized for I/O, since steps mostly wait on the network
+    # (a waiting `verify.*` step holds no thread). The database pool grows with it (services.py).
+    worker_threads: int = Field(default=32, ge=1, le=256)
     max_claims: int = Field(default=3, ge=1)  # an execution whose worker died this often is failed
     metric_rule_interval_seconds: float = Field(default=30.0, gt=0)
     # How often each replica looks for pages to send (a failure on this replica sends at once).

@@ -68,7 +68,14 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = make_engine(settings.database_url)
+        # The pool grows with the worker threads, by half of them (each holds a connection only for a
+        # statement or a short transaction): 31 connections at most with the default 32 threads, so
+        # three replicas stay under PostgreSQL's default max_connections of 100.
+        engine = make_engine(
+            settings.database_url,
+            pool_size=5 + settings.worker_threads // 4,
+            max_overflow=10 + settings.worker_threads // 4,
+        )
         metrics = Metrics()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             metrics.registry.register(collector)

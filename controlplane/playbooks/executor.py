@@ -81,13 +81,14 @@ class Executor:
                     return "waiting"
                 if outcome.kind == "failed" and run.playbook.steps[index].on_failure != "continue":
                     return self._abort(run, index, outcome.error)
-                index += 1
-                self._store.advance(run, index)
+                index += 1  # recorded by the next step's first write, or by the transition below
             final: Status = "dry_run" if run.dry_run else "succeeded"
             # A run whose own verify step passed is settled at once; others when their incident
             # resolves or their window runs out (playbooks/ledger.py).
             settled = "resolved" if not run.dry_run and self._store.verified(run) else None
-            self._store.transition(run, final, reason="all steps done", outcome=settled)
+            self._store.transition(
+                run, final, reason="all steps done", outcome=settled, current_step=len(run.playbook.steps)
+            )
             self._metrics.executions.labels(run.rule, final).inc()
             if settled is not None:
                 self._metrics.remediation_outcomes.labels(run.rule, settled).inc()

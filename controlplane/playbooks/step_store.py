@@ -13,17 +13,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, Engine, Row, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, select, update
 
 from controlplane.audit import audit
 from controlplane.db.engine import write_transaction
-from controlplane.db.tables import dialect_insert, executions_t, steps_t
+from controlplane.db.tables import executions_t, steps_t
 from controlplane.playbooks import pages
 from controlplane.playbooks.state import Status, transition
 from controlplane.rules.schema import Playbook, Step
 
 Phase = Literal["forward", "rollback"]
 FINISHED = frozenset({"succeeded", "failed", "skipped"})
+
+
+# Built once, run with parameter dicts (building statements was most of a step's CPU); the SET
+# clause of an UPDATE is the keys of the parameters that name columns, `b_*` are the WHERE's.
+_FENCE = update(executions_t).where(
+    executions_t.c.id == bindparam("b_id"),
+    executions_t.c.lease_owner == bindparam("b_owner"),
+    executions_t.c.status == "running",
+)
+_INSERT_STEP = steps_t.insert().returning(*steps_t.c)
+_UPDATE_STEP = update(steps_t).where(steps_t.c.id == bindparam("b_id")).returning(*steps_t.c)
 
 
 class LeaseLost(Exception):
@@ -119,11 +130,6 @@ class StepStore:
 
     # -- the execution -------------------------------------------------------------------
 
-    def advance(self, run: Run, index: int) -> None:
-        """Move the run on to step `index`, renewing the lease."""
-        with self._write() as conn:
-            self._fence(conn, run, current_step=index, lease_expires_at=self._lease_until())
-
     def transition(
         self,
         run: Run,
@@ -134,10 +140,15 @@ class StepStore:
         also_audit: tuple[str, dict[str, Any]] | None = None,
         outcome: str | None = None,
         page: bool = False,
+        current_step: int | None = None,
     ) -> None:
         """Move the run to `to` while the claim holds. In the same transaction: `also_audit`, the ledger's
-        `outcome`, and with `page` a page telling on-call why it ended (playbooks/pages.py)."""
+        `outcome`, `current_step` (past its last step when done), and with `page` a page telling on-call
+        why it ended (playbooks/pages.py)."""
         now = self._clock()
+        values: dict[str, Any] = {"outcome": outcome, "outcome_at": now} if outcome else {}
+        if current_step is not None:
+            values["current_step"] = current_step
         with self._write() as conn:
             ok = transition(
                 conn,
@@ -149,7 +160,7 @@ class StepStore:
                 owner=run.owner,
                 incident_id=run.incident_id,
                 detail=detail,
-                values={"outcome": outcome, "outcome_at": now} if outcome else None,
+                values=values or None,
             )
             if not ok:
                 raise LeaseLost()
@@ -217,22 +228,27 @@ class StepStore:
         if duration is not None:
             values["duration_ms"] = round(duration * 1000, 3)
         run, existing = place.run, place.row
+        # A forward step's first record also moves the run on to it: no write of its own between steps
+        # (a step found finished on resume, before its run moved on, is taken as it ended: steps.py).
+        progress = {"current_step": place.index} if place.phase == "forward" else {}
         with self._write() as conn:
-            self._fence(conn, run, lease_expires_at=self._lease_until())
+            self._fence(conn, run, lease_expires_at=self._lease_until(), **progress)
             if existing is None:
-                conn.execute(
-                    dialect_insert(conn, steps_t).values(
-                        execution_id=run.id,
-                        phase=place.phase,
-                        index=place.index,
-                        step_id=place.step.id,
-                        started_at=now,
-                        idempotency_key=f"{run.id}:{place.phase}:{place.index}",
-                        **{"attempts": 0, **values},
-                    )
-                )
+                written = conn.execute(
+                    _INSERT_STEP,
+                    {
+                        "execution_id": run.id,
+                        "phase": place.phase,
+                        "index": place.index,
+                        "step_id": place.step.id,
+                        "started_at": now,
+                        "idempotency_key": f"{run.id}:{place.phase}:{place.index}",
+                        "attempts": 0,
+                        **values,
+                    },
+                ).one()
             else:
-                conn.execute(update(steps_t).where(steps_t.c.id == existing.id).values(**values))
+                written = conn.execute(_UPDATE_STEP, {"b_id": existing.id, **values}).one()
             if done or (status == "running" and existing is None):
                 detail = {
                     "phase": place.phase,
@@ -242,9 +258,7 @@ class StepStore:
                     "error": error,
                 }
                 self._audit(conn, run, f"step.{status}", detail, now=now)
-        row = self.step_row(run, place.phase, place.index)
-        assert row is not None  # written above, and step rows are never deleted
-        return row
+        return written
 
     def wait(self, place: StepPlace, *, output: dict[str, Any], attempts: int, until: datetime) -> None:
         """Release the execution until `until`: no worker sleeps through a wait."""
@@ -281,13 +295,7 @@ class StepStore:
         return write_transaction(self._engine, sync="normal")
 
     def _fence(self, conn: Connection, run: Run, **values: Any) -> None:
-        res = conn.execute(
-            update(executions_t)
-            .where(
-                executions_t.c.id == run.id, executions_t.c.lease_owner == run.owner, executions_t.c.status == "running"
-            )
-            .values(updated_at=self._clock(), **values)
-        )
+        res = conn.execute(_FENCE, {"b_id": run.id, "b_owner": run.owner, "updated_at": self._clock(), **values})
         if res.rowcount != 1:
             raise LeaseLost()
 
