@@ -167,8 +167,8 @@ def test_failing_graph_is_disabled_and_its_incident_resolves(stack: Stack) -> No
 
 
 def test_checkpoint_failures_switch_to_backup_storage(stack: Stack) -> None:
-    """Broken primary storage raises two alerts (failing saves, and the checkpointer's own health check): one
-    failure, so one switch: the rule keys both per namespace and the second finds the first one's run."""
+    """Broken primary storage: failing saves switch checkpoint storage to the backup, once. (The checkpointer's
+    own health alert, LangGraphCheckpointerDown, fires too and opens an incident of its own for on-call.)"""
     before = {e["id"] for e in stack.api("/api/v1/executions", rule="checkpoint-failures")["items"]}
     stack.admin("POST", "/faults", {"storage": "primary", "broken": True})
     try:

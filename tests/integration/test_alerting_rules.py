@@ -27,7 +27,6 @@ REMEDIATED = [
     "LangGraphCheckpointFailures",
     "LangGraphDatabaseConnectionsHigh",
     "LangGraphResourceExhaustion",
-    "LangGraphCheckpointerDown",
     "LLMProviderErrors",
     "LLMQuotaExhausted",
     "LLMTokenSpike",
