@@ -15,6 +15,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, full fsync on commit, a busy timeout and explicit BEGINs."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):  # one connection, no queue: pool sizes do not apply
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("pool_size", "max_overflow")}
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
         _configure_sqlite(engine)
         return engine
