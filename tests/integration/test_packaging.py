@@ -42,6 +42,9 @@ READ_TOKEN = "packaging-read-token-0123456789"
 PASSWORD = "a console password for the packaging test"
 # Environment that would make the venv's python see something else than the installed package.
 LEAKY = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+# Not a user's default: with it, each command below would compile everything it imports again (the install
+# leaves the compiling to the first run, see `installed`).
+NOT_A_USERS = ("PYTHONDONTWRITEBYTECODE",)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,11 @@ class Installed:
 
     def env(self, **settings: str) -> dict[str, str]:
         """This process's environment without CONTROLPLANE_* or Python path variables, plus `settings`."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_") and k not in LEAKY}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CONTROLPLANE_") and k not in LEAKY and k not in NOT_A_USERS
+        }
         return {**env, **{f"CONTROLPLANE_{name.upper()}": value for name, value in settings.items()}}
 
     def run(self, *args: str, stdin: str | None = None, **settings: str) -> subprocess.CompletedProcess[str]:
