@@ -27,8 +27,9 @@ from controlplane.db.engine import make_engine
 from controlplane.db.models import Base
 from controlplane.defaults import DIRECTORY as DEFAULTS_DIR
 
-# Fixtures of the real binaries and the sample service: `prometheus`, `alertmanager`, `sample_app`.
-pytest_plugins = ["tests.prometheus_server", "tests.alertmanager_server", "tests.sample_fixture"]
+# Fixtures of the real binaries and the sample service: `prometheus`, `alertmanager`, `sample_app`; and the
+# wheel of the tree, `project_wheel`.
+pytest_plugins = ["tests.prometheus_server", "tests.alertmanager_server", "tests.sample_fixture", "tests.project_wheel"]
 
 DATA = Path(__file__).parent / "data"
 PG_URL = os.environ.get("CONTROLPLANE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

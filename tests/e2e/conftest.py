@@ -27,8 +27,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One Chromium for the browser tests of this directory: each test opens a fresh context (own cookies,
+    storage and pages), so a browser of its own would only cost another start."""
     executable = require_binary("chromium")
     from playwright.sync_api import sync_playwright
 
@@ -36,6 +38,16 @@ def browser() -> Iterator[Any]:
         browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_browser_contexts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test's browser contexts close when it ends: the next test finds the shared browser as it was."""
+    browser = request.getfixturevalue("browser") if "browser" in request.fixturenames else None
+    yield
+    if browser is not None:
+        for context in list(browser.contexts):
+            context.close()
 
 
 @contextmanager

@@ -39,10 +39,6 @@ CONTAINERFILE = ROOT / "Containerfile"
 BASE_IMAGE = "localhost/controlplane-base:bookworm"  # made by scripts/test-deps.sh
 UID = "10001"  # runAsUser in deploy/kubernetes
 DATA_DIR = "/var/lib/controlplane"
-# What the wheel build needs of the working tree is the package and its metadata; the rest stays behind.
-NOT_IN_WHEEL_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "tests", "bench", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "*.db*"
-)
 BUILD_SECONDS = 600  # cold on a loaded 2-core machine: wheels ~10 s, image ~30 s when idle
 READY_SECONDS = 90
 
@@ -65,19 +61,19 @@ def project_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A per-run tag of the image built from the working tree; removed afterwards (the base stays)."""
+def image(project_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A per-run tag of the image built from the working tree's wheel (tests/project_wheel.py, built once a
+    session) and its dependencies' wheels; removed afterwards (the base stays)."""
     require_binary("podman")
     require_binary("runc")
     require(
         podman("image", "exists", BASE_IMAGE).returncode == 0,
         f"base image {BASE_IMAGE} missing: `scripts/test-deps.sh` makes it (as root, with debootstrap)",
     )
-    work = tmp_path_factory.mktemp("image")
-    source, wheels = work / "source", work / "wheels"
-    shutil.copytree(ROOT, source, ignore=NOT_IN_WHEEL_SOURCE)
+    wheels = tmp_path_factory.mktemp("image") / "wheels"
+    # The README's `pip wheel -w build/wheels .`, given the tree's wheel: it and every dependency's wheel.
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(project_wheel)],
         capture_output=True,
         text=True,
         timeout=BUILD_SECONDS,

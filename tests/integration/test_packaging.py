@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -36,9 +35,6 @@ from tests.integration.serverproc import LOOPBACK, free_port
 pytestmark = pytest.mark.slow
 
 SOURCE = Path(__file__).resolve().parents[2]
-# What a source distribution of the project holds: the build needs nothing else from the tree.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "controlplane")
-BUILD_TIMEOUT = 300.0
 INSTALL_TIMEOUT = 420.0
 COMMAND_TIMEOUT = 120.0
 WEBHOOK_TOKEN = "packaging-webhook-token-0123456789"
@@ -46,6 +42,9 @@ READ_TOKEN = "packaging-read-token-0123456789"
 PASSWORD = "a console password for the packaging test"
 # Environment that would make the venv's python see something else than the installed package.
 LEAKY = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV")
+# Not a user's default: with it, each command below would compile everything it imports again (the install
+# leaves the compiling to the first run, see `installed`).
+NOT_A_USERS = ("PYTHONDONTWRITEBYTECODE",)
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,11 @@ class Installed:
 
     def env(self, **settings: str) -> dict[str, str]:
         """This process's environment without CONTROLPLANE_* or Python path variables, plus `settings`."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_") and k not in LEAKY}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CONTROLPLANE_") and k not in LEAKY and k not in NOT_A_USERS
+        }
         return {**env, **{f"CONTROLPLANE_{name.upper()}": value for name, value in settings.items()}}
 
     def run(self, *args: str, stdin: str | None = None, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -90,33 +93,32 @@ def _run(command: list[str], *, timeout: float, cwd: Path, env: Mapping[str, str
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """The wheel of a copy of the tree (a build writes build/ and *.egg-info where it runs), installed into a
-    new virtualenv; everything in a temporary directory outside the source tree."""
+def installed(project_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel of the tree (built from a copy of what a source distribution holds, outside the tree: see
+    tests/project_wheel.py), installed into a new virtualenv; everything in a temporary directory."""
     root = tmp_path_factory.mktemp("packaging")
     assert not root.resolve().is_relative_to(SOURCE)
-    source = root / "source"
-    source.mkdir()
-    for name in BUILD_INPUTS:
-        path = SOURCE / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(path, source / name)
     installed = Installed(venv=root / "venv", workdir=root / "work")
     installed.workdir.mkdir()
     env = installed.env(PIP_NO_INPUT="1")
-    wheels = root / "wheels"
+    # A virtualenv without pip of its own, filled by this pip run with the venv's interpreter (--python): the
+    # package needs no pip at run time, and seeding one takes seconds. No byte-compiling of every dependency
+    # at install: the commands below compile what they import, once, as a first run does.
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)],
-        timeout=BUILD_TIMEOUT,
-        cwd=root,
-        env=env,
+        [sys.executable, "-m", "venv", "--without-pip", str(installed.venv)], timeout=COMMAND_TIMEOUT, cwd=root, env=env
     )
-    [wheel] = wheels.glob("controlplane-*.whl")
-    _run([sys.executable, "-m", "venv", str(installed.venv)], timeout=COMMAND_TIMEOUT, cwd=root, env=env)
     _run(
-        [str(installed.python), "-m", "pip", "install", "--no-input", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(installed.python),
+            "install",
+            "--no-input",
+            "--no-compile",
+            str(project_wheel),
+        ],
         timeout=INSTALL_TIMEOUT,
         cwd=root,
         env=env,
