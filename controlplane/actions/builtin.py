@@ -9,6 +9,7 @@ from controlplane.actions.base import ActionRegistry, declared_in
 
 # The modules of controlplane.actions declaring built-in actions: a new one is named here or its actions are missing.
 NAMES = (
+    "canary",
     "failover",
     "flow",
     "graph",
@@ -21,6 +22,7 @@ NAMES = (
     "prometheus",
     "silence",
     "storage",
+    "tools",
 )
 MODULES: tuple[ModuleType, ...] = tuple(import_module(f"controlplane.actions.{name}") for name in NAMES)
 

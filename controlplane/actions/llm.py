@@ -1,4 +1,5 @@
-"""Owns the LLM actions of an http target: `llm.failover`, `llm.limit`, `tool.disable` / `tool.enable`, `graph.canary`.
+"""Owns the LLM side of an http target (`GET /llm`) and its actions `llm.failover` and `llm.limit`; tools.py has
+`tool.disable` / `tool.enable` and canary.py `graph.canary`, which read the target through `read_llm` here.
 
 They act through the deployment's admin API (integrations/admin_api.py): `GET /llm` says which
 models there are and whether each is healthy, each graph's model and caps, and the tools; changes
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -37,11 +37,9 @@ from controlplane.actions.base import (
     action,
 )
 from controlplane.actions.graph import GRAPH_NAME, TIMEOUT_SECONDS, GraphName, target_name
-from controlplane.durations import Duration, format_duration, spoken
 from controlplane.rules.schema import LlmModel, Target
 
 CHOSEN = "llm.failover.chosen"  # audited before the switch: a retried step keeps the model it chose
-CANARY_TIMEOUT_SECONDS = 120.0  # at most: the runs themselves take time (the step's deadline may cut it shorter)
 
 
 def _not_dots(value: str) -> str:
@@ -124,7 +122,7 @@ def read_llm(ctx: ActionContext, target: Target) -> LlmView:
         ) from None
 
 
-def _refusal_of(check: Callable[[ActionContext, Any], str | None]) -> Callable[[ActionContext, Any], str | None]:
+def refusal_of(check: Callable[[ActionContext, Any], str | None]) -> Callable[[ActionContext, Any], str | None]:
     """A pre-step check that never raises: when the state cannot be read, the step runs and fails with the real
     error (the service refuses what it cannot do)."""
 
@@ -241,7 +239,7 @@ def _plan_failover(ctx: ActionContext, params: FailoverParams) -> Plan:
     "llm.failover",
     params=FailoverParams,
     inverse="llm.failover",
-    blast_radius=_refusal_of(_failover_refusal),
+    blast_radius=refusal_of(_failover_refusal),
     blast_radius_doc="only to a model of the target's llm_models that the service reports healthy",
     target=target_name,
     describe_effect=_failed_over,
@@ -376,7 +374,7 @@ def _plan_limit(ctx: ActionContext, params: LimitParams) -> Plan:
     "llm.limit",
     params=LimitParams,
     inverse="llm.limit",
-    blast_radius=_refusal_of(lambda ctx, params: limit_refusal(ctx.target(params.target), params)),
+    blast_radius=refusal_of(lambda ctx, params: limit_refusal(ctx.target(params.target), params)),
     blast_radius_doc="never a concurrency cap below the target's min_llm_concurrency, nor a token budget below "
     "its min_token_budget (0 removes a cap)",
     target=target_name,
@@ -409,245 +407,3 @@ def limit(ctx: ActionContext, params: LimitParams) -> ActionResult:
             "changed": bool(answer.get("changed")),
         },
     )
-
-
-# -- tool.disable / tool.enable -----------------------------------------------------------------------
-
-
-class ToolParams(Params):
-    target: str = "default"
-    tool: ToolName
-
-
-def disable_tool_refusal(target: Target, tool: str, disabled: list[str]) -> str | None:
-    """Why disabling `tool` would leave more tools disabled than the target allows, or None."""
-    if tool in disabled:
-        return None  # already disabled: nothing changes
-    if len(disabled) + 1 > target.max_disabled_tools:
-        return (
-            f"disabling tool {tool!r} would make {len(disabled) + 1} disabled tools on target {target.name!r}, "
-            f"over its max_disabled_tools of {target.max_disabled_tools} "
-            f"(already disabled: {', '.join(disabled) or 'none'})"
-        )
-    return None
-
-
-def _tool_refusal(ctx: ActionContext, params: ToolParams) -> str | None:
-    target = llm_target(ctx, params.target, "tool.disable")
-    return disable_tool_refusal(target, params.tool, read_llm(ctx, target).disabled_tools())
-
-
-def _tool_described(verb: str, state: str) -> Callable[[ToolParams, dict[str, Any]], str]:
-    def describe(params: ToolParams, output: dict[str, Any]) -> str:
-        tool, target = output.get("tool", params.tool), output.get("target", params.target)
-        if output.get("changed") is False:
-            return f"Tool {tool} was already {state} on {target}; left as it was"
-        return f"{verb} tool {tool} on {target}"
-
-    return describe
-
-
-def _tool_planner(enabled: bool) -> Callable[[ActionContext, ToolParams], Plan]:
-    name, verb, state = ("tool.enable", "enable", "enabled") if enabled else ("tool.disable", "disable", "disabled")
-
-    def plan(ctx: ActionContext, params: ToolParams) -> Plan:
-        target = llm_target(ctx, params.target, name)
-        view = read_llm(ctx, target)
-        if params.tool not in view.tools:
-            raise ActionError(
-                f"no tool named {params.tool!r} on target {target.name!r} (tools: {', '.join(view.tools)})"
-            )
-        disabled = view.disabled_tools()
-        noop = (params.tool not in disabled) == enabled
-        after = [t for t in disabled if t != params.tool] if enabled else sorted({*disabled, params.tool})
-        counts = f"{len(disabled)} of {len(view.tools)} disabled; at most {target.max_disabled_tools} disabled"
-        if noop:
-            sentence = f"leave tool {params.tool} on {target.name}: already {state} ({counts})"
-        else:
-            sentence = f"{verb} tool {params.tool} on {target.name} ({counts})"
-        change = {
-            "tool": params.tool,
-            "from": "disabled" if params.tool in disabled else "enabled",
-            "to": state,
-            "disabled_before": disabled,
-            "disabled_after": disabled if noop else after,
-            "max_disabled_tools": target.max_disabled_tools,
-        }
-        refused = None if enabled else disable_tool_refusal(target, params.tool, disabled)
-        return Plan(action=name, target=target.name, change=change, sentence=sentence, refused=refused, noop=noop)
-
-    return plan
-
-
-def _set_tool(ctx: ActionContext, params: ToolParams, *, enabled: bool) -> ActionResult:
-    verb = "enable" if enabled else "disable"
-    target = llm_target(ctx, params.target, f"tool.{verb}")
-    answer = ctx.ports.admin_api.request(
-        target,
-        "POST",
-        f"/tools/{params.tool}/{verb}",
-        idempotency_key=ctx.idempotency_key,
-        timeout=ctx.time_left(TIMEOUT_SECONDS),
-    )
-    changed = bool(answer.get("changed"))
-    after = "enabled" if enabled else "disabled"
-    before = ("disabled" if enabled else "enabled") if changed else after
-    return ActionResult(
-        value=params.tool,
-        output={
-            "target": target.name,
-            "tool": params.tool,
-            "before": before,
-            "after": after,
-            "changed": changed,
-            "disabled_tools": list(answer.get("disabled", [])),
-        },
-    )
-
-
-@action(
-    "tool.disable",
-    params=ToolParams,
-    inverse="tool.enable",
-    blast_radius=_refusal_of(_tool_refusal),
-    blast_radius_doc="at most the target's max_disabled_tools disabled at once",
-    target=target_name,
-    describe_effect=_tool_described("Disabled", "disabled"),
-    plan=_tool_planner(enabled=False),
-)
-def disable_tool(ctx: ActionContext, params: ToolParams) -> ActionResult:
-    """Stop a graph's agents calling one tool (a breaker for a failing or looping tool); one already off is left."""
-    return _set_tool(ctx, params, enabled=False)
-
-
-@action(
-    "tool.enable",
-    params=ToolParams,
-    inverse="tool.disable",
-    target=target_name,
-    describe_effect=_tool_described("Enabled", "enabled"),
-    plan=_tool_planner(enabled=True),
-)
-def enable_tool(ctx: ActionContext, params: ToolParams) -> ActionResult:
-    """Let agents call a tool again; one already enabled is left as it is."""
-    return _set_tool(ctx, params, enabled=True)
-
-
-# -- graph.canary -----------------------------------------------------------------------------------
-
-
-class CanaryParams(Params):
-    target: str = "default"
-    graph: GraphName
-    runs: int = Field(default=5, ge=1, le=20)
-    max_latency: Duration = timedelta(seconds=10)  # a run slower than this does not count as a success
-    min_success: int | None = Field(default=None, ge=1)  # default: every run
-    retriable: bool = False  # True: a failed canary is retried by the step's `retry` (each attempt sends new runs)
-
-    @model_validator(mode="after")
-    def _within_runs(self) -> CanaryParams:
-        if self.min_success is not None and self.min_success > self.runs:
-            raise ValueError(f"min_success {self.min_success} is more than the {self.runs} runs sent")
-        if self.max_latency <= timedelta(0):
-            raise ValueError("max_latency must be longer than 0s")
-        return self
-
-    @property
-    def needed(self) -> int:
-        return self.min_success or self.runs
-
-    @property
-    def bound(self) -> str:
-        """max_latency as a person reads it; under a second in milliseconds (`spoken` would say `0 s`)."""
-        return (
-            spoken(self.max_latency) if self.max_latency >= timedelta(seconds=1) else format_duration(self.max_latency)
-        )
-
-
-def _canary_passed(params: CanaryParams, output: dict[str, Any]) -> str:
-    graph, target = output.get("graph", params.graph), output.get("target", params.target)
-    return (
-        f"Canary on graph {graph} ({output.get('model')}) on {target}: {output.get('value')} of "
-        f"{output.get('runs', params.runs)} runs succeeded within {params.bound}"
-    )
-
-
-def _plan_canary(ctx: ActionContext, params: CanaryParams) -> Plan:
-    """A canary sends runs: the plan says what it would send, and sends nothing."""
-    target = llm_target(ctx, params.target, "graph.canary")
-    view = read_llm(ctx, target)
-    model = view.graph(target, params.graph).model
-    health = view.health(model)
-    sentence = (
-        f"send {params.runs} canary runs through graph {params.graph} on {target.name} ({model}, {health} now); "
-        f"pass when {params.needed} succeed within {params.bound}"
-    )
-    change = {
-        "graph": params.graph,
-        "model": model,
-        "model_health": health,
-        "runs": params.runs,
-        "min_success": params.needed,
-        "max_latency_seconds": params.max_latency.total_seconds(),
-    }
-    return Plan(action="graph.canary", target=target.name, change=change, sentence=sentence)
-
-
-def count_within(answer: dict[str, Any], limit_seconds: float) -> int:
-    """The runs of a canary's answer that succeeded within `limit_seconds`: a failed run may answer fast too.
-
-    `outcomes` ("ok" or the error, one per run, as the sample service answers) pairs each run with its
-    latency; without them, no more successes are counted than runs within the bound.
-    """
-    latencies = [float(x) for x in answer.get("latencies_seconds", [])]
-    outcomes = [str(x) for x in answer.get("outcomes", [])]
-    if len(outcomes) == len(latencies):
-        return sum(1 for ok, x in zip(outcomes, latencies, strict=True) if ok == "ok" and x <= limit_seconds)
-    return min(int(answer.get("succeeded", 0)), sum(1 for x in latencies if x <= limit_seconds))
-
-
-@action(
-    "graph.canary",
-    params=CanaryParams,
-    target=target_name,
-    describe_effect=_canary_passed,
-    plan=_plan_canary,
-)
-def canary(ctx: ActionContext, params: CanaryParams) -> ActionResult:
-    """Verify a graph works: send synthetic runs through it; fail the step unless enough succeed within max_latency."""
-    target = llm_target(ctx, params.target, "graph.canary")
-    # No idempotency key: a canary measures now, so a retried step sends new runs rather than replaying old ones.
-    answer = ctx.ports.admin_api.request(
-        target,
-        "POST",
-        f"/graphs/{params.graph}/canary",
-        json={"runs": params.runs},
-        timeout=ctx.time_left(CANARY_TIMEOUT_SECONDS),
-    )
-    limit_seconds = params.max_latency.total_seconds()
-    latencies = [float(x) for x in answer.get("latencies_seconds", [])]
-    outcomes = [str(x) for x in answer.get("outcomes", [])]
-    succeeded = int(answer.get("succeeded", 0))
-    within = count_within(answer, limit_seconds)
-    output = {
-        "target": target.name,
-        "graph": params.graph,
-        "model": answer.get("model"),
-        "runs": int(answer.get("runs", params.runs)),
-        "succeeded": succeeded,
-        "within_latency": within,
-        "min_success": params.needed,
-        "max_latency_seconds": limit_seconds,
-        "latencies_seconds": latencies,
-        "outcomes": outcomes,
-        "slowest_seconds": max(latencies, default=0.0),
-    }
-    if within < params.needed:
-        raise ActionError(
-            f"canary on graph {params.graph} ({answer.get('model')}) on {target.name}: {within} of "
-            f"{output['runs']} runs succeeded within {params.bound}, {params.needed} needed "
-            f"({succeeded} succeeded; slowest {output['slowest_seconds']:.3g} s)",
-            retriable=params.retriable,
-            output=output,
-        )
-    return ActionResult(value=within, output=output)

@@ -225,7 +225,7 @@ class Target(_Strict):
     max_disabled_graphs: int = Field(default=1, ge=0)
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=20, ge=1)
-    # http: the LLM actions (actions/llm.py) and their bounds.
+    # http: the LLM actions (actions/llm.py, tools.py, canary.py) and their bounds.
     llm_models: list[LlmModel] = Field(default_factory=list)  # llm.failover's order
     min_llm_concurrency: int = Field(default=1, ge=1)  # llm.limit never caps a graph's concurrent runs below it
     min_token_budget: int = Field(default=1000, ge=1)  # llm.limit never sets a token budget (per minute) below it

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from controlplane.durations import parse_duration
-from controlplane.scenarios.runner import Outcome
+from controlplane.scenarios.outcome import Outcome
 from controlplane.scenarios.schema import Scenario, ScenarioFile
 
 SECTIONS = ("incidents", "executions", "pages")

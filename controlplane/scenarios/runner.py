@@ -26,7 +26,6 @@ import heapq
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,72 +46,14 @@ from controlplane.playbooks import approvals, ledger, pages
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.approval_plans import plan_of
 from controlplane.playbooks.contexts import ActionContexts, engine_ports
-from controlplane.playbooks.planning import ExecutionPlan
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.loader import RuleSet
+from controlplane.scenarios.outcome import Execution, Outcome
 from controlplane.scenarios.schema import AlertIn, Approval, Scenario
 from controlplane.scenarios.world import ScenarioPrometheus, ScenarioSilences, World, unsendable
 
 NOTIFY_ACTIONS = ("notify.oncall", "notify.slack", "notify.pagerduty", "notify.escalate", "notify.webhook")
 RECEIVER = "scenario"
-
-
-@dataclass
-class Execution:
-    """One execution as the scenario saw it; `plan` is its plan when it started (None: it never did)."""
-
-    id: int
-    at: timedelta
-    rule: str
-    playbook: str
-    alert: str | None
-    key: str
-    decision: str  # run, dry_run, awaiting_approval, suppressed
-    guard: str | None
-    reason: str
-    status: str
-    ended_at: timedelta | None = None
-    plan: ExecutionPlan | None = None
-    incident_id: int | None = None
-    verify_within: timedelta | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "at": format_duration(self.at),
-            "rule": self.rule,
-            "playbook": self.playbook,
-            "alert": self.alert,
-            "key": self.key,
-            "decision": self.decision,
-            "guard": self.guard,
-            "reason": self.reason,
-            "status": self.status,
-            "ended_at": format_duration(self.ended_at) if self.ended_at is not None else None,
-        }
-        if self.plan is not None:
-            out["stopped"] = self.plan.stopped
-            out["steps"] = [
-                {
-                    "action": s.action,
-                    "status": s.status,
-                    "sentence": s.sentence.split(": ", 1)[-1],
-                    "change": dict(s.plan.change) if s.plan else {},
-                    "refused": s.plan.refused if s.plan else None,
-                    "target": s.plan.target if s.plan else None,
-                }
-                for s in self.plan.steps
-            ]
-        return out
-
-
-@dataclass
-class Outcome:
-    """What came of a scenario: incidents, executions and pages in order, and the world at the end."""
-
-    incidents: list[dict[str, Any]] = field(default_factory=list)
-    executions: list[Execution] = field(default_factory=list)
-    pages: list[dict[str, Any]] = field(default_factory=list)
-    world: dict[str, Any] = field(default_factory=dict)
 
 
 class _Clock:

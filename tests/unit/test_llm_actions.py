@@ -19,7 +19,7 @@ import pytest
 
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, BlastRadiusExceeded, Plan
 from controlplane.actions.builtin import build_registry
-from controlplane.actions.llm import count_within
+from controlplane.actions.canary import count_within
 from controlplane.config import Settings
 from controlplane.db.engine import make_engine
 from controlplane.playbooks.contexts import build_ports
