@@ -21,9 +21,7 @@ What is modelled (a run's steps are planned, not called):
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import json
 import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -42,6 +40,7 @@ from controlplane.durations import format_duration, parse_duration
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
 from controlplane.metricrules.evaluator import DEFAULT_GROUP_BY, evaluate_rule
+from controlplane.metricrules.evaluator import fingerprint as label_fingerprint
 from controlplane.playbooks import approvals, ledger, pages
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.approval_plans import plan_of
@@ -181,7 +180,7 @@ class _Run:
         now = self.clock.now
         alerts = []
         for a in batch:
-            fingerprint = hashlib.sha256(json.dumps(a.labels, sort_keys=True).encode()).hexdigest()[:16]
+            fingerprint = label_fingerprint(a.labels)  # as Alertmanager keys an alert: by its labels
             starts = self._episodes.setdefault(fingerprint, now)
             if a.status == "resolved":
                 del self._episodes[fingerprint]

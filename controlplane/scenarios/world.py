@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from controlplane.actions.base import Plan
+from controlplane.actions.graph import DISABLED_KEY
+from controlplane.actions.storage import STORAGE_KEY
 from controlplane.db.tables import alerts_t
 from controlplane.errors import ActionError
 from controlplane.integrations.prometheus import PrometheusClient, PrometheusError
@@ -32,9 +34,6 @@ from controlplane.rules.schema import Target
 from controlplane.sample.bodies import DisableRequest, FaultRequest
 from controlplane.sample.service import SampleService
 from controlplane.scenarios.schema import Answer, HttpTarget, KubernetesTarget
-
-DISABLED_KEY = "disabled_graphs"  # the ConfigMap keys graph.* and storage.* use (actions/graph.py, storage.py)
-STORAGE_KEY = "checkpoint_storage"
 
 
 class WorldWriteRefused(RuntimeError):
