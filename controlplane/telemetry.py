@@ -82,6 +82,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.ingest_lane = Counter(
+            "controlplane_ingest_lane_notifications",
+            "Webhook notifications by the ingest lane they took: express (groups quiet lately) or bulk.",
+            ["lane"],
+            registry=self.registry,
+        )
         self.ingest_batch_size = Histogram(
             "controlplane_ingest_batch_size",
             "Notifications committed together in one transaction (group commit).",

@@ -1,7 +1,11 @@
-"""Owns group commit: one writer thread commits concurrent webhooks' alerts in shared transactions.
+"""Owns group commit: writer threads commit concurrent webhooks' alerts in shared transactions.
 
 Each webhook still waits for its own commit before it is answered, so nothing is
-acknowledged that is not durable; what is shared is the fsync.
+acknowledged that is not durable; what is shared is the fsync. There are two lanes, each one
+thread batching what arrived while it committed: express for groups that sent few alerts
+lately, bulk for the rest (lanes.py), so a page from a quiet service does not queue behind a
+storm's batches. On SQLite the lanes still take turns at the database's one write lock, but
+express work no longer waits behind the bulk work queued before it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from controlplane.db.engine import write_transaction
 from controlplane.errors import Unavailable
 from controlplane.incidents.grouping import OpenIncidents
 from controlplane.incidents.keys import incident_key
+from controlplane.ingest.lanes import LANES, Lane, LaneRouter
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import IngestResult, ingest_notification
 from controlplane.telemetry import Metrics
@@ -100,6 +105,7 @@ class IngestWriter:
         max_batch: int = 256,
         commit_timeout: float = 5.0,
         hook: IngestHook[Any] | None = None,
+        router: LaneRouter | None = None,
     ) -> None:
         self._engine = engine
         self._group_by = list(group_by)
@@ -107,8 +113,9 @@ class IngestWriter:
         self._max_batch = max_batch
         self._commit_timeout = commit_timeout
         self._hook = hook
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._router = router or LaneRouter()
+        self._queues: dict[Lane, queue.SimpleQueue[_Job | None]] = {lane: queue.SimpleQueue() for lane in LANES}
+        self._threads: list[threading.Thread] = []
         self._accepting = False
         # Set while the database is known to be down: webhooks get their 503 at once instead of
         # waiting out a connect timeout each; the writer thread probes until it answers again.
@@ -116,16 +123,22 @@ class IngestWriter:
 
     def start(self) -> None:
         self._accepting = True
-        self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._queues[lane],), name=f"ingest-{lane}", daemon=True)
+            for lane in LANES
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking work, commit what is queued, and join the thread."""
+        """Stop taking work, commit what is queued, and join the threads."""
         self._accepting = False
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        for lane_queue in self._queues.values():
+            lane_queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
 
     async def submit(self, notification: AlertmanagerNotification) -> IngestResult:
         """Queue a notification and wait until it is committed (or raise Unavailable)."""
@@ -134,8 +147,10 @@ class IngestWriter:
         if self._down_since is not None:
             raise Unavailable("database unavailable: retry later")
         loop = asyncio.get_running_loop()
+        lane = self._router.route(notification.groupKey, len(notification.alerts))
+        self._metrics.ingest_lane.labels(lane).inc()
         job = _Job(notification, loop, loop.create_future())
-        self._queue.put(job)
+        self._queues[lane].put(job)
         try:
             return await asyncio.wait_for(job.future, self._commit_timeout)
         except TimeoutError:
@@ -145,23 +160,23 @@ class IngestWriter:
     def database_down(self) -> bool:
         return self._down_since is not None
 
-    def _run(self) -> None:
+    def _run(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
         while True:
             if self._down_since is not None:
                 try:
-                    job = self._queue.get(timeout=PROBE_SECONDS)
+                    job = jobs.get(timeout=PROBE_SECONDS)
                 except queue.Empty:
                     self._probe()
                     continue
             else:
-                job = self._queue.get()
+                job = jobs.get()
             if job is None:
                 return
             batch = [job]
             stop = False
             while len(batch) < self._max_batch:
                 try:
-                    more = self._queue.get_nowait()
+                    more = jobs.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
@@ -231,6 +246,7 @@ class IngestWriter:
             self._deliver(batch[0], exc)
 
     def _deliver(self, job: _Job, outcome: IngestResult | Exception) -> None:
+        self._router.done(job.notification.groupKey)  # committed or failed: the group may change lanes
         self._metrics.ingest_duration.observe(time.perf_counter() - job.enqueued)
 
         def settle() -> None:
