@@ -401,7 +401,14 @@ def measure(args: argparse.Namespace, url: str, engine: Engine, tmp: Path) -> di
         for rule_name, status, why, n in by_status:
             executions.setdefault(rule_name, {})[f"{status} ({why})" if why else status] = int(n)
 
-        logs = {f"replica-{r.index}": {"exit": r.proc.poll(), "events": server_log_summary([r])} for r in replicas}
+        logs = {
+            f"replica-{r.index}": {
+                "exit": r.proc.poll(),
+                "events": server_log_summary([r]),
+                "peak_rss_mb": peak_rss_mb(r.proc.pid),
+            }
+            for r in replicas
+        }
     return {
         "code": code,
         "ingest": ingest,
@@ -416,6 +423,19 @@ def measure(args: argparse.Namespace, url: str, engine: Engine, tmp: Path) -> di
 
 
 KINDS = {"storm": "StormAlert", "probe": "ProbeAlert"}
+RSS_AIM_MB = 150
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set so far (VmHWM), while it still runs; None where /proc cannot tell."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def progress(message: str) -> None:
@@ -480,7 +500,10 @@ def print_table(result: dict) -> None:  # type: ignore[type-arg]
     )
     for name, info in result["replicas_at_end"].items():
         events = ", ".join(f"{n} x {e}" for e, n in info["events"].items()) or "no warnings or errors"
-        print(f"{name} log: {events}")
+        rss = info["peak_rss_mb"]
+        verdict = "unknown" if rss is None else "met" if rss < RSS_AIM_MB else "ABOVE"
+        peak = f"{rss or 0:.0f} MB [aim < {RSS_AIM_MB} MB: {verdict}]"
+        print(f"{name}: peak RSS {peak}; log: {events}")
 
 
 def drop_schema(admin: Engine, schema: str, timeout: float = 30.0) -> object:
