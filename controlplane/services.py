@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -210,6 +211,7 @@ class Services:
         self.approval_timeouts.start()
         self.ledger_sweeps.start()
         self.pager.start()
+        freeze_startup_heap()
 
     def stop(self) -> None:
         # Step down first: another replica takes the singleton work over at once, and the
@@ -223,6 +225,7 @@ class Services:
         self.worker.stop()
         self.pager.stop()
         self.silence_expiry.shutdown()
+        gc.unfreeze()
         self.engine.dispose()
 
     def reload_rules(self) -> None:
@@ -246,6 +249,20 @@ class Services:
         except Exception as exc:  # a scrape must not fail because the database is down
             log.warning("metrics.open_incidents_unavailable", error=str(exc).splitlines()[0])
             return None
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up made (modules, rules, templates, clients: about a million objects) out of the
+    cyclic garbage collector's sight, after collecting start-up's own garbage.
+
+    Each full collection walked all of it: 80-90 ms with every thread stopped, which was the whole
+    p99 of the console's biggest page (156 ms against a p50 of 48) and a pause in ingest. Frozen
+    objects are still freed by reference counting; only cycles among them are not collected while
+    frozen, which start-up objects, living as long as the service, do not need. `stop` unfreezes
+    them, so a process that starts services again (the tests) gets the memory back.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _warn_if_open(settings: Settings) -> None:
