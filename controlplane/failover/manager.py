@@ -29,6 +29,7 @@ from controlplane.failover.schemas import (
     GroupStatus,
     SwitchResult,
 )
+from controlplane.failover.scoring import EndpointMetrics
 from controlplane.failover.thresholds import FAILOVER_FAILED, Health, Transition
 from controlplane.leader import Fence
 from controlplane.resilience.circuit_breaker import CircuitBreakers
@@ -83,16 +84,18 @@ class FailoverManager:
         now: datetime | None = None,
         *,
         fence: Fence | None = None,
+        metrics: EndpointMetrics | None = None,
     ) -> CheckOutcome:
         """Apply one health check result of `endpoint` with the group's thresholds.
 
+        `metrics` (a scored group's, measured with the check) are kept for choosing where to fail over.
         `fence` (LeaderElector.fence) runs first in the write: the scheduled checks are leader
         work, so a replaced leader's late result raises StaleLeader and records nothing.
         """
         thresholds.checked_endpoint(group, endpoint)
         now = now or self._clock()
         with self._locked(group, now, fence=fence) as (conn, settled):
-            change = thresholds.apply_check(settled.after, endpoint, ok, error, now)
+            change = thresholds.apply_check(settled.after, endpoint, ok, error, now, metrics)
             self._apply(conn, change, now)
             h = change.after.health[endpoint]
             outcome = CheckOutcome(group.service, endpoint, ok, h.last_error, h.healthy, settled.kinds + change.kinds)
@@ -130,7 +133,7 @@ class FailoverManager:
             if idempotency_key is not None:
                 detail["idempotency_key"] = idempotency_key
             change = thresholds.manual_switch(
-                settled.after, to, actor=actor, reason=reason or "switch requested", detail=detail
+                settled.after, to, actor=actor, reason=reason or "switch requested", detail=detail, now=now
             )
             self._apply(conn, change, now, incident_id=incident_id, execution_id=execution_id)
             source = thresholds.endpoint_named(group, change.before.active)
@@ -157,8 +160,9 @@ class FailoverManager:
         with self._engine.connect() as conn:
             active = repository.active_view(conn, group).endpoint
             state = thresholds.GroupState(group, active, repository.read_health(conn, group))
-        settled = thresholds.leave_removed(state)
-        change = thresholds.manual_switch(settled.after, to, actor="plan", reason="plan")
+        now = self._clock()
+        settled = thresholds.leave_removed(state, now)
+        change = thresholds.manual_switch(settled.after, to, actor="plan", reason="plan", now=now)
         return change.before.active, change.after.active
 
     def sync(self) -> None:
@@ -222,7 +226,7 @@ class FailoverManager:
     ) -> Iterator[tuple[Connection, Transition]]:
         """The service locked in a write transaction, already moved off an endpoint the rules dropped."""
         with repository.locked(self._engine, group, now, fence=fence) as (conn, state):
-            settled = thresholds.leave_removed(state)
+            settled = thresholds.leave_removed(state, now)
             self._apply(conn, settled, now)
             yield conn, settled
 
