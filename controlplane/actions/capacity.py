@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from controlplane.actions.base import ActionContext, ActionError, Params
+from controlplane.errors import ElsewhereError
 from controlplane.integrations.prometheus import PrometheusError
 
 # Seed 004's figures.
@@ -97,7 +98,8 @@ def _measure(ctx: ActionContext, name: str, promql: str) -> float:
     try:
         value = ctx.ports.prometheus.query_scalar(promql)
     except PrometheusError as exc:
-        raise ActionError(f"capacity {name}: {exc}", retriable=exc.retriable, output=output) from exc
+        # Not the workload's fault: retried, but kept off the workload's circuit.
+        raise ElsewhereError(f"capacity {name}: {exc}", retriable=exc.retriable, output=output) from exc
     if value is None or math.isinf(value) or value < 0:
         found = "no data (no series, or NaN)" if value is None else f"{value:g}"
         raise ActionError(

@@ -16,8 +16,10 @@ from sqlalchemy import Engine
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Plan
 from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
+from controlplane.errors import ElsewhereError
 from controlplane.rules.schema import Target
 from tests.helpers import T0, action_context
+from tests.prometheus_server import free_port
 from tests.standins.kubernetes import KubernetesStandIn
 from tests.standins.prometheus import PrometheusAnswers
 
@@ -138,4 +140,16 @@ def test_the_plan_states_the_inputs_and_the_result(
         "/ 50 per replica → 11 (at least 3); bounds 2..20)"
     )
     assert found.change["capacity"]["rps"] == 100 and found.change["to"] == 11
+    assert k8s.writes() == []
+
+
+def test_an_unreachable_prometheus_is_retried_but_not_held_against_the_workload(
+    k8s: KubernetesStandIn, tmp_path: Path, unused_engine: Engine
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(k8s.token + "\n")
+    settings = Settings(kube_api_url=k8s.url, kube_token_file=token, prometheus_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ElsewhereError, match="capacity rps: cannot reach Prometheus") as err:
+        scale(action_context(settings, unused_engine, PROD, now=T0))
+    assert err.value.retriable  # the step's retry policy retries it; the workload's circuit does not count it
     assert k8s.writes() == []
