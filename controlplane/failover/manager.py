@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine
 
 from controlplane.errors import NotFound
-from controlplane.failover import repository, thresholds
+from controlplane.failover import repository, scoring, thresholds
 from controlplane.failover.metrics import FailoverCollector
 from controlplane.failover.schemas import (
     ActiveEndpointView,
@@ -190,6 +190,7 @@ class FailoverManager:
             for group in groups:
                 health = repository.read_health(conn, group)
                 active = repository.active_view(conn, group).endpoint
+                now = self._clock() if group.score is not None else None  # for the scores' freshness
                 result.append(
                     GroupStatus(
                         service=group.service,
@@ -200,7 +201,9 @@ class FailoverManager:
                         failure_threshold=group.failure_threshold,
                         recovery_threshold=group.recovery_threshold,
                         auto_failback=group.auto_failback,
-                        endpoints=[self._endpoint_status(group, e, health[e.name], active) for e in group.endpoints],
+                        endpoints=[
+                            self._endpoint_status(group, e, health[e.name], active, now) for e in group.endpoints
+                        ],
                     )
                 )
         return result
@@ -272,7 +275,9 @@ class FailoverManager:
         if breaker.allow():
             breaker.record_success() if ok else breaker.record_failure()
 
-    def _endpoint_status(self, group: FailoverGroup, endpoint: Endpoint, h: Health, active: str) -> EndpointStatus:
+    def _endpoint_status(
+        self, group: FailoverGroup, endpoint: Endpoint, h: Health, active: str, now: datetime | None
+    ) -> EndpointStatus:
         name = breaker_name(group.service, endpoint.name)
         breaker = None
         if self._breakers is not None and name in self._breakers:
@@ -289,6 +294,7 @@ class FailoverManager:
             last_checked_at=h.last_checked_at,
             last_error=h.last_error,
             breaker=breaker,
+            score=round(scoring.score(h.metrics), 4) if h.metrics and scoring.fresh(h.metrics, group, now) else None,
         )
 
 

@@ -77,6 +77,7 @@ def test_the_checker_records_the_loads_and_the_failover_goes_to_the_best_score(
         stored = repository.read_health(conn, GROUP)["node-3"].metrics
     assert stored is not None and (stored.cpu, stored.memory, stored.response_seconds) == (0.2, 0.3, 0.0)
     assert manager.active("chat").endpoint == "node-2"
+    assert [e.score for e in manager.states("chat")] == [0.4, 0.65, 0.83]  # GET /api/v1/endpoints, the console
 
     clock.advance(10)
     probes.down = {"node-2"}
@@ -103,6 +104,7 @@ def test_stale_metrics_fall_back_to_priority(
     checker.check_now()
     assert manager.active("chat").endpoint == "node-1"
     assert completed(manager) | {"chosen_by": "priority", "why": "no fresh metrics"} == completed(manager)
+    assert [e.score for e in manager.states("chat")] == [None, None, None]
 
 
 def test_an_unhealthy_endpoint_is_never_chosen_whatever_its_score(
