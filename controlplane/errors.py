@@ -18,6 +18,14 @@ class ActionError(Exception):
         self.output = output or {}
 
 
+class ElsewhereError(ActionError):
+    """A system the step reads besides its target failed (k8s.scale's capacity queries to Prometheus).
+
+    Retried by the step's policy like any retriable error, but not counted against the target's
+    circuit: a Prometheus outage must not open the circuit of a Kubernetes workload.
+    """
+
+
 class BlastRadiusExceeded(ActionError):
     """The call would act more widely than its bounds allow (ours, or the target's own check); never retried."""
 

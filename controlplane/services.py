@@ -147,7 +147,10 @@ class Services:
             engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers
         )
         health_checker = HealthChecker(
-            lambda: rules.current.failover if elector.is_leader else {}, failover, fence=elector.fence
+            lambda: rules.current.failover if elector.is_leader else {},
+            failover,
+            fence=elector.fence,
+            prometheus=PrometheusClient(settings.prometheus_url, timeout=5.0),  # scored groups' cpu and memory
         )
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence

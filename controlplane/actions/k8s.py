@@ -8,11 +8,14 @@ autoscaler past what the target allows. Breakers are keyed by `namespace/deploym
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, model_validator
 
+from controlplane.actions import capacity
 from controlplane.actions.base import ActionContext, ActionError, ActionResult, Params, Plan, action
+from controlplane.actions.capacity import CapacityParams
 from controlplane.rules.schema import Target
 
 BOUNDS_DOC = "replicas stay within the target's [min_replicas, max_replicas]: a request outside is clamped"
@@ -26,12 +29,13 @@ class ScaleParams(TargetParams):
     replicas: int | None = Field(default=None, ge=0)  # an absolute count
     delta: int | None = None  # added to the current count (negative scales in)
     factor: float | None = Field(default=None, gt=0)  # multiplies the current count
+    capacity: CapacityParams | None = None  # seed 004's capacity model on two PromQL queries (capacity.py)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScaleParams:
-        given = [name for name in ("replicas", "delta", "factor") if getattr(self, name) is not None]
+        given = [name for name in ("replicas", "delta", "factor", "capacity") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of `replicas`, `delta` or `factor`")
+            raise ValueError("give exactly one of `replicas`, `delta`, `factor` or `capacity`")
         return self
 
 
@@ -70,7 +74,10 @@ def _bounded(value: int, target: Target) -> int:
 
 
 def requested_replicas(current: int, params: ScaleParams) -> int:
-    """What the step asks for, before the bounds. A factor rounds in the direction it scales."""
+    """What the step asks for, before the bounds. A factor rounds in the direction it scales.
+
+    Not for `capacity`, whose count comes from Prometheus: see `_request`.
+    """
     if params.replicas is not None:
         return params.replicas
     if params.delta is not None:
@@ -78,6 +85,17 @@ def requested_replicas(current: int, params: ScaleParams) -> int:
     assert params.factor is not None
     scaled = round(current * params.factor, 6)  # 3 * 1.1 is 3.3000000000000003: not a 5th pod
     return math.ceil(scaled) if params.factor >= 1 else math.floor(scaled)
+
+
+def _request(ctx: ActionContext, params: ScaleParams) -> tuple[Callable[[int], int], capacity.CapacityEstimate | None]:
+    """The count the step asks for from the current one, and the capacity estimate it came from (if any).
+
+    The capacity queries run once, here: a re-read of the replicas (a conflicting write) does not re-query.
+    """
+    if params.capacity is None:
+        return (lambda current: requested_replicas(current, params)), None
+    estimate = capacity.estimate(ctx, params.capacity)
+    return (lambda _current: estimate.replicas), estimate
 
 
 def _where(output: dict[str, Any], name: str) -> str:
@@ -100,6 +118,11 @@ def _scaled(_params: ScaleParams, output: dict[str, Any]) -> str:
             else f"min_replicas {low}"
         )
         text += f" (asked for {requested}; the target's {bound})"
+    model = output.get("capacity")
+    if isinstance(model, dict):
+        rps, seconds = (model.get(k) for k in ("rps", "execution_time"))
+        shown = [f"{v:.4g}" if isinstance(v, int | float) else str(v) for v in (rps, seconds)]
+        text += f"; capacity model: {shown[0]} rps x {shown[1]} s"
     return text
 
 
@@ -112,7 +135,16 @@ def _scaled(_params: ScaleParams, output: dict[str, Any]) -> str:
     plan=lambda ctx, params: plan_scale(ctx, params),
 )
 def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
-    """Scale the target's workload to `replicas`, by `delta` or by `factor`, clamped to the target's bounds.
+    """Scale the target's workload to `replicas`, by `delta` or `factor`, or to `capacity`, within the target's bounds.
+
+    `capacity` computes the count from Prometheus (seed 004's model, capacity.py; the output's
+    `capacity` holds its inputs and result):
+
+        with:
+          target: prod
+          capacity: {rps: "sum(rate(langgraph_executions_total[5m]))",
+                     execution_time: "sum(rate(langgraph_execution_duration_seconds_sum[5m]))
+                                      / sum(rate(langgraph_execution_duration_seconds_count[5m]))"}
 
     The value is the new replica count; the output records `previous` and `clamped`. The count
     is computed from the replicas read at the time of the write (re-read if someone else
@@ -127,14 +159,15 @@ def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
     A workload under an HPA is scaled by the HPA too: use k8s.patch_hpa for those.
     """
     target, namespace, name = _workload(ctx, params)
+    request, estimate = _request(ctx, params)
     previous, replicas = ctx.ports.kubernetes.update_scale(
         namespace=namespace,
         name=name,
         kind=target.kind_of_workload,
-        compute=lambda current: _bounded(requested_replicas(current, params), target),
+        compute=lambda current: _bounded(request(current), target),
     )
-    requested = requested_replicas(previous, params)
-    output = {
+    requested = request(previous)
+    output: dict[str, Any] = {
         "namespace": namespace,
         "workload": f"{target.kind_of_workload}/{name}",
         "previous": previous,
@@ -144,6 +177,8 @@ def scale(ctx: ActionContext, params: ScaleParams) -> ActionResult:
         "changed": previous != replicas,
         "bounds": [target.min_replicas, target.max_replicas],
     }
+    if estimate is not None:
+        output["capacity"] = estimate.as_dict()
     ctx.log.info("k8s.scale", **output)
     return ActionResult(value=replicas, output=output)
 
@@ -250,11 +285,12 @@ def _bounds_note(requested: int, wanted: int, target: Target) -> str:
 
 def plan_scale(ctx: ActionContext, params: ScaleParams) -> Plan:
     target, namespace, name = _workload(ctx, params)
+    request, estimate = _request(ctx, params)  # the capacity queries only read: a plan runs them
     current = ctx.ports.kubernetes.read_scale(namespace=namespace, name=name, kind=target.kind_of_workload)
-    requested = requested_replicas(current, params)
+    requested = request(current)
     wanted = _bounded(requested, target)  # the very computation the call makes on the replicas it reads
     where = f"{namespace}/{name}"
-    change = {
+    change: dict[str, Any] = {
         "workload": f"{target.kind_of_workload}/{name}",
         "namespace": namespace,
         "from": current,
@@ -264,6 +300,9 @@ def plan_scale(ctx: ActionContext, params: ScaleParams) -> Plan:
         "bounds": [target.min_replicas, target.max_replicas],
     }
     note = _bounds_note(requested, wanted, target)
+    if estimate is not None:
+        change["capacity"] = estimate.as_dict()
+        note = f"capacity model: {estimate.sentence()}; {note}"
     if wanted == current:
         sentence = f"leave {where} at {current} replicas: already as wanted ({note})"
     else:

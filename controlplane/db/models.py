@@ -313,6 +313,11 @@ class EndpointState(Base):
     consecutive_successes: Mapped[int] = mapped_column(Integer, default=0)
     last_checked_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A scored group's inputs (failover/scoring.py): cpu and memory in use (0..1), the check's response time.
+    cpu_usage: Mapped[float | None] = mapped_column(Float)
+    memory_usage: Mapped[float | None] = mapped_column(Float)
+    response_seconds: Mapped[float | None] = mapped_column(Float)
+    metrics_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
 
 

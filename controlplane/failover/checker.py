@@ -4,6 +4,11 @@ A 2xx answer within the group's `timeout` is a passed check; any other status, a
 connection error is a failed one. Results go to the FailoverManager, which applies the
 thresholds and switches. A probe or a recording that raises is logged; the schedule goes on.
 
+A group with `score` also gets each endpoint's load every round: its `cpu` and `memory` queries,
+one series per endpoint (named by the `label` label), read from Prometheus, with the probe's own
+response time; a query that fails or misses an endpoint leaves that endpoint without fresh
+metrics (logged), so the choice falls back to priority once all are stale.
+
 Only the leader should run it: the checks of two replicas would both count, so an endpoint
 would reach its failure (or recovery) threshold in half the intended time. With `fence`
 (LeaderElector.fence) every recording checks the leader's term in its transaction, so a
@@ -12,19 +17,26 @@ leader that was paused or replaced mid-round records nothing.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import structlog
 
 from controlplane.failover.manager import FailoverManager
 from controlplane.failover.schemas import CheckOutcome
+from controlplane.failover.scoring import EndpointMetrics
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup
+
+if TYPE_CHECKING:  # prometheus-api-client loads with the client services.py builds, not with the checker
+    from controlplane.integrations.prometheus import Sample
 
 log = structlog.get_logger("controlplane.failover")
 
@@ -33,6 +45,12 @@ MAX_PROBES_AT_ONCE = 8
 
 # (url, timeout in seconds) -> HTTP status; raises on timeouts and connection errors.
 HttpGet = Callable[[str, float], int]
+
+
+class Vectors(Protocol):
+    """What the checker needs of Prometheus (PrometheusClient satisfies it)."""
+
+    def query_vector(self, promql: str) -> list[Sample]: ...
 
 
 def http_get(url: str, timeout: float) -> int:
@@ -64,8 +82,12 @@ class HealthChecker:
         http_get: HttpGet = http_get,
         clock: Callable[[], datetime] = _utcnow,
         fence: Fence | None = None,
+        prometheus: Vectors | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fence = fence
+        self._prometheus = prometheus  # for scored groups' cpu and memory; None: they fall back to priority
+        self._timer = timer
         self._groups_provider = groups_provider
         self._manager = manager
         self._http_get = http_get
@@ -134,20 +156,55 @@ class HealthChecker:
         ) as pool:
             results = list(pool.map(lambda e: self._probe(group, e), group.endpoints))
         now = self._clock()
+        loads = self._loads(group)
         # The active endpoint last: if it fails over, the choice of where to uses this round's results.
         active = self._manager.active(group.service).endpoint
         ordered = sorted(zip(group.endpoints, results, strict=True), key=lambda pair: pair[0].name == active)
         return [
-            self._manager.record_check(group, e.name, ok, error, now=now, fence=self._fence)
-            for e, (ok, error) in ordered
+            self._manager.record_check(
+                group,
+                e.name,
+                ok,
+                error,
+                now=now,
+                fence=self._fence,
+                metrics=EndpointMetrics(*loads[e.name], seconds, now) if ok and e.name in loads else None,
+            )
+            for e, (ok, error, seconds) in ordered
         ]
 
-    def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> tuple[bool, str | None]:
+    def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> tuple[bool, str | None, float]:
+        """Passed or not, why not, and how long the answer took (seconds)."""
         url = health_url(group, endpoint)
+        started = self._timer()
         try:
             status = self._http_get(url, group.timeout.total_seconds())
         except Exception as exc:
-            return False, f"GET {url}: {type(exc).__name__}: {exc}"[:1000]
+            return False, f"GET {url}: {type(exc).__name__}: {exc}"[:1000], self._timer() - started
+        seconds = self._timer() - started
         if 200 <= status < 300:
-            return True, None
-        return False, f"GET {url} answered {status}"
+            return True, None, seconds
+        return False, f"GET {url} answered {status}", seconds
+
+    def _loads(self, group: FailoverGroup) -> dict[str, tuple[float, float]]:
+        """(cpu, memory) of each endpoint both queries answer for, as shares clamped to 0..1; {} unless scored."""
+        if group.score is None or self._prometheus is None:
+            return {}
+        try:
+            cpu = self._by_endpoint(group.score.cpu, group.score.label)
+            memory = self._by_endpoint(group.score.memory, group.score.label)
+        except Exception as exc:  # no fresh metrics this round: the choice falls back once they are stale
+            log.warning("failover.score_query_failed", service=group.service, error=str(exc))
+            return {}
+        missing = sorted({e.name for e in group.endpoints} - (cpu.keys() & memory.keys()))
+        if missing:
+            log.warning("failover.score_metrics_missing", service=group.service, endpoints=missing)
+        return {name: (cpu[name], memory[name]) for name in cpu.keys() & memory.keys()}
+
+    def _by_endpoint(self, promql: str, label: str) -> dict[str, float]:
+        assert self._prometheus is not None
+        return {
+            s.labels[label]: min(max(s.value, 0.0), 1.0)
+            for s in self._prometheus.query_vector(promql)
+            if label in s.labels and not math.isnan(s.value)
+        }

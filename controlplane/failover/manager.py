@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine
 
 from controlplane.errors import NotFound
-from controlplane.failover import repository, thresholds
+from controlplane.failover import repository, scoring, thresholds
 from controlplane.failover.metrics import FailoverCollector
 from controlplane.failover.schemas import (
     ActiveEndpointView,
@@ -29,6 +29,7 @@ from controlplane.failover.schemas import (
     GroupStatus,
     SwitchResult,
 )
+from controlplane.failover.scoring import EndpointMetrics
 from controlplane.failover.thresholds import FAILOVER_FAILED, Health, Transition
 from controlplane.leader import Fence
 from controlplane.resilience.circuit_breaker import CircuitBreakers
@@ -83,16 +84,18 @@ class FailoverManager:
         now: datetime | None = None,
         *,
         fence: Fence | None = None,
+        metrics: EndpointMetrics | None = None,
     ) -> CheckOutcome:
         """Apply one health check result of `endpoint` with the group's thresholds.
 
+        `metrics` (a scored group's, measured with the check) are kept for choosing where to fail over.
         `fence` (LeaderElector.fence) runs first in the write: the scheduled checks are leader
         work, so a replaced leader's late result raises StaleLeader and records nothing.
         """
         thresholds.checked_endpoint(group, endpoint)
         now = now or self._clock()
         with self._locked(group, now, fence=fence) as (conn, settled):
-            change = thresholds.apply_check(settled.after, endpoint, ok, error, now)
+            change = thresholds.apply_check(settled.after, endpoint, ok, error, now, metrics)
             self._apply(conn, change, now)
             h = change.after.health[endpoint]
             outcome = CheckOutcome(group.service, endpoint, ok, h.last_error, h.healthy, settled.kinds + change.kinds)
@@ -130,7 +133,7 @@ class FailoverManager:
             if idempotency_key is not None:
                 detail["idempotency_key"] = idempotency_key
             change = thresholds.manual_switch(
-                settled.after, to, actor=actor, reason=reason or "switch requested", detail=detail
+                settled.after, to, actor=actor, reason=reason or "switch requested", detail=detail, now=now
             )
             self._apply(conn, change, now, incident_id=incident_id, execution_id=execution_id)
             source = thresholds.endpoint_named(group, change.before.active)
@@ -157,8 +160,9 @@ class FailoverManager:
         with self._engine.connect() as conn:
             active = repository.active_view(conn, group).endpoint
             state = thresholds.GroupState(group, active, repository.read_health(conn, group))
-        settled = thresholds.leave_removed(state)
-        change = thresholds.manual_switch(settled.after, to, actor="plan", reason="plan")
+        now = self._clock()
+        settled = thresholds.leave_removed(state, now)
+        change = thresholds.manual_switch(settled.after, to, actor="plan", reason="plan", now=now)
         return change.before.active, change.after.active
 
     def sync(self) -> None:
@@ -186,6 +190,7 @@ class FailoverManager:
             for group in groups:
                 health = repository.read_health(conn, group)
                 active = repository.active_view(conn, group).endpoint
+                now = self._clock() if group.score is not None else None  # for the scores' freshness
                 result.append(
                     GroupStatus(
                         service=group.service,
@@ -196,7 +201,9 @@ class FailoverManager:
                         failure_threshold=group.failure_threshold,
                         recovery_threshold=group.recovery_threshold,
                         auto_failback=group.auto_failback,
-                        endpoints=[self._endpoint_status(group, e, health[e.name], active) for e in group.endpoints],
+                        endpoints=[
+                            self._endpoint_status(group, e, health[e.name], active, now) for e in group.endpoints
+                        ],
                     )
                 )
         return result
@@ -222,7 +229,7 @@ class FailoverManager:
     ) -> Iterator[tuple[Connection, Transition]]:
         """The service locked in a write transaction, already moved off an endpoint the rules dropped."""
         with repository.locked(self._engine, group, now, fence=fence) as (conn, state):
-            settled = thresholds.leave_removed(state)
+            settled = thresholds.leave_removed(state, now)
             self._apply(conn, settled, now)
             yield conn, settled
 
@@ -268,7 +275,9 @@ class FailoverManager:
         if breaker.allow():
             breaker.record_success() if ok else breaker.record_failure()
 
-    def _endpoint_status(self, group: FailoverGroup, endpoint: Endpoint, h: Health, active: str) -> EndpointStatus:
+    def _endpoint_status(
+        self, group: FailoverGroup, endpoint: Endpoint, h: Health, active: str, now: datetime | None
+    ) -> EndpointStatus:
         name = breaker_name(group.service, endpoint.name)
         breaker = None
         if self._breakers is not None and name in self._breakers:
@@ -285,6 +294,7 @@ class FailoverManager:
             last_checked_at=h.last_checked_at,
             last_error=h.last_error,
             breaker=breaker,
+            score=round(scoring.score(h.metrics), 4) if h.metrics and scoring.fresh(h.metrics, group, now) else None,
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 
@@ -18,6 +19,7 @@ from controlplane.audit import audit
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import active_endpoints_t, dialect_insert, endpoint_states_t, failover_events_t
 from controlplane.failover.schemas import ActiveEndpointView, FailoverEventView, SwitchResult
+from controlplane.failover.scoring import EndpointMetrics
 from controlplane.failover.thresholds import (
     ACTOR,
     FAILOVER_COMPLETED,
@@ -74,10 +76,18 @@ def read_health(conn: Connection, group: FailoverGroup) -> dict[str, Health]:
     """Every endpoint of the group; one without a row yet is healthy (never checked)."""
     rows = conn.execute(select(endpoint_states_t).where(endpoint_states_t.c.service == group.service))
     found = {
-        r.endpoint: Health(r.healthy, r.consecutive_failures, r.consecutive_successes, r.last_checked_at, r.last_error)
+        r.endpoint: Health(
+            r.healthy, r.consecutive_failures, r.consecutive_successes, r.last_checked_at, r.last_error, _metrics(r)
+        )
         for r in rows
     }
     return {e.name: found.get(e.name, Health()) for e in group.endpoints}
+
+
+def _metrics(row: Any) -> EndpointMetrics | None:
+    if row.metrics_at is None or None in (row.cpu_usage, row.memory_usage, row.response_seconds):
+        return None
+    return EndpointMetrics(row.cpu_usage, row.memory_usage, row.response_seconds, row.metrics_at)
 
 
 def save_health(conn: Connection, service: str, endpoint: str, health: Health, now: datetime) -> None:
@@ -90,6 +100,10 @@ def save_health(conn: Connection, service: str, endpoint: str, health: Health, n
             consecutive_successes=health.successes,
             last_checked_at=health.last_checked_at,
             last_error=health.last_error,
+            cpu_usage=health.metrics.cpu if health.metrics else None,
+            memory_usage=health.metrics.memory if health.metrics else None,
+            response_seconds=health.metrics.response_seconds if health.metrics else None,
+            metrics_at=health.metrics.at if health.metrics else None,
             updated_at=now,
         )
     )

@@ -32,6 +32,7 @@ class EndpointStatus(BaseModel):
     last_checked_at: datetime | None
     last_error: str | None
     breaker: str | None  # circuit breaker state in this process; None before its first check here
+    score: float | None = None  # a scored group's current score (scoring.py); None without fresh metrics
 
 
 class GroupStatus(BaseModel):

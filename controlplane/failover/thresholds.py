@@ -7,7 +7,9 @@ preferred healthy endpoint (lowest priority number, then name: `failover_started
 healthy again (`recovery_started` on its first pass, `recovery_completed` at the threshold);
 with `auto_failback` traffic then returns to the most preferred healthy endpoint. When no
 healthy endpoint is left the active one stays (clients need some answer) and
-`failover_failed` is recorded; the first endpoint to recover takes over.
+`failover_failed` is recorded; the first endpoint to recover takes over. A group with `score`
+chooses where to fail over by seed 003's score instead (scoring.py), among healthy endpoints
+with fresh metrics; failback stays by priority.
 
 Pure: every function takes a `GroupState` (and the time, as an argument) and returns a
 `Transition`, the new state and the events to record; nothing here reads a clock or a database.
@@ -21,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from controlplane.errors import Conflict, InvalidInput, NotFound
+from controlplane.failover.scoring import EndpointMetrics, scored_choice
 from controlplane.rules.schema import Endpoint, FailoverGroup
 
 ACTOR = "controlplane:failover"
@@ -41,6 +44,7 @@ class Health:
     successes: int = 0  # consecutive passed checks
     last_checked_at: datetime | None = None
     last_error: str | None = None
+    metrics: EndpointMetrics | None = None  # a scored group's last measurement (kept until a newer one)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,19 @@ def preferred(group: FailoverGroup, health: Mapping[str, Health], exclude: str |
     return min(healthy, key=preference, default=None)
 
 
+def chosen(
+    group: FailoverGroup, health: Mapping[str, Health], *, exclude: str | None, now: datetime | None
+) -> tuple[Endpoint | None, dict[str, Any]]:
+    """Where to go next: by score when the group has `score` and fresh metrics, else by priority.
+
+    Only healthy endpoints (other than `exclude`) are candidates, whatever their score. The
+    detail says how it was chosen, with the scores (empty for a group without `score`).
+    """
+    healthy = [e for e in group.endpoints if e.name != exclude and health.get(e.name, Health()).healthy]
+    best, why = scored_choice(group, healthy, {e.name: health[e.name].metrics for e in healthy}, now)
+    return best or min(healthy, key=preference, default=None), why
+
+
 def initial_active(group: FailoverGroup, health: Mapping[str, Health]) -> Endpoint:
     """Where a service with no recorded choice starts: the most preferred healthy endpoint, else the most preferred."""
     return preferred(group, health) or min(group.endpoints, key=preference)
@@ -133,8 +150,18 @@ def switch_target(group: FailoverGroup, name: str) -> Endpoint:
 # --- changes -----------------------------------------------------------------------------
 
 
-def apply_check(state: GroupState, endpoint: str, ok: bool, error: str | None, now: datetime) -> Transition:
-    """One health check result of `endpoint` at `now`, with the group's thresholds and what follows from it."""
+def apply_check(
+    state: GroupState,
+    endpoint: str,
+    ok: bool,
+    error: str | None,
+    now: datetime,
+    metrics: EndpointMetrics | None = None,
+) -> Transition:
+    """One health check result of `endpoint` at `now`, with the group's thresholds and what follows from it.
+
+    `metrics`, measured with the check (scored groups), replace the endpoint's earlier ones.
+    """
     group = state.group
     spec = checked_endpoint(group, endpoint)
     error = None if ok else (error or "health check failed")
@@ -145,8 +172,8 @@ def apply_check(state: GroupState, endpoint: str, ok: bool, error: str | None, n
         healthy = False
     elif successes >= group.recovery_threshold:
         healthy = True
-    change = _Change.of(state)
-    change.health[endpoint] = Health(healthy, failures, successes, now, error)
+    change = _Change.of(state, now=now)
+    change.health[endpoint] = Health(healthy, failures, successes, now, error, metrics or before.metrics)
     if before.healthy and not healthy:
         change.event(NODE_MARKED_FAILED, endpoint=spec, detail={"failures": failures, "error": error})
         if change.active == endpoint:
@@ -160,25 +187,32 @@ def apply_check(state: GroupState, endpoint: str, ok: bool, error: str | None, n
     return change.done(state)
 
 
-def leave_removed(state: GroupState) -> Transition:
+def leave_removed(state: GroupState, now: datetime | None = None) -> Transition:
     """Move the service off an active endpoint that is no longer in the rule files (else change nothing)."""
-    change = _Change.of(state)
+    change = _Change.of(state, now=now)
     if endpoint_named(state.group, state.active) is None:
         change.move(None, reason=f"endpoint {state.active} is no longer in the rule files")
     return change.done(state)
 
 
 def manual_switch(
-    state: GroupState, to: str | None, *, actor: str, reason: str, detail: Mapping[str, Any] | None = None
+    state: GroupState,
+    to: str | None,
+    *,
+    actor: str,
+    reason: str,
+    detail: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> Transition:
-    """Make `to` (default: the most preferred healthy endpoint other than the active one) active.
+    """Make `to` (default: the best healthy endpoint other than the active one, see `chosen`) active.
 
     Refuses (Conflict) an unhealthy target: failing over onto a failed endpoint only moves the
     outage. Switching to the active endpoint changes nothing (no events).
     """
     group = state.group
     if to is None:
-        target = preferred(group, state.health, exclude=state.active)
+        target, why = chosen(group, state.health, exclude=state.active, now=now)
+        detail = {**(detail or {}), **why}
         if target is None:
             raise Conflict(f"no healthy endpoint of service {group.service!r} other than the active {state.active!r}")
     else:
@@ -191,7 +225,7 @@ def manual_switch(
             )
         if to == state.active:
             return Transition(state, state, actor=actor)
-    change = _Change.of(state, actor=actor)
+    change = _Change.of(state, actor=actor, now=now)
     change.move(target, reason=reason, detail=detail)
     return change.done(state)
 
@@ -204,11 +238,12 @@ class _Change:
     active: str
     health: dict[str, Health]
     actor: str
+    now: datetime | None = None  # for the freshness of a scored group's metrics
     events: list[Event] = field(default_factory=list)
 
     @classmethod
-    def of(cls, state: GroupState, *, actor: str = ACTOR) -> _Change:
-        return cls(state.group, state.active, dict(state.health), actor)
+    def of(cls, state: GroupState, *, actor: str = ACTOR, now: datetime | None = None) -> _Change:
+        return cls(state.group, state.active, dict(state.health), actor, now)
 
     def done(self, before: GroupState) -> Transition:
         after = replace(before, active=self.active, health=self.health)
@@ -218,15 +253,18 @@ class _Change:
         self.events.append(Event(kind, endpoint.name if endpoint else None, detail, **fields))
 
     def after_recovery(self) -> None:
+        if not self.health[self.active].healthy:
+            # Not a failback: every endpoint was down and this is the first one back.
+            target, why = chosen(self.group, self.health, exclude=self.active, now=self.now)
+            assert target is not None  # an endpoint just recovered
+            self.move(target, reason=f"endpoint {target.name} recovered while {self.active} is failed", detail=why)
+            return
         best = preferred(self.group, self.health)
         assert best is not None  # an endpoint just recovered
         if best.name == self.active:
             return
         active = endpoint_named(self.group, self.active)
-        if not self.health[self.active].healthy:
-            # Not a failback: every endpoint was down and this is the first one back.
-            self.move(best, reason=f"endpoint {best.name} recovered while {self.active} is failed")
-        elif self.group.auto_failback and (active is None or preference(best) < preference(active)):
+        if self.group.auto_failback and (active is None or preference(best) < preference(active)):
             self.move(best, reason=f"failback to the preferred endpoint {best.name}")
 
     def move(self, target: Endpoint | None, *, reason: str, detail: Mapping[str, Any] | None = None) -> None:
@@ -238,9 +276,10 @@ class _Change:
             "from_region": source.region if source else None,
         }
         details = {"reason": reason, **(detail or {})}
-        self.event(FAILOVER_STARTED, endpoint=source, detail=details, **common)
         if target is None:
-            target = preferred(self.group, self.health, exclude=self.active)
+            target, why = chosen(self.group, self.health, exclude=self.active, now=self.now)
+            details |= why
+        self.event(FAILOVER_STARTED, endpoint=source, detail=details, **common)
         if target is None:
             if source is None:  # a removed endpoint and nothing healthy: clients still need an answer
                 target = min(self.group.endpoints, key=preference)

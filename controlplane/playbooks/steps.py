@@ -27,6 +27,7 @@ from controlplane.actions.base import (
     BlastRadiusExceeded,
     UnknownAction,
 )
+from controlplane.errors import ElsewhereError
 from controlplane.playbooks.contexts import ActionContexts
 from controlplane.playbooks.plan_ports import read_only
 from controlplane.playbooks.render import RenderError, evaluate_condition, render_value
@@ -315,8 +316,11 @@ def bounds_refusal(spec: ActionSpec[Any], ctx: ActionContext, params: Any) -> st
 
 
 def _target_failed(exc: BaseException) -> bool:
-    """What counts against a target's circuit: it timed out, refused or failed (5xx); not our own refusals."""
-    return not isinstance(exc, BlastRadiusExceeded) and is_retriable(exc)
+    """What counts against a target's circuit: it timed out, refused or failed (5xx); not our own refusals.
+
+    Nor another system's failure (ElsewhereError): the target was not the one that failed.
+    """
+    return not isinstance(exc, BlastRadiusExceeded | ElsewhereError) and is_retriable(exc)
 
 
 def describe_error(exc: BaseException) -> str:

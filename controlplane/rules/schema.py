@@ -260,6 +260,20 @@ class Endpoint(_Strict):
     priority: int = 0  # lower is preferred
 
 
+class FailoverScore(_Strict):
+    """Choose the next endpoint by seed 003's score instead of priority (failover/scoring.py).
+
+    `cpu` and `memory`: PromQL answering one series per endpoint, its name in the `label` label,
+    the share in use (0..1); evaluated by the health checker each round, with each probe's own
+    response time. Metrics older than `max_age` are ignored.
+    """
+
+    cpu: str = Field(min_length=1)
+    memory: str = Field(min_length=1)
+    label: str = Field(default="endpoint", min_length=1)
+    max_age: Duration = timedelta(seconds=60)
+
+
 class FailoverGroup(_Strict):
     """Endpoints of one service; the failover manager keeps one of them active (seed 002/003 semantics)."""
 
@@ -271,6 +285,7 @@ class FailoverGroup(_Strict):
     failure_threshold: int = Field(default=3, ge=1, le=10)
     recovery_threshold: int = Field(default=2, ge=1, le=10)
     auto_failback: bool = True
+    score: FailoverScore | None = None  # unset: the next endpoint is the healthy one of lowest priority
 
 
 class RuleFile(_Strict):

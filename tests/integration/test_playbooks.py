@@ -28,6 +28,7 @@ from controlplane.actions.base import (
 from controlplane.actions.builtin import build_registry
 from controlplane.config import Settings
 from controlplane.db.tables import executions_t, incidents_t
+from controlplane.errors import ElsewhereError
 from controlplane.ingest.payload import AlertmanagerNotification
 from controlplane.ingest.store import ingest_notification
 from controlplane.playbooks import service
@@ -64,6 +65,7 @@ class Recorder(Params):
     fail_times: int = 0
     retriable: bool = True
     sleep: float = 0.0
+    elsewhere: bool = False  # the failure is another system's (ElsewhereError), not the target's
 
 
 class Blocker(Params):
@@ -131,7 +133,8 @@ def make_registry(
             if params.sleep:
                 time.sleep(params.sleep)
             if failures[key] <= params.fail_times:
-                raise ActionError(f"{name} failed (try {failures[key]})", retriable=params.retriable)
+                error = ElsewhereError if params.elsewhere else ActionError
+                raise error(f"{name} failed (try {failures[key]})", retriable=params.retriable)
             h_calls.append((name, params.text))
             return ActionResult(value=params.text.upper(), output={"echo": params.text})
 
@@ -588,6 +591,18 @@ def test_an_open_circuit_refuses_calls_with_an_audited_reason(harness: Harness) 
     detail = harness.execution(t.execution_id)
     assert "is open" in (detail.steps[0].error or "")
     assert "step.refused" in [e.action for e in detail.timeline]
+
+
+def test_another_systems_failure_does_not_open_the_targets_circuit(harness: Harness) -> None:
+    harness.rules = rules("""
+      - action: test.do
+        with: {text: x, fail_times: 9, elsewhere: true}
+""")
+    for i in range(4):
+        harness.fire({"namespace": f"n{i}"})
+        harness.run_all()
+    breaker = harness.breakers.get("test.do")
+    assert (breaker.state, breaker.snapshot()["failed"]) == ("closed", 0)
 
 
 def test_expired_lease_is_taken_over_and_resumed(harness: Harness) -> None:
