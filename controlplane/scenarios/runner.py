@@ -335,14 +335,16 @@ class _Run:
         dry = execution.decision == "dry_run"
         self._set(execution.id, status="running", started_at=now)
         execution.status = "running"
+        verify = next((s for s in plan.steps if s.action == "verify.resolved" and s.plan is not None), None)
         if plan.stopped is not None:
             failing = next(s for s in plan.steps if s.status in ("refused", "error"))
-            self._fail(execution, plan.stopped, escalate=self._step_escalates(execution, failing.index))
-            return
+            # A step after verify.resolved is planned again when the incident resolves: it decides then.
+            if verify is None or failing.index < verify.index or dry:
+                self._fail(execution, plan.stopped, escalate=self._step_escalates(execution, failing.index))
+                return
         if dry:
             self._end(execution, "dry_run")
             return
-        verify = next((s for s in plan.steps if s.action == "verify.resolved" and s.plan is not None), None)
         self._make(execution, plan.steps if verify is None else plan.steps[: verify.index])
         if verify is None or verify.plan is None:
             self._end(execution, "succeeded")
@@ -368,8 +370,9 @@ class _Run:
                     }
                 )
 
-    def _after_verify(self, execution: Execution) -> str | None:
-        """Plan the steps after the run's verify.resolved again, now, and make them; why they stop, or None."""
+    def _after_verify(self, execution: Execution) -> tuple[StepPlan, str] | None:
+        """Plan the steps after the run's verify.resolved again, now, and make them; the one that stops them, and
+        why (as the plan says it)."""
         assert execution.plan is not None and execution.verify_index is not None
         with self.engine.connect() as conn:
             now = plan_of(conn, execution_id=execution.id, registry=self.registry, contexts=self.contexts)
@@ -377,7 +380,7 @@ class _Run:
         execution.plan.steps[execution.verify_index + 1 :] = later
         stop = next((s for s in later if s.status in ("refused", "error")), None)
         self._make(execution, later if stop is None else later[: later.index(stop)])
-        return None if stop is None else (now.stopped or stop.sentence)
+        return None if stop is None else (stop, now.stopped or stop.sentence)
 
     def _step_escalates(self, execution: Execution, index: int) -> bool:
         playbook = self.rules.playbooks.get(execution.playbook)
@@ -388,7 +391,8 @@ class _Run:
             if execution.incident_id == incident_id and execution.status == "running" and execution.verify_within:
                 stopped = self._after_verify(execution)
                 if stopped is not None:
-                    self._fail(execution, stopped, escalate=False)
+                    step, reason = stopped
+                    self._fail(execution, reason, escalate=self._step_escalates(execution, step.index))
                 else:
                     self._end(execution, "succeeded", outcome="resolved")
 
