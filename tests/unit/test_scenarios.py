@@ -41,7 +41,7 @@ def test_the_shipped_scenarios_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test", str(SHIPPED)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.strip() == "18 of 18 scenarios passed"
+    assert out.strip() == "19 of 19 scenarios passed"
 
 
 def test_every_default_rule_has_a_scenario() -> None:
@@ -262,7 +262,7 @@ expect:
 
 def test_check_runs_the_scenarios_beside_the_rules(rules: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(rules)]) == 0
-    assert f"ok: {rules}/tests: 18 scenarios passed (controlplane test)" in capsys.readouterr().out
+    assert f"ok: {rules}/tests: 19 scenarios passed (controlplane test)" in capsys.readouterr().out
     langgraph = rules / "langgraph.yaml"
     guards = "cooldown: 10m, max_runs: {count: 3"
     langgraph.write_text(langgraph.read_text().replace(guards, guards.replace("10m", "3m")))
