@@ -10,6 +10,7 @@ from controlplane.actions.base import ActionRegistry, declared_in
 # The modules of controlplane.actions declaring built-in actions: a new one is named here or its actions are missing.
 NAMES = (
     "canary",
+    "degradation",
     "failover",
     "flow",
     "graph",

@@ -16,6 +16,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 # `anthropic/claude-sonnet-4`, `openai/gpt-4o`, `bedrock/anthropic.claude-3:1`; the model part may hold '/'.
 LLM_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$"
 LLM_TARGET_FIELDS = ("llm_models", "min_llm_concurrency", "min_token_budget", "max_disabled_tools")
+ServiceLevel = Literal["full", "degraded", "minimal"]  # seed 001's graceful degradation, best first
 DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=1)
 
 
@@ -230,6 +231,12 @@ class Target(_Strict):
     min_llm_concurrency: int = Field(default=1, ge=1)  # llm.limit never caps a graph's concurrent runs below it
     min_token_budget: int = Field(default=1000, ge=1)  # llm.limit never sets a token budget (per minute) below it
     max_disabled_tools: int = Field(default=1, ge=0)  # tool.disable never leaves more tools disabled
+    # http: service.degrade never brings the service below this level (actions/degradation.py). `minimal` by
+    # default: every level is the service's own designed fallback (features answer a basic answer, not an
+    # error), the seed's service went there unattended, and with two dependencies down the alternative is
+    # errors from both features. Set `degraded` (or `full`: never degraded automatically) where a level
+    # must wait for a person.
+    min_service_level: ServiceLevel = "minimal"
 
     @model_validator(mode="after")
     def _complete(self) -> Target:

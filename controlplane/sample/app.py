@@ -20,10 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from controlplane.sample.bodies import (
     CanaryRequest,
     CleanupRequest,
+    DegradeRequest,
     DisableRequest,
     FaultRequest,
     LimitsRequest,
     ModelRequest,
+    RestoreRequest,
     SwitchRequest,
 )
 from controlplane.sample.errors import SampleError
@@ -154,6 +156,19 @@ def create_app(service: SampleService, *, interval: float = 0.2, admin_token: st
     @admin.post("/storage/cleanup")
     def cleanup(request: Request, key: IdempotencyKey = None, body: CleanupRequest | None = None) -> JSONResponse:
         return command(request, key, body, lambda: service.cleanup(body.backend if body else None))
+
+    @admin.get("/degradation")
+    def degradation() -> dict[str, Any]:
+        return service.degradation.view()
+
+    @admin.post("/degrade")
+    def degrade(body: DegradeRequest, request: Request, key: IdempotencyKey = None) -> JSONResponse:
+        return command(request, key, body, lambda: service.degradation.degrade(body.level, body.features))
+
+    @admin.post("/restore")
+    def restore(request: Request, key: IdempotencyKey = None, body: RestoreRequest | None = None) -> JSONResponse:
+        wanted = body or RestoreRequest()
+        return command(request, key, body, lambda: service.degradation.restore(wanted.level, wanted.features))
 
     @admin.get("/faults")
     def faults() -> dict[str, Any]:

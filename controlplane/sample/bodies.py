@@ -21,6 +21,20 @@ class DisableRequest(_Body):
     keep_one_enabled: bool = False
 
 
+class DegradeRequest(_Body):
+    """Go down to `level` with `features` off as well (never up: a lower level already set stays)."""
+
+    level: Literal["degraded", "minimal"]
+    features: list[str] = Field(default_factory=list, max_length=100)
+
+
+class RestoreRequest(_Body):
+    """Go up: `features` back on; `level: degraded` leaves minimal (features kept off); an empty body: full."""
+
+    level: Literal["full", "degraded"] | None = None
+    features: list[str] | None = Field(default=None, max_length=100)
+
+
 class SwitchRequest(_Body):
     backend: Backend
 
@@ -57,7 +71,7 @@ class FaultRequest(_Body):
 
     A graph: error_rate, latency_seconds, interrupt_rate, token_multiplier, loop_tool ("" stops the loop).
     A model (`provider/model`): llm_error with error_rate (default 1), ttft_seconds.
-    A tool: error_rate. Also a storage backend (`broken`), `backlog` (extra runs per tick),
+    A tool: error_rate. Also a storage backend or a dependency (`broken`), `backlog` (extra runs per tick),
     `checkpointer_check_fails` and `healthy` (False: /health answers 503).
     `error_rate` belongs to the one subject named among graph, model and tool.
     """
@@ -75,6 +89,7 @@ class FaultRequest(_Body):
     backlog: int | None = Field(default=None, ge=0, le=10_000)
     checkpointer_check_fails: bool | None = None
     storage: Backend | None = None
+    dependency: str | None = None
     broken: bool | None = None
     healthy: bool | None = None
 
@@ -106,11 +121,14 @@ class FaultRequest(_Body):
             raise ValueError("a tool fault needs error_rate")
         if self.storage is not None and self.broken is None:
             raise ValueError("a storage fault needs `broken`")
-        if self.broken is not None and self.storage is None:
-            raise ValueError("`broken` needs `storage`")
-        others = (self.storage, self.backlog, self.checkpointer_check_fails, self.healthy)
+        if self.dependency is not None and self.broken is None:
+            raise ValueError("a dependency fault needs `broken`")
+        if self.broken is not None and (self.storage is None) == (self.dependency is None):
+            raise ValueError("`broken` needs one `storage` backend or one `dependency`")
+        others = (self.storage, self.dependency, self.backlog, self.checkpointer_check_fails, self.healthy)
         if not subjects and all(v is None for v in others):
             raise ValueError(
-                "name a `graph`, `model`, `tool`, `storage` backend, `backlog`, `checkpointer_check_fails` or `healthy`"
+                "name a `graph`, `model`, `tool`, `storage` backend, `dependency`, `backlog`, "
+                "`checkpointer_check_fails` or `healthy`"
             )
         return self

@@ -1,6 +1,7 @@
 """Owns the sample service's state: graphs, checkpoint storage, injected faults, seed 004's metrics, idempotency.
 
-Its LLM side (models, tools, run queue, tokens, canaries) is `llm.LLMRuntime`, composed here as `llm`.
+Its LLM side (models, tools, run queue, tokens, canaries) is `llm.LLMRuntime`, composed here as `llm`;
+its service levels, degradable features and their dependencies are `degradation.Degradation`, as `degradation`.
 
 Executions are simulated, not slept: each tick "runs" every enabled graph once, draws its
 outcome from a seeded random generator (error_rate 0 or 1 makes it certain) and records the
@@ -22,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controlplane.sample.bodies import Backend, DisableRequest, FaultRequest
+from controlplane.sample.degradation import Degradation
 from controlplane.sample.errors import Refused, SampleError, UnknownGraph, unknown
 from controlplane.sample.llm import DEFAULT_MODELS, DEFAULT_TOOLS, LLMRuntime
 
@@ -143,6 +145,7 @@ class SampleService:
         self.llm = LLMRuntime(
             graphs, self.metrics.registry, self.lock, seed=seed, models=models, tools=tools, workers=workers
         )
+        self.degradation = Degradation(self.metrics.registry, self.lock)
         self._rng = random.Random(seed)
         self._base_duration = base_duration
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
@@ -226,7 +229,10 @@ class SampleService:
         with self.lock:
             graph = self._graph(fault.graph) if fault.graph is not None else None
             self.llm.check(fault)  # every subject is known before anything changes
+            self.degradation.check(fault.dependency)
             self.llm.inject(fault)
+            if fault.dependency is not None and fault.broken is not None:
+                self.degradation.set_dependency(fault.dependency, fault.broken)
             if graph is not None:
                 for attr in GRAPH_FAULTS:
                     value = getattr(fault, attr)
@@ -249,6 +255,7 @@ class SampleService:
             self.healthy = True
             self.checkpointer_check_fails = False
             self.llm.clear_faults()
+            self.degradation.clear_faults()
             return self.faults_view()
 
     def faults_view(self) -> dict[str, Any]:
@@ -266,6 +273,7 @@ class SampleService:
                 "broken_storage": [s.name for s in self.storage.values() if s.broken],
                 "healthy": self.healthy,
                 "checkpointer_check_fails": self.checkpointer_check_fails,
+                "broken_dependencies": sorted(self.degradation.broken),
                 "llm": self.llm.faults_view(),
             }
 
@@ -306,12 +314,13 @@ class SampleService:
 
     def tick(self) -> None:
         """Run every enabled graph once (as the run queue allows): outcome, durations, retries, interrupts,
-        a checkpoint save, and its LLM request and tool calls each."""
+        a checkpoint save, its LLM request and tool calls, and its use of each degradable feature."""
         with self.lock:
             self.ticks += 1
             for name in self.llm.dispatch([g.name for g in self.graphs.values() if g.enabled]):
                 self._execute(self.graphs[name])
                 self.llm.run(name)
+                self.degradation.serve()
 
     def _execute(self, graph: Graph) -> None:
         m = self.metrics

@@ -15,7 +15,8 @@ from controlplane.playbooks.planning import ExecutionPlan
 
 @dataclass
 class Execution:
-    """One execution as the scenario saw it; `plan` is its plan when it started (None: it never did)."""
+    """One execution as the scenario saw it; `plan` is its plan when it started (None: it never did), the steps
+    after a verify.resolved as planned when its incident resolved."""
 
     id: int
     at: timedelta
@@ -31,6 +32,7 @@ class Execution:
     plan: ExecutionPlan | None = None
     incident_id: int | None = None
     verify_within: timedelta | None = None
+    verify_index: int | None = None  # its verify.resolved step: the steps after it are made when it resolves
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -14,6 +14,8 @@ What is modelled (a run's steps are planned, not called):
   escalate`). Otherwise each planned change is made in the world and each notification step counts
   as a page sent; a playbook with `verify.resolved` runs until its incident resolves (`succeeded`,
   outcome `resolved`) or its `within` passes (`failed`, paged); one without ends `succeeded` at once.
+  The steps after a `verify.resolved` (a restore once the incident resolved) are planned again and
+  made when it resolves, on the world as it is then; a refused one fails the run there.
 - A dry run (shadow rule, global dry run) is planned and ends `dry_run`: no change, no page.
 - An execution awaiting approval waits for an `approvals:` entry, or is cancelled when its rule's
   approval timeout passes (and paged, as the service does).
@@ -45,6 +47,7 @@ from controlplane.playbooks import approvals, ledger, pages
 from controlplane.playbooks import service as executions
 from controlplane.playbooks.approval_plans import plan_of
 from controlplane.playbooks.contexts import ActionContexts, engine_ports
+from controlplane.playbooks.planning import StepPlan
 from controlplane.playbooks.trigger import Triggered, trigger_for_alerts
 from controlplane.rules.loader import RuleSet
 from controlplane.scenarios.outcome import Execution, Outcome
@@ -332,33 +335,52 @@ class _Run:
         dry = execution.decision == "dry_run"
         self._set(execution.id, status="running", started_at=now)
         execution.status = "running"
+        verify = next((s for s in plan.steps if s.action == "verify.resolved" and s.plan is not None), None)
         if plan.stopped is not None:
             failing = next(s for s in plan.steps if s.status in ("refused", "error"))
-            self._fail(execution, plan.stopped, escalate=self._step_escalates(execution, failing.index))
-            return
+            # A step after verify.resolved is planned again when the incident resolves: it decides then.
+            if verify is None or failing.index < verify.index or dry:
+                self._fail(execution, plan.stopped, escalate=self._step_escalates(execution, failing.index))
+                return
         if dry:
             self._end(execution, "dry_run")
             return
-        for step in plan.steps:
+        self._make(execution, plan.steps if verify is None else plan.steps[: verify.index])
+        if verify is None or verify.plan is None:
+            self._end(execution, "succeeded")
+            return
+        execution.verify_within = parse_duration(verify.plan.change["within"])
+        execution.verify_index = verify.index
+        self._at(now - self.clock.start + execution.verify_within, "verify", execution.id)
+
+    def _make(self, execution: Execution, steps: Sequence[StepPlan]) -> None:
+        """Make the planned changes of `steps` in the world; each notification step counts as a page sent."""
+        for step in steps:
             if step.plan is None or step.status != "planned":
                 continue
             self.world.apply(step.plan)
             if step.action in NOTIFY_ACTIONS:
                 self.outcome.pages.append(
                     {
-                        "at": format_duration(now - self.clock.start),
+                        "at": format_duration(self.clock.now - self.clock.start),
                         "rule": execution.rule,
                         "kind": step.action,
                         "to": step.plan.target,
                         "text": step.plan.sentence,
                     }
                 )
-        verify = next((s for s in plan.steps if s.action == "verify.resolved" and s.plan is not None), None)
-        if verify is None or verify.plan is None:
-            self._end(execution, "succeeded")
-            return
-        execution.verify_within = parse_duration(verify.plan.change["within"])
-        self._at(now - self.clock.start + execution.verify_within, "verify", execution.id)
+
+    def _after_verify(self, execution: Execution) -> tuple[StepPlan, str] | None:
+        """Plan the steps after the run's verify.resolved again, now, and make them; the one that stops them, and
+        why (as the plan says it)."""
+        assert execution.plan is not None and execution.verify_index is not None
+        with self.engine.connect() as conn:
+            now = plan_of(conn, execution_id=execution.id, registry=self.registry, contexts=self.contexts)
+        later = now.steps[execution.verify_index + 1 :]
+        execution.plan.steps[execution.verify_index + 1 :] = later
+        stop = next((s for s in later if s.status in ("refused", "error")), None)
+        self._make(execution, later if stop is None else later[: later.index(stop)])
+        return None if stop is None else (stop, now.stopped or stop.sentence)
 
     def _step_escalates(self, execution: Execution, index: int) -> bool:
         playbook = self.rules.playbooks.get(execution.playbook)
@@ -367,7 +389,12 @@ class _Run:
     def _incident_resolved(self, incident_id: int) -> None:
         for execution in self.outcome.executions:
             if execution.incident_id == incident_id and execution.status == "running" and execution.verify_within:
-                self._end(execution, "succeeded", outcome="resolved")
+                stopped = self._after_verify(execution)
+                if stopped is not None:
+                    step, reason = stopped
+                    self._fail(execution, reason, escalate=self._step_escalates(execution, step.index))
+                else:
+                    self._end(execution, "succeeded", outcome="resolved")
 
     def _verify_deadline(self, execution_id: int) -> None:
         execution = self.by_id[execution_id]

@@ -35,9 +35,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controlplane.durations import Duration
-from controlplane.rules.schema import LlmModel
+from controlplane.rules.schema import LlmModel, ServiceLevel
 from controlplane.rules.source import RuleFileError, Source, read_source
 from controlplane.sample.bodies import LLMError
+from controlplane.sample.degradation import FEATURES
 from controlplane.sample.llm import DEFAULT_MODELS, DEFAULT_TOOLS, MODEL_ID
 
 START = datetime(2026, 1, 1, tzinfo=UTC)  # the fake clock's 0s, unless a scenario says `start`
@@ -100,7 +101,8 @@ class HttpTarget(_Strict):
 
     Its LLM side (`GET /llm`): the `models` it offers, in order (`provider/model`); each graph's model
     (`graph_models`, default: the first); the models failing and how (`unhealthy: {model: overloaded}`);
-    its `tools` and which are `disabled_tools`; graphs' caps (`limits`).
+    its `tools` and which are `disabled_tools`; graphs' caps (`limits`). Its service `level` (`GET
+    /degradation`) and the `degraded_features` switched off (sample/degradation.py's features).
     """
 
     graphs: list[str] = Field(min_length=1)
@@ -114,6 +116,8 @@ class HttpTarget(_Strict):
     tools: list[str] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
     disabled_tools: list[str] = Field(default_factory=list)
     limits: dict[str, Limits] = Field(default_factory=dict)
+    level: ServiceLevel = "full"
+    degraded_features: list[str] = Field(default_factory=list)
 
     @field_validator("models")
     @classmethod
@@ -132,10 +136,15 @@ class HttpTarget(_Strict):
             ("models of `graph_models`", self.graph_models.values(), self.models, "models"),
             ("models of `unhealthy`", self.unhealthy, self.models, "models"),
             ("disabled tools", self.disabled_tools, self.tools, "tools"),
+            ("degraded features", self.degraded_features, FEATURES, "the sample's features"),
         ):
             unknown = sorted(set(names) - set(known))
             if unknown:
                 raise ValueError(f"{what} {unknown} are not in `{among}`")
+        if self.level == "degraded" and not self.degraded_features:
+            raise ValueError("level `degraded` needs `degraded_features` (the features switched off)")
+        if self.level == "full" and self.degraded_features:
+            raise ValueError("level `full` has no `degraded_features`: give level `degraded` or `minimal`")
         return self
 
 

@@ -2,7 +2,8 @@
 
 - An `http` target is the admin API contract as the sample service implements it (sample/service.py),
   held in memory: `GET /graphs`, `GET /storage` and `GET /llm` (models and their health, each graph's
-  model and caps, tools: the service's `llm.LLMRuntime`) answer from it.
+  model and caps, tools: the service's `llm.LLMRuntime`) and `GET /degradation` (the service level and the
+  features off: its `degradation.Degradation`) answer from it.
 - A `kubernetes` target is a workload's replicas, its HPA bounds and its ConfigMap keys, in memory.
 - Prometheus answers each query with the scenario's latest answer to it at the fake clock's time
   (queries are matched with their whitespace collapsed); a query the scenario does not answer fails
@@ -98,6 +99,8 @@ class ScenarioAdminApi:
             return service.storage_view()
         if path == "/llm":
             return service.llm.view()
+        if path == "/degradation":
+            return service.degradation.view()
         raise ActionError(f"target {target.name!r}: GET {path} is not part of the admin API a scenario models")
 
 
@@ -194,6 +197,10 @@ class World:
                 service.storage[backend].broken = True
             for backend, count in state.corrupted.items():
                 service.storage[backend].corrupted = count
+            if state.level == "minimal":
+                service.degradation.degrade("minimal", state.degraded_features)
+            elif state.degraded_features:
+                service.degradation.degrade("degraded", state.degraded_features)
             self.services[target.name] = service
             return
         namespace = target.namespace or "default"
@@ -233,6 +240,11 @@ class World:
             service.cleanup(change.get("backend"))
         elif plan.action == "k8s.scale" and workload is not None:
             workload.replicas = int(change["to"])
+        elif plan.action in ("service.degrade", "service.restore") and service is not None:
+            degradation = service.degradation  # the state the plan computed, as the service would make it
+            degradation.restore()
+            degradation.off = set(change["to"]["features"])
+            degradation.minimal = change["to"]["level"] == "minimal"
         elif service is not None:
             self._apply_llm(service, plan)
 
@@ -266,6 +278,7 @@ class World:
                 "storage": service.active,
                 "graph_models": {g: state["model"] for g, state in llm["graphs"].items()},
                 "disabled_tools": [t for t, state in llm["tools"].items() if not state["enabled"]],
+                "degradation": service.degradation.state().view(),
             }
         for name, target in self.targets.items():
             workload = self._workload_of(target)

@@ -226,6 +226,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sample.client.fault(graph="chat", error_rate=0.5)
         sample.client.fault(graph="search", interrupt_rate=0.5)
         sample.client.fault(storage="primary", broken=True)
+        sample.client.fault(dependency="vector_store", broken=True)  # graceful degradation's panels and alert
         inject_llm_faults(sample)
         jobs = {
             "langgraph": (sample.url.removeprefix("http://"), "agents"),
@@ -266,16 +267,18 @@ def test_the_injected_faults_raise_their_alerts(stack: Stack) -> None:
         ("LangGraphCheckpointFailures", "backend_type", "primary"),
         ("LangGraphDatabaseConnectionsHigh", "instance", stack.db_pool),
         ("ControlPlaneMetricRuleErrors", "rule", "dashboard-metric"),
+        ("LangGraphDependencyDown", "dependency", "vector_store"),
     }
 
     def raised() -> set[tuple[str, str, str]] | None:
         alerts = [a["labels"] for a in stack.prometheus.api("/api/v1/alerts")["data"]["alerts"]]
-        keys = ("graph_name", "backend_type", "instance", "rule")
+        keys = ("graph_name", "backend_type", "instance", "rule", "dependency")
         found = {(a["alertname"], key, a[key]) for a in alerts for key in keys if key in a}
         return found if expected <= found else None
 
     found = stack.prometheus.wait_until(raised, "the faults' alerts")
     assert ("LangGraphHighErrorRate", "graph_name", "summarize") not in found  # a graph without errors
+    assert ("LangGraphDependencyDown", "dependency", "external_api") not in found  # a healthy dependency
     alerts = stack.prometheus.api("/api/v1/alerts")["data"]["alerts"]
     error_rate = next(a for a in alerts if a["labels"]["alertname"] == "LangGraphHighErrorRate")
     assert error_rate["labels"]["namespace"] == "agents"  # incidents group by namespace: it must survive

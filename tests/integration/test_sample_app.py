@@ -66,6 +66,7 @@ def test_fault_injection_errors_latency_interrupts_and_clearing(sample_app: Samp
         "broken_storage": [],
         "healthy": True,
         "checkpointer_check_fails": False,
+        "broken_dependencies": [],
         "llm": {"models": {}, "graphs": {}, "tools": {}, "backlog": 0},
     }
     errors = c.metric("langgraph_executions_total", graph_name="a", status="error")

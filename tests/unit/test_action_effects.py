@@ -65,6 +65,28 @@ EFFECTS: dict[str, list[tuple[dict[str, Any], dict[str, Any], str]]] = {
             "Graph chat on langgraph already had concurrency 2, token budget none; left as it was",
         ),
     ],
+    "service.degrade": [
+        (
+            {"target": "langgraph", "level": "degraded", "features": ["external_api"]},
+            {"value": "degraded", "target": "langgraph", "level": "degraded", "features": ["external_api"],
+             "previous": {"level": "full", "features": []}, "changed": True},
+            "Degraded langgraph to degraded (external_api off) (was full)",
+        ),
+        (
+            {"target": "langgraph", "level": "minimal"},
+            {"value": "minimal", "target": "langgraph", "level": "minimal", "features": [],
+             "previous": {"level": "minimal", "features": []}, "changed": False},
+            "langgraph was already minimal; left as it was",
+        ),
+    ],
+    "service.restore": [
+        (
+            {"target": "langgraph"},
+            {"value": "full", "target": "langgraph", "level": "full", "features": [],
+             "previous": {"level": "minimal", "features": ["retrieval"]}, "changed": True},
+            "Restored langgraph to full",
+        ),
+    ],
     "tool.disable": [
         (
             {"target": "langgraph", "tool": "search"},

@@ -41,7 +41,7 @@ def test_the_shipped_scenarios_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test", str(SHIPPED)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.strip() == "16 of 16 scenarios passed"
+    assert out.strip() == "19 of 19 scenarios passed"
 
 
 def test_every_default_rule_has_a_scenario() -> None:
@@ -262,7 +262,7 @@ expect:
 
 def test_check_runs_the_scenarios_beside_the_rules(rules: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(rules)]) == 0
-    assert f"ok: {rules}/tests: 16 scenarios passed (controlplane test)" in capsys.readouterr().out
+    assert f"ok: {rules}/tests: 19 scenarios passed (controlplane test)" in capsys.readouterr().out
     langgraph = rules / "langgraph.yaml"
     guards = "cooldown: 10m, max_runs: {count: 3"
     langgraph.write_text(langgraph.read_text().replace(guards, guards.replace("10m", "3m")))
@@ -364,4 +364,53 @@ def test_llm_plans_read_the_worlds_llm_side_and_a_live_run_moves_it(
     the world, so the next plan starts from there (chat is on gpt-4o at 5m, search is off at 7m)."""
     write(rules / "llm-under-test.yaml", LLM_RULES)
     path = write(rules / "tests" / "llm-under-test.yaml", LLM_SCENARIO)
+    assert main(["test", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_the_steps_after_verify_resolved_are_planned_and_made_when_the_incident_resolves(
+    rules: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run restores only after its incident resolved: until then the world keeps its change (a second
+    plan at 5m sees the feature still off), and a step refused at the resolve fails the run then."""
+    write(
+        rules / "after-verify.yaml",
+        """\
+rules:
+  - {name: off-then-on, match: {alertname: FeatureProbe}, playbook: off-then-on}
+  - {name: off-then-tool, match: {alertname: ToolProbe}, playbook: off-then-tool}
+playbooks:
+  - name: off-then-on
+    steps:
+      - {action: service.degrade, with: {target: langgraph, level: degraded, features: [retrieval]}}
+      - {action: verify.resolved, with: {within: 1h}}
+      - {action: service.restore, with: {target: langgraph, features: [retrieval]}}
+  - name: off-then-tool
+    steps:
+      - {action: service.degrade, with: {target: langgraph, level: degraded, features: [external_api]}}
+      - {action: verify.resolved, with: {within: 1h}}
+      - {action: tool.disable, with: {target: langgraph, tool: search}}
+""",
+    )
+    path = write(
+        rules / "tests" / "after-verify.yaml",
+        """\
+targets:
+  langgraph: {graphs: [chat], disabled_tools: [calculator]}
+alerts:
+  - {at: 0s, labels: {alertname: FeatureProbe, namespace: agents}}
+  - {at: 5m, labels: {alertname: ToolProbe, namespace: agents}}
+  - {at: 10m, labels: {alertname: FeatureProbe, namespace: agents}, status: resolved}
+  - {at: 20m, labels: {alertname: ToolProbe, namespace: agents}, status: resolved}
+expect:
+  executions:
+    - {at: 0s, rule: off-then-on, status: succeeded, ended_at: 10m,
+       steps: [{change: {to: {level: degraded, features: [retrieval]}}}, {},
+               {action: service.restore, status: planned,
+                change: {from: {level: degraded, features: [external_api, retrieval]},
+                         to: {level: degraded, features: [external_api]}}}]}
+    - {at: 5m, rule: off-then-tool, status: failed, ended_at: 20m, reason: '=~.*max_disabled_tools of 1.*',
+       steps: [{change: {from: {level: degraded, features: [retrieval]}}}, {},
+               {action: tool.disable, status: refused}]}
+""",
+    )
     assert main(["test", str(path)]) == 0, capsys.readouterr().err
