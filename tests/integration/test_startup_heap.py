@@ -20,6 +20,6 @@ def test_startup_objects_are_frozen_while_serving_and_released_on_stop(settings:
         assert client.get("/health").status_code == 200
         frozen = gc.get_freeze_count()
         assert frozen > 100_000, f"only {frozen} objects frozen: start-up's modules and app alone are more"
-        gc.collect()
-        assert gc.get_freeze_count() == frozen  # a full pass leaves them where they are
+        gc.collect()  # a full pass leaves them where they are (reference counting may still free a few)
+        assert gc.get_freeze_count() > frozen * 0.9
     assert gc.get_freeze_count() == 0
