@@ -17,6 +17,7 @@ from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.failover.checker import HealthChecker
+from controlplane.failover.heartbeats import HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
 from controlplane.flows import AlertFlows
 from controlplane.incidents.service import count_open_incidents
@@ -58,6 +59,7 @@ class Services:
     silence_expiry: ExpiryOnResolve
     failover: FailoverManager
     health_checker: HealthChecker
+    heartbeats: HeartbeatRegistry
     elector: LeaderElector
     approval_timeouts: ApprovalTimeouts
     pager: Pager
@@ -146,8 +148,12 @@ class Services:
         failover = FailoverManager(
             engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers
         )
+        heartbeats = HeartbeatRegistry(engine, lambda: rules.current.failover)
         health_checker = HealthChecker(
-            lambda: rules.current.failover if elector.is_leader else {}, failover, fence=elector.fence
+            lambda: rules.current.failover if elector.is_leader else {},
+            failover,
+            fence=elector.fence,
+            heartbeats=heartbeats,
         )
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
@@ -173,6 +179,7 @@ class Services:
             expiry,
             failover=failover,
             health_checker=health_checker,
+            heartbeats=heartbeats,
             elector=elector,
             approval_timeouts=approval_timeouts,
             pager=pager,

@@ -8,6 +8,11 @@ Only the leader should run it: the checks of two replicas would both count, so a
 would reach its failure (or recovery) threshold in half the intended time. With `fence`
 (LeaderElector.fence) every recording checks the leader's term in its transaction, so a
 leader that was paused or replaced mid-round records nothing.
+
+An endpoint with `checks: heartbeat` is not probed: its check passes while the heartbeat registry
+(heartbeats.py) holds a heartbeat younger than the group's `heartbeat_timeout`; with `checks: both`
+the probe and the heartbeat must both pass. `on_failed` is told of each endpoint a round marked
+failed (recovery.py tries to bring it back).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import structlog
 
+from controlplane.failover.heartbeats import HEARTBEAT_CHECKS, Beat, HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
 from controlplane.failover.schemas import CheckOutcome
+from controlplane.failover.thresholds import NODE_MARKED_FAILED
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup
@@ -64,8 +71,12 @@ class HealthChecker:
         http_get: HttpGet = http_get,
         clock: Callable[[], datetime] = _utcnow,
         fence: Fence | None = None,
+        heartbeats: HeartbeatRegistry | None = None,
+        on_failed: Callable[[FailoverGroup, str], None] | None = None,
     ) -> None:
         self._fence = fence
+        self._heartbeats = heartbeats
+        self._on_failed = on_failed
         self._groups_provider = groups_provider
         self._manager = manager
         self._http_get = http_get
@@ -134,15 +145,40 @@ class HealthChecker:
         ) as pool:
             results = list(pool.map(lambda e: self._probe(group, e), group.endpoints))
         now = self._clock()
+        results = self._with_heartbeats(group, results, now)
         # The active endpoint last: if it fails over, the choice of where to uses this round's results.
         active = self._manager.active(group.service).endpoint
         ordered = sorted(zip(group.endpoints, results, strict=True), key=lambda pair: pair[0].name == active)
-        return [
+        outcomes = [
             self._manager.record_check(group, e.name, ok, error, now=now, fence=self._fence)
             for e, (ok, error) in ordered
         ]
+        if self._on_failed is not None:
+            for outcome in outcomes:
+                if NODE_MARKED_FAILED in outcome.events:
+                    self._on_failed(group, outcome.endpoint)
+        return outcomes
+
+    def _with_heartbeats(
+        self, group: FailoverGroup, probed: list[tuple[bool, str | None]], now: datetime
+    ) -> list[tuple[bool, str | None]]:
+        """The probes' results with the heartbeats' verdict folded in (both must pass for `checks: both`)."""
+        if not any(e.checks in HEARTBEAT_CHECKS for e in group.endpoints):
+            return probed
+        beats = self._heartbeats.last_beats(group) if self._heartbeats is not None else {}
+        results = []
+        for endpoint, (ok, error) in zip(group.endpoints, probed, strict=True):
+            if endpoint.checks in HEARTBEAT_CHECKS:
+                beat_ok, beat_error = beats.get(endpoint.name, Beat(None)).check(group, now)
+                ok, error = ok and beat_ok, error or beat_error
+            results.append((ok, error))
+        if self._heartbeats is not None:
+            self._heartbeats.expire(now)
+        return results
 
     def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> tuple[bool, str | None]:
+        if endpoint.checks == "heartbeat":
+            return True, None  # not probed: the heartbeat decides (_with_heartbeats)
         url = health_url(group, endpoint)
         try:
             status = self._http_get(url, group.timeout.total_seconds())
