@@ -19,6 +19,7 @@ from controlplane.db.engine import make_engine, write_transaction
 from controlplane.failover.checker import HealthChecker
 from controlplane.failover.heartbeats import HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
+from controlplane.failover.recovery import RecoveryAttempts
 from controlplane.flows import AlertFlows
 from controlplane.incidents.service import count_open_incidents
 from controlplane.ingest.writer import IngestWriter
@@ -154,7 +155,9 @@ class Services:
             failover,
             fence=elector.fence,
             heartbeats=heartbeats,
+            on_failed=lambda group, endpoint: recovery.start(group, endpoint),
         )
+        recovery = RecoveryAttempts(registry, contexts, health_checker.passes)
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
         )

@@ -72,7 +72,7 @@ class HealthChecker:
         clock: Callable[[], datetime] = _utcnow,
         fence: Fence | None = None,
         heartbeats: HeartbeatRegistry | None = None,
-        on_failed: Callable[[FailoverGroup, str], None] | None = None,
+        on_failed: Callable[[FailoverGroup, str], object] | None = None,
     ) -> None:
         self._fence = fence
         self._heartbeats = heartbeats
@@ -158,6 +158,16 @@ class HealthChecker:
                 if NODE_MARKED_FAILED in outcome.events:
                     self._on_failed(group, outcome.endpoint)
         return outcomes
+
+    def passes(self, group: FailoverGroup, name: str) -> tuple[bool, str | None]:
+        """Whether endpoint `name` passes a check now (its probe and/or heartbeat), without recording it."""
+        endpoint = next(e for e in group.endpoints if e.name == name)
+        ok, error = self._probe(group, endpoint)
+        if endpoint.checks not in HEARTBEAT_CHECKS:
+            return ok, error
+        beats = self._heartbeats.last_beats(group) if self._heartbeats is not None else {}
+        beat_ok, beat_error = beats.get(name, Beat(None)).check(group, self._clock())
+        return ok and beat_ok, error or beat_error
 
     def _with_heartbeats(
         self, group: FailoverGroup, probed: list[tuple[bool, str | None]], now: datetime
