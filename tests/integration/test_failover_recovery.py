@@ -21,7 +21,7 @@ from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.rules.loader import RuleLoadError, load_rules
 from controlplane.rules.schema import Endpoint, FailoverGroup, Recovery
 from tests.conftest import make_settings
-from tests.helpers import Clock
+from tests.helpers import Clock, console_app, wait_for
 from tests.standins.http_target import HttpTarget
 from tests.standins.pagerduty import PagerDutyStandIn
 
@@ -205,3 +205,48 @@ def test_a_recovery_the_registry_cannot_run_is_refused_at_load(tmp_path: Path, r
     with pytest.raises(RuleLoadError) as info:
         load_rules(tmp_path, build_registry())
     assert message in str(info.value)
+
+
+def test_through_the_service_silent_heartbeats_fail_over_then_recovery_gives_up_and_pages(
+    database_url: str, tmp_path: Path, admin_api: HttpTarget, pagerduty_api: PagerDutyStandIn
+) -> None:
+    rules = f"""
+failover:
+  - service: agents
+    interval: 1h                     # the test checks (check_now); the schedule only checks at start
+    failure_threshold: 2
+    heartbeat_timeout: 300ms
+    endpoints:
+      - {{name: primary, url: "http://127.0.0.1:1", checks: heartbeat}}
+      - {{name: backup, url: "{admin_api.url}", priority: 1}}
+    recovery:
+      action: http.request
+      with: {{url: "{admin_api.url}/admin/restart", method: POST}}
+      attempts: 2
+      waits: [50ms]
+"""
+    settings = dict(
+        heartbeat_token="test-heartbeat-token-0123456789",
+        http_allowed_hosts=["127.0.0.1"],
+        pagerduty_routing_key=pagerduty_api.routing_key,
+        pagerduty_url=pagerduty_api.url,
+    )
+    with console_app(database_url, rules, tmp_path, users=[], **settings) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        wait_for("leadership", lambda: services.elector.is_leader, 10)
+        beat = {"service": "agents", "endpoint": "primary", "instance": "pod-1"}
+        sender = {"Authorization": "Bearer test-heartbeat-token-0123456789"}
+        assert client.post("/api/v1/endpoints/heartbeat", json=beat, headers=sender).status_code == 200
+        services.health_checker.check_now()
+        assert services.failover.active("agents").endpoint == "primary"
+
+        time.sleep(0.4)  # the heartbeats stop: older than heartbeat_timeout
+        services.health_checker.check_now()
+        assert services.failover.active("agents").endpoint == "primary"  # one failed check: below the threshold
+        services.health_checker.check_now()
+        assert services.failover.active("agents").endpoint == "backup"
+
+        wait_for("the page", lambda: pagerduty_api.events, 10)
+        assert [r.path for r in admin_api.received() if r.method == "POST"] == ["/admin/restart"] * 2
+        summary = pagerduty_api.events[0]["payload"]["summary"]
+        assert "still failing after 2 recovery attempts" in summary and "no heartbeat for" in summary
