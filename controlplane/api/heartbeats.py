@@ -4,7 +4,7 @@ Sent by the endpoints themselves with `Authorization: Bearer <CONTROLPLANE_HEART
 admin token): a token that can send heartbeats and nothing else, so a compromised endpoint cannot
 change anything else. The body names a service and an endpoint of the failover groups in force; one
 the rules do not list is refused (404), and so is a heartbeat for an endpoint checked over HTTP
-only (422), with the reason.
+only (409), with the reason; a malformed body 422.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class HeartbeatRequest(BaseModel):
 @router.post(
     "/endpoints/heartbeat",
     summary="An endpoint's heartbeat: registers it and keeps it healthy (failover groups with `checks: heartbeat`)",
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 409),
 )
 def heartbeat(
     services: ServicesDep,

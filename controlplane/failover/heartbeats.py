@@ -21,7 +21,7 @@ from sqlalchemy import Engine, Row, delete, select, update
 
 from controlplane.db.engine import write_transaction
 from controlplane.db.tables import dialect_insert, endpoint_heartbeats_t
-from controlplane.errors import InvalidInput, NotFound
+from controlplane.errors import Conflict, NotFound
 from controlplane.rules.schema import Endpoint, FailoverGroup
 
 HEARTBEAT_CHECKS = ("heartbeat", "both")
@@ -61,7 +61,7 @@ class Beat:
 
 
 def heartbeat_endpoint(groups: Mapping[str, FailoverGroup], service: str, endpoint: str) -> FailoverGroup:
-    """The group of a heartbeat, or the 4xx an endpoint that sends one to the wrong place should see."""
+    """The group of a heartbeat, or the 4xx an endpoint that sends one to the wrong place should see (404, 409)."""
     group = groups.get(service)
     if group is None:
         known = ", ".join(sorted(groups)) or "none"
@@ -71,7 +71,7 @@ def heartbeat_endpoint(groups: Mapping[str, FailoverGroup], service: str, endpoi
         known = ", ".join(e.name for e in group.endpoints)
         raise NotFound(f"service {service!r} has no endpoint {endpoint!r} (endpoints: {known})")
     if spec.checks not in HEARTBEAT_CHECKS:
-        raise InvalidInput(
+        raise Conflict(
             f"endpoint {endpoint!r} of service {service!r} is checked over HTTP only: give it `checks: heartbeat`"
             " (or `both`) in its failover group to have its heartbeats counted"
         )

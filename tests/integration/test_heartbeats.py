@@ -148,7 +148,7 @@ def test_a_heartbeat_needs_the_heartbeat_or_admin_token(app: TestClient) -> None
     [
         ({"service": "nope", "endpoint": "primary"}, 404, "unknown service 'nope'"),
         ({"service": "agents", "endpoint": "nope"}, 404, "has no endpoint 'nope' (endpoints: primary, backup)"),
-        ({"service": "agents", "endpoint": "backup"}, 422, "checked over HTTP only"),
+        ({"service": "agents", "endpoint": "backup"}, 409, "checked over HTTP only"),
         ({"service": "agents"}, 422, "endpoint"),
         ({"service": "agents", "endpoint": "primary", "instance": "x" * 256}, 422, "instance"),
         ({"service": "Agents!", "endpoint": "primary"}, 422, "service"),
