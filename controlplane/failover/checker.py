@@ -28,7 +28,7 @@ import structlog
 from controlplane.failover.heartbeats import HEARTBEAT_CHECKS, Beat, HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
 from controlplane.failover.schemas import CheckOutcome
-from controlplane.failover.thresholds import NODE_MARKED_FAILED
+from controlplane.failover.thresholds import NODE_MARKED_FAILED, checked_endpoint
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup
@@ -161,7 +161,7 @@ class HealthChecker:
 
     def passes(self, group: FailoverGroup, name: str) -> tuple[bool, str | None]:
         """Whether endpoint `name` passes a check now (its probe and/or heartbeat), without recording it."""
-        endpoint = next(e for e in group.endpoints if e.name == name)
+        endpoint = checked_endpoint(group, name)  # NotFound once the rules dropped it
         ok, error = self._probe(group, endpoint)
         if endpoint.checks not in HEARTBEAT_CHECKS:
             return ok, error
