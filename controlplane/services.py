@@ -157,7 +157,7 @@ class Services:
             heartbeats=heartbeats,
             on_failed=lambda group, endpoint: recovery.start(group, endpoint),
         )
-        recovery = RecoveryAttempts(registry, contexts, health_checker.passes)
+        recovery = RecoveryAttempts(registry, contexts, health_checker.passes, is_leader=lambda: elector.is_leader)
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
         )

@@ -12,7 +12,7 @@ default routes). Every attempt, its outcome and the page are audited (`failover.
 The action runs in a context of no execution (id 0) with its own idempotency key per attempt,
 and an alert of its own (labels service, endpoint, severity), which the page is routed and
 deduplicated by. One endpoint has one set of attempts at a time. It runs on the leader only, as
-the checker that starts it does.
+the checker that starts it does; a replica that stops leading makes no further attempt and pages.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class RecoveryAttempts:
         is_healthy: IsHealthy,
         *,
         sleep: Callable[[float], object] = time.sleep,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._is_leader = is_leader
         self._registry = registry
         self._contexts = contexts
         self._is_healthy = is_healthy
@@ -97,6 +99,12 @@ class RecoveryAttempts:
         base = self._alert(group, endpoint, recovery, started)
         why: str | None = None
         for n in range(1, recovery.attempts + 1):
+            if not self._is_leader():
+                # No more actions from a replica that may be cut off; nobody else will try (the new
+                # leader starts attempts only when it marks an endpoint failed), so a human is paged.
+                why = f"recovery stopped after {n - 1} attempts: this replica is no longer the leader"
+                paged = self._page(group, endpoint, recovery, base, last_error=why, attempts=n - 1)
+                return RecoveryOutcome(group.service, endpoint, "gave_up", n - 1, paged=paged)
             wait = recovery.waits[min(n, len(recovery.waits)) - 1].total_seconds()
             ok, error = self._attempt(group, endpoint, recovery, base, n)
             self._audit(
@@ -119,7 +127,7 @@ class RecoveryAttempts:
             log.warning(
                 "failover.recovery_attempt_failed", service=group.service, endpoint=endpoint, attempt=n, error=why
             )
-        paged = self._page(group, endpoint, recovery, base, last_error=why)
+        paged = self._page(group, endpoint, recovery, base, last_error=why, attempts=recovery.attempts)
         return RecoveryOutcome(group.service, endpoint, "gave_up", recovery.attempts, paged=paged)
 
     # -- internals -------------------------------------------------------------------------
@@ -140,10 +148,17 @@ class RecoveryAttempts:
         return True, None
 
     def _page(
-        self, group: FailoverGroup, endpoint: str, recovery: Recovery, base: dict[str, Any], *, last_error: str | None
+        self,
+        group: FailoverGroup,
+        endpoint: str,
+        recovery: Recovery,
+        base: dict[str, Any],
+        *,
+        last_error: str | None,
+        attempts: int,
     ) -> bool:
         text = (
-            f"Failover endpoint {endpoint} of service {group.service} is still failing after {recovery.attempts}"
+            f"Failover endpoint {endpoint} of service {group.service} is still failing after {attempts}"
             f" recovery attempts ({recovery.action}); it is left to a human. Last check: {last_error or 'failed'}"
         )
         spec = self._registry.get(PAGE_ACTION)
@@ -160,7 +175,7 @@ class RecoveryAttempts:
             "failover.recovery_gave_up",
             group,
             endpoint,
-            attempts=recovery.attempts,
+            attempts=attempts,
             action=recovery.action,
             paged=delivered,
             route=route,

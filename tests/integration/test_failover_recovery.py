@@ -58,6 +58,7 @@ class Rig:
         pagerduty: PagerDutyStandIn,
         healthy: list[bool],
         sleep: Callable[[float], object] | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         settings = make_settings(
             database_url,
@@ -71,7 +72,9 @@ class Rig:
         self.checks: list[str] = []
         self._healthy = iter(healthy)
         contexts = ActionContexts(ports=build_ports(settings, engine), clock=self.clock)
-        self.recovery = RecoveryAttempts(build_registry(), contexts, self._check, sleep=sleep or self.waits.append)
+        self.recovery = RecoveryAttempts(
+            build_registry(), contexts, self._check, sleep=sleep or self.waits.append, is_leader=is_leader
+        )
 
     def _check(self, group: FailoverGroup, endpoint: str) -> tuple[bool, str | None]:
         self.checks.append(endpoint)
@@ -130,6 +133,21 @@ def test_a_successful_attempt_stops_the_attempts_and_pages_nobody(
         "failover.recovery_succeeded",
     ]
     assert pagerduty_api.events == []
+
+
+def test_a_replica_that_stops_leading_attempts_no_more_and_pages(
+    database_url: str, engine: Engine, admin_api: HttpTarget, pagerduty_api: PagerDutyStandIn
+) -> None:
+    leading = iter([True, False])
+    rig = Rig(database_url, engine, pagerduty_api, healthy=[False], is_leader=lambda: next(leading))
+    outcome = rig.recovery.run(agents(admin_api.url), "primary")
+
+    assert (outcome.result, outcome.attempts, outcome.paged) == ("gave_up", 1, True)
+    assert len(admin_api.received()) == 1
+    assert [a for a, _ in rig.audited()] == ["failover.recovery_attempt", "failover.recovery_gave_up"]
+    [page] = pagerduty_api.events
+    assert "after 1 recovery attempts" in page["payload"]["summary"]
+    assert "no longer the leader" in page["payload"]["summary"]
 
 
 def test_a_failing_action_still_counts_and_waits_are_configurable(
