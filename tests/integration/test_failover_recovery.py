@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,10 +20,11 @@ from controlplane.failover.manager import FailoverManager
 from controlplane.failover.recovery import RecoveryAttempts
 from controlplane.playbooks.contexts import ActionContexts, build_ports
 from controlplane.rules.loader import RuleLoadError, load_rules
-from controlplane.rules.schema import Endpoint, FailoverGroup, Recovery
+from controlplane.rules.schema import Endpoint, FailoverGroup, Recovery, Target
 from tests.conftest import make_settings
 from tests.helpers import Clock, console_app, wait_for
 from tests.standins.http_target import HttpTarget
+from tests.standins.kubernetes import KubernetesStandIn
 from tests.standins.pagerduty import PagerDutyStandIn
 
 
@@ -59,9 +61,12 @@ class Rig:
         healthy: list[bool],
         sleep: Callable[[float], object] | None = None,
         is_leader: Callable[[], bool] = lambda: True,
+        targets: dict[str, Target] | None = None,
+        **overrides: Any,
     ) -> None:
         settings = make_settings(
             database_url,
+            **overrides,
             http_allowed_hosts=["127.0.0.1"],
             pagerduty_routing_key=pagerduty.routing_key,
             pagerduty_url=pagerduty.url,
@@ -71,7 +76,8 @@ class Rig:
         self.waits: list[float] = []
         self.checks: list[str] = []
         self._healthy = iter(healthy)
-        contexts = ActionContexts(ports=build_ports(settings, engine), clock=self.clock)
+        rules = SimpleNamespace(targets=targets or {}, failover={})  # what the RuleSet in force gives actions
+        contexts = ActionContexts(ports=build_ports(settings, engine), clock=self.clock, rules=lambda: rules)
         self.recovery = RecoveryAttempts(
             build_registry(), contexts, self._check, sleep=sleep or self.waits.append, is_leader=is_leader
         )
@@ -148,6 +154,35 @@ def test_a_replica_that_stops_leading_attempts_no_more_and_pages(
     [page] = pagerduty_api.events
     assert "after 1 recovery attempts" in page["payload"]["summary"]
     assert "no longer the leader" in page["payload"]["summary"]
+
+
+def test_k8s_rollout_restart_as_the_recovery_restarts_the_target_once_per_attempt(
+    database_url: str, engine: Engine, pagerduty_api: PagerDutyStandIn, tmp_path: Path
+) -> None:
+    k8s = KubernetesStandIn().start()
+    try:
+        k8s.add_workload("agents", "langgraph-api", replicas=3)
+        token = tmp_path / "token"
+        token.write_text(k8s.token)
+        prod = Target(name="prod", kind="kubernetes", namespace="agents", deployment="langgraph-api")
+        rig = Rig(
+            database_url,
+            engine,
+            pagerduty_api,
+            healthy=[False, False, False],
+            targets={"prod": prod},
+            kube_api_url=k8s.url,
+            kube_token_file=token,
+        )
+        group = agents("http://unused").model_copy(
+            update={"recovery": Recovery.model_validate({"action": "k8s.rollout_restart", "with": {"target": "prod"}})}
+        )
+        outcome = rig.recovery.run(group, "primary")
+        assert (outcome.result, outcome.attempts, outcome.paged) == ("gave_up", 3, True)
+        assert [w.method for w in k8s.writes()] == ["PATCH"] * 3  # each attempt rolls the pods: its own key
+        assert all(d["ok"] for a, d in rig.audited() if a == "failover.recovery_attempt")
+    finally:
+        k8s.stop()
 
 
 def test_a_failing_action_still_counts_and_waits_are_configurable(
