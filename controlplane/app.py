@@ -15,7 +15,19 @@ from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from controlplane import __version__
-from controlplane.api import endpoints, executions, health, incidents, monitoring, plans, replay, rules, slack, webhook
+from controlplane.api import (
+    endpoints,
+    executions,
+    health,
+    heartbeats,
+    incidents,
+    monitoring,
+    plans,
+    replay,
+    rules,
+    slack,
+    webhook,
+)
 from controlplane.api.errors import install_error_handlers
 from controlplane.api.middleware import RefuseNulInUrl, RequestContextMiddleware
 from controlplane.config import Settings, get_settings
@@ -56,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The webhook bounds its own body (CONTROLPLANE_MAX_BODY_BYTES, streamed), so that its 413 says the
     # limit and is counted in controlplane_webhook_requests_total; Starlette's limit would answer first.
     app.include_router(webhook.router, max_body_size=sys.maxsize)
-    for module in (health, incidents, executions, rules, plans, monitoring, endpoints, slack, replay):
+    for module in (health, incidents, executions, rules, plans, monitoring, heartbeats, endpoints, slack, replay):
         app.include_router(module.router)
     console.install(app)
     apidocs.install(app)

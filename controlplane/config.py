@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     admin_token_file: Path | None = None
     read_token: SecretStr | None = None
     read_token_file: Path | None = None
+    # Bearer token of POST /api/v1/endpoints/heartbeat, held by the endpoints that send heartbeats: it may
+    # send heartbeats and nothing else (the admin token is accepted too). With neither set in development,
+    # heartbeats are accepted without one; in production the route then refuses every heartbeat (403).
+    heartbeat_token: SecretStr | None = None
+    heartbeat_token_file: Path | None = None
     # Kubernetes API for k8s.* actions and kubernetes targets: in-cluster config, a kubeconfig,
     # or an explicit API URL (+ token file), which is also how tests point at a stand-in.
     kube_config: Literal["auto", "in-cluster", "kubeconfig"] = "auto"
@@ -221,7 +226,7 @@ class Settings(BaseSettings):
             return self
         if self.webhook_token is None:
             raise ValueError("webhook_token (or webhook_token_file) is required in production")
-        for name in ("webhook_token", "admin_token", "read_token", "slack_signing_secret"):
+        for name in ("webhook_token", "admin_token", "read_token", "heartbeat_token", "slack_signing_secret"):
             _refuse_weak(name, getattr(self, name))
         password = urlsplit(self.database_url).password
         if password is not None and unquote(password).lower() in _PLACEHOLDER_SECRETS:
@@ -279,6 +284,7 @@ _SECRETS = (
     "webhook_token",
     "admin_token",
     "read_token",
+    "heartbeat_token",
     "slack_token",
     "slack_signing_secret",
     "pagerduty_routing_key",

@@ -17,7 +17,9 @@ from controlplane.config import Settings
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.failover.checker import HealthChecker
+from controlplane.failover.heartbeats import HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
+from controlplane.failover.recovery import RecoveryAttempts
 from controlplane.flows import AlertFlows
 from controlplane.incidents.service import count_open_incidents
 from controlplane.ingest.writer import IngestWriter
@@ -58,6 +60,7 @@ class Services:
     silence_expiry: ExpiryOnResolve
     failover: FailoverManager
     health_checker: HealthChecker
+    heartbeats: HeartbeatRegistry
     elector: LeaderElector
     approval_timeouts: ApprovalTimeouts
     pager: Pager
@@ -146,12 +149,16 @@ class Services:
         failover = FailoverManager(
             engine, groups=lambda: rules.current.failover, metrics_registry=metrics.registry, breakers=breakers
         )
+        heartbeats = HeartbeatRegistry(engine, lambda: rules.current.failover)
         health_checker = HealthChecker(
             lambda: rules.current.failover if elector.is_leader else {},
             failover,
             fence=elector.fence,
             prometheus=PrometheusClient(settings.prometheus_url, timeout=5.0),  # scored groups' cpu and memory
+            heartbeats=heartbeats,
+            on_failed=lambda group, endpoint: recovery.start(group, endpoint),
         )
+        recovery = RecoveryAttempts(registry, contexts, health_checker.passes, is_leader=lambda: elector.is_leader)
         approval_timeouts = ApprovalTimeouts(
             engine, rules=lambda: rules.current.rules, is_leader=lambda: elector.is_leader, fence=elector.fence
         )
@@ -176,6 +183,7 @@ class Services:
             expiry,
             failover=failover,
             health_checker=health_checker,
+            heartbeats=heartbeats,
             elector=elector,
             approval_timeouts=approval_timeouts,
             pager=pager,

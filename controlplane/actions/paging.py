@@ -251,6 +251,14 @@ def _pagerduty_links(
     return links or None
 
 
+def _dedup_without_incident(ctx: ActionContext) -> str:
+    # A page outside any run (execution 0: failover/recovery.py) has its own alert: one PagerDuty
+    # alert per failed recovery, not one for every page that has no execution.
+    if ctx.execution_id == 0 and ctx.alert is not None:
+        return f"controlplane-{ctx.alert.fingerprint}"[:255]
+    return f"controlplane-execution-{ctx.execution_id}"
+
+
 def send_pagerduty(
     ctx: ActionContext,
     event_action: pagerduty.EventAction,
@@ -259,7 +267,7 @@ def send_pagerduty(
 ) -> dict[str, Any]:
     client = _configured(ctx.ports.pagerduty, "PagerDuty", "PAGERDUTY_ROUTING_KEY")
     incident = incident_now(ctx)
-    dedup = pagerduty.dedup_key(incident.id) if incident else f"controlplane-execution-{ctx.execution_id}"
+    dedup = pagerduty.dedup_key(incident.id) if incident else _dedup_without_incident(ctx)
     url = ctx.ports.incident_url(incident.id) if incident else None
     alert_summary = ctx.alert.annotations.get("summary", "") if ctx.alert else ""
     answer = with_retries(

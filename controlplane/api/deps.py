@@ -60,6 +60,11 @@ def _matches(given: bytes | None, *tokens: SecretStr | None) -> bool:
     return found
 
 
+def bearer_matches(request: Request, *tokens: SecretStr | None) -> bool:
+    """Whether the request's bearer token is one of `tokens` (compared in constant time)."""
+    return _matches(_bearer(request), *tokens)
+
+
 def require_reader(request: Request, services: ServicesDep) -> str:
     """Every /api/v1 read: the read token, the admin token, or a logged-in console session.
 

@@ -321,6 +321,19 @@ class EndpointState(Base):
     updated_at: Mapped[datetime]
 
 
+class EndpointHeartbeat(Base):
+    """A registration of an endpoint that sends heartbeats (failover/heartbeats.py), and its last heartbeat."""
+
+    __tablename__ = "endpoint_heartbeats"
+
+    service: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(255), primary_key=True)
+    instance: Mapped[str] = mapped_column(String(255))  # who sent the last one, as it says (host, pod)
+    registered_at: Mapped[datetime]
+    last_heartbeat_at: Mapped[datetime]
+    heartbeats: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class ActiveEndpoint(Base):
     """The endpoint a service's clients should use now (published via the API)."""
 

@@ -13,6 +13,11 @@ Only the leader should run it: the checks of two replicas would both count, so a
 would reach its failure (or recovery) threshold in half the intended time. With `fence`
 (LeaderElector.fence) every recording checks the leader's term in its transaction, so a
 leader that was paused or replaced mid-round records nothing.
+
+An endpoint with `checks: heartbeat` is not probed: its check passes while the heartbeat registry
+(heartbeats.py) holds a heartbeat younger than the group's `heartbeat_timeout`; with `checks: both`
+the probe and the heartbeat must both pass. `on_failed` is told of each endpoint a round marked
+failed (recovery.py tries to bring it back).
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 import structlog
 
+from controlplane.failover.heartbeats import HEARTBEAT_CHECKS, Beat, HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
 from controlplane.failover.schemas import CheckOutcome
 from controlplane.failover.scoring import EndpointMetrics
+from controlplane.failover.thresholds import NODE_MARKED_FAILED, checked_endpoint
 from controlplane.interval_jobs import IntervalJobs
 from controlplane.leader import Fence, StaleLeader
 from controlplane.rules.schema import Endpoint, FailoverGroup
@@ -45,6 +52,8 @@ MAX_PROBES_AT_ONCE = 8
 
 # (url, timeout in seconds) -> HTTP status; raises on timeouts and connection errors.
 HttpGet = Callable[[str, float], int]
+# A check's result: passed, why not, and the probe's response time in seconds (None: not probed).
+Probed = tuple[bool, str | None, float | None]
 
 
 class Vectors(Protocol):
@@ -84,10 +93,14 @@ class HealthChecker:
         fence: Fence | None = None,
         prometheus: Vectors | None = None,
         timer: Callable[[], float] = time.monotonic,
+        heartbeats: HeartbeatRegistry | None = None,
+        on_failed: Callable[[FailoverGroup, str], object] | None = None,
     ) -> None:
         self._fence = fence
         self._prometheus = prometheus  # for scored groups' cpu and memory; None: they fall back to priority
         self._timer = timer
+        self._heartbeats = heartbeats
+        self._on_failed = on_failed
         self._groups_provider = groups_provider
         self._manager = manager
         self._http_get = http_get
@@ -156,11 +169,12 @@ class HealthChecker:
         ) as pool:
             results = list(pool.map(lambda e: self._probe(group, e), group.endpoints))
         now = self._clock()
+        results = self._with_heartbeats(group, results, now)
         loads = self._loads(group)
         # The active endpoint last: if it fails over, the choice of where to uses this round's results.
         active = self._manager.active(group.service).endpoint
         ordered = sorted(zip(group.endpoints, results, strict=True), key=lambda pair: pair[0].name == active)
-        return [
+        outcomes = [
             self._manager.record_check(
                 group,
                 e.name,
@@ -168,13 +182,49 @@ class HealthChecker:
                 error,
                 now=now,
                 fence=self._fence,
-                metrics=EndpointMetrics(*loads[e.name], seconds, now) if ok and e.name in loads else None,
+                metrics=(
+                    EndpointMetrics(*loads[e.name], seconds, now)
+                    if ok and seconds is not None and e.name in loads
+                    else None
+                ),
             )
             for e, (ok, error, seconds) in ordered
         ]
+        if self._on_failed is not None:
+            for outcome in outcomes:
+                if NODE_MARKED_FAILED in outcome.events:
+                    self._on_failed(group, outcome.endpoint)
+        return outcomes
 
-    def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> tuple[bool, str | None, float]:
-        """Passed or not, why not, and how long the answer took (seconds)."""
+    def passes(self, group: FailoverGroup, name: str) -> tuple[bool, str | None]:
+        """Whether endpoint `name` passes a check now (its probe and/or heartbeat), without recording it."""
+        endpoint = checked_endpoint(group, name)  # NotFound once the rules dropped it
+        ok, error, _seconds = self._probe(group, endpoint)
+        if endpoint.checks not in HEARTBEAT_CHECKS:
+            return ok, error
+        beats = self._heartbeats.last_beats(group) if self._heartbeats is not None else {}
+        beat_ok, beat_error = beats.get(name, Beat(None)).check(group, self._clock())
+        return ok and beat_ok, error or beat_error
+
+    def _with_heartbeats(self, group: FailoverGroup, probed: list[Probed], now: datetime) -> list[Probed]:
+        """The probes' results with the heartbeats' verdict folded in (both must pass for `checks: both`)."""
+        if not any(e.checks in HEARTBEAT_CHECKS for e in group.endpoints):
+            return probed
+        beats = self._heartbeats.last_beats(group) if self._heartbeats is not None else {}
+        results = []
+        for endpoint, (ok, error, seconds) in zip(group.endpoints, probed, strict=True):
+            if endpoint.checks in HEARTBEAT_CHECKS:
+                beat_ok, beat_error = beats.get(endpoint.name, Beat(None)).check(group, now)
+                ok, error = ok and beat_ok, error or beat_error
+            results.append((ok, error, seconds))
+        if self._heartbeats is not None:
+            self._heartbeats.expire(now)
+        return results
+
+    def _probe(self, group: FailoverGroup, endpoint: Endpoint) -> Probed:
+        """Passed or not, why not, and how long the answer took (seconds; None when not probed)."""
+        if endpoint.checks == "heartbeat":
+            return True, None, None  # not probed: the heartbeat decides (_with_heartbeats)
         url = health_url(group, endpoint)
         started = self._timer()
         try:

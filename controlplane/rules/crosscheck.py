@@ -79,6 +79,12 @@ class Checker:
             self._rule(rule)
         for rule in self.loaded.broken_rules:
             self._matchers(rule)
+        for group in self.loaded.failover:
+            recovery = group.model.recovery
+            if recovery is not None:
+                spec = self._action(group, recovery.action, "recovery", "action")
+                if spec is not None:
+                    self._params(group, spec, recovery.with_, "recovery", "with")
 
     def _unique(self, items: list[Item[Any]], kind: str, key: str = "name") -> None:
         first: dict[str, Item[Any]] = {}

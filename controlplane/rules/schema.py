@@ -265,6 +265,27 @@ class Endpoint(_Strict):
     url: str
     region: str = ""
     priority: int = 0  # lower is preferred
+    # How its health is known: probed at the group's health_path, heartbeats it sends
+    # (POST /api/v1/endpoints/heartbeat), or both (both must pass).
+    checks: Literal["http", "heartbeat", "both"] = "http"
+
+
+class Recovery(_Strict):
+    """What is tried on an endpoint marked failed, before a human is paged (seed 003): an action of the registry.
+
+    Attempt n runs `action` with `with`, then waits `waits[n-1]` (the last wait repeats) and looks
+    at the endpoint: healthy again stops the attempts; after the last one fails, on-call is paged.
+    """
+
+    action: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    attempts: int = Field(default=3, ge=1, le=10)
+    waits: list[Duration] = Field(
+        default_factory=lambda: [timedelta(seconds=10), timedelta(seconds=20), timedelta(seconds=40)],
+        min_length=1,
+        max_length=10,
+    )
+    severity: Literal["critical", "warning", "info"] = "critical"  # of the page (routed like notify.oncall)
 
 
 class FailoverScore(_Strict):
@@ -293,6 +314,11 @@ class FailoverGroup(_Strict):
     recovery_threshold: int = Field(default=2, ge=1, le=10)
     auto_failback: bool = True
     score: FailoverScore | None = None  # unset: the next endpoint is the healthy one of lowest priority
+    # An endpoint checked by heartbeat fails a check when its last heartbeat is older than this (seed 003: 10 s);
+    # a registration without a heartbeat for `heartbeat_expiry` is removed.
+    heartbeat_timeout: Duration = timedelta(seconds=10)
+    heartbeat_expiry: Duration = timedelta(hours=24)
+    recovery: Recovery | None = None
 
 
 class RuleFile(_Strict):

@@ -310,6 +310,7 @@ def endpoints_page(request: Request, services: ServicesDep, _user: ViewerDep) ->
         groups=services.failover.status(),
         events=services.failover.events(limit=20),
         breakers=services.breakers.snapshot(),
+        heartbeats=services.heartbeats.registrations(),
     )
     return page(request, services, screen)
 

@@ -7,9 +7,10 @@ block an htmx request gets, so a route only says which screen it shows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from controlplane.failover.heartbeats import Registration
 from controlplane.failover.schemas import FailoverEventView, GroupStatus
 from controlplane.grafana import Dashboard
 from controlplane.incidents.schemas import IncidentPage
@@ -109,6 +110,7 @@ class EndpointsScreen(Screen):
     groups: list[GroupStatus]
     events: list[FailoverEventView]
     breakers: list[BreakerSnapshot]  # this replica's: breakers live in memory
+    heartbeats: list[Registration] = field(default_factory=list)  # endpoints that registered with a heartbeat
 
 
 @dataclass(frozen=True)

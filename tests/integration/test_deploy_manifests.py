@@ -390,6 +390,7 @@ def cluster_secret() -> dict[str, str]:
         "console-users": console_users_file(),
         "admin-token": "0d7e3a9c51f2b846e0c3d7a19f5b2e64",
         "read-token": "5b1e8c3f07a2d94e6c1b0f8a3d5e7c29",
+        "heartbeat-token": "9d2f4a6c8e0b1d3f5a7c9e1b3d5f7a90",
     }
 
 
@@ -461,17 +462,18 @@ def test_pod_environment_is_accepted_by_the_production_settings(
     assert settings.session_secret.get_secret_value() == cluster_secret()["session-secret"]
     assert [(u.name, u.role) for u in settings.console_users] == [("alice", "admin")]
     assert settings.admin_token is not None and settings.read_token is not None
+    assert settings.heartbeat_token is not None
     assert settings.kube_config == "in-cluster" and settings.instance_id.startswith("controlplane-")
 
     # The optional tokens may be left out of the Secret; the rest may not.
     required, optional = secret_keys(overlay)
-    assert optional == {"admin-token", "read-token"}
+    assert optional == {"admin-token", "read-token", "heartbeat-token"}
     assert required == {"webhook-token", "session-secret", "console-users"} | (
         {"database-url"} if overlay == "ha" else set()
     )
     lean = {k: v for k, v in cluster_secret().items() if k not in optional}
     settings = production_settings(kubelet_env(overlay, lean, tmp_path / "lean"), monkeypatch)
-    assert settings.admin_token is None and settings.read_token is None
+    assert settings.admin_token is None and settings.read_token is None and settings.heartbeat_token is None
     for key in required:
         with pytest.raises(LookupError, match=key):
             kubelet_env(overlay, {k: v for k, v in cluster_secret().items() if k != key}, tmp_path / key)

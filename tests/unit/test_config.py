@@ -62,7 +62,7 @@ def test_production_refuses_missing_or_placeholder_token() -> None:
     assert load_settings(environment="production", webhook_token=STRONG).webhook_token is not None
 
 
-@pytest.mark.parametrize("name", ["webhook_token", "admin_token", "read_token"])
+@pytest.mark.parametrize("name", ["webhook_token", "admin_token", "read_token", "heartbeat_token"])
 @pytest.mark.parametrize("weak", ["x" * 64, STRONG[:31], "token", "  " + "a" * 40 + "  "])
 def test_production_refuses_short_or_repeated_tokens(name: str, weak: str) -> None:
     tokens = {"webhook_token": STRONG, name: weak}
@@ -74,7 +74,13 @@ def test_production_refuses_short_or_repeated_tokens(name: str, weak: str) -> No
 def test_empty_token_files_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    for name in ("webhook_token_file", "admin_token_file", "read_token_file", "session_secret_file"):
+    for name in (
+        "webhook_token_file",
+        "admin_token_file",
+        "read_token_file",
+        "heartbeat_token_file",
+        "session_secret_file",
+    ):
         with pytest.raises(SettingsError, match="is empty"):
             load_settings(**{name: empty})
 
