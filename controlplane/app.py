@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp
 
 from controlplane import __version__
 from controlplane.api import endpoints, executions, health, incidents, monitoring, plans, replay, rules, slack, webhook
@@ -27,6 +28,13 @@ from controlplane.web import routes as console
 REQUEST_BODY_LIMIT = 64 * 1024  # the largest console form is a 4,000-character note
 
 
+class ControlPlaneApp(FastAPI):
+    """FastAPI, with the webhook answered ahead of its middleware stack and routing (webhook.WebhookFirst)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return webhook.WebhookFirst(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     services = Services.build(settings or get_settings())
 
@@ -39,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(services.stop)
 
-    app = FastAPI(
+    app = ControlPlaneApp(
         title="controlplane",
         version=__version__,
         description="Monitoring and auto-remediation control plane for LLM-agent graph services.",
