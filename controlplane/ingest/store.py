@@ -5,6 +5,7 @@ Grouping into incidents and resolving them is the incidents domain's (incidents/
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class IngestResult:
         return bool(self.new_alert_ids or self.resolved_alert_ids)
 
 
+@functools.lru_cache(maxsize=256)  # a service has a few receivers; a regex substitution a notification added up
 def unquote_receiver(receiver: str) -> str:
     """Alertmanager sends the receiver name regex-quoted (`auto\\.fix`)."""
     return re.sub(r"\\(.)", r"\1", receiver)
