@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp
+from starlette.types import Receive, Scope, Send
 
 from controlplane import __version__
 from controlplane.api import endpoints, executions, health, incidents, monitoring, plans, replay, rules, slack, webhook
@@ -29,10 +29,15 @@ REQUEST_BODY_LIMIT = 64 * 1024  # the largest console form is a 4,000-character 
 
 
 class ControlPlaneApp(FastAPI):
-    """FastAPI, with the webhook answered ahead of its middleware stack and routing (webhook.WebhookFirst)."""
+    """FastAPI, with the webhook answered ahead of its per-request telemetry check, middleware stack and routing:
+    together they cost more than all the webhook's own work (webhook.WEBHOOK_APP keeps what they gave it)."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return webhook.WebhookFirst(super().build_middleware_stack())
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if webhook.is_webhook(scope):
+            scope["app"] = self
+            await webhook.WEBHOOK_APP(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

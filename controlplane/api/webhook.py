@@ -144,7 +144,7 @@ async def answer(services: Services, scope: Scope, receive: Receive) -> Answer:
 
 
 async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
-    """The webhook as a plain ASGI app: what `WebhookFirst` calls before the application's middleware and routing.
+    """The webhook as a plain ASGI app, answered ahead of the application's middleware and routing (WEBHOOK_APP).
 
     They cost more than all the webhook's own work (a third of the service's time per notification, in
     `same`); what they give it is kept: the request id and the log line of a refused request
@@ -158,18 +158,13 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
     await reply.send(send)
 
 
-class WebhookFirst:
-    """POST /api/v1/alerts/alertmanager straight to `receive_webhook`; every other request to the application."""
+def is_webhook(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == WEBHOOK_PATH
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.webhook = RequestContextMiddleware(RefuseNulInUrl(receive_webhook))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == WEBHOOK_PATH:
-            await self.webhook(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+# What the service answers the webhook with (app.ControlPlaneApp): the request id, the log line of a refused
+# request and the NUL check of the application's middleware, around `receive_webhook`.
+WEBHOOK_APP: ASGIApp = RequestContextMiddleware(RefuseNulInUrl(receive_webhook))
 
 
 @router.post(
@@ -194,7 +189,7 @@ class WebhookFirst:
 async def receive_alertmanager(request: Request) -> Response:
     """Stores every alert of the notification durably before answering 2xx.
 
-    The service answers this path in `WebhookFirst`; the route documents it (OpenAPI) and answers
+    The service answers this path ahead of its routes (WEBHOOK_APP); the route documents it (OpenAPI) and answers
     where the application runs without that (the same `answer`)."""
     reply = await answer(request.app.state.services, request.scope, request.receive)
     return Response(reply.body, reply.status, dict(reply.headers), media_type=reply.media_type)
