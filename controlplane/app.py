@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from controlplane import __version__
 from controlplane.api import (
@@ -39,6 +40,18 @@ from controlplane.web import routes as console
 REQUEST_BODY_LIMIT = 64 * 1024  # the largest console form is a 4,000-character note
 
 
+class ControlPlaneApp(FastAPI):
+    """FastAPI, with the webhook answered ahead of its per-request telemetry check, middleware stack and routing:
+    together they cost more than all the webhook's own work (webhook.WEBHOOK_APP keeps what they gave it)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if webhook.is_webhook(scope):
+            scope["app"] = self
+            await webhook.WEBHOOK_APP(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     services = Services.build(settings or get_settings())
 
@@ -51,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(services.stop)
 
-    app = FastAPI(
+    app = ControlPlaneApp(
         title="controlplane",
         version=__version__,
         description="Monitoring and auto-remediation control plane for LLM-agent graph services.",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.requests import ClientDisconnect
+from starlette.types import Send
 
 from controlplane.errors import (
     Conflict,
@@ -72,8 +75,7 @@ def status_for(exc: DomainError) -> int:
     return 500
 
 
-async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DomainError)
+def _error_parts(exc: DomainError) -> tuple[int, dict[str, object], dict[str, str]]:
     status = status_for(exc)
     body: dict[str, object] = {"error": exc.message}
     if exc.details:
@@ -83,11 +85,47 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="controlplane", Basic realm="controlplane"'
     elif status == 503:
         headers["Retry-After"] = "5"
+    return status, body, headers
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status, body, headers = _error_parts(exc)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _database_down(_request: Request, _exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "database unavailable: retry later"}, status_code=503, headers={"Retry-After": "5"})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole response, sent as plain ASGI: the webhook's, which answers before the application's
+    middleware and exception handlers (api/webhook.py), with the same statuses, bodies and headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    media_type: str | None = "application/json"
+
+    async def send(self, send: Send) -> None:
+        head = [(b"content-length", str(len(self.body)).encode())]
+        if self.media_type is not None:
+            head.append((b"content-type", self.media_type.encode()))
+        head += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self.headers]
+        await send({"type": "http.response.start", "status": self.status, "headers": head})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def error_answer(exc: DomainError) -> Answer:
+    """What `_domain_error` answers."""
+    status, body, headers = _error_parts(exc)
+    return Answer(status, orjson.dumps(body), tuple(headers.items()))
+
+
+DATABASE_DOWN = Answer(503, orjson.dumps({"error": "database unavailable: retry later"}), (("Retry-After", "5"),))
+CLIENT_GONE = Answer(499, b"", media_type=None)  # what `_client_gone` answers
+INTERNAL_ERROR = Answer(500, b"Internal Server Error", media_type="text/plain; charset=utf-8")  # Starlette's
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> Response:

@@ -7,12 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
+def json_dumps(value: Any) -> str:
+    """JSON columns' text: orjson's, several times faster than the json module's (a new alert writes seven
+    documents: its labels and annotations, two audit details, its execution's playbook, params and context)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, full fsync on commit, a busy timeout and explicit BEGINs."""
+    kwargs = {"json_serializer": json_dumps, "json_deserializer": orjson.loads, **kwargs}
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):  # one connection, no queue: pool sizes do not apply

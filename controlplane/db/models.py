@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,21 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given; use timezone-aware UTC")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def to_sqlite(value: datetime | None) -> str | None:
+            """SQLite's DATETIME text as SQLAlchemy writes it (naive UTC, "2026-11-24 08:00:00.123456"), in one
+            step: a new alert binds fifteen datetimes, and converting then formatting was a tenth of its time."""
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given; use timezone-aware UTC")
+            return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+
+        return to_sqlite
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

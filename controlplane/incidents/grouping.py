@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from controlplane.audit import PendingAudits
 from controlplane.db.tables import alerts_t, incidents_t, links_t
@@ -36,6 +35,17 @@ class OpenIncidents(dict[str, tuple[int, str]]):
     def forget(self, incident_id: int) -> None:
         for key in [k for k, (i, _) in self.items() if i == incident_id]:
             del self[key]
+
+
+# Built once: every ingest batch runs them, once per incident it touches.
+_OPEN_INCIDENT = (
+    select(incidents_t.c.id, incidents_t.c.severity).where(incidents_t.c.open_key == bindparam("key")).with_for_update()
+)
+_TOUCH_INCIDENT = (
+    update(incidents_t)
+    .where(incidents_t.c.id == bindparam("incident_id"))
+    .values(updated_at=bindparam("now"), severity=bindparam("raised_severity"))
+)
 
 
 def incident_for_alert(
@@ -65,15 +75,11 @@ def incident_for_alert(
         return cached_id, False
     for _ in range(3):
         # FOR UPDATE (PostgreSQL) serialises with a concurrent resolve of the same incident.
-        row = conn.execute(
-            select(incidents_t.c.id, incidents_t.c.severity).where(incidents_t.c.open_key == key).with_for_update()
-        ).first()
+        row = conn.execute(_OPEN_INCIDENT, {"key": key}).first()
         if row is not None:
-            values: dict[str, Any] = {"updated_at": now}
-            if severity_rank(severity) > severity_rank(row.severity):
-                values["severity"] = severity
-            conn.execute(update(incidents_t).where(incidents_t.c.id == row.id).values(**values))
-            cache[key] = (row.id, values.get("severity", row.severity))
+            known = row.severity if severity_rank(severity) <= severity_rank(row.severity) else severity
+            conn.execute(_TOUCH_INCIDENT, {"incident_id": row.id, "raised_severity": known, "now": now})
+            cache[key] = (row.id, known)
             return row.id, False
         group_labels = {name: labels[name] for name in group_by if name in labels}
         opened = open_incident(

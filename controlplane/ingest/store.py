@@ -5,8 +5,9 @@ Grouping into incidents and resolving them is the incidents domain's (incidents/
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ class IngestResult:
         return bool(self.new_alert_ids or self.resolved_alert_ids)
 
 
+@functools.lru_cache(maxsize=256)  # a service has a few receivers; a regex substitution a notification added up
 def unquote_receiver(receiver: str) -> str:
     """Alertmanager sends the receiver name regex-quoted (`auto\\.fix`)."""
     return re.sub(r"\\(.)", r"\1", receiver)
@@ -81,74 +83,175 @@ def ingest_notification(
     actor: str | None = None,
     open_incidents: OpenIncidents | None = None,
 ) -> IngestResult:
-    """Apply one webhook notification inside the caller's transaction.
+    """Apply one webhook notification inside the caller's transaction (see `ingest_notifications`)."""
+    [result] = ingest_notifications(
+        conn, [notification], group_by=group_by, now=now, actor=actor, open_incidents=open_incidents
+    )
+    return result
+
+
+def ingest_notifications(
+    conn: Connection,
+    notifications: Sequence[AlertmanagerNotification],
+    *,
+    group_by: Sequence[str],
+    now: datetime | None = None,
+    actor: str | None = None,
+    open_incidents: OpenIncidents | None = None,
+) -> list[IngestResult]:
+    """Apply webhook notifications inside the caller's transaction, as if one after the other; a result each.
 
     An alert episode is keyed by (fingerprint, startsAt). A repeat only bumps its
     receive count; firing -> resolved closes it (never the reverse: a late firing
     copy from an HA peer must not reopen it); an incident resolves when none of its
     alerts fires any more.
+
+    A group-commit batch costs a handful of statements, not a handful per notification: one
+    lookup of the episodes it names, one insert of the new ones, one update of the repeats' counts,
+    one insert each of links and audit rows. Only a resolve writes what came before it first.
     """
-    now = now or datetime.now(UTC)
-    cache = open_incidents if open_incidents is not None else OpenIncidents()
-    receiver = unquote_receiver(notification.receiver)
-    actor = actor or f"alertmanager:{receiver}"
-    result = IngestResult()
-    fingerprints = {alert.fingerprint for alert in notification.alerts}
-    rows = conn.execute(_KNOWN_ALERTS, {"fingerprints": list(fingerprints)})
-    known: dict[tuple[str, datetime], tuple[int, str]] = {(r.fingerprint, r.starts_at): (r.id, r.status) for r in rows}
-    repeats: list[dict[str, Any]] = []
-    pending = PendingRows()
-    inserted = _insert_alerts(conn, notification.alerts, known, receiver=receiver, now=now)
-    for alert in notification.alerts:
+    batch = _Batch(
+        conn,
+        group_by=group_by,
+        now=now or datetime.now(UTC),
+        cache=open_incidents if open_incidents is not None else OpenIncidents(),
+    )
+    batch.load_known({alert.fingerprint for n in notifications for alert in n.alerts})
+    results: list[IngestResult] = []
+    for notification in notifications:
+        result = IngestResult()
+        receiver = unquote_receiver(notification.receiver)
+        sender = _Sender(receiver, actor or f"alertmanager:{receiver}", result)
+        for alert in notification.alerts:
+            batch.apply(alert, sender)
+        results.append(result)
+    batch.finish()
+    return results
+
+
+@dataclass(frozen=True)
+class _Sender:
+    """Whose delivery an alert is: the notification's receiver, the actor its audit rows name, its result."""
+
+    receiver: str
+    actor: str
+    result: IngestResult
+
+
+_CHUNK = 500  # fingerprints a lookup names: far below any database's limit of bound parameters
+_BUMP_REPEATS = (
+    update(alerts_t)
+    .where(alerts_t.c.id == bindparam("alert_id"))
+    .values(receive_count=alerts_t.c.receive_count + bindparam("repeats"), last_received_at=bindparam("now"))
+)
+
+
+class _Batch:
+    """The alert episodes of one transaction: what the database holds, what is new and not yet inserted.
+
+    Alerts are applied in delivery order. A new episode waits in `new` (its repeats in the batch are
+    counted meanwhile); all of them are inserted in one statement when the batch ends, or before a
+    resolve, which must count every link that came before it.
+    """
+
+    def __init__(self, conn: Connection, *, group_by: Sequence[str], now: datetime, cache: OpenIncidents) -> None:
+        self.conn = conn
+        self.group_by = group_by
+        self.now = now
+        self.cache = cache
+        self.pending = PendingRows()
+        self.known: dict[tuple[str, datetime], tuple[int, str]] = {}  # episode: (id, status)
+        self.new: dict[tuple[str, datetime], tuple[AlertmanagerAlert, _Sender]] = {}
+        self.repeats: dict[tuple[str, datetime], int] = {}
+
+    def load_known(self, fingerprints: set[str]) -> None:
+        names = sorted(fingerprints)
+        for i in range(0, len(names), _CHUNK):
+            rows = self.conn.execute(_KNOWN_ALERTS, {"fingerprints": names[i : i + _CHUNK]})
+            self.known.update({(r.fingerprint, r.starts_at): (r.id, r.status) for r in rows})
+
+    def apply(self, alert: AlertmanagerAlert, sender: _Sender) -> None:
         episode = _episode(alert)
-        existing = known.get(episode)
-        if existing is None:
+        if episode not in self.known:
+            first = self.new.get(episode)
+            if first is None:
+                self.new[episode] = (alert, sender)
+                return
+            if not (first[0].status == "firing" and alert.status == "resolved"):
+                self._repeat(episode, sender)
+                return
+            self.insert_new()
+        self._apply_known(alert, sender)
+
+    def _repeat(self, episode: tuple[str, datetime], sender: _Sender) -> None:
+        self.repeats[episode] = self.repeats.get(episode, 0) + 1
+        sender.result.duplicates += 1
+
+    def _apply_known(self, alert: AlertmanagerAlert, sender: _Sender) -> None:
+        episode = _episode(alert)
+        alert_id, status = self.known[episode]
+        if status == "firing" and alert.status == "resolved":
+            self.insert_new()
+            if _resolve_alert(self.conn, alert, alert_id, now=self.now):
+                self._resolved(alert, alert_id, sender)
+                return
+        self._repeat(episode, sender)
+
+    def _resolved(self, alert: AlertmanagerAlert, alert_id: int, sender: _Sender) -> None:
+        conn, result = self.conn, sender.result
+        self.pending.flush(conn)  # resolving counts the incident's links: all must be written
+        self.known[_episode(alert)] = (alert_id, "resolved")
+        result.resolved_alert_ids.append(alert_id)
+        for incident_id in _incidents_of(conn, alert_id):
+            audit(
+                conn,
+                actor=sender.actor,
+                action="alert.resolved",
+                incident_id=incident_id,
+                detail=_alert_detail(alert),
+                now=self.now,
+            )
+            _add_unique(result.incident_ids, incident_id)
+            if resolve_if_clear(conn, incident_id, actor=sender.actor, now=self.now, cache=self.cache):
+                result.resolved_incident_ids.append(incident_id)
+
+    def insert_new(self) -> None:
+        """Insert the new episodes waiting, in one statement, and attach each to its incident in order."""
+        if not self.new:
+            return
+        waiting, self.new = self.new, {}
+        rows = [_alert_row(alert, sender.receiver, self.now) for alert, sender in waiting.values()]
+        result = self.conn.execute(_INSERT_ALERTS[self.conn.dialect.name], rows)
+        inserted = {(r.fingerprint, r.starts_at): r.id for r in result}
+        for episode, (alert, sender) in waiting.items():
             alert_id = inserted.get(episode)
-            if alert_id is not None:
-                known[episode] = (alert_id, alert.status)
-                _attach_new_alert(
-                    conn,
-                    alert,
-                    alert_id,
-                    group_by=group_by,
-                    actor=actor,
-                    now=now,
-                    result=result,
-                    cache=cache,
-                    pending=pending,
-                )
+            if alert_id is None:  # another replica inserted it first
+                self.known[episode] = _find_alert(self.conn, episode)
+                self._apply_known(alert, sender)
                 continue
-            existing = _find_alert(conn, episode)  # another replica inserted it first
-            known[episode] = existing
-        alert_id, status = existing
-        if status == "firing" and alert.status == "resolved" and _resolve_alert(conn, alert, alert_id, now=now):
-            pending.flush(conn)  # resolving counts the incident's links: all must be written
-            known[episode] = (alert_id, "resolved")
-            result.resolved_alert_ids.append(alert_id)
-            for incident_id in _incidents_of(conn, alert_id):
-                audit(
-                    conn,
-                    actor=actor,
-                    action="alert.resolved",
-                    incident_id=incident_id,
-                    detail=_alert_detail(alert),
-                    now=now,
-                )
-                _add_unique(result.incident_ids, incident_id)
-                if resolve_if_clear(conn, incident_id, actor=actor, now=now, cache=cache):
-                    result.resolved_incident_ids.append(incident_id)
-        else:
-            repeats.append({"alert_id": alert_id})
-            result.duplicates += 1
-    if repeats:
-        conn.execute(
-            update(alerts_t)
-            .where(alerts_t.c.id == bindparam("alert_id"))
-            .values(receive_count=alerts_t.c.receive_count + 1, last_received_at=now),
-            repeats,
-        )
-    pending.flush(conn)
-    return result
+            self.known[episode] = (alert_id, alert.status)
+            _attach_new_alert(
+                self.conn,
+                alert,
+                alert_id,
+                group_by=self.group_by,
+                actor=sender.actor,
+                now=self.now,
+                result=sender.result,
+                cache=self.cache,
+                pending=self.pending,
+            )
+
+    def finish(self) -> None:
+        self.insert_new()
+        if self.repeats:
+            bumps = [
+                {"alert_id": self.known[episode][0], "repeats": count, "now": self.now}
+                for episode, count in self.repeats.items()
+            ]
+            self.conn.execute(_BUMP_REPEATS, bumps)
+            self.repeats = {}
+        self.pending.flush(self.conn)
 
 
 def _episode(alert: AlertmanagerAlert) -> tuple[str, datetime]:
@@ -171,40 +274,21 @@ def _alert_detail(alert: AlertmanagerAlert) -> dict[str, Any]:
     }
 
 
-def _insert_alerts(
-    conn: Connection,
-    alerts: Sequence[AlertmanagerAlert],
-    known: Mapping[tuple[str, datetime], object],
-    *,
-    receiver: str,
-    now: datetime,
-) -> dict[tuple[str, datetime], int]:
-    """Insert the episodes not `known`, in one statement; the ids of those that went in, by episode.
-
-    An episode missing from the answer was inserted by another replica first (the conflict).
-    """
-    rows: dict[tuple[str, datetime], dict[str, Any]] = {}
-    for alert in alerts:
-        episode = _episode(alert)
-        if episode not in known and episode not in rows:
-            rows[episode] = {
-                "fingerprint": alert.fingerprint,
-                "alertname": alert.alertname,
-                "status": alert.status,
-                "labels": alert.labels,
-                "annotations": alert.annotations,
-                "starts_at": alert.startsAt,
-                "ends_at": alert.ends_at,
-                "generator_url": alert.generatorURL,
-                "receiver": receiver,
-                "first_received_at": now,
-                "last_received_at": now,
-                "receive_count": 1,
-            }
-    if not rows:
-        return {}
-    result = conn.execute(_INSERT_ALERTS[conn.dialect.name], list(rows.values()))
-    return {(r.fingerprint, r.starts_at): r.id for r in result}
+def _alert_row(alert: AlertmanagerAlert, receiver: str, now: datetime) -> dict[str, Any]:
+    return {
+        "fingerprint": alert.fingerprint,
+        "alertname": alert.alertname,
+        "status": alert.status,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "starts_at": alert.startsAt,
+        "ends_at": alert.ends_at,
+        "generator_url": alert.generatorURL,
+        "receiver": receiver,
+        "first_received_at": now,
+        "last_received_at": now,
+        "receive_count": 1,
+    }
 
 
 def _find_alert(conn: Connection, episode: tuple[str, datetime]) -> tuple[int, str]:

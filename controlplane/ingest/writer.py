@@ -29,7 +29,7 @@ from controlplane.incidents.grouping import OpenIncidents
 from controlplane.incidents.keys import incident_key
 from controlplane.ingest.lanes import LANES, Lane, LaneRouter
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, ingest_notification
+from controlplane.ingest.store import IngestResult, ingest_notifications
 from controlplane.telemetry import Metrics
 
 log = structlog.get_logger(__name__)
@@ -197,11 +197,10 @@ class IngestWriter:
                         keys = incident_lock_ids([job.notification for job in batch], self._group_by)
                         conn.execute(_LOCK_IN_ORDER, {"keys": keys})
                     open_incidents = OpenIncidents()  # valid for this transaction only
-                    for job in batch:
-                        result = ingest_notification(
-                            conn, job.notification, group_by=self._group_by, open_incidents=open_incidents
-                        )
-                        results.append(result)
+                    notifications = [job.notification for job in batch]
+                    results = ingest_notifications(
+                        conn, notifications, group_by=self._group_by, open_incidents=open_incidents
+                    )
                     new_alert_ids = [i for r in results for i in r.new_alert_ids]
                     if self._hook is not None and new_alert_ids:
                         # Once for the batch, after every incident lock: rule locks come last, in one order.

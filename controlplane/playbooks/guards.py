@@ -42,8 +42,11 @@ class Decision:
     runs: tuple[int, ...] = ()  # loop_breaker: the runs that tripped it
 
 
+_AUTOMATION = select(automation_t).where(automation_t.c.id == 1)  # built once: every triggering ingest batch reads it
+
+
 def automation(conn: Connection) -> Automation:
-    row = conn.execute(select(automation_t).where(automation_t.c.id == 1)).first()
+    row = conn.execute(_AUTOMATION).first()
     if row is None:
         return Automation(paused=False, dry_run=False, reason="", updated_by="", updated_at=None)
     return Automation(row.paused, row.dry_run, row.reason, row.updated_by, row.updated_at)

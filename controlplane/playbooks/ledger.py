@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, case, func, literal_column, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, func, literal_column, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from controlplane.db.engine import write_transaction
@@ -36,24 +36,27 @@ _e = executions_t.c
 _i = incidents_t.c
 
 
+# Built once: it runs in every ingest batch that triggers a rule (building it was most of its time).
+_MARK_RECURRED = (
+    update(executions_t)
+    .where(
+        # Only succeeded runs are ever `resolved`: naming the status lets the lookup use
+        # ix_executions_rule_status_guard (rule, status, key); it runs once per key per ingest batch.
+        _e.rule_name == bindparam("recurring_rule"),
+        _e.status == literal_column("'succeeded'"),
+        _e.guard_key == bindparam("recurring_key"),
+        _e.outcome == "resolved",
+        _e.finished_at > bindparam("since"),
+    )
+    .values(outcome="recurred", outcome_at=bindparam("now"))
+    .returning(_e.id)
+)
+
+
 def mark_recurred(conn: Connection, *, rule: str, guard_key: str, now: datetime) -> list[int]:
     """The key fired again: its resolved runs that ended within WINDOW did not last. Their ids."""
-    return list(
-        conn.execute(
-            update(executions_t)
-            .where(
-                # Only succeeded runs are ever `resolved`: naming the status lets the lookup use
-                # ix_executions_rule_status_guard (rule, status, key); it runs once per key per ingest batch.
-                _e.rule_name == rule,
-                _e.status == literal_column("'succeeded'"),
-                _e.guard_key == guard_key,
-                _e.outcome == "resolved",
-                _e.finished_at > now - WINDOW,
-            )
-            .values(outcome="recurred", outcome_at=now)
-            .returning(_e.id)
-        ).scalars()
-    )
+    params = {"recurring_rule": rule, "recurring_key": guard_key, "since": now - WINDOW, "now": now}
+    return list(conn.execute(_MARK_RECURRED, params).scalars())
 
 
 def settle_due(conn: Connection, *, now: datetime, limit: int = 500) -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -118,6 +118,12 @@ def trigger_for_alerts(
     return executions.finish()
 
 
+def _fields(view: AlertView | IncidentView | None) -> dict[str, Any] | None:
+    """A view's fields for the execution's context: what dataclasses.asdict gives, without its deep copy
+    of every label (a fifth of a storm alert's time); the rows they come from are read for this alone."""
+    return None if view is None else dict(vars(view))
+
+
 class _Executions:
     """The executions one transaction creates: one per (rule, trigger), none for a redelivery.
 
@@ -167,7 +173,7 @@ class _Executions:
             # A suppressed execution never runs: a storm of them need not carry a playbook copy each.
             "playbook": {} if suppressed else playbook.model_dump(mode="json", by_alias=True),
             "params": {**playbook.params, **rule.params},
-            "context": {"alert": asdict(alert) if alert else None, "incident": asdict(incident) if incident else None},
+            "context": {"alert": _fields(alert), "incident": _fields(incident)},
             "created_at": self.now,
             "updated_at": self.now,
             "started_at": None,

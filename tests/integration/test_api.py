@@ -181,6 +181,44 @@ def test_responses_carry_a_request_id(client: TestClient) -> None:
     assert len(client.get("/health", headers={"X-Request-ID": "bad id\n"}).headers["x-request-id"]) == 32
 
 
+def test_webhook_answers_carry_a_request_id_and_refuse_a_nul_in_the_url(client: TestClient) -> None:
+    """The webhook is answered ahead of the application's middleware (api/webhook.py): these still hold for it."""
+    accepted = post(client, load_payload("alertmanager_firing.json"), headers={"X-Request-ID": "am-1"})
+    assert accepted.status_code == 200 and accepted.headers["x-request-id"] == "am-1"
+    assert accepted.headers["content-type"] == "application/json"
+    refused = post(client, {"version": "3"})
+    assert refused.status_code == 422 and len(refused.headers["x-request-id"]) == 32
+    assert refused.json()["error"].startswith("unsupported payload version")
+    nul = client.post(WEBHOOK + "?x=%00", json=load_payload("alertmanager_firing.json"))
+    assert nul.status_code == 400 and "NUL" in nul.json()["error"]
+    assert client.get(WEBHOOK).status_code == 405  # other methods are the application's
+
+
+def test_webhook_bodies_are_bounded_by_their_own_limit_not_the_consoles(database_url: str, engine: Engine) -> None:
+    payload = load_payload("alertmanager_firing.json")
+    payload["alerts"][0]["annotations"]["description"] = "x" * 100_000  # over the console forms' 64 KiB
+    settings = make_settings(database_url, max_body_bytes=200_000)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        assert post(client, payload).status_code == 200
+        payload["alerts"][0]["annotations"]["description"] = "x" * 250_000
+        too_large = post(client, payload)
+        assert too_large.status_code == 413 and "200000 bytes" in too_large.json()["error"]
+
+
+def test_a_webhook_that_fails_unexpectedly_answers_500_and_is_counted(database_url: str, engine: Engine) -> None:
+    app = create_app(make_settings(database_url))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}, raise_server_exceptions=False) as client:
+
+        async def broken(_notification: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        app.state.services.writer.submit = broken
+        failed = post(client, load_payload("alertmanager_firing.json"))
+        assert failed.status_code == 500 and failed.text == "Internal Server Error"
+        assert len(failed.headers["x-request-id"]) == 32
+        assert 'controlplane_webhook_requests_total{outcome="error"} 1.0' in client.get("/metrics").text
+
+
 def test_openapi_documents_the_webhook_and_docs_need_no_cdn(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"][WEBHOOK]["post"]["requestBody"]["content"]["application/json"]["schema"]

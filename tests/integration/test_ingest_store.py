@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 
 from controlplane.db.tables import alerts_t, audit_t, incidents_t
 from controlplane.ingest.payload import AlertmanagerNotification
-from controlplane.ingest.store import IngestResult, ingest_notification
+from controlplane.ingest.store import IngestResult, ingest_notification, ingest_notifications
 from tests.conftest import count_rows, load_payload
 
 GROUP_BY = ["alertname", "namespace"]
@@ -210,3 +210,58 @@ def test_one_batch_resolving_then_reopening_a_key_opens_a_new_incident(engine: E
     first, second = incidents(engine)
     assert (first.status, second.status) == ("resolved", "open")
     assert count_rows(engine, "incident_alerts") == 2
+
+
+def ingest_batch(engine: Engine, payloads: list[dict[str, Any]]) -> list[IngestResult]:
+    """One group-commit transaction: the writer hands the whole batch over at once."""
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        return ingest_notifications(conn, [notification(p) for p in payloads], group_by=GROUP_BY)
+
+
+def test_ha_copies_in_one_batch_store_the_alerts_once(engine: Engine) -> None:
+    payload = firing()
+    first, second = ingest_batch(engine, [payload, copy.deepcopy(payload)])
+    assert len(first.new_alert_ids) == 2 and first.duplicates == 0
+    assert second.new_alert_ids == [] and second.duplicates == 2 and not second.changed
+    assert first.incident_ids == [incidents(engine)[0].id] and second.incident_ids == []
+    with engine.connect() as conn:
+        assert list(conn.execute(select(alerts_t.c.receive_count)).scalars()) == [2, 2]
+    assert count_rows(engine, "incident_alerts") == 2
+    assert actions(engine) == ["incident.opened", "alert.firing", "alert.firing"]
+
+
+def test_a_new_alert_resolved_later_in_the_same_batch_resolves_its_incident(engine: Engine) -> None:
+    payload = firing()
+    fire, resolve_first, resolve_second = ingest_batch(
+        engine, [payload, resolved(payload, 0), resolved(payload, 1, at="2026-11-24T08:12:00Z")]
+    )
+    [incident] = incidents(engine)
+    assert len(fire.new_alert_ids) == 2 and fire.opened_incident_ids == [incident.id]
+    assert resolve_first.resolved_alert_ids == [fire.new_alert_ids[0]] and not resolve_first.resolved_incident_ids
+    assert resolve_second.resolved_alert_ids == [fire.new_alert_ids[1]]
+    assert resolve_second.resolved_incident_ids == [incident.id] and incident.status == "resolved"
+    assert actions(engine) == [
+        "incident.opened",
+        "alert.firing",
+        "alert.firing",
+        "alert.resolved",
+        "alert.resolved",
+        "incident.resolved",
+    ]
+
+
+def test_each_notification_of_a_batch_gets_its_own_result(engine: Engine) -> None:
+    payloads = []
+    for i in range(3):
+        p = firing()
+        p["alerts"] = p["alerts"][:1]
+        p["alerts"][0]["fingerprint"] = f"fp-{i}"
+        p["alerts"][0]["labels"]["namespace"] = f"ns-{i % 2}"
+        payloads.append(p)
+    results = ingest_batch(engine, payloads)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(alerts_t.c.fingerprint, alerts_t.c.id)).all())
+    assert [r.new_alert_ids for r in results] == [[stored["fp-0"]], [stored["fp-1"]], [stored["fp-2"]]]
+    first, second, third = (r.incident_ids for r in results)
+    assert first == third != second  # ns-0, ns-1, ns-0
+    assert [len(r.opened_incident_ids) for r in results] == [1, 1, 0]
