@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from controlplane.db.models import AuditEvent
 from controlplane.failover import repository
 from controlplane.failover.checker import HealthChecker
+from controlplane.failover.heartbeats import HeartbeatRegistry
 from controlplane.failover.manager import FailoverManager
 from controlplane.integrations.prometheus import Sample
 from controlplane.rules.schema import Endpoint, FailoverGroup, FailoverScore
@@ -145,3 +146,35 @@ def test_the_response_time_is_the_health_checks_own(engine: Engine) -> None:
     measured = health["slow"].metrics
     assert measured is not None and 0.3 <= measured.response_seconds < 5
     assert health["quick"].metrics is None  # no memory series for it: no metrics, never a guess
+
+
+def test_an_endpoint_checked_by_heartbeat_alone_has_no_response_time_so_is_never_scored(engine: Engine) -> None:
+    """Its check is not a probe: scoring it on a made-up response time (0 s, the best) would favour it."""
+    group = FailoverGroup(
+        service="api",
+        endpoints=[
+            Endpoint(name="beating", url="http://beating:8000", checks="heartbeat"),
+            Endpoint(name="probed", url="http://probed:8000", priority=1),
+        ],
+        score=FailoverScore(cpu="cpu", memory="memory"),
+    )
+    clock = Clock()
+    loads = Loads(label="endpoint")
+    loads.shares = {"cpu": {"beating": 0.1, "probed": 0.1}, "memory": {"beating": 0.1, "probed": 0.1}}
+    manager = FailoverManager(engine, groups=lambda: {"api": group}, clock=clock)
+    registry = HeartbeatRegistry(engine, lambda: {"api": group}, clock=clock)
+    registry.beat("api", "beating", "pod-1")
+    checker = HealthChecker(
+        lambda: {"api": group},
+        manager,
+        http_get=lambda _url, _timeout: 200,
+        clock=clock,
+        prometheus=loads,
+        timer=lambda: 0.0,
+        heartbeats=registry,
+    )
+    checker.check_now()
+    with engine.connect() as conn:
+        health = repository.read_health(conn, group)
+    assert health["beating"].healthy and health["beating"].metrics is None
+    assert health["probed"].metrics is not None
