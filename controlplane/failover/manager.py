@@ -294,6 +294,7 @@ class FailoverManager:
             last_checked_at=h.last_checked_at,
             last_error=h.last_error,
             breaker=breaker,
+            checks=endpoint.checks,
             score=round(scoring.score(h.metrics), 4) if h.metrics and scoring.fresh(h.metrics, group, now) else None,
         )
 

@@ -33,6 +33,7 @@ class EndpointStatus(BaseModel):
     last_error: str | None
     breaker: str | None  # circuit breaker state in this process; None before its first check here
     score: float | None = None  # a scored group's current score (scoring.py); None without fresh metrics
+    checks: str = "http"  # how its checks pass: http (probe), heartbeat, or both (heartbeats.py)
 
 
 class GroupStatus(BaseModel):
