@@ -16,6 +16,7 @@ from sqlalchemy import Engine, insert
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.db.tables import steps_t
 from controlplane.incidents import postmortem
+from controlplane.playbooks import ledger
 from tests.conftest import ADMIN_TOKEN, AUTH
 from tests.helpers import console_app, console_users, log_in, post_alerts, wait_for
 
@@ -70,6 +71,10 @@ def test_an_incident_with_a_rule_run_exports_its_whole_story(app: TestClient, db
     approved = app.post(f"/api/v1/executions/{waiting['id']}/approve", headers=ADMIN, json={"reason": "go"})
     assert approved.status_code == 200, approved.text
     wait_for("the run succeeds", lambda: executions(app, status="succeeded"), 10)
+    resolved = {"status": "resolved", "endsAt": "2026-11-24T08:20:00Z"}
+    post_alerts(app, {**firing("fp-a"), **resolved}, {**firing("fp-b", instance="langgraph-9:8000"), **resolved})
+    with write_transaction(db) as conn:  # the ledger's sweep, now rather than in 30 s
+        assert ledger.settle_due(conn, now=datetime.now(UTC)) == [("careful-restart", "resolved")]
     with write_transaction(db) as conn:  # a PromQL snapshot, as a prometheus.query step records it
         now = datetime.now(UTC)
         conn.execute(
@@ -88,7 +93,8 @@ def test_an_incident_with_a_rule_run_exports_its_whole_story(app: TestClient, db
     assert "## Summary" in text and "## Impact window" in text and "## Root cause" in text and "## Follow-ups" in text
     assert "### Execution 1: rule careful-restart, playbook note — succeeded" in text  # the rule and its run
     assert "incident.annotate" in text and "notify.log" in text and "graph support\\_bot is failing" in text
-    assert "2026-11-24T08:00:00.123456Z" in text  # the alert's first seen
+    assert "| NeedsApproval | resolved | 2026-11-24T08:00:00.123456Z | 2026-11-24T08:20:00Z |" in text  # its times
+    assert "| ledger outcome | resolved (" in text
     assert f"suppressed by guard {suppressed['guard']}" in text  # the decision that did not run, and why
     assert "1 of 1: admin" in text  # who approved
     assert "`sum(rate(errors_total[5m]))`" in text and '"value": 0.125' in text  # the PromQL snapshot
@@ -101,11 +107,13 @@ def test_an_incident_with_a_rule_run_exports_its_whole_story(app: TestClient, db
     assert ran["rule"] == "careful-restart" and ran["approved_by"] == ["admin"]
     assert [s["action"] for s in ran["steps"]] == ["incident.annotate", "notify.log", "prometheus.query"]
     assert doc["promql_snapshots"][0]["query"] == "sum(rate(errors_total[5m]))"
-    assert doc["alert_summary"] == {"total": 2, "firing": 2, "resolved": 0, "listed": 2, "truncated": False}
+    assert doc["alert_summary"] == {"total": 2, "firing": 0, "resolved": 2, "listed": 2, "truncated": False}
+    assert doc["incident"]["status"] == "resolved" and doc["impact"]["duration_seconds"] > 0
+    assert ran["outcome"] == "resolved" and doc["outcome"]["counts"] == {"resolved": 1}
     times = [item["at"] for item in doc["timeline"]]
     assert times == sorted(times)
     kinds = {item["kind"] for item in doc["timeline"]}
-    assert {"alert_fired", "rule_decision", "execution", "event"} <= kinds
+    assert {"alert_fired", "alert_resolved", "rule_decision", "execution", "event"} <= kinds
     assert doc["root_cause"] == "" and doc["follow_ups"] == []
 
 
