@@ -10,6 +10,7 @@ writes it as Markdown. No HTTP here.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -31,6 +32,9 @@ ALERTS_LISTED = 100  # the first alerts, oldest first; the counts say how many t
 EVENTS_LISTED = 500  # the incident's first audit events
 EXECUTIONS_LISTED = 100  # its first rule runs (suppressed ones included)
 PROMETHEUS_PREFIX = "prometheus."
+# Written again at every poll of a wait while nothing changes: one timeline line per run of them (as the console).
+REPEATING = frozenset({"execution.waiting"})
+_UNTIL = re.compile(r" until .*$")
 _EXECUTION_COLUMNS = [executions_t.c[name] for name in ExecutionOut.model_fields]
 
 
@@ -114,6 +118,9 @@ class TimelineItem(BaseModel):
     text: str
     execution_id: int | None = None
     alert_id: int | None = None
+    count: int = Field(
+        default=1, description="A run of one repeated event (a wait's polls) folded: how many; `at` is the first"
+    )
 
 
 class SilenceOut(BaseModel):
@@ -324,17 +331,21 @@ def _timeline(
                     alert_id=a.id,
                 )
             )
+    last: TimelineItem | None = None
     for event in events:
-        items.append(
-            TimelineItem(
-                at=event.at,
-                kind="event",
-                actor=event.actor,
-                action=event.action,
-                text=_event_text(event),
-                execution_id=execution_of.get(event.id),
-            )
+        item = TimelineItem(
+            at=event.at,
+            kind="event",
+            actor=event.actor,
+            action=event.action,
+            text=_event_text(event),
+            execution_id=execution_of.get(event.id),
         )
+        if last is not None and item.action in REPEATING and _same_repeat(last, item):
+            last.count += 1
+            continue
+        items.append(item)
+        last = item
     for run in runs:
         if run.decision == "suppressed":
             text = f"rule {run.rule} did not run: suppressed by guard {run.guard or '?'}: {run.reason}"
@@ -349,6 +360,11 @@ def _timeline(
         )
     items.sort(key=lambda item: item.at)
     return items
+
+
+def _same_repeat(a: TimelineItem, b: TimelineItem) -> bool:
+    """The same wait polled again: its reason differs only in the time it waits until."""
+    return (a.action, a.execution_id, _UNTIL.sub("", a.text)) == (b.action, b.execution_id, _UNTIL.sub("", b.text))
 
 
 def _event_text(event: AuditEventOut) -> str:

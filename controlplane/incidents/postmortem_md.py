@@ -108,10 +108,7 @@ def render(doc: PostmortemOut) -> str:
         ]
     out += _table(
         ["time", "what", "who", "detail"],
-        [
-            (_when(t.at), t.kind.replace("_", " ") + (f" {t.action}" if t.action else ""), t.actor, t.text)
-            for t in doc.timeline
-        ],
+        [(_when(t.at), _what(t.kind, t.action, t.count), t.actor, t.text) for t in doc.timeline],
     )
     out += ["", "## Rule runs", ""]
     if not doc.executions:
@@ -150,6 +147,11 @@ def render(doc: PostmortemOut) -> str:
     out += _table(["outcome", "runs"], sorted(o.counts.items())) if o.counts else ["No run acted."]
     out += ["", "## Root cause", "", "", "## Follow-ups", "", ""]
     return "\n".join(out)
+
+
+def _what(kind: str, action: str, count: int) -> str:
+    what = kind.replace("_", " ") + (f" {action}" if action else "")
+    return f"{what}, {count} times" if count > 1 else what
 
 
 def _code(value: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert
 
+from controlplane.audit import audit
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.db.tables import steps_t
 from controlplane.incidents import postmortem
@@ -139,6 +140,28 @@ def test_hostile_label_text_is_escaped(app: TestClient) -> None:
     assert "\\`code\\`" in row and "\\<img" in row and "\\[link\\]" in row
     assert "<img" not in text.replace("\\<img", "") and "\n# heading" not in text
     assert "\n| injected" not in text
+
+
+def test_a_waits_polls_fold_into_one_line(app: TestClient, db: Engine) -> None:
+    (incident_id,) = set(post_alerts(app, {"fingerprint": "fp-one"}))
+    with write_transaction(db) as conn:
+        for minute in range(3):
+            reason = f"waiting for the incident to resolve until 09:{minute:02d}"
+            at = datetime(2026, 11, 24, 9, minute, tzinfo=UTC)
+            audit(
+                conn,
+                actor="rule:r",
+                action="execution.waiting",
+                incident_id=incident_id,
+                detail={"reason": reason},
+                now=at,
+            )
+        audit(conn, actor="bob", action="incident.note", incident_id=incident_id, detail={"text": "looking"}, now=at)
+    doc = app.get(f"/api/v1/incidents/{incident_id}/postmortem", params={"format": "json"}).json()
+    waits = [item for item in doc["timeline"] if item["action"] == "execution.waiting"]
+    assert [(w["count"], w["at"]) for w in waits] == [(3, "2026-11-24T09:00:00Z")]
+    text = app.get(f"/api/v1/incidents/{incident_id}/postmortem").text
+    assert "| event execution.waiting, 3 times | rule:r |" in text and "| bob | looking |" in text
 
 
 def test_unknown_incident_bad_format_and_credentials(app: TestClient) -> None:
