@@ -166,7 +166,7 @@ def build(
         conn=conn, incident_id=incident_id, alerts_limit=ALERTS_LISTED, events_limit=EVENTS_LISTED
     )
     incident = record.incident
-    counts = incidents.alert_counts(conn, [incident_id])[incident_id]
+    firing, total = incident.alerts_firing, incident.alerts_total  # counted in full by incident_detail
     alerts = [
         PostmortemAlert(
             id=a.id,
@@ -205,11 +205,11 @@ def build(
         incident=incident,
         impact=_impact(incident),
         alert_summary=AlertSummary(
-            total=counts[1],
-            firing=counts[0],
-            resolved=counts[1] - counts[0],
+            total=total,
+            firing=firing,
+            resolved=total - firing,
             listed=len(alerts),
-            truncated=len(alerts) < counts[1],
+            truncated=len(alerts) < total,
         ),
         alerts=alerts,
         timeline=timeline,
