@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
 
-from controlplane.api.deps import MAX_ID, ConnDep, IdPath, ReaderDep
+from controlplane.api.deps import MAX_ID, ConnDep, IdPath, ReaderDep, ServicesDep
 from controlplane.api.errors import error_responses
-from controlplane.incidents import service
+from controlplane.api.monitoring import attachment
+from controlplane.incidents import postmortem, postmortem_md, service
 from controlplane.incidents.schemas import AlertPage, IncidentDetail, IncidentPage, IncidentStatus, TimelinePage
 
 router = APIRouter(prefix="/api/v1", tags=["incidents"], responses=error_responses(401, 503), dependencies=[ReaderDep])
@@ -75,6 +78,38 @@ def get_incident_alerts(conn: ConnDep, incident_id: IdPath, limit: Limit = 100, 
 def get_incident_timeline(conn: ConnDep, incident_id: IdPath, limit: Limit = 200, after: After = None) -> TimelinePage:
     service.incident_row(conn=conn, incident_id=incident_id)
     return service.incident_timeline(conn=conn, incident_id=incident_id, limit=limit, after=after)
+
+
+@router.get(
+    "/incidents/{incident_id}/postmortem",
+    summary="An incident's postmortem: summary, impact, alerts, timeline, rule runs, PromQL snapshots, outcome",
+    response_class=Response,
+    responses={
+        **error_responses(404),
+        200: {
+            "description": "Markdown (`format=md`, a download) or the PostmortemOut JSON document (`format=json`)",
+            "model": postmortem.PostmortemOut,
+            "content": {"text/markdown": {"schema": {"type": "string"}}},
+        },
+    },
+)
+def get_incident_postmortem(
+    conn: ConnDep,
+    services: ServicesDep,
+    incident_id: IdPath,
+    format: Annotated[Literal["md", "json"], Query(description="`md` (default) or `json`")] = "md",
+) -> Response:
+    """Built from the incident's record, bounded: counts and the first alerts, events and runs (README, Postmortems).
+
+    `md` is a download (Content-Disposition: attachment); `json` follows docs/postmortem.schema.json."""
+    doc = postmortem.build(conn=conn, incident_id=incident_id, now=datetime.now(UTC), registry=services.registry)
+    if format == "json":
+        return JSONResponse(doc.model_dump(mode="json"))
+    return Response(
+        postmortem_md.render(doc),
+        media_type="text/markdown; charset=utf-8",
+        headers=attachment(f"incident-{incident_id}-postmortem.md"),
+    )
 
 
 @router.get("/alerts", summary="Alert episodes, newest first")
