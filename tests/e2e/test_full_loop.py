@@ -12,6 +12,7 @@ fail under CI=true.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jsonschema_rs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +32,7 @@ from controlplane.replay.run import replay
 from controlplane.rules.loader import load_rules
 from tests import helpers
 from tests.conftest import require_binary
+from tests.integration.test_postmortem import SCHEMA_FILE as POSTMORTEM_SCHEMA
 
 pytestmark = pytest.mark.slow
 
@@ -164,6 +167,23 @@ def test_failing_graph_is_disabled_and_its_incident_resolves(stack: Stack) -> No
             "execution.succeeded",
         ],
     )
+
+    # The postmortem tells the story: the rule, the disabled graph, the verification, the alert's times.
+    document = stack.api(f"/api/v1/incidents/{incident['id']}/postmortem", format="json")
+    jsonschema_rs.validate(json.loads(POSTMORTEM_SCHEMA.read_text()), document)
+    markdown = stack.http.get(
+        f"{stack.controlplane_url}/api/v1/incidents/{incident['id']}/postmortem",
+        params={"format": "md"},
+        headers={"Authorization": f"Bearer {stack.read_token}"},
+    )
+    assert markdown.status_code == 200, markdown.text
+    text = markdown.text
+    for expected in ("high-error-rate", "disable-problem-graph", "graph.disable", "verify.resolved", ERROR_ALERT):
+        assert expected in text, f"{expected} missing from the postmortem:\n{text}"
+    assert GRAPH in text
+    started = datetime.fromisoformat(alert["starts_at"]).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert started[:19] in text  # the alert's first seen (to the second)
+    assert "## Root cause" in text and "## Follow-ups" in text
 
 
 def test_checkpoint_failures_switch_to_backup_storage(stack: Stack) -> None:
