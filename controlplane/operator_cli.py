@@ -83,7 +83,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     ]
     print(table(("ID", "STATUS", "SEVERITY", "OPENED (UTC)", "FIRING", "AUTOMATION", "TITLE"), rows))
     if page.get("next_cursor"):
-        print(f"(more: controlplane incidents --before {page['next_cursor']})")
+        print(f"(more: the same with --before {page['next_cursor']})")
     return EXIT_OK
 
 

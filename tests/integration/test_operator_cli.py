@@ -220,6 +220,8 @@ def postmortems() -> Iterator[str]:
 
     @app.get("/api/v1/incidents/{incident_id}/postmortem")
     def postmortem(incident_id: int, format: str = "md") -> Any:
+        if incident_id == 9:
+            return JSONResponse({"error": "database unavailable"}, status_code=503, headers={"Retry-After": "5"})
         if incident_id != 7:
             return JSONResponse({"error": f"incident {incident_id} not found"}, status_code=404)
         if format == "json":
@@ -244,4 +246,12 @@ def test_postmortem_from_a_service_without_the_export_says_so(cli: Any, postmort
     assert err == (
         f"controlplane: the service at {postmortems}/elsewhere has no GET /api/v1/incidents/7/postmortem"
         " (HTTP 404 Not Found): is it a version without it, or is --url not the control plane?\n"
+    )
+
+
+def test_a_failing_service_exits_3_and_says_so(cli: Any, postmortems: str) -> None:
+    code, out, err = cli("postmortem", "9", "--url", postmortems)
+    assert (code, out) == (3, "")
+    assert err == (
+        f"controlplane: the service at {postmortems} failed: HTTP 503: database unavailable (retry after 5 s)\n"
     )
