@@ -9,7 +9,7 @@ in time, or failed (5xx).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,13 @@ def service_url(option: str | None) -> str:
         raise CommandFailed(EXIT_USAGE, f"{named_by}: {exc}") from None
 
 
-def read_token(token_file: Path | None) -> str | None:
+@dataclass(frozen=True)
+class Token:
+    value: str = field(repr=False)
+    source: str  # where it came from, to name in messages: the token itself is never printed
+
+
+def read_token(token_file: Path | None) -> Token | None:
     """--token-file, else the file named by CONTROLPLANE_TOKEN_FILE, else CONTROLPLANE_TOKEN; None without any.
 
     The token itself is never printed: an error names where it came from, not what it is."""
@@ -68,7 +74,7 @@ def read_token(token_file: Path | None) -> str | None:
     # A header cannot carry it (and the HTTP library would quote it in its error): refuse, unquoted.
     if not token.isascii() or not token.isprintable() or " " in token:
         raise CommandFailed(EXIT_USAGE, f"the token in {source} has characters a header cannot carry")
-    return token
+    return Token(value=token, source=source)
 
 
 def _message(response: httpx.Response) -> str:
@@ -95,17 +101,18 @@ def _message(response: httpx.Response) -> str:
 @dataclass(frozen=True)
 class Api:
     url: str
-    token: str | None
+    token: str | None = field(repr=False)
+    token_source: str | None = None
     timeout: float = 10.0
 
-    def get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
-        return self._call("GET", path, params=params)
+    def get(self, path: str, params: dict[str, Any] | None = None, accept: str = "application/json") -> httpx.Response:
+        return self._call("GET", path, accept, params=params)
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return self._call("POST", path, json=body)
+        return self._call("POST", path, "application/json", json=body)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"User-Agent": f"controlplane-cli/{__version__}", "Accept": "application/json"}
+    def _call(self, method: str, path: str, accept: str, **kwargs: Any) -> httpx.Response:
+        headers = {"User-Agent": f"controlplane-cli/{__version__}", "Accept": accept}
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
@@ -134,6 +141,13 @@ class Api:
                 f"the service at {self.url} has no {method} {path.split('?')[0]} (HTTP 404 Not Found):"
                 " is it a version without it, or is --url not the control plane?",
             )
+        if status == 401:
+            sent = (
+                f"the token from {self.token_source}"
+                if self.token_source
+                else f"no token (--token-file, {TOKEN_FILE_ENV} or {TOKEN_ENV})"
+            )
+            raise CommandFailed(EXIT_REFUSED, f"HTTP 401: {_message(response)} (this command sent {sent})")
         if status >= 400:
             raise CommandFailed(EXIT_REFUSED, f"HTTP {status}: {_message(response)}")
         if status >= 300:

@@ -32,13 +32,18 @@ DETAIL_WIDTH = 100  # a timeline row's detail column is cut here (--json has it 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns padded to their widest cell; the last column is not padded (titles run long)."""
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    cells = [[_cell(h) for h in headers], *[[_cell(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False))
-        + ("  " + row[-1] if len(row) > 1 else row[-1])
-        for row in cells
+        "  ".join([*(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)), row[-1]]) for row in cells
     )
+
+
+def _cell(value: object) -> str:
+    """One line of printable text: labels and titles come from alerts, and a newline or a terminal escape
+    sequence in one must neither break the table nor reach the terminal."""
+    text = "-" if value is None else str(value)
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
 
 
 def _when(value: str | None) -> str:
@@ -53,7 +58,13 @@ def _print_json(document: Any) -> None:
 
 
 def _api(args: argparse.Namespace) -> Api:
-    return Api(url=service_url(args.url), token=read_token(args.token_file), timeout=args.timeout)
+    token = read_token(args.token_file)
+    return Api(
+        url=service_url(args.url),
+        token=token.value if token else None,
+        token_source=token.source if token else None,
+        timeout=args.timeout,
+    )
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
@@ -126,12 +137,13 @@ def _detail(detail: dict[str, Any]) -> str:
     text = " ".join(
         f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}" for k, v in detail.items()
     )
-    text = " ".join(text.split())  # one line
+    text = _cell(text)
     return text if len(text) <= DETAIL_WIDTH else text[: DETAIL_WIDTH - 3] + "..."
 
 
 def cmd_postmortem(args: argparse.Namespace) -> int:
-    response = _api(args).get(f"/api/v1/incidents/{args.id}/postmortem", params={"format": args.format})
+    accept = "application/json" if args.format == "json" else "text/markdown, text/plain;q=0.9, */*;q=0.1"
+    response = _api(args).get(f"/api/v1/incidents/{args.id}/postmortem", params={"format": args.format}, accept=accept)
     if args.format == "json":
         try:
             _print_json(response.json())

@@ -188,6 +188,14 @@ def test_a_wrong_token_exits_1_with_the_401_message(cli: Any, tmp_path: Path, mo
     code, out, err = cli("incidents")
     assert (code, out) == (1, "")
     assert err.startswith("controlplane: HTTP 401: a credential is required") and wrong not in err
+    assert err.endswith(f"(this command sent the token from token file {tmp_path / 'wrong'})\n")
+
+
+def test_a_token_a_header_cannot_carry_is_a_usage_error_and_not_printed(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "pasted").write_text("first-half second-half\n")
+    code, out, err = cli("incidents", "--token-file", str(tmp_path / "pasted"))
+    assert (code, out) == (2, "") and "half" not in err
+    assert err == f"controlplane: the token in token file {tmp_path / 'pasted'} has characters a header cannot carry\n"
 
 
 def test_an_unreadable_token_file_is_a_usage_error(cli: Any, tmp_path: Path) -> None:
@@ -220,6 +228,8 @@ def postmortems() -> Iterator[str]:
 
     @app.get("/api/v1/incidents/{incident_id}/postmortem")
     def postmortem(incident_id: int, format: str = "md") -> Any:
+        if incident_id == 10:
+            time.sleep(2)
         if incident_id == 9:
             return JSONResponse({"error": "database unavailable"}, status_code=503, headers={"Retry-After": "5"})
         if incident_id != 7:
@@ -255,3 +265,8 @@ def test_a_failing_service_exits_3_and_says_so(cli: Any, postmortems: str) -> No
     assert err == (
         f"controlplane: the service at {postmortems} failed: HTTP 503: database unavailable (retry after 5 s)\n"
     )
+
+
+def test_a_service_that_does_not_answer_in_time_exits_3(cli: Any, postmortems: str) -> None:
+    code, out, err = cli("postmortem", "10", "--url", postmortems, "--timeout", "0.3")
+    assert (code, out, err) == (3, "", f"controlplane: the service at {postmortems} did not answer within 0.3 s\n")
