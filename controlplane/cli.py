@@ -1,5 +1,5 @@
 """The `controlplane` command: serve, migrate, check, init, demo, render, plan, replay (replay/command.py),
-test (scenarios/command.py)."""
+test (scenarios/command.py); incidents, incident, postmortem, approve, pause, resume (operator_cli.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controlplane import __version__, plan_cli
+from controlplane import __version__, operator_cli, plan_cli
 from controlplane.checks import CheckResult, check_alert_rules, check_dashboards
 from controlplane.config import ENV_PREFIX, Settings, SettingsError, http_url, load_settings
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cli.add_parser(sub)
     replay_command.add_parser(sub)
     test_command.add_parser(sub)
+    operator_cli.add_parsers(sub)
     return parser
 
 

@@ -38,12 +38,13 @@ ConnDep = Annotated[Connection, Depends(get_conn)]
 
 
 def get_write_conn(services: ServicesDep) -> Iterator[Connection]:
-    """A write transaction, committed when the route returns without error."""
+    """A write transaction, committed when the route returns without error and before the answer is sent
+    (scope="function"): a failed commit is an error answer, and a read after the answer sees the change."""
     with write_transaction(services.engine) as conn:
         yield conn
 
 
-WriteConnDep = Annotated[Connection, Depends(get_write_conn)]
+WriteConnDep = Annotated[Connection, Depends(get_write_conn, scope="function")]
 
 
 def _bearer(request: Request) -> bytes | None:
