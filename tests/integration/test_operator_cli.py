@@ -140,6 +140,19 @@ def test_one_incident_with_its_alerts_and_timeline(cli: Any, api: httpx.Client) 
     assert code == 0 and json.loads(out)["id"] == incident_id
 
 
+def test_postmortem_from_the_running_service(cli: Any, api: httpx.Client) -> None:
+    """`controlplane postmortem ID > file.md` against the real export (the stand-in below pins the contract)."""
+    name = _alertname("CliPostmortem")
+    [incident_id] = post_alert(api, alertname=name)
+    code, out, err = cli("postmortem", str(incident_id))
+    assert code == 0, err
+    assert out.startswith(f"# Postmortem: incident #{incident_id}")
+    assert name in out and "## Root cause" in out
+    code, out, err = cli("postmortem", str(incident_id), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["incident"]["id"] == incident_id
+
+
 def test_an_unknown_incident_exits_1_with_the_services_message(cli: Any, api: httpx.Client) -> None:
     said = api.get("/api/v1/incidents/999999").json()["error"]
     code, out, err = cli("incident", "999999")
