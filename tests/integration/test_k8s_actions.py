@@ -230,6 +230,24 @@ def test_a_missing_object_is_named(k8s: KubernetesStandIn, kube_settings: Settin
     assert not err.value.retriable
 
 
+def test_a_request_still_waiting_when_the_stand_in_resets_leaves_the_next_tests_failures_alone(
+    k8s: KubernetesStandIn, kube_settings: Settings
+) -> None:
+    """The stand-in is shared by the module's tests: a timed-out request from one test is still sleeping in the
+    server when the next test injects its failures, and must not take one of them (it made the rollback test
+    see one 503 of its two, in the order pytest-randomly chose about one run in two)."""
+    k8s.delay(0.5)
+    with pytest.raises(ActionError, match="timed out"):
+        kube.read_scale(kube_settings, namespace=NS, name=APP, timeout=0.1)
+    k8s.reset()  # what the next test's fixture does
+    k8s.add_workload(NS, APP, replicas=3)
+    k8s.fail_next(1, 503)
+    time.sleep(0.6)  # the old request wakes up and is answered meanwhile
+    with pytest.raises(ActionError, match="503"):
+        kube.read_scale(kube_settings, namespace=NS, name=APP)
+    assert [r.status for r in k8s.requests] == [503]  # the stale request is not in the new test's log either
+
+
 def test_a_slow_api_server_times_out_retriably(k8s: KubernetesStandIn, kube_settings: Settings) -> None:
     k8s.delay(1.0)
     began = time.monotonic()

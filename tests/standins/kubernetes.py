@@ -105,6 +105,7 @@ class KubernetesStandIn:
     _delay: float = 0.0
     _forbidden: set[tuple[str, str]] = field(default_factory=set)
     _http: LoopbackHTTP | None = None
+    _generation: int = 0  # bumped by reset(): a request that began before it answers without touching the new state
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class KubernetesStandIn:
             self._conflicts.clear()
             self._delay = 0.0
             self._forbidden.clear()
+            self._generation += 1
 
     # -- knobs ---------------------------------------------------------------------------
 
@@ -208,8 +210,11 @@ class KubernetesStandIn:
     # -- the API -------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, headers: Any, raw: bytes) -> tuple[int, Obj]:
+        generation = self._generation
         if self._delay:
             time.sleep(self._delay)
+        if generation != self._generation:  # a test's timed-out request, woken after the next test's reset
+            return 503, _status(_Refusal(503, "ServiceUnavailable", "the stand-in was reset while this request waited"))
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip()
         try:
             body = json.loads(raw) if raw else None
