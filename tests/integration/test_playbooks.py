@@ -636,18 +636,21 @@ def test_an_execution_whose_worker_keeps_dying_is_failed_not_stuck(harness: Harn
 
 def test_a_worker_that_lost_its_lease_records_nothing(harness: Harness) -> None:
     harness.rules = rules("""
-      - action: test.do
-        with: {text: slow, sleep: 0.5}
+      - action: test.block
+        with: {text: slow, target: hung}
+        timeout: 30s
       - action: test.other
         with: {text: never}
 """)
     [t] = harness.fire()
     runner = threading.Thread(target=harness.worker.run_once)
     runner.start()
-    # Cancelled while its first step runs (a fixed sleep here raced the step's start on a loaded machine).
-    wait_for("the first step started", lambda: harness.execution(t.execution_id).steps, 5)
+    # Cancelled while its first step runs: the step waits on the gate until the cancel is committed (a fixed
+    # sleep in the step raced the cancel whenever the test process paused, e.g. for a garbage collection).
+    wait_for("the first step started", lambda: harness.started == ["slow"], 5)
     with harness.engine.connect().execution_options(write=True) as conn, conn.begin():
         service.cancel(conn=conn, execution_id=t.execution_id, actor="carol", reason="wrong fix", now=harness.clock())
+    harness.gate.set()  # the call returns now, after the cancel: what it brings must not be recorded
     runner.join(5)
     detail = harness.execution(t.execution_id)
     assert detail.status == "cancelled"
