@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection, func, select
 
 from controlplane.actions.base import ActionRegistry
-from controlplane.db.tables import executions_t, steps_t
+from controlplane.db.tables import executions_t
 from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AuditEventOut, IncidentOut
 from controlplane.playbooks import service as executions
@@ -253,14 +253,7 @@ def _executions(
     more = len(rows) > EXECUTIONS_LISTED
     rows = rows[:EXECUTIONS_LISTED]
     ids = [run.id for run in rows]
-    steps: defaultdict[int, list[StepOut]] = defaultdict(list)
-    if ids:
-        for r in conn.execute(
-            select(steps_t.c.execution_id, *executions.STEP_COLUMNS)
-            .where(steps_t.c.execution_id.in_(ids))
-            .order_by(steps_t.c.id)
-        ).mappings():
-            steps[r["execution_id"]].append(StepOut(**{k: v for k, v in r.items() if k != "execution_id"}))
+    steps = executions.steps_of(conn, ids)
     approved = executions.approvers(conn=conn, execution_ids=ids)
     runs = []
     for run in rows:

@@ -263,14 +263,7 @@ def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistr
     )
     runs = executions.list_executions(conn=conn, incident_id=incident_id, limit=EXECUTIONS_SHOWN).items
     ids = [run.id for run in runs]
-    steps: defaultdict[int, list[StepOut]] = defaultdict(list)
-    if ids:
-        for r in conn.execute(
-            select(steps_t.c.execution_id, *executions.STEP_COLUMNS)
-            .where(steps_t.c.execution_id.in_(ids))
-            .order_by(steps_t.c.id)
-        ).mappings():
-            steps[r["execution_id"]].append(StepOut(**{k: v for k, v in r.items() if k != "execution_id"}))
+    steps = executions.steps_of(conn, ids)
     # Each event an execution shown here wrote is filed under it; the rest are the incident's own lines.
     events: defaultdict[int | None, list[AuditEventOut]] = defaultdict(list)
     shown = set(ids)
