@@ -179,6 +179,17 @@ class Settings(BaseSettings):
     # Proxies (IP addresses or networks, "*" for any) whose X-Forwarded-Proto and X-Forwarded-For are
     # believed: the console's cookie is Secure behind an HTTPS proxy, and logins are throttled per real client.
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Retention (controlplane/retention/): the leader deletes resolved incidents with their alerts, audit
+    # rows, executions and steps this long after they resolved; a storm's suppressed executions and the
+    # alerts' audit rows sooner. Never what an open incident, a running execution or a guard still needs.
+    retention_enabled: bool = True
+    retention_incident_days: float = Field(default=90.0, ge=1)
+    retention_suppressed_days: float = Field(default=14.0, ge=1)
+    retention_alert_audit_days: float = Field(default=30.0, ge=1)
+    retention_interval_seconds: float = Field(default=600.0, gt=0)
+    retention_batch_rows: int = Field(default=500, ge=1, le=10_000)  # rows of one table in one transaction
+    # Set: what retention deletes is first appended to DIR/controlplane-archive-YYYY-MM-DD.jsonl.gz.
+    archive_dir: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
@@ -38,6 +38,8 @@ from controlplane.playbooks.slack_approvals import Planner, SlackApprovals
 from controlplane.playbooks.worker import Worker
 from controlplane.resilience.bulkhead import Bulkheads
 from controlplane.resilience.circuit_breaker import CircuitBreakers, State
+from controlplane.retention.prune import Policy
+from controlplane.retention.sweeps import RetentionSweeps
 from controlplane.rules.holder import RulesHolder
 from controlplane.silences.service import ExpiryOnResolve
 from controlplane.telemetry import Metrics
@@ -65,6 +67,7 @@ class Services:
     approval_timeouts: ApprovalTimeouts
     pager: Pager
     ledger_sweeps: LedgerSweeps
+    retention: RetentionSweeps | None  # None: CONTROLPLANE_RETENTION_ENABLED=false, everything is kept
     contexts: ActionContexts  # the service's ports and clock, with the rules in force: what plans read through
     slack_approvals: SlackApprovals | None = None  # None: no signing secret, Slack's buttons are not accepted
     # The approvals page's plans, kept a while: its redraws must not read every target each time.
@@ -169,6 +172,26 @@ class Services:
             counted=lambda rule, outcome: metrics.remediation_outcomes.labels(rule, outcome).inc(),
             interval_seconds=settings.ledger_interval_seconds,
         )
+        retention = (
+            RetentionSweeps(
+                engine,
+                policy=Policy(
+                    incidents=timedelta(days=settings.retention_incident_days),
+                    suppressed=timedelta(days=settings.retention_suppressed_days),
+                    alert_audit=timedelta(days=settings.retention_alert_audit_days),
+                ),
+                rules=lambda: rules.current.rules,
+                is_leader=lambda: elector.is_leader,
+                fence=elector.fence,
+                counted=lambda table, rows: metrics.pruned_rows.labels(table).inc(rows),
+                failed=metrics.retention_failures.inc,
+                batch_rows=settings.retention_batch_rows,
+                archive_dir=settings.archive_dir,
+                interval_seconds=settings.retention_interval_seconds,
+            )
+            if settings.retention_enabled
+            else None
+        )
         services = cls(
             settings,
             engine,
@@ -188,6 +211,7 @@ class Services:
             approval_timeouts=approval_timeouts,
             pager=pager,
             ledger_sweeps=ledger_sweeps,
+            retention=retention,
             contexts=contexts,
             slack_approvals=SlackApprovals.build(
                 settings.slack_signing_secret.get_secret_value(),
@@ -221,6 +245,8 @@ class Services:
         self.health_checker.start()
         self.approval_timeouts.start()
         self.ledger_sweeps.start()
+        if self.retention is not None:
+            self.retention.start()
         self.pager.start()
         freeze_startup_heap()
 
@@ -231,6 +257,8 @@ class Services:
         self.health_checker.shutdown(wait=False)
         self.approval_timeouts.shutdown(wait=False)
         self.ledger_sweeps.shutdown(wait=False)
+        if self.retention is not None:
+            self.retention.shutdown(wait=False)
         self.scheduler.shutdown(wait=False)
         self.writer.stop()
         self.worker.stop()

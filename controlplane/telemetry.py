@@ -133,6 +133,17 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.pruned_rows = Counter(
+            "controlplane_pruned_rows",
+            "Rows retention deleted (controlplane/retention/), by table; archived first when an archive is set.",
+            ["table"],
+            registry=self.registry,
+        )
+        self.retention_failures = Counter(
+            "controlplane_retention_failures",
+            "Retention rounds that stopped on an error (database, archive write); nothing of a failed batch is deleted.",
+            registry=self.registry,
+        )
         self.escalations = Counter(
             "controlplane_escalations", "Executions escalated to people, by rule.", ["rule"], registry=self.registry
         )

@@ -100,6 +100,7 @@ class Incident(Base):
     __table_args__ = (
         Index("ix_incidents_status_id", "status", "id"),
         Index("ix_incidents_severity_id", "severity", "id"),
+        Index("ix_incidents_resolved_at", "resolved_at", "id"),  # retention: incidents resolved before a cutoff
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -135,6 +136,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_incident", "incident_id", "id"),
         Index("ix_audit_events_execution", "execution_id", "id"),
+        Index("ix_audit_events_at", "at", "id"),  # retention: audit rows older than a cutoff
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -150,6 +152,7 @@ class AuditEvent(Base):
 
 COUNTED = text("status != 'suppressed'")  # executions that count against cooldown and max_runs
 FINISHED_RUN = text("status IN ('succeeded', 'failed', 'rolled_back')")  # runs that ended (playbooks/ledger.py)
+SUPPRESSED = text("status = 'suppressed'")  # a storm's suppressed runs, pruned sooner than the rest (retention/)
 
 
 class Execution(Base):
@@ -186,6 +189,7 @@ class Execution(Base):
             postgresql_where=COUNTED,
         ),
         Index("ix_executions_counted_rule", "rule_name", "created_at", sqlite_where=COUNTED, postgresql_where=COUNTED),
+        Index("ix_executions_suppressed_created", "created_at", sqlite_where=SUPPRESSED, postgresql_where=SUPPRESSED),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
