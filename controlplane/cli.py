@@ -1,5 +1,6 @@
 """The `controlplane` command: serve, migrate, check, init, demo, render, plan, replay (replay/command.py),
-test (scenarios/command.py); incidents, incident, postmortem, approve, pause, resume (operator_cli.py)."""
+test (scenarios/command.py); incidents, incident, postmortem, approve, pause, resume (operator_cli.py); archive
+import, vacuum (retention/command.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from controlplane.checks import CheckResult, check_alert_rules, check_dashboards
 from controlplane.config import ENV_PREFIX, Settings, SettingsError, http_url, load_settings
 from controlplane.defaults import RULES_DIR as DEFAULT_RULES_DIR
 from controlplane.replay import command as replay_command
+from controlplane.retention import command as retention_command
 from controlplane.rules.loader import RuleLoadError, RuleSet
 from controlplane.scenarios import command as test_command
 
@@ -423,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_command.add_parser(sub)
     test_command.add_parser(sub)
     operator_cli.add_parsers(sub)
+    retention_command.add_parser(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy.exc import DataError, IntegrityError
 
 from controlplane.db.engine import write_transaction
 from controlplane.db.models import Base, UTCDateTime
@@ -143,7 +144,11 @@ def _insert_chunk(conn: Connection, table: Table, rows: list[dict[str, Any]], re
     if not rows:
         return
     before = conn.scalar(select(func.count()).select_from(table)) or 0
-    conn.execute(dialect_insert(conn, table).on_conflict_do_nothing(), rows)
+    try:
+        with conn.begin_nested():
+            conn.execute(dialect_insert(conn, table).on_conflict_do_nothing(), rows)
+    except (IntegrityError, DataError) as exc:
+        raise ArchiveError(f"a row of {table.name} does not fit the schema: {str(exc.orig).splitlines()[0]}") from None
     added = (conn.scalar(select(func.count()).select_from(table)) or 0) - before
     result.inserted.update({table.name: added} if added else {})
     result.present.update({table.name: len(rows) - added} if len(rows) > added else {})
@@ -183,11 +188,11 @@ def import_files(engine: Engine, paths: Iterable[Path], *, chunk: int = 1000) ->
             with write_transaction(engine) as conn:
                 _insert_chunk(conn, table, pending, result)
     if engine.dialect.name == "postgresql":
-        _advance_sequences(engine)
+        advance_sequences(engine)
     return result
 
 
-def _advance_sequences(engine: Engine) -> None:
+def advance_sequences(engine: Engine) -> None:
     """PostgreSQL's id sequences past the imported ids, so the database can take new rows afterwards."""
     with write_transaction(engine) as conn:
         for name in TABLES:
