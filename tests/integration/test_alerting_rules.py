@@ -58,7 +58,7 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_accepts_the_rule_files() -> None:
     result = promtool("check", "rules", *RULE_FILES)
     assert result.returncode == 0, result.stdout + result.stderr
-    for count in (6, 7, 13, 2):  # langgraph, llm, controlplane, degradation
+    for count in (6, 7, 14, 2):  # langgraph, llm, controlplane, degradation
         assert f"SUCCESS: {count} rules found" in result.stdout
 
 
@@ -107,7 +107,7 @@ def test_the_default_remediation_rules_match_the_langgraph_alerts() -> None:
 def test_controlplane_check_passes_on_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(RULES)]) == 0
     out = capsys.readouterr().out
-    assert "ok: controlplane/defaults/alerting: 27 alerts in 4 files" in out
+    assert "ok: controlplane/defaults/alerting: 28 alerts in 4 files" in out
     assert "ok: controlplane/defaults/dashboards: " in out
 
 

@@ -54,7 +54,7 @@ def test_every_shipped_alert_links_a_section_of_a_served_page(app: TestClient) -
     browser = stranger(app)
     pages: dict[str, str] = {}
     alerts = shipped_alerts()
-    assert len(alerts) == 27
+    assert len(alerts) == 28
     for alert in alerts:
         link = runbooks.link(alert["annotations"]["runbook_url"], public_url="https://cp.example")
         assert link is not None and link.startswith("https://cp.example/runbooks/"), link
