@@ -141,7 +141,7 @@ class Metrics:
         )
         self.retention_failures = Counter(
             "controlplane_retention_failures",
-            "Retention rounds that stopped on an error (database, archive write); nothing of a failed batch is deleted.",
+            "Retention rounds stopped by an error (database, archive write); a failed batch deletes nothing.",
             registry=self.registry,
         )
         self.escalations = Counter(
