@@ -280,21 +280,20 @@ def incidents(conn: Connection, deleted: Deleted, *, ids: list[int], cut: dateti
 def alert_audits(
     conn: Connection, deleted: Deleted, *, cut: datetime, after: tuple[datetime, int] | None, limit: int
 ) -> tuple[datetime, int] | None:
-    """Up to `limit` `alert.*` audit rows from before `cut`, except an open incident's; the cursor to go on
-    from, or None when there are no more."""
+    """Up to `limit` `alert.*` audit rows from before `cut` and after the cursor `after` (at, id), except an
+    open incident's; the cursor to go on from, or None when there are no more. Rows an open incident kept
+    stay behind the cursor: they go with their incident."""
     open_incident = exists().where(_i.id == _a.incident_id, _i.status != literal_column("'resolved'"))
-    query = select(_a.id, _a.at, _a.action, _a.incident_id).where(_a.at < cut)
+    query = select(_a.id, _a.at).where(
+        _a.at < cut, _a.action.in_([literal_column(f"'{action}'") for action in ALERT_AUDITS]), ~open_incident
+    )
     if after is not None:
         query = query.where(tuple_(_a.at, _a.id) > tuple_(*after))
-    seen = list(conn.execute(query.order_by(_a.at, _a.id).limit(limit)))
-    if not seen:
+    found = list(conn.execute(query.order_by(_a.at, _a.id).limit(limit)))
+    if not found:
         return None
-    candidates = [row.id for row in seen if row.action in ALERT_AUDITS]
-    if candidates:
-        ids = list(conn.scalars(select(_a.id).where(_a.id.in_(candidates), ~open_incident)))
-        if ids:
-            deleted.run(conn, delete(audit_t).where(_a.id.in_(ids)), audit_t)
-    return seen[-1].at, seen[-1].id
+    deleted.run(conn, delete(audit_t).where(_a.id.in_([row.id for row in found])), audit_t)
+    return found[-1].at, found[-1].id
 
 
 def history(conn: Connection, deleted: Deleted, *, cut: datetime, limit: int) -> int:

@@ -83,6 +83,7 @@ class RetentionSweeps:
         self._interval = timedelta(seconds=interval_seconds)
         self._stopping = threading.Event()
         self._warned_no_vacuum = False
+        self._alert_audits_after: tuple[datetime, int] | None = None  # (at, id) of the last alert.* row deleted
         self._jobs = IntervalJobs(lambda _name: self.sweep_now(), prefix=JOB_PREFIX)
 
     def start(self) -> None:
@@ -152,12 +153,12 @@ class RetentionSweeps:
             self._until_none(partial(prune.alerts_of, incidents=ids, limit=limit), now, deleted)
             self._until_none(partial(prune.audits_of, incidents=ids, limit=limit), now, deleted)
             self._once(partial(prune.incidents, ids=ids, cut=cut.incidents), now, deleted)
-        cursor = None
-        while True:
-            step = partial(prune.alert_audits, cut=cut.alert_audit, after=cursor, limit=limit)
+        while True:  # from where the last round left off: rows an open incident kept are not walked again
+            step = partial(prune.alert_audits, cut=cut.alert_audit, after=self._alert_audits_after, limit=limit)
             cursor = self._once(step, now, deleted)
             if cursor is None:
                 break
+            self._alert_audits_after = cursor
         self._until_none(partial(prune.history, cut=cut.incidents, limit=limit), now, deleted)
 
     def _until_none(self, step: Callable[[Connection, Deleted], int], now: datetime, deleted: Counter[str]) -> None:
