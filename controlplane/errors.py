@@ -71,5 +71,11 @@ class NotFound(DomainError):
     """The requested object does not exist."""
 
 
+def missing(kind: str, number: int) -> NotFound:
+    """An incident or execution that is not there. Retention deletes old ones, so an old link (Slack, a
+    postmortem) says so rather than leave on-call wondering whether the service lost it."""
+    return NotFound(f"{kind} {number} not found: it never existed, or retention deleted it after its time")
+
+
 class Unavailable(DomainError):
     """A dependency (the database) cannot serve now; the client should retry."""

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 from controlplane.audit import audit
 from controlplane.db.tables import alerts_t, audit_t, incidents_t, links_t
-from controlplane.errors import Conflict, InvalidInput, NotFound
+from controlplane.errors import Conflict, InvalidInput, missing
 from controlplane.incidents import automation
 from controlplane.incidents.schemas import (
     AlertOut,
@@ -258,7 +258,7 @@ def incident_row(*, conn: Connection, incident_id: int) -> RowMapping:
     """The incident's own columns, or NotFound."""
     row = conn.execute(select(*_INCIDENT_COLUMNS).where(incidents_t.c.id == incident_id)).mappings().first()
     if row is None:
-        raise NotFound(f"incident {incident_id} not found")
+        raise missing("incident", incident_id)
     return row
 
 
@@ -347,7 +347,7 @@ NOTE_MAX_CHARS = 4000
 def _status(conn: Connection, incident_id: int) -> str:
     status = conn.execute(select(incidents_t.c.status).where(incidents_t.c.id == incident_id)).scalar()
     if status is None:
-        raise NotFound(f"incident {incident_id} not found")
+        raise missing("incident", incident_id)
     return str(status)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, select
 
 from controlplane.actions.base import ActionRegistry, AlertView, IncidentView
 from controlplane.db.tables import executions_t
-from controlplane.errors import Conflict, NotFound
+from controlplane.errors import Conflict, missing
 from controlplane.playbooks.contexts import ActionContexts
 from controlplane.playbooks.planning import ExecutionPlan, plan_playbook
 from controlplane.rules.schema import Playbook, Rule
@@ -35,7 +35,7 @@ def plan_of(
         select(e.rule_name, e.status, e.reason, e.playbook, e.params, e.context).where(e.id == execution_id)
     ).first()
     if row is None:
-        raise NotFound(f"execution {execution_id} not found")
+        raise missing("execution", execution_id)
     if not row.playbook:  # a suppressed trigger keeps no playbook copy (trigger.py): there is nothing to plan
         raise Conflict(f"execution {execution_id} was {row.status} ({row.reason}): it has no playbook to plan")
     playbook = Playbook.model_validate(row.playbook)

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, select, update
 from controlplane.actions.base import ActionRegistry
 from controlplane.audit import audit
 from controlplane.db.tables import audit_t, executions_t, steps_t
-from controlplane.errors import Conflict, NotFound
+from controlplane.errors import Conflict, missing
 from controlplane.incidents.schemas import AuditEventOut
 from controlplane.playbooks import guards
 from controlplane.playbooks.schemas import AutomationOut, ExecutionDetail, ExecutionOut, ExecutionPage, StepOut
@@ -72,7 +72,7 @@ def get_execution(*, conn: Connection, execution_id: int, registry: ActionRegist
         .first()
     )
     if row is None:
-        raise NotFound(f"execution {execution_id} not found")
+        raise missing("execution", execution_id)
     steps = described(
         [
             StepOut(**r)
@@ -139,7 +139,7 @@ def _decide(
         select(executions_t.c.status, executions_t.c.incident_id).where(executions_t.c.id == execution_id)
     ).first()
     if current is None:
-        raise NotFound(f"execution {execution_id} not found")
+        raise missing("execution", execution_id)
     ok = transition(
         conn,
         execution_id,

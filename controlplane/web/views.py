@@ -21,7 +21,7 @@ from sqlalchemy import Connection, func, select
 
 from controlplane.actions.base import ActionRegistry
 from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, steps_t
-from controlplane.errors import NotFound
+from controlplane.errors import missing
 from controlplane.incidents import service as incidents
 from controlplane.incidents.schemas import AlertOut, AuditEventOut, IncidentOut, IncidentPage
 from controlplane.playbooks import quarantine
@@ -244,7 +244,7 @@ def incident_version(*, conn: Connection, incident_id: int) -> str:
         ).where(incidents_t.c.id == incident_id)
     ).first()
     if row is None:
-        raise NotFound(f"incident {incident_id} not found")
+        raise missing("incident", incident_id)
     seen = (tuple(row), max((r["last_received_at"] for r in shown), default=None), int(time.time() // 60))
     return hashlib.sha256(repr(seen).encode()).hexdigest()[:16]
 

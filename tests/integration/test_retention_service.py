@@ -164,6 +164,10 @@ def test_ingest_keeps_acknowledging_while_a_backlog_is_pruned(
             acks.append((pruned, time.monotonic() - sent))
             pruned = pruned_rows(client)
         assert pruned == written, "the backlog was not pruned within 90 s"
+        # An old link (a Slack message, a postmortem) to what went says why it is not there.
+        for path in ("/api/v1/incidents/1", "/api/v1/executions/1"):
+            gone = client.get(path)
+            assert gone.status_code == 404 and "retention deleted it" in gone.text, (path, gone.text)
 
     # Pruning went batch by batch, and alerts were acknowledged between them, none waiting long.
     progress = {rows for rows, _seconds in acks if 0 < rows < written}
