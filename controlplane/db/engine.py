@@ -62,9 +62,11 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # Takes effect only in a new, empty database (before its first table): retention then gives freed
-        # pages back to the file system bit by bit. An older file keeps it off until `controlplane vacuum`.
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # In a new, empty file only (before its first table): retention then gives freed pages back to the
+        # file system bit by bit. Asking any other file takes the write lock (a connection opened while a
+        # writer held it waited and failed); an older file keeps it off until `controlplane vacuum`.
+        if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -4,13 +4,14 @@ an older file (made without it) keeps its size, is warned about once, and `contr
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import structlog
 from sqlalchemy import Engine
 
 from controlplane.db import migrate
-from controlplane.db.engine import make_engine
+from controlplane.db.engine import make_engine, write_transaction
 from tests.integration.test_retention import sweeps
 from tests.integration.test_retention_service import run_cli, seed
 
@@ -70,3 +71,20 @@ def test_an_older_database_is_warned_about_once_and_vacuum_turns_it_on(tmp_path:
 def test_vacuum_on_postgresql_says_there_is_nothing_to_do(postgres_url: str) -> None:
     result = run_cli("vacuum", "--database-url", postgres_url)
     assert result.returncode == 0 and "autovacuum" in result.stdout, result.stderr
+
+
+def test_a_new_connection_opens_while_another_writes(tmp_path: Path) -> None:
+    """Turning incremental vacuum on takes the write lock: only a new, empty file may be asked to (a connection
+    opened while a writer held the lock waited 10 s and failed with "database is locked")."""
+    url = f"sqlite:///{tmp_path}/busy.db"
+    writer, reader = make_engine(url), make_engine(url)
+    try:
+        migrate.upgrade(writer)
+        with write_transaction(writer) as conn:
+            conn.exec_driver_sql("CREATE TABLE held (x)")
+            started = time.monotonic()
+            assert pragma(reader, "auto_vacuum") == 2
+            assert time.monotonic() - started < 1.0
+    finally:
+        writer.dispose()
+        reader.dispose()
