@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert, select
 
 from controlplane.app import create_app
+from controlplane.cli import main
 from controlplane.db import migrate
 from controlplane.db.engine import make_engine, write_transaction
 from controlplane.db.tables import alerts_t, audit_t, executions_t, incidents_t, links_t, steps_t
@@ -205,7 +206,9 @@ def test_archive_import_reads_the_archive_into_another_database(engine: Engine, 
         other.dispose()
 
 
-def test_archive_import_names_the_file_and_line_it_cannot_read(tmp_path: Path) -> None:
+def test_archive_import_names_the_file_and_line_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = b'{"table": "incidents", "row": {"id": 1}}\n'
     cut_short = tmp_path / "cut.jsonl.gz"
     cut_short.write_bytes(gzip.compress(good * 3)[:-12])
@@ -221,9 +224,9 @@ def test_archive_import_names_the_file_and_line_it_cannot_read(tmp_path: Path) -
         (wrong, f"{wrong}:2: not an archive line"),
         (tmp_path / "missing.jsonl.gz", "no such file"),
     ]:
-        result = run_cli("archive", "import", str(path), "--database-url", url)
-        assert result.returncode == 2, (path, result.stdout, result.stderr)
-        assert expected in result.stderr and str(path.name) in result.stderr, result.stderr
+        assert main(["archive", "import", str(path), "--database-url", url]) == 2, path
+        stderr = capsys.readouterr().err
+        assert expected in stderr and str(path.name) in stderr, stderr
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
