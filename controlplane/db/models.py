@@ -190,6 +190,7 @@ class Execution(Base):
         ),
         Index("ix_executions_counted_rule", "rule_name", "created_at", sqlite_where=COUNTED, postgresql_where=COUNTED),
         Index("ix_executions_suppressed_created", "created_at", sqlite_where=SUPPRESSED, postgresql_where=SUPPRESSED),
+        Index("ix_executions_alert_id", "alert_id"),  # deleting an alert looks its runs up (SET NULL)
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -259,6 +260,8 @@ class Page(Base):
     __table_args__ = (
         UniqueConstraint("kind", "execution_id", name="uq_pages_kind_execution"),  # each page once
         Index("ix_pages_unsent", "sent_at", "claimed_until"),
+        Index("ix_pages_execution_id", "execution_id"),  # deleting an execution or incident looks its pages up
+        Index("ix_pages_incident_id", "incident_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -279,7 +282,11 @@ class Quarantine(Base):
     """A rule stopped for one guard key by its loop breaker: no automatic run until a person lifts it."""
 
     __tablename__ = "quarantines"
-    __table_args__ = (Index("ix_quarantines_rule_key", "rule_name", "guard_key", "lifted_at"),)
+    __table_args__ = (
+        Index("ix_quarantines_rule_key", "rule_name", "guard_key", "lifted_at"),
+        Index("ix_quarantines_execution_id", "execution_id"),  # deleting an execution or incident looks them up
+        Index("ix_quarantines_incident_id", "incident_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     rule_name: Mapped[str] = mapped_column(String(255))
@@ -398,7 +405,10 @@ class Silence(Base):
     """An Alertmanager silence the control plane created, so it can expire it on rollback or resolve."""
 
     __tablename__ = "silences"
-    __table_args__ = (Index("ix_silences_incident", "incident_id"),)
+    __table_args__ = (
+        Index("ix_silences_incident", "incident_id"),
+        Index("ix_silences_execution_id", "execution_id"),  # deleting an execution looks its silences up
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     silence_id: Mapped[str] = mapped_column(String(64), unique=True)

@@ -222,15 +222,15 @@ def executions_of(conn: Connection, deleted: Deleted, *, incidents: list[int], c
 
 
 def alerts_of(conn: Connection, deleted: Deleted, *, incidents: list[int], limit: int) -> int:
-    """Up to `limit` resolved alerts held by `incidents` and by no other incident, with their links."""
+    """Up to `limit` alerts held by `incidents` (prunable: none of their alerts fires) and by no other
+    incident, with their links. Read from the links alone: a condition on the alerts' status let SQLite
+    walk every resolved alert instead (2 s a batch at a million rows)."""
     elsewhere = links_t.alias("elsewhere")
     ids = list(
         conn.scalars(
             select(links_t.c.alert_id)
-            .join(alerts_t, alerts_t.c.id == links_t.c.alert_id)
             .where(
                 links_t.c.incident_id.in_(incidents),
-                alerts_t.c.status == literal_column("'resolved'"),
                 ~exists().where(elsewhere.c.alert_id == links_t.c.alert_id, elsewhere.c.incident_id.notin_(incidents)),
             )
             .order_by(links_t.c.alert_id)

@@ -28,7 +28,7 @@ from tests.conftest import AUTH, WEBHOOK, count_rows, make_settings
 from tests.helpers import sample_notification
 
 OLD = datetime.now(UTC) - timedelta(days=200)
-INCIDENTS = 600  # each with 3 alerts, 3 links, 8 audit rows, a run with 2 steps: 10,800 rows
+INCIDENTS = 300  # each with 3 alerts, 3 links, 8 audit rows, a run with 2 steps: 5,400 rows
 
 
 def seed(engine: Engine, incidents: int, *, first_id: int = 1) -> int:

@@ -1,4 +1,5 @@
-"""indexes retention prunes by: incidents by when they resolved, audit rows by age, suppressed runs by age
+"""indexes retention prunes by: incidents by when they resolved, audit rows by age, suppressed runs by age,
+and the foreign keys without one (deleting an alert scanned every execution for its alert_id)
 
 Revision ID: 0012
 Revises: 0011
@@ -16,6 +17,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SUPPRESSED = sa.text("status = 'suppressed'")
+# Referencing columns that a delete of their parent looks up (ON DELETE SET NULL / CASCADE), with no index.
+FOREIGN_KEYS = [
+    ("executions", "alert_id"),
+    ("pages", "execution_id"),
+    ("pages", "incident_id"),
+    ("quarantines", "execution_id"),
+    ("quarantines", "incident_id"),
+    ("silences", "execution_id"),
+]
 
 
 def upgrade() -> None:
@@ -28,9 +38,13 @@ def upgrade() -> None:
         sqlite_where=SUPPRESSED,
         postgresql_where=SUPPRESSED,
     )
+    for table, column in FOREIGN_KEYS:
+        op.create_index(f"ix_{table}_{column}", table, [column])
 
 
 def downgrade() -> None:
+    for table, column in reversed(FOREIGN_KEYS):
+        op.drop_index(f"ix_{table}_{column}", table_name=table)
     op.drop_index("ix_executions_suppressed_created", table_name="executions")
     op.drop_index("ix_audit_events_at", table_name="audit_events")
     op.drop_index("ix_incidents_resolved_at", table_name="incidents")
