@@ -574,12 +574,13 @@ def run_phase(name: str, url: str, database: Path | None, seeded: Seeded, args: 
 # -- the command ---------------------------------------------------------------------------------
 
 
-def table(phases: list[Phase], ratio: dict[str, float]) -> str:
+def table(seeded: Seeded, phases: list[Phase], ratio: dict[str, float]) -> str:
     head = (
         f"{'phase':<10}{'notif/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'2xx':>8}{'non-2xx':>8}{'errors':>7}"
         f"{'pruned in window':>18}{'rows/s':>9}"
     )
-    lines = [head, "-" * len(head)]
+    rows = ", ".join(f"{t} {seeded.prunable[t]:,}/{seeded.rows[t]:,}" for t in TABLES)
+    lines = [f"seeded (prunable/all) in {seeded.seconds} s: {rows}", "", head, "-" * len(head)]
     for p in phases:
         window = f"{p.pruned_in_window:>18,}{p.pruned_per_second_in_window:>9,.0f}" if p.phase == "pruning" else ""
         lines.append(
@@ -597,10 +598,16 @@ def table(phases: list[Phase], ratio: dict[str, float]) -> str:
         if p.phase != "pruning":
             continue
         total = sum(p.pruned.values())
-        state = "every prunable row" if p.complete else "INCOMPLETE: --max-prune-seconds reached"
+        left = sum(seeded.prunable.values()) - total
+        state = "every prunable row" if p.complete else f"INCOMPLETE: --max-prune-seconds reached, {left:,} left"
+        done = (
+            f"round over (SQLite: free pages given back) {p.prune_done_s} s after serving"
+            if p.complete
+            else "round not over"
+        )
         lines.append(
             f"prune: {total:,} rows ({state}); first row {p.prune_started_s} s after the service served, "
-            f"last {p.prune_seconds} s later, vacuum done {p.prune_done_s} s after serving"
+            f"last {p.prune_seconds} s later; {done}"
         )
         lines.append("  by table: " + ", ".join(f"{t} {n:,}" for t, n in p.pruned.items()))
         if p.prune_seconds:
@@ -681,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
             f"ingest while pruning, {args.backend}, {args.duration}s at {args.connections} connections "
             f"(commit {info['commit']}, load average {load_average:.2f} at the start, load from {info['load']}):"
         )
-        print(table(phases, ratio))
+        print(table(seeded, phases, ratio))
     if not passed:
         progress("bench: FAILED: a phase lost acknowledged alerts or rows it should keep, or answered none")
     return 0 if passed else 1
