@@ -61,6 +61,7 @@ bench: install-dev
 	$(BIN)/python bench/storm.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/console.py
+	$(BIN)/python bench/prune.py
 
 # The container image (Containerfile), tagged controlplane:<version>, with podman (else docker).
 # BASE=IMAGE replaces the default base python:3.11-slim. WHEELS=DIR builds without network in the
