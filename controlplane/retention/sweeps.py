@@ -117,15 +117,22 @@ class RetentionSweeps:
             log.info("retention.skipped_not_leader", reason=str(exc))
             vacuumed = 0
         except (OperationalError, InterfaceError) as exc:  # the database is down: the next round goes on
-            log.warning("retention.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
+            error = str(exc.orig or exc).splitlines()[0]
+            log.warning("retention.database_unavailable", error=error, pruned_before=dict(deleted))
             self._failed()
             return None
         except OSError as exc:
-            log.error("retention.archive_failed", directory=str(self._archive_dir), error=str(exc), deleted=0)
+            # The batch whose rows could not be archived deleted nothing; the ones before it were archived.
+            log.error(
+                "retention.archive_failed",
+                directory=str(self._archive_dir),
+                error=str(exc),
+                pruned_before=dict(deleted),
+            )
             self._failed()
             return None
         except Exception:  # the schedule outlives any one round
-            log.exception("retention.round_crashed")
+            log.exception("retention.round_crashed", pruned_before=dict(deleted))
             self._failed()
             return None
         finished = Round(deleted, time.monotonic() - started, vacuumed)

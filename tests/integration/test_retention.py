@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import Connection, Engine, insert, select, text
 
 from controlplane.db.engine import write_transaction
@@ -433,6 +434,9 @@ def test_an_archive_that_cannot_be_written_deletes_nothing(engine: Engine, tmp_p
     not_a_directory.write_text("")
     retention, counted = sweeps(engine, archive_dir=not_a_directory)
 
-    assert retention.sweep_now() is None
+    with structlog.testing.capture_logs() as logs:
+        assert retention.sweep_now() is None
     assert counted == {"FAILED": 1}
+    [failed] = [entry for entry in logs if entry["event"] == "retention.archive_failed"]
+    assert failed["log_level"] == "error" and failed["pruned_before"] == {} and "file" in failed["error"]
     assert len(ids(engine, incidents_t)) == 1 and len(ids(engine, alerts_t)) == 2
