@@ -20,6 +20,7 @@ Children are deleted explicitly rather than by cascade, so each is counted and a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,10 +135,16 @@ _e = executions_t.c
 _i = incidents_t.c
 _q = quarantines_t.c
 _a = audit_t.c
-# Statuses rendered into the SQL, as in playbooks/guards.py: a partial index is usable only with the literal.
+
+
+def _one_of(column: Any, values: Iterable[str]) -> ColumnElement[bool]:
+    """`column IN ('a', 'b')` with the values rendered into the SQL, as in playbooks/guards.py: a partial
+    index (and a prepared statement's generic plan) is usable only with the literals."""
+    return column.in_([literal_column(f"'{value}'") for value in sorted(values)])
+
+
 _SUPPRESSED = _e.status == literal_column("'suppressed'")
-_FINISHED = _e.status.in_([literal_column(f"'{status}'") for status in sorted(TERMINAL)])
-_IN_FLIGHT = _e.status.in_([literal_column(f"'{status}'") for status in sorted(ACTIVE)])
+_FINISHED = _one_of(_e.status, TERMINAL)
 
 
 def _kept_execution(lifted_before: datetime) -> ColumnElement[bool]:
@@ -160,7 +167,7 @@ def prunable_incident(cut: datetime) -> ColumnElement[bool]:
         ),
         ~exists().where(
             live.c.incident_id == _i.id,
-            or_(live.c.status.in_([literal_column(f"'{s}'") for s in sorted(ACTIVE)]), live.c.created_at >= cut),
+            or_(_one_of(live.c.status, ACTIVE), live.c.created_at >= cut),
         ),
         ~exists().where(_q.incident_id == _i.id, _q.lifted_at.is_(None)),
     )
@@ -180,22 +187,24 @@ def delete_executions(conn: Connection, ids: list[int], deleted: Deleted, *, lif
     deleted.run(conn, delete(executions_t).where(_e.id.in_(ids)), executions_t)
 
 
+def _executions_where(
+    conn: Connection, deleted: Deleted, *where: ColumnElement[bool], order: Any, lifted_before: datetime, limit: int
+) -> int:
+    """Up to `limit` executions matching `where` (never one a quarantine still holds), with their children."""
+    query = select(_e.id).where(*where, ~_kept_execution(lifted_before)).order_by(order).limit(limit)
+    ids = list(conn.scalars(query))
+    delete_executions(conn, ids, deleted, lifted_before=lifted_before)
+    return len(ids)
+
+
 def suppressed_executions(
     conn: Connection, deleted: Deleted, *, cut: datetime, history_cut: datetime, limit: int
 ) -> int:
     """Up to `limit` suppressed executions created before `cut`, except an open incident's, and one that
     tripped a quarantine lifted after `history_cut` (the quarantine is history, kept as long as incidents)."""
     open_incident = exists().where(_i.id == _e.incident_id, _i.status != literal_column("'resolved'"))
-    ids = list(
-        conn.scalars(
-            select(_e.id)
-            .where(_SUPPRESSED, _e.created_at < cut, ~open_incident, ~_kept_execution(history_cut))
-            .order_by(_e.created_at)
-            .limit(limit)
-        )
-    )
-    delete_executions(conn, ids, deleted, lifted_before=history_cut)
-    return len(ids)
+    where = (_SUPPRESSED, _e.created_at < cut, ~open_incident)
+    return _executions_where(conn, deleted, *where, order=_e.created_at, lifted_before=history_cut, limit=limit)
 
 
 def next_incidents(conn: Connection, cut: datetime, after: tuple[datetime, int] | None, limit: int) -> list[Any]:
@@ -209,16 +218,8 @@ def next_incidents(conn: Connection, cut: datetime, after: tuple[datetime, int] 
 
 def executions_of(conn: Connection, deleted: Deleted, *, incidents: list[int], cut: datetime, limit: int) -> int:
     """Up to `limit` finished executions of `incidents` created before `cut`, with their children."""
-    ids = list(
-        conn.scalars(
-            select(_e.id)
-            .where(_e.incident_id.in_(incidents), _FINISHED, _e.created_at < cut, ~_kept_execution(cut))
-            .order_by(_e.id)
-            .limit(limit)
-        )
-    )
-    delete_executions(conn, ids, deleted, lifted_before=cut)
-    return len(ids)
+    where = (_e.incident_id.in_(incidents), _FINISHED, _e.created_at < cut)
+    return _executions_where(conn, deleted, *where, order=_e.id, lifted_before=cut, limit=limit)
 
 
 def alerts_of(conn: Connection, deleted: Deleted, *, incidents: list[int], limit: int) -> int:
@@ -284,9 +285,7 @@ def alert_audits(
     open incident's; the cursor to go on from, or None when there are no more. Rows an open incident kept
     stay behind the cursor: they go with their incident."""
     open_incident = exists().where(_i.id == _a.incident_id, _i.status != literal_column("'resolved'"))
-    query = select(_a.id, _a.at).where(
-        _a.at < cut, _a.action.in_([literal_column(f"'{action}'") for action in ALERT_AUDITS]), ~open_incident
-    )
+    query = select(_a.id, _a.at).where(_a.at < cut, _one_of(_a.action, ALERT_AUDITS), ~open_incident)
     if after is not None:
         query = query.where(tuple_(_a.at, _a.id) > tuple_(*after))
     found = list(conn.execute(query.order_by(_a.at, _a.id).limit(limit)))
@@ -300,16 +299,8 @@ def history(conn: Connection, deleted: Deleted, *, cut: datetime, limit: int) ->
     """Up to `limit` rows of each kind of record that belongs to no incident, from before `cut`: finished
     executions, audit rows, failover events, lifted quarantines, ended silences. Returns the most deleted
     from one table (0: nothing left)."""
-    ids = list(
-        conn.scalars(
-            select(_e.id)
-            .where(_e.incident_id.is_(None), _FINISHED, _e.updated_at < cut, ~_kept_execution(cut))
-            .order_by(_e.id)
-            .limit(limit)
-        )
-    )
-    delete_executions(conn, ids, deleted, lifted_before=cut)
-    found = [len(ids)]
+    where = (_e.incident_id.is_(None), _FINISHED, _e.updated_at < cut)
+    found = [_executions_where(conn, deleted, *where, order=_e.id, lifted_before=cut, limit=limit)]
     singles: list[tuple[Table, ColumnElement[bool], tuple[Any, ...]]] = [
         (audit_t, and_(_a.at < cut, _a.incident_id.is_(None), _a.execution_id.is_(None)), (_a.at, _a.id)),
         (failover_events_t, failover_events_t.c.at < cut, (failover_events_t.c.id,)),
