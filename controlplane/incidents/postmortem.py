@@ -26,6 +26,7 @@ from controlplane.playbooks import service as executions
 from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.summary import described, summarize
 from controlplane.silences import service as silence_service
+from controlplane.silences.schemas import SilenceOut
 
 SCHEMA_VERSION = 1
 ALERTS_LISTED = 100  # the first alerts, oldest first; the counts say how many there are
@@ -123,15 +124,6 @@ class TimelineItem(BaseModel):
     )
 
 
-class SilenceOut(BaseModel):
-    silence_id: str
-    matchers: dict[str, Any]
-    created_by: str
-    created_at: datetime
-    ends_at: datetime
-    expired_at: datetime | None
-
-
 class Outcome(BaseModel):
     counts: dict[str, int] = Field(description="The incident's executions by ledger outcome ('unsettled': none yet)")
     executions_total: int
@@ -195,10 +187,7 @@ def build(
         for step in run.steps
         if step.action.startswith(PROMETHEUS_PREFIX)
     ]
-    silences = [
-        SilenceOut(**{k: r[k] for k in SilenceOut.model_fields})
-        for r in reversed(silence_service.of_incident(conn=conn, incident_id=incident_id))
-    ]
+    silences = silence_service.of_incident(conn=conn, incident_id=incident_id)[::-1]  # oldest first
     outcomes = Counter(run.outcome or "unsettled" for run in runs if run.decision == "ran")
     return PostmortemOut(
         generated_at=now,

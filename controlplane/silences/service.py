@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, RowMapping, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from controlplane.audit import audit
 from controlplane.config import Settings
@@ -24,6 +24,7 @@ from controlplane.durations import format_duration
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.incidents import service as incidents
 from controlplane.integrations.alertmanager import CREATED_BY, AlertmanagerClient, AlertmanagerError, equality_matchers
+from controlplane.silences.schemas import SilenceOut
 
 log = structlog.get_logger(__name__)
 
@@ -260,10 +261,8 @@ class ExpiryOnResolve:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def of_incident(*, conn: Connection, incident_id: int) -> list[RowMapping]:
+def of_incident(*, conn: Connection, incident_id: int) -> list[SilenceOut]:
     """The incident's silences, newest first (the console shows them beside the incident)."""
-    return list(
-        conn.execute(
-            select(silences_t).where(silences_t.c.incident_id == incident_id).order_by(silences_t.c.id.desc())
-        ).mappings()
-    )
+    columns = [silences_t.c[name] for name in SilenceOut.model_fields]
+    query = select(*columns).where(silences_t.c.incident_id == incident_id).order_by(silences_t.c.id.desc())
+    return [SilenceOut.model_validate(dict(row)) for row in conn.execute(query).mappings()]

@@ -30,6 +30,7 @@ from controlplane.playbooks.schemas import ExecutionOut, StepOut
 from controlplane.playbooks.state import ACTIVE
 from controlplane.playbooks.summary import described, summarize
 from controlplane.silences import service as silence_service
+from controlplane.silences.schemas import SilenceOut
 
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 SEVERITIES = ("critical", "error", "warning", "info", "none")
@@ -184,16 +185,6 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True)
-class SilenceView:
-    silence_id: str
-    matchers: dict[str, Any]
-    created_by: str
-    created_at: datetime
-    ends_at: datetime
-    expired_at: datetime | None
-
-
-@dataclass(frozen=True)
 class IncidentView:
     incident: IncidentOut
     alerts: list[AlertOut]
@@ -201,7 +192,7 @@ class IncidentView:
     alerts_hidden: int  # beyond ALERTS_SHOWN (of the first ALERTS_COUNTED)
     events_hidden: int  # older than the newest EVENTS_SHOWN
     executions_hidden: bool  # there may be more than EXECUTIONS_SHOWN
-    silences: list[SilenceView] = field(default_factory=list)
+    silences: list[SilenceOut] = field(default_factory=list)
     quarantines: list[dict[str, Any]] = field(default_factory=list)  # loop breakers holding its rules
 
     @property
@@ -276,10 +267,7 @@ def incident_view(*, conn: Connection, incident_id: int, registry: ActionRegistr
         view = ExecutionView(run, own, events[run.id], summarize(run, own, registry, events[run.id]))
         timeline.append(TimelineEntry(at=run.created_at, execution=view))
     timeline.sort(key=lambda entry: entry.at)
-    silences = [
-        SilenceView(**{k: r[k] for k in SilenceView.__dataclass_fields__})
-        for r in silence_service.of_incident(conn=conn, incident_id=incident_id)
-    ]
+    silences = silence_service.of_incident(conn=conn, incident_id=incident_id)
     alerts = record.alerts.items
     held = quarantine.of_incident(conn, incident_id=incident_id)
     return IncidentView(
