@@ -5,6 +5,7 @@ contexts, the console's login.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import uvicorn
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -127,6 +129,28 @@ class Clock:
     def monotonic(self) -> float:
         """This clock in seconds, for what reads `time.monotonic()` (circuit breakers)."""
         return self.now.timestamp()
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn in a thread on a loopback port of its own, as `controlplane serve` would; its URL.
+
+    The socket is bound here and handed over, so no other process can take the port in between."""
+    sock = socket.socket()
+    sock.bind((LOOPBACK, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://{LOOPBACK}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
 
 
 def sample_notification(*alerts: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import uvicorn
 
 from controlplane.app import create_app
 from controlplane.config import Settings
 from tests.conftest import require_binary
-from tests.prometheus_server import LOOPBACK
+from tests.helpers import serve_in_thread
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -52,21 +48,6 @@ def _close_browser_contexts(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @contextmanager
 def serve(settings: Settings) -> Iterator[str]:
-    """The whole app (workers, scheduler) served by uvicorn in a thread, as `controlplane serve` would; its URL.
-
-    The socket is bound here and handed over, so no other process can take the port in between."""
-    sock = socket.socket()
-    sock.bind((LOOPBACK, 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_config=None))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://{LOOPBACK}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    """The whole app (workers, scheduler) served by uvicorn in a thread, as `controlplane serve` would; its URL."""
+    with serve_in_thread(create_app(settings)) as url:
+        yield url

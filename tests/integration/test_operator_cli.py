@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,13 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from controlplane.cli import main
 from tests.conftest import ADMIN_TOKEN, AUTH, TOKEN
-from tests.helpers import post_alert, wait_for
+from tests.helpers import post_alert, serve_in_thread, wait_for
 from tests.integration.serverproc import ServerProcess
 
 LOOPBACK = "127.0.0.1"
@@ -38,25 +36,6 @@ playbooks:
       - action: notify.log
         with: {text: "approved"}
 """
-
-
-def _serve(app: Any) -> Iterator[str]:
-    """`app` served by uvicorn in a thread on a loopback port of its own; its URL."""
-    sock = socket.socket()
-    sock.bind((LOOPBACK, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://{LOOPBACK}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +230,8 @@ def postmortems() -> Iterator[str]:
             return {"incident": {"id": 7}, "root_cause": None}
         return PlainTextResponse(MARKDOWN, media_type="text/markdown")
 
-    yield from _serve(app)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def test_postmortem_prints_the_services_document(cli: Any, postmortems: str) -> None:
