@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert
 
 from controlplane.audit import audit
-from controlplane.db.engine import make_engine, write_transaction
+from controlplane.db.engine import write_transaction
 from controlplane.db.tables import steps_t
 from controlplane.incidents import postmortem
 from controlplane.playbooks import ledger
@@ -48,13 +48,6 @@ def app(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
 def executions(client: TestClient, **params: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = client.get("/api/v1/executions", params=params).json()["items"]
     return items
@@ -64,7 +57,7 @@ def firing(fingerprint: str, **labels: str) -> dict[str, Any]:
     return {"fingerprint": fingerprint, "labels": {"alertname": "NeedsApproval", **labels}}
 
 
-def test_an_incident_with_a_rule_run_exports_its_whole_story(app: TestClient, db: Engine) -> None:
+def test_an_incident_with_a_rule_run_exports_its_whole_story(app: TestClient, engine: Engine) -> None:
     (incident_id,) = set(post_alerts(app, firing("fp-a")))
     waiting = wait_for("an execution awaits approval", lambda: executions(app, status="awaiting_approval"), 10)[0]
     post_alerts(app, firing("fp-b", instance="langgraph-9:8000"))  # the same key while one waits: suppressed
@@ -74,9 +67,9 @@ def test_an_incident_with_a_rule_run_exports_its_whole_story(app: TestClient, db
     wait_for("the run succeeds", lambda: executions(app, status="succeeded"), 10)
     resolved = {"status": "resolved", "endsAt": "2026-11-24T08:20:00Z"}
     post_alerts(app, {**firing("fp-a"), **resolved}, {**firing("fp-b", instance="langgraph-9:8000"), **resolved})
-    with write_transaction(db) as conn:  # the ledger's sweep, now rather than in 30 s
+    with write_transaction(engine) as conn:  # the ledger's sweep, now rather than in 30 s
         assert ledger.settle_due(conn, now=datetime.now(UTC)) == [("careful-restart", "resolved")]
-    with write_transaction(db) as conn:  # a PromQL snapshot, as a prometheus.query step records it
+    with write_transaction(engine) as conn:  # a PromQL snapshot, as a prometheus.query step records it
         now = datetime.now(UTC)
         conn.execute(
             insert(steps_t).values(
@@ -142,9 +135,9 @@ def test_hostile_label_text_is_escaped(app: TestClient) -> None:
     assert "\n| injected" not in text
 
 
-def test_a_waits_polls_fold_into_one_line(app: TestClient, db: Engine) -> None:
+def test_a_waits_polls_fold_into_one_line(app: TestClient, engine: Engine) -> None:
     (incident_id,) = set(post_alerts(app, {"fingerprint": "fp-one"}))
-    with write_transaction(db) as conn:
+    with write_transaction(engine) as conn:
         for minute in range(3):
             reason = f"waiting for the incident to resolve until 09:{minute:02d}"
             at = datetime(2026, 11, 24, 9, minute, tzinfo=UTC)
