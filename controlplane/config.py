@@ -187,7 +187,8 @@ class Settings(BaseSettings):
     retention_suppressed_days: float = Field(default=14.0, ge=1)
     retention_alert_audit_days: float = Field(default=30.0, ge=1)
     retention_interval_seconds: float = Field(default=600.0, gt=0)
-    retention_batch_rows: int = Field(default=500, ge=1, le=10_000)  # rows of one table in one transaction
+    # Rows of one kind (executions, alerts, audit rows) per transaction; an execution's children go with it.
+    retention_batch_rows: int = Field(default=500, ge=1, le=10_000)
     # Set: what retention deletes is first appended to DIR/controlplane-archive-YYYY-MM-DD.jsonl.gz.
     archive_dir: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
